@@ -1,0 +1,2 @@
+//! Shared set-up for squib's criterion benchmarks (the bench targets live beside this crate).
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Host-side block I/O controls: cache bypass and direct-I/O alignment.

@@ -1,0 +1,7 @@
+//! squib's host boundary (invariant I-CRATE-2).
+//!
+//! This is the one crate of the workspace allowed to contain `unsafe`. Each module wraps one
+//! FFI boundary and exposes a safe API; every `unsafe` block carries a `// SAFETY:` comment that
+//! argues why it is sound. `cargo xtask lint-unsafe` enforces this in CI.
+
+pub mod block_io;

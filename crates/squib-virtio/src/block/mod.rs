@@ -1,0 +1,3 @@
+//! virtio-blk: the device frontend and the engines that move its data.
+
+pub mod backend;
