@@ -1,7 +1,39 @@
 //! `cargo xtask <task>`: squib's developer tasks.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("usage: cargo xtask <lint-unsafe|test-guest|bench>");
-    std::process::exit(2);
+mod bench;
+mod guest_kernel;
+mod lint_unsafe;
+mod test_guest;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <task> [args]
+
+tasks:
+  lint-unsafe    enforce I-CRATE-2: unsafe code only in squib-host, each block argued
+  test-guest     build the project's test guest; prints the ELF's path last
+  guest-kernel   fetch Debian's cloud kernel and build an initramfs; prints their paths last
+  bench          run the benchmark suite and write a report to docs/perf/";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match task.as_str() {
+        "lint-unsafe" => lint_unsafe::run(rest),
+        "test-guest" => test_guest::run(rest),
+        "guest-kernel" => guest_kernel::run(rest),
+        "bench" => bench::run(rest),
+        other => Err(format!("unknown task `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask {task}: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,1 @@
+//! The file engines behind a virtio-blk device: `SyncFileBackend` and `AsyncFileBackend`.
