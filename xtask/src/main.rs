@@ -2,8 +2,11 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod demo;
 mod guest_kernel;
 mod lint_unsafe;
+mod setup;
+mod test;
 mod test_guest;
 
 use std::process::ExitCode;
@@ -11,6 +14,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: cargo xtask <task> [args]
 
 tasks:
+  demo           build squib and the test guest, boot it with two disks (the main job)
+  test           install what the tests need, run the whole test suite
   lint-unsafe    enforce I-CRATE-2: unsafe code only in squib-host, each block argued
   test-guest     build the project's test guest; prints the ELF's path last
   guest-kernel   fetch Debian's cloud kernel and build an initramfs; prints their paths last
@@ -23,6 +28,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = match task.as_str() {
+        "demo" => demo::run(rest),
+        "test" => test::run(rest),
         "lint-unsafe" => lint_unsafe::run(rest),
         "test-guest" => test_guest::run(rest),
         "guest-kernel" => guest_kernel::run(rest),
