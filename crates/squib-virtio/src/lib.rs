@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod block;
+pub mod rate_limiter;
 
 /// Guest memory as squib maps it: anonymous or file-backed mmaps, no dirty bitmap.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
