@@ -1,6 +1,7 @@
 //! What a fresh machine needs before squib's tasks can run: the guest target and a few Debian
 //! packages. Each step checks first, so running it again is cheap.
 
+use std::path::Path;
 use std::process::Command;
 
 /// Debian packages the test suite uses, keyed by the command that shows they are installed.
@@ -12,7 +13,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 /// Installs the `x86_64-unknown-none` target the test guest is built for.
 pub fn guest_target() -> Result<(), String> {
     let installed = output("rustup", &["target", "list", "--installed"])?;
-    if installed.lines().any(|line| line.trim() == "x86_64-unknown-none") {
+    if installed
+        .lines()
+        .any(|line| line.trim() == "x86_64-unknown-none")
+    {
         return Ok(());
     }
     run("rustup", &["target", "add", "x86_64-unknown-none"])
@@ -37,9 +41,8 @@ pub fn test_packages() -> Result<(), String> {
 
 /// Whether `command` is an executable somewhere on `PATH`.
 pub fn on_path(command: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(command).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
 }
 
 /// Runs a command to completion, inheriting stdio; a non-zero exit is an error.
@@ -75,4 +78,67 @@ pub fn output(program: &str, args: &[&str]) -> Result<String, String> {
 /// The `cargo` that runs this xtask (so the pinned toolchain is used throughout).
 pub fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Where the backports source is written when the machine has none.
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/squib-backports.sources";
+
+/// Installs QEMU (the peer VMM the benchmarks compare against) when it is missing.
+///
+/// It comes from the release's backports, which carry the same QEMU as the `qemu-utils` this
+/// image ships (the release's own package would replace it). When apt has no backports source,
+/// one is added, on the same mirror as the release's main source.
+pub fn qemu() -> Result<(), String> {
+    if on_path("qemu-system-x86_64") {
+        return Ok(());
+    }
+    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = release
+        .lines()
+        .find_map(|line| line.strip_prefix("VERSION_CODENAME="))
+        .ok_or("/etc/os-release names no release codename")?
+        .trim_matches('"')
+        .to_owned();
+    let backports = format!("{codename}-backports");
+    let policy = output("apt-cache", &["policy"])?;
+    if !policy.contains(&format!("a={backports}")) && !Path::new(BACKPORTS_SOURCES).exists() {
+        add_backports_source(&codename)?;
+    }
+    eprintln!("xtask: installing qemu-system-x86 from {backports}");
+    run("apt-get", &["update", "-qq"])?;
+    run(
+        "apt-get",
+        &["install", "-y", "-qq", "-t", &backports, "qemu-system-x86"],
+    )
+}
+
+/// Writes a deb822 source for `<codename>-backports` using the mirror of the release's own source.
+fn add_backports_source(codename: &str) -> Result<(), String> {
+    let sources = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+        .map_err(|e| format!("no backports source and cannot read debian.sources: {e}"))?;
+    let stanza = sources
+        .split("\n\n")
+        .find(|stanza| {
+            stanza.lines().any(|line| {
+                line.strip_prefix("Suites:")
+                    .is_some_and(|suites| suites.split_whitespace().any(|s| s == codename))
+            })
+        })
+        .ok_or_else(|| format!("debian.sources has no `{codename}` stanza to copy"))?;
+    let field = |name: &str| {
+        stanza
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+            .ok_or_else(|| format!("debian.sources: the `{codename}` stanza has no {name}"))
+    };
+    let mut text = format!(
+        "Types: deb\nURIs: {}\nSuites: {codename}-backports\nComponents: {}\n",
+        field("URIs:")?,
+        field("Components:")?
+    );
+    if let Ok(keyring) = field("Signed-By:") {
+        text.push_str(&format!("Signed-By: {keyring}\n"));
+    }
+    std::fs::write(BACKPORTS_SOURCES, text).map_err(|e| format!("{BACKPORTS_SOURCES}: {e}"))
 }

@@ -1,0 +1,93 @@
+//! Level 1: squib's block engines against raw `pread`/`pwrite` on the host — the criterion
+//! bench `backend` (4 KiB random I/O, 1/2/4/8 threads, page-cached and O_DIRECT).
+//!
+//! Each engine result is paired with the raw result that differs from it only in the
+//! backend component of its criterion id, and reported as a ratio of the two.
+
+use super::Context;
+use super::criterion::{self, Measurement};
+use super::level::{Better, Figure, Level, Verdict};
+
+const TITLE: &str = "Backend (criterion `backend`)";
+const GOAL: &str = "each engine ≥ 0.90× raw pread/pwrite at every thread count";
+const GOAL_RATIO: f64 = 0.90;
+
+pub fn run(ctx: &Context) -> Level {
+    match criterion::run(ctx, "backend") {
+        Ok(run) => level(&run.measurements),
+        Err(reason) => Level::unavailable(1, TITLE, GOAL, reason),
+    }
+}
+
+/// Whether an id component names the raw-syscall baseline.
+fn is_raw(component: &str) -> bool {
+    let c = component.to_ascii_lowercase();
+    c.contains("raw") || c == "pread" || c == "pwrite" || c.contains("baseline")
+}
+
+/// Whether an id component names one of the engines or the baseline.
+fn is_backend(component: &str) -> bool {
+    let c = component.to_ascii_lowercase();
+    is_raw(component) || c.contains("sync") || c.contains("async") || c.contains("engine")
+}
+
+/// The id without its backend component: what an engine result and its raw pair share.
+fn pairing_key(id: &str) -> String {
+    id.split('/')
+        .filter(|c| !is_backend(c))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn figure(m: &Measurement) -> Option<Figure> {
+    let id = format!("backend.{}", m.id.replace('/', "."));
+    Figure::of(id, m.id.clone(), "IOPS").samples(&m.per_second(), Better::Higher)
+}
+
+fn level(measurements: &[Measurement]) -> Level {
+    let mut figures = Vec::new();
+    let mut worst: Option<(f64, String)> = None;
+    for m in measurements.iter().filter(|m| !m.id.split('/').any(is_raw)) {
+        let key = pairing_key(&m.id);
+        let raw = measurements
+            .iter()
+            .find(|r| r.id.split('/').any(is_raw) && pairing_key(&r.id) == key);
+        let Some(mut engine) = figure(m) else {
+            continue;
+        };
+        if let Some(raw) = raw.and_then(figure) {
+            engine = engine.against(&raw);
+            if let Some(ratio) = &engine.ratio
+                && worst.as_ref().is_none_or(|(w, _)| ratio.value < *w)
+            {
+                worst = Some((ratio.value, m.id.clone()));
+            }
+        }
+        figures.push(engine);
+    }
+    for raw in measurements.iter().filter(|m| m.id.split('/').any(is_raw)) {
+        figures.extend(figure(raw));
+    }
+    let verdict = match worst {
+        Some((ratio, id)) if ratio >= GOAL_RATIO => {
+            Verdict::Met(format!("lowest ratio {ratio:.2}× ({id})"))
+        }
+        Some((ratio, id)) => Verdict::NotMet(format!("lowest ratio {ratio:.2}× ({id})")),
+        None => Verdict::Unavailable("the bench reported no engine/raw pairs".into()),
+    };
+    let notes = vec![
+        "Method: `cargo bench -p squib-benches --bench backend`; per criterion sample, requests \
+         per second = elements per iteration / time per iteration; median with min–max over the \
+         samples. Each engine row's ratio is against the raw row that differs only in the \
+         backend part of the id."
+            .to_owned(),
+    ];
+    Level {
+        number: 1,
+        title: TITLE,
+        goal: GOAL,
+        verdict,
+        figures,
+        notes,
+    }
+}

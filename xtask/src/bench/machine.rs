@@ -1,0 +1,68 @@
+//! The machine a report was measured on: figures only compare on like machines.
+
+use std::path::Path;
+
+use crate::setup;
+
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub kvm: &'static str,
+    pub date: String,
+    pub commit: String,
+}
+
+impl Machine {
+    pub fn describe(workspace: &Path) -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+                    .map(|(_, name)| name.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let cores = std::thread::available_parallelism().map_or(0, usize::from);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        // PVM emulates guest kernel mode instruction by instruction; every figure depends on it.
+        let kvm = if Path::new("/sys/module/kvm_pvm").exists() {
+            "PVM (kvm_pvm: guest CPL0 emulated, CPL3 native)"
+        } else if Path::new("/dev/kvm").exists() {
+            "hardware (VMX/SVM)"
+        } else {
+            "none (/dev/kvm missing)"
+        };
+        let date = trimmed(setup::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
+        let commit = trimmed(setup::output(
+            "git",
+            &[
+                "-C",
+                &workspace.display().to_string(),
+                "describe",
+                "--always",
+                "--dirty",
+            ],
+        ));
+        Machine {
+            cpu,
+            cores,
+            kernel,
+            kvm,
+            date,
+            commit,
+        }
+    }
+
+    /// The day, as used in the report's file name.
+    pub fn day(&self) -> &str {
+        self.date.split(' ').next().unwrap_or("undated")
+    }
+}
+
+fn trimmed(result: Result<String, String>) -> String {
+    result.map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
+}
