@@ -8,5 +8,7 @@
 pub mod block;
 pub mod rate_limiter;
 
+pub use block::engine::{AsyncFileBackend, SyncFileBackend};
+
 /// Guest memory as squib maps it: anonymous or file-backed mmaps, no dirty bitmap.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

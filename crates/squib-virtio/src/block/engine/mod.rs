@@ -1,1 +1,21 @@
 //! The file engines behind a virtio-blk device: `SyncFileBackend` and `AsyncFileBackend`.
+//!
+//! Both implement [`BlockBackend`](super::backend::BlockBackend) over a raw disk image file (or
+//! block device) and are interchangeable behind `Arc<dyn BlockBackend>`:
+//! - [`SyncFileBackend`] serialises every request through one `Mutex<File>`: simple, and the
+//!   baseline the benchmark compares against.
+//! - [`AsyncFileBackend`] issues lockless positioned I/O on one shared descriptor, straight into
+//!   guest memory, and handles cache bypass (`O_DIRECT`) alignment with a bounce-buffer pool.
+
+mod async_file;
+mod bounce;
+mod disk;
+mod rmw_lock;
+mod segments;
+mod sync_file;
+
+pub use async_file::AsyncFileBackend;
+pub use sync_file::SyncFileBackend;
+
+#[cfg(test)]
+mod tests;
