@@ -147,10 +147,14 @@ impl Context {
             .map_err(Clone::clone)
     }
 
-    /// The project's test guest ELF (`cargo xtask test-guest`), built on first use.
+    /// The project's test guest ELF (`cargo xtask test-guest`), built on first use;
+    /// `SQUIB_BENCH_GUEST=<elf>` runs the suite with another build of it instead.
     pub fn guest(&self) -> Result<&Path, String> {
         self.guest
             .get_or_init(|| {
+                if let Some(path) = std::env::var_os("SQUIB_BENCH_GUEST") {
+                    return Ok(PathBuf::from(path));
+                }
                 setup::guest_target()?;
                 let printed = setup::output(&self.cargo, &["xtask", "test-guest"])
                     .map_err(|e| format!("the test guest does not build: {e}"))?;
