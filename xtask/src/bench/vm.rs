@@ -29,6 +29,8 @@ pub struct Vm {
     events: Receiver<Event>,
     first_output: Option<Duration>,
     exited: Option<(Duration, ExitStatus)>,
+    /// Both pipes reached end of file and the exit was seen: no event will come any more.
+    closed: bool,
     /// Everything the child printed, with the time since spawn.
     transcript: Vec<(Duration, Stream, String)>,
 }
@@ -57,6 +59,7 @@ impl Vm {
             events,
             first_output: None,
             exited: None,
+            closed: false,
             transcript: Vec::new(),
         })
     }
@@ -101,15 +104,17 @@ impl Vm {
         .map_err(|e| format!("waiting for `{marker}`: {e}"))
     }
 
-    /// Waits for the process to exit; returns the time since exec and its status.
+    /// Waits for the process to exit and its output to drain; returns the time from exec to
+    /// the exit and its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<(Duration, ExitStatus), String> {
         let deadline = Instant::now() + timeout;
-        while self.exited.is_none() {
-            if self.next_event(deadline)?.is_none() && self.exited.is_none() {
-                return Err(self.failure("still running at the deadline"));
+        while !self.closed {
+            if self.next_event(deadline)?.is_none() && !self.closed {
+                break;
             }
         }
-        self.exited.ok_or_else(|| "exit lost".into())
+        self.exited
+            .ok_or_else(|| self.failure("still running at the deadline"))
     }
 
     /// The last `lines` lines the child printed, for error reports.
@@ -150,7 +155,10 @@ impl Vm {
             let event = match self.events.recv_timeout(left) {
                 Ok(event) => event,
                 Err(RecvTimeoutError::Timeout) => return Ok(None),
-                Err(RecvTimeoutError::Disconnected) => return Ok(None),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.closed = true;
+                    return Ok(None);
+                }
             };
             match event {
                 Event::FirstOutput(at) => {
