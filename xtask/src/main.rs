@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bzimage;
 mod demo;
 mod guest_kernel;
 mod lint_unsafe;
