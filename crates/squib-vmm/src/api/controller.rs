@@ -1,0 +1,341 @@
+//! The controller: applies routed API requests to the pre-boot store or the running VMM.
+//!
+//! Before `InstanceStart` requests edit the [`ConfigStore`]; after it, the resources Firecracker
+//! calls pre-boot only are refused, and runtime requests go to the [`VmmControl`].
+
+use std::path::Path;
+use std::time::Instant;
+
+use tracing::{info, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::http::{Request, Response, Status};
+use super::logger::{LogConfigError, Logger};
+use super::metrics::{FLUSH_INTERVAL, Metrics, MetricsError};
+use super::models::{
+    ActionType, FullVmConfig, InstanceInfo, LoggerBody, PartialDriveBody, VersionInfo,
+    VmStateRequest,
+};
+use super::router::{ApiRequest, RouteError, route};
+use super::store::{ConfigError, ConfigStore, check_drive_path, check_id, rate_limiter};
+use super::vmm_control::{ControlError, ExitNotice, RunState, VmmControl};
+
+/// The Firecracker API version squib answers `GET /version` with: the swagger it implements.
+pub const FIRECRACKER_API_VERSION: &str = "1.16.0";
+
+/// Why a request was refused; every variant is a 400 with this text as `fault_message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Not a request squib serves.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// A value the configuration cannot take.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The VMM refused or failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// Metrics setup or flush.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// Logger setup.
+    #[error(transparent)]
+    Logger(#[from] LogConfigError),
+    /// A pre-boot-only request after `InstanceStart`.
+    #[error("{0} is not supported after starting the microVM")]
+    AfterBoot(&'static str),
+    /// A runtime request before `InstanceStart`.
+    #[error("{0} is not supported before starting the microVM")]
+    BeforeBoot(&'static str),
+    /// `InstanceStart` twice.
+    #[error("the microVM is already started")]
+    AlreadyStarted,
+}
+
+/// What identifies this squib and fixes its behaviour, from the command line.
+#[derive(Clone, Debug)]
+pub struct InstanceSettings {
+    /// `--id`.
+    pub id: String,
+    /// `--boot-timer`.
+    pub boot_timer: bool,
+}
+
+/// Serves API requests for one microVM.
+#[derive(Debug)]
+pub struct ApiController<V: VmmControl> {
+    settings: InstanceSettings,
+    store: ConfigStore,
+    vmm: V,
+    started: bool,
+    metrics: Metrics,
+    next_flush: Option<Instant>,
+    logger: Option<Logger>,
+    logger_body: Option<LoggerBody>,
+    /// Cloned into the VMM at start so that its exit wakes the server.
+    exit_event: EventFd,
+}
+
+impl<V: VmmControl> ApiController<V> {
+    /// A controller for a VMM not started yet. `exit_event` is the server's wake-up eventfd.
+    pub fn new(
+        settings: InstanceSettings,
+        vmm: V,
+        logger: Option<Logger>,
+        exit_event: EventFd,
+    ) -> Self {
+        Self {
+            settings,
+            store: ConfigStore::default(),
+            vmm,
+            started: false,
+            metrics: Metrics::default(),
+            next_flush: None,
+            logger,
+            logger_body: None,
+            exit_event,
+        }
+    }
+
+    /// The VMM (tests inspect their fake through it).
+    pub fn vmm(&self) -> &V {
+        &self.vmm
+    }
+
+    /// Answers one HTTP request.
+    pub fn handle_http(&mut self, request: &Request) -> Response {
+        let routed = route(&request.method, &request.path, &request.body);
+        let resource = routed.as_ref().map_or("invalid", ApiRequest::name);
+        let result = routed.map_err(ApiError::from).and_then(|r| self.handle(r));
+        self.metrics
+            .record_request(&request.method, resource, result.is_ok());
+        match result {
+            Ok(response) => response,
+            Err(e) => {
+                warn!(method = %request.method, path = %request.path, "API request refused: {e}");
+                Response::fault(Status::BadRequest, &e.to_string())
+            }
+        }
+    }
+
+    /// Applies one request.
+    pub fn handle(&mut self, request: ApiRequest) -> Result<Response, ApiError> {
+        use ApiRequest as R;
+        let done = Ok(Response::no_content());
+        match request {
+            R::GetInstanceInfo => Ok(Response::json(&InstanceInfo {
+                app_name: "squib".into(),
+                id: self.settings.id.clone(),
+                state: self.vmm.state().as_api_str().into(),
+                vmm_version: env!("CARGO_PKG_VERSION").into(),
+            })),
+            R::GetVersion => Ok(Response::json(&VersionInfo {
+                firecracker_version: FIRECRACKER_API_VERSION.into(),
+            })),
+            R::GetVmConfig => Ok(Response::json(&self.full_config())),
+            R::GetMachineConfig => Ok(Response::json(&self.store.machine_body())),
+            R::PutBootSource(body) => {
+                self.pre_boot("PUT /boot-source")?;
+                self.store.set_boot_source(&body)?;
+                done
+            }
+            R::PutMachineConfig(body) => {
+                self.pre_boot("PUT /machine-config")?;
+                self.store.put_machine_config(&body)?;
+                done
+            }
+            R::PatchMachineConfig(body) => {
+                self.pre_boot("PATCH /machine-config")?;
+                self.store.patch_machine_config(&body)?;
+                done
+            }
+            R::PutDrive(id, body) => {
+                self.pre_boot("PUT /drives")?;
+                self.store.put_drive(&id, &body)?;
+                done
+            }
+            R::PatchDrive(id, body) => {
+                self.post_boot("PATCH /drives")?;
+                self.patch_drive(&id, &body)?;
+                done
+            }
+            R::PutLogger(body) => {
+                self.pre_boot("PUT /logger")?;
+                self.configure_logger(body)?;
+                done
+            }
+            R::PutMetrics(body) => {
+                self.pre_boot("PUT /metrics")?;
+                self.configure_metrics(Path::new(&body.metrics_path))?;
+                done
+            }
+            R::Action(ActionType::InstanceStart) => {
+                self.start()?;
+                done
+            }
+            R::Action(ActionType::SendCtrlAltDel) => {
+                self.post_boot("SendCtrlAltDel")?;
+                self.vmm.send_ctrl_alt_del()?;
+                done
+            }
+            R::Action(ActionType::FlushMetrics) => {
+                self.flush_metrics()?;
+                done
+            }
+            R::PatchVm(body) => {
+                self.post_boot("PATCH /vm")?;
+                match body.state {
+                    VmStateRequest::Paused => self.vmm.pause()?,
+                    VmStateRequest::Resumed => self.vmm.resume()?,
+                }
+                done
+            }
+        }
+    }
+
+    fn pre_boot(&self, what: &'static str) -> Result<(), ApiError> {
+        if self.started {
+            Err(ApiError::AfterBoot(what))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn post_boot(&self, what: &'static str) -> Result<(), ApiError> {
+        if self.started {
+            Ok(())
+        } else {
+            Err(ApiError::BeforeBoot(what))
+        }
+    }
+
+    /// Boots the configured microVM (`InstanceStart`, or at once in `--config-file` mode).
+    pub fn start(&mut self) -> Result<(), ApiError> {
+        if self.started {
+            return Err(ApiError::AlreadyStarted);
+        }
+        let config = self.store.vm_config(self.settings.boot_timer)?;
+        let exit = self.exit_event.try_clone().map_err(ControlError::new)?;
+        self.vmm.start(&config, ExitNotice::new(exit))?;
+        self.started = true;
+        info!(id = %self.settings.id, "microVM started");
+        Ok(())
+    }
+
+    fn patch_drive(&mut self, id: &str, body: &PartialDriveBody) -> Result<(), ApiError> {
+        check_id("drive_id", id)?;
+        if body.drive_id != id {
+            return Err(ConfigError::IdMismatch {
+                path: id.into(),
+                body: body.drive_id.clone(),
+            }
+            .into());
+        }
+        let drive = self
+            .store
+            .drive_config(id)
+            .ok_or_else(|| ConfigError::UnknownDrive(id.into()))?;
+        let read_only = drive.is_read_only;
+        // Validate everything before changing anything.
+        let path = body
+            .path_on_host
+            .as_deref()
+            .map(|p| check_drive_path(p, read_only))
+            .transpose()?;
+        let limiter = body.rate_limiter.as_ref().map(rate_limiter).transpose()?;
+        if let Some(path) = path {
+            self.vmm.swap_drive(id, &path, read_only)?;
+            if let Some(d) = self.store.drive_config_mut(id) {
+                d.path_on_host = path;
+            }
+        }
+        if let Some(limiter) = limiter {
+            self.vmm.update_rate_limiter(id, &limiter)?;
+            if let Some(d) = self.store.drive_config_mut(id) {
+                d.rate_limiter = Some(limiter);
+            }
+        }
+        Ok(())
+    }
+
+    /// `PUT /metrics` (or the config file's `metrics`).
+    pub fn configure_metrics(&mut self, path: &Path) -> Result<(), ApiError> {
+        self.metrics.configure(path)?;
+        self.next_flush = Some(Instant::now() + FLUSH_INTERVAL);
+        Ok(())
+    }
+
+    /// `PUT /logger` (or the config file's `logger`).
+    pub fn configure_logger(&mut self, body: LoggerBody) -> Result<(), ApiError> {
+        match &self.logger {
+            Some(logger) => logger.apply(&body)?,
+            None => return Err(LogConfigError::NotInstalled.into()),
+        }
+        self.logger_body = Some(body);
+        Ok(())
+    }
+
+    fn flush_metrics(&mut self) -> Result<(), ApiError> {
+        let drives = self.vmm.drive_counters();
+        self.metrics.flush(&drives)?;
+        Ok(())
+    }
+
+    /// Periodic work: writes the metrics line when due. Returns when it next wants to run.
+    pub fn tick(&mut self, now: Instant) -> Option<Instant> {
+        if self.next_flush.is_some_and(|due| now >= due) {
+            if let Err(e) = self.flush_metrics() {
+                warn!("periodic metrics flush failed: {e}");
+            }
+            self.next_flush = Some(now + FLUSH_INTERVAL);
+        }
+        self.next_flush
+    }
+
+    /// The exit status once the microVM has stopped.
+    pub fn exit_status(&self) -> Option<i32> {
+        self.vmm.exit_status()
+    }
+
+    /// The whole configuration in `--config-file` form.
+    pub fn full_config(&self) -> FullVmConfig {
+        FullVmConfig {
+            boot_source: self.store.boot_source_body(),
+            drives: self.store.drive_bodies(),
+            machine_config: Some(self.store.machine_body()),
+            logger: self.logger_body.clone(),
+            metrics: self.metrics.path().map(|p| super::models::MetricsBody {
+                metrics_path: p.display().to_string(),
+            }),
+            ..FullVmConfig::default()
+        }
+    }
+
+    /// Applies a `--config-file`: every section through the same validation as its endpoint.
+    pub fn apply_config_file(&mut self, config: &FullVmConfig) -> Result<(), ApiError> {
+        if let Some(name) = config.first_unsupported() {
+            return Err(RouteError::Unsupported(format!("`{name}` in the config file")).into());
+        }
+        if let Some(logger) = &config.logger {
+            self.configure_logger(logger.clone())?;
+        }
+        if let Some(metrics) = &config.metrics {
+            self.configure_metrics(Path::new(&metrics.metrics_path))?;
+        }
+        if let Some(boot) = &config.boot_source {
+            self.store.set_boot_source(boot)?;
+        }
+        if let Some(machine) = &config.machine_config {
+            self.store.put_machine_config(machine)?;
+        }
+        for drive in &config.drives {
+            self.store.put_drive(&drive.drive_id, drive)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `InstanceStart` has succeeded.
+    pub fn is_started(&self) -> bool {
+        self.started && self.vmm.state() != RunState::NotStarted
+    }
+}

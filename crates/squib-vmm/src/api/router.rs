@@ -1,0 +1,285 @@
+//! From an HTTP method, path and body to a typed [`ApiRequest`], or a fault saying why not.
+//!
+//! Routing knows every Firecracker v1.16 resource: the ones squib implements parse into requests;
+//! the others are refused by name, so a client learns that the feature is missing rather than
+//! that it typed a wrong path.
+
+use serde::de::DeserializeOwned;
+
+use super::models::{
+    ActionBody, ActionType, BootSourceBody, DriveBody, LoggerBody, MachineConfigBody, MetricsBody,
+    PartialDriveBody, VmBody,
+};
+
+/// A request squib serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// `GET /`.
+    GetInstanceInfo,
+    /// `GET /version`.
+    GetVersion,
+    /// `GET /vm/config`.
+    GetVmConfig,
+    /// `GET /machine-config`.
+    GetMachineConfig,
+    /// `PUT /boot-source`.
+    PutBootSource(BootSourceBody),
+    /// `PUT /machine-config`.
+    PutMachineConfig(MachineConfigBody),
+    /// `PATCH /machine-config`.
+    PatchMachineConfig(MachineConfigBody),
+    /// `PUT /drives/{id}`: the path's id and the body.
+    PutDrive(String, DriveBody),
+    /// `PATCH /drives/{id}`.
+    PatchDrive(String, PartialDriveBody),
+    /// `PUT /actions`.
+    Action(ActionType),
+    /// `PATCH /vm`.
+    PatchVm(VmBody),
+    /// `PUT /logger`.
+    PutLogger(LoggerBody),
+    /// `PUT /metrics`.
+    PutMetrics(MetricsBody),
+}
+
+impl ApiRequest {
+    /// A short name for logs and the API-request metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::GetInstanceInfo => "instance_info",
+            Self::GetVersion => "version",
+            Self::GetVmConfig => "vm_config",
+            Self::GetMachineConfig | Self::PutMachineConfig(_) | Self::PatchMachineConfig(_) => {
+                "machine_config"
+            }
+            Self::PutBootSource(_) => "boot_source",
+            Self::PutDrive(..) | Self::PatchDrive(..) => "drives",
+            Self::Action(_) => "actions",
+            Self::PatchVm(_) => "vm",
+            Self::PutLogger(_) => "logger",
+            Self::PutMetrics(_) => "metrics",
+        }
+    }
+}
+
+/// Why a request could not be routed or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// No such resource, or not with this method.
+    #[error("invalid request method and/or path: {method} {path}")]
+    InvalidPathMethod {
+        /// As sent.
+        method: String,
+        /// As sent.
+        path: String,
+    },
+    /// A Firecracker resource squib does not implement.
+    #[error("squib does not support {0} yet")]
+    Unsupported(String),
+    /// A PUT/PATCH with no body.
+    #[error("{method} {path} requires a JSON body")]
+    EmptyBody {
+        /// As sent.
+        method: String,
+        /// As sent.
+        path: String,
+    },
+    /// The body is not the JSON this resource takes.
+    #[error("invalid body for {method} {path}: {source}")]
+    Json {
+        /// As sent.
+        method: String,
+        /// As sent.
+        path: String,
+        /// What serde found wrong (unknown field, wrong type, bad enum value, …).
+        source: serde_json::Error,
+    },
+}
+
+/// The Firecracker resources squib does not implement, by first path segment.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "network-interfaces",
+        "network interfaces (/network-interfaces)",
+    ),
+    ("vsock", "vsock devices (/vsock)"),
+    ("mmds", "the microVM metadata service (/mmds)"),
+    ("snapshot", "snapshots (/snapshot)"),
+    ("balloon", "balloon devices (/balloon)"),
+    ("entropy", "entropy devices (/entropy)"),
+    ("serial", "serial console configuration (/serial)"),
+    ("cpu-config", "custom CPU templates (/cpu-config)"),
+    ("pmem", "virtio-pmem devices (/pmem)"),
+    ("hotplug", "memory hotplug (/hotplug)"),
+];
+
+/// Routes one request.
+pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, RouteError> {
+    let invalid = || RouteError::InvalidPathMethod {
+        method: method.into(),
+        path: path.into(),
+    };
+    let segments: Vec<&str> = match path.strip_prefix('/') {
+        Some("") => Vec::new(),
+        Some(rest) => rest.split('/').collect(),
+        None => return Err(invalid()),
+    };
+    Ok(match (method, segments.as_slice()) {
+        ("GET", []) => ApiRequest::GetInstanceInfo,
+        ("GET", ["version"]) => ApiRequest::GetVersion,
+        ("GET", ["vm", "config"]) => ApiRequest::GetVmConfig,
+        ("GET", ["machine-config"]) => ApiRequest::GetMachineConfig,
+        ("PUT", ["boot-source"]) => ApiRequest::PutBootSource(parse_body(method, path, body)?),
+        ("PUT", ["machine-config"]) => {
+            ApiRequest::PutMachineConfig(parse_body(method, path, body)?)
+        }
+        ("PATCH", ["machine-config"]) => {
+            ApiRequest::PatchMachineConfig(parse_body(method, path, body)?)
+        }
+        ("PUT", ["drives", id]) if !id.is_empty() => {
+            ApiRequest::PutDrive((*id).into(), parse_body(method, path, body)?)
+        }
+        ("PATCH", ["drives", id]) if !id.is_empty() => {
+            ApiRequest::PatchDrive((*id).into(), parse_body(method, path, body)?)
+        }
+        ("PUT", ["actions"]) => {
+            ApiRequest::Action(parse_body::<ActionBody>(method, path, body)?.action_type)
+        }
+        ("PATCH", ["vm"]) => ApiRequest::PatchVm(parse_body(method, path, body)?),
+        ("PUT", ["logger"]) => ApiRequest::PutLogger(parse_body(method, path, body)?),
+        ("PUT", ["metrics"]) => ApiRequest::PutMetrics(parse_body(method, path, body)?),
+        (_, [first, ..]) => match UNSUPPORTED.iter().find(|(name, _)| name == first) {
+            Some((_, what)) => return Err(RouteError::Unsupported((*what).into())),
+            None => return Err(invalid()),
+        },
+        _ => return Err(invalid()),
+    })
+}
+
+fn parse_body<T: DeserializeOwned>(method: &str, path: &str, body: &[u8]) -> Result<T, RouteError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(RouteError::EmptyBody {
+            method: method.into(),
+            path: path.into(),
+        });
+    }
+    serde_json::from_slice(body).map_err(|source| RouteError::Json {
+        method: method.into(),
+        path: path.into(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::models::VmStateRequest;
+
+    #[test]
+    fn routes_every_supported_resource() {
+        assert_eq!(route("GET", "/", b"").unwrap(), ApiRequest::GetInstanceInfo);
+        assert_eq!(
+            route("GET", "/version", b"").unwrap(),
+            ApiRequest::GetVersion
+        );
+        assert_eq!(
+            route("GET", "/vm/config", b"").unwrap(),
+            ApiRequest::GetVmConfig
+        );
+        assert_eq!(
+            route("GET", "/machine-config", b"").unwrap(),
+            ApiRequest::GetMachineConfig
+        );
+        assert!(matches!(
+            route("PUT", "/boot-source", br#"{"kernel_image_path":"/k"}"#).unwrap(),
+            ApiRequest::PutBootSource(b) if b.kernel_image_path == "/k"
+        ));
+        assert!(matches!(
+            route("PATCH", "/machine-config", br#"{"vcpu_count":2}"#).unwrap(),
+            ApiRequest::PatchMachineConfig(m) if m.vcpu_count == Some(2)
+        ));
+        assert!(matches!(
+            route("PUT", "/drives/root", br#"{"drive_id":"root","is_root_device":true}"#).unwrap(),
+            ApiRequest::PutDrive(id, d) if id == "root" && d.is_root_device
+        ));
+        assert!(matches!(
+            route("PATCH", "/drives/root", br#"{"drive_id":"root","path_on_host":"/x"}"#).unwrap(),
+            ApiRequest::PatchDrive(id, d) if id == "root" && d.path_on_host.as_deref() == Some("/x")
+        ));
+        assert_eq!(
+            route("PUT", "/actions", br#"{"action_type":"InstanceStart"}"#).unwrap(),
+            ApiRequest::Action(ActionType::InstanceStart)
+        );
+        assert!(matches!(
+            route("PATCH", "/vm", br#"{"state":"Paused"}"#).unwrap(),
+            ApiRequest::PatchVm(VmBody {
+                state: VmStateRequest::Paused
+            })
+        ));
+        assert!(matches!(
+            route("PUT", "/logger", br#"{"level":"warning"}"#).unwrap(),
+            ApiRequest::PutLogger(_)
+        ));
+        assert!(matches!(
+            route("PUT", "/metrics", br#"{"metrics_path":"/m"}"#).unwrap(),
+            ApiRequest::PutMetrics(_)
+        ));
+    }
+
+    #[test]
+    fn refuses_unknown_paths_methods_and_bodies() {
+        let msg = |m, p, b: &[u8]| route(m, p, b).unwrap_err().to_string();
+        assert_eq!(
+            msg("GET", "/nope", b""),
+            "invalid request method and/or path: GET /nope"
+        );
+        assert_eq!(
+            msg("DELETE", "/drives/a", b""),
+            "invalid request method and/or path: DELETE /drives/a"
+        );
+        assert!(msg("GET", "/boot-source", b"").starts_with("invalid request method"));
+        assert!(msg("PUT", "/drives/", b"{}").starts_with("invalid request method"));
+        assert!(msg("PUT", "/drives/a/b", b"{}").starts_with("invalid request method"));
+        assert_eq!(
+            msg("PUT", "/boot-source", b" "),
+            "PUT /boot-source requires a JSON body"
+        );
+        let unknown = msg(
+            "PUT",
+            "/boot-source",
+            br#"{"kernel_image_path":"/k","bogus":1}"#,
+        );
+        assert!(unknown.contains("unknown field `bogus`"), "{unknown}");
+        let bad_enum = msg("PUT", "/actions", br#"{"action_type":"Reboot"}"#);
+        assert!(bad_enum.contains("unknown variant `Reboot`"), "{bad_enum}");
+        let bad_type = msg("PUT", "/machine-config", br#"{"vcpu_count":"two"}"#);
+        assert!(bad_type.contains("invalid type"), "{bad_type}");
+        assert!(msg("PUT", "/machine-config", br#"{"vcpu_count":-1}"#).contains("invalid value"));
+        assert!(msg("PUT", "/actions", b"{").contains("EOF"));
+    }
+
+    #[test]
+    fn names_unsupported_firecracker_resources() {
+        for (method, path) in [
+            ("PUT", "/network-interfaces/eth0"),
+            ("PUT", "/vsock"),
+            ("GET", "/mmds"),
+            ("PUT", "/mmds/config"),
+            ("PUT", "/snapshot/create"),
+            ("PUT", "/snapshot/load"),
+            ("GET", "/balloon/statistics"),
+            ("PUT", "/entropy"),
+            ("PUT", "/serial"),
+            ("PUT", "/cpu-config"),
+            ("PUT", "/pmem/p0"),
+            ("PATCH", "/hotplug/memory"),
+        ] {
+            let err = route(method, path, b"{}").unwrap_err();
+            assert!(
+                matches!(err, RouteError::Unsupported(_)),
+                "{method} {path}: {err}"
+            );
+            assert!(err.to_string().starts_with("squib does not support"));
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! What the API needs from a VMM, as a trait: the real KVM VMM implements it, tests use a fake.
+//!
+//! Every method must return promptly: the API thread calls them, and `GET /` must answer while a
+//! guest saturates its disk. Implementations talk to vCPU and device threads through atomics,
+//! channels and non-blocking handles, never by waiting on guest I/O.
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vm_config::{RateLimiterConfig, VmConfig};
+
+/// The state `GET /` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Before `InstanceStart`.
+    NotStarted,
+    /// vCPUs running.
+    Running,
+    /// vCPUs parked by `PATCH /vm`.
+    Paused,
+}
+
+impl RunState {
+    /// Firecracker's spelling.
+    pub fn as_api_str(self) -> &'static str {
+        match self {
+            Self::NotStarted => "Not started",
+            Self::Running => "Running",
+            Self::Paused => "Paused",
+        }
+    }
+}
+
+/// A VMM operation that failed; the text becomes the fault message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ControlError(String);
+
+impl ControlError {
+    /// Wraps any error's description.
+    pub fn new(message: impl std::fmt::Display) -> Self {
+        Self(message.to_string())
+    }
+}
+
+/// Cumulative counters of one drive, as the metrics file reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DriveCounters {
+    /// Completed reads.
+    pub read_count: u64,
+    /// Completed writes.
+    pub write_count: u64,
+    /// Completed flushes.
+    pub flush_count: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Requests the guest built wrong.
+    pub invalid_reqs_count: u64,
+    /// Requests the host failed.
+    pub io_errors: u64,
+    /// Sum of request latencies, µs.
+    pub latency_total_us: u64,
+    /// Longest request latency, µs.
+    pub latency_max_us: u64,
+}
+
+/// Signals the API server that the microVM has stopped, so the process can exit at once.
+#[derive(Debug)]
+pub struct ExitNotice(EventFd);
+
+impl ExitNotice {
+    /// Wraps the server's wake-up eventfd.
+    pub fn new(event: EventFd) -> Self {
+        Self(event)
+    }
+
+    /// Wakes the server (after the exit status is readable through `exit_status`).
+    pub fn notify(&self) {
+        if let Err(e) = self.0.write(1) {
+            tracing::error!("cannot wake the API server after the microVM stopped: {e}");
+        }
+    }
+}
+
+/// The VMM as the API sees it.
+pub trait VmmControl: Send {
+    /// Builds and boots the microVM; `exit` is notified once it stops.
+    fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError>;
+    /// The current state.
+    fn state(&self) -> RunState;
+    /// Parks every vCPU.
+    fn pause(&mut self) -> Result<(), ControlError>;
+    /// Runs them again.
+    fn resume(&mut self) -> Result<(), ControlError>;
+    /// Presses Ctrl+Alt+Del on the i8042.
+    fn send_ctrl_alt_del(&mut self) -> Result<(), ControlError>;
+    /// Puts a new backing file behind a running drive and tells the guest its config changed.
+    /// `read_only` is the drive's configured mode, which the new file is opened in.
+    fn swap_drive(
+        &mut self,
+        drive_id: &str,
+        path: &std::path::Path,
+        read_only: bool,
+    ) -> Result<(), ControlError>;
+    /// Replaces a running drive's throttle.
+    fn update_rate_limiter(
+        &mut self,
+        drive_id: &str,
+        config: &RateLimiterConfig,
+    ) -> Result<(), ControlError>;
+    /// Every drive's counters, by drive id.
+    fn drive_counters(&self) -> Vec<(String, DriveCounters)>;
+    /// The process exit status once the microVM has stopped.
+    fn exit_status(&self) -> Option<i32>;
+}
