@@ -1,4 +1,32 @@
 //! squib's VMM: builds a KVM microVM from a `VmConfig` and runs it.
+//!
+//! Entry points: [`vmm::Vmm::start`] builds and starts a microVM, [`vmm::VmmHandle`] controls
+//! it, [`vmm::Vmm::wait`] returns the [`exit::ExitReason`] it stopped for; [`cli`] turns the
+//! command line into a `VmConfig`.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod arch;
+pub mod boot;
+pub mod cli;
+pub mod control;
+pub mod devices;
+pub mod drives;
+pub mod exit;
+pub mod kvm;
 pub mod vm_config;
+pub mod vmm;
+
+/// Guest memory as squib maps it (shared with squib-virtio).
+pub use squib_virtio::GuestMemory;
+
+/// Signals squib's main thread waits for to stop the microVM in order.
+pub const TERMINATION_SIGNALS: [i32; 2] = [libc::SIGTERM, libc::SIGINT];
+
+/// Blocks SIGTERM and SIGINT (so one thread can `sigwait` for them) and the vCPU kick signal
+/// in the calling thread. Call it first thing in `main`, before any thread exists: threads
+/// inherit the mask.
+pub fn block_signals() -> std::io::Result<()> {
+    squib_host::signals::block(&TERMINATION_SIGNALS)?;
+    squib_host::signals::block(&[squib_host::signals::kick_signal()])
+}

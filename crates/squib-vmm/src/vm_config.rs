@@ -44,7 +44,12 @@ pub struct MachineConfig {
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        Self { vcpu_count: 1, mem_size_mib: 128, smt: false, track_dirty_pages: false }
+        Self {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            track_dirty_pages: false,
+        }
     }
 }
 

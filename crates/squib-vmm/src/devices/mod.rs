@@ -1,0 +1,108 @@
+//! Devices: the buses, the legacy PC devices, the boot timer and the virtio-mmio slots.
+
+pub mod boot_timer;
+pub mod bus;
+pub mod debug_exit;
+pub mod i8042;
+pub mod irq;
+pub mod serial;
+pub mod virtio_mmio;
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::VmFd;
+
+use self::bus::{Bus, BusError};
+use self::debug_exit::DebugExit;
+use self::i8042::I8042;
+use self::irq::IrqLine;
+use self::serial::{SerialDevice, SerialOutput};
+use crate::arch::x86_64::layout::{
+    DEBUG_EXIT_PORT, I8042_IRQ, I8042_PORT, SERIAL_IRQ, SERIAL_PORT,
+};
+use crate::exit::ExitSender;
+
+/// Why a device could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Its address range is taken or invalid.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// KVM refused an irqfd or ioeventfd.
+    #[error("KVM {op} for {device} failed: {source}")]
+    Kvm {
+        /// Which operation.
+        op: &'static str,
+        /// Which device.
+        device: String,
+        /// The error KVM returned.
+        source: kvm_ioctls::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd for {device}: {source}")]
+    EventFd {
+        /// Which device.
+        device: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No virtio-mmio slot is left.
+    #[error("too many virtio devices: at most {0} fit the interrupt lines")]
+    NoSlot(usize),
+    /// A virtio transport could not be created.
+    #[error("virtio device {device}: {source}")]
+    Transport {
+        /// Which device.
+        device: String,
+        /// Why.
+        source: squib_virtio::mmio::TransportError,
+    },
+}
+
+/// The legacy devices the host side also drives.
+#[derive(Debug, Clone)]
+pub struct LegacyDevices {
+    /// COM1, which stdin forwarding feeds.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The i8042, for Ctrl-Alt-Del.
+    pub i8042: Arc<Mutex<I8042>>,
+}
+
+fn irq_line(device: &'static str) -> Result<IrqLine, DeviceError> {
+    IrqLine::new().map_err(|source| DeviceError::EventFd { device, source })
+}
+
+fn register_irqfd(vm: &VmFd, line: &IrqLine, gsi: u32, device: &str) -> Result<(), DeviceError> {
+    vm.register_irqfd(line.event(), gsi)
+        .map_err(|source| DeviceError::Kvm {
+            op: "IRQFD",
+            device: device.into(),
+            source,
+        })
+}
+
+/// Puts COM1 (IRQ 4), the i8042 (IRQ 1) and the debug-exit port on the PIO bus.
+pub fn attach_legacy(
+    vm: &VmFd,
+    pio: &mut Bus,
+    exit: &ExitSender,
+    serial_out: SerialOutput,
+) -> Result<LegacyDevices, DeviceError> {
+    let serial = SerialDevice::new(irq_line("COM1")?, serial_out);
+    register_irqfd(vm, serial.irq(), SERIAL_IRQ, "COM1")?;
+    let serial = Arc::new(Mutex::new(serial));
+    pio.insert(u64::from(SERIAL_PORT), 8, serial.clone())?;
+
+    let i8042 = I8042::new(irq_line("i8042")?, exit.clone());
+    register_irqfd(vm, i8042.irq(), I8042_IRQ, "i8042")?;
+    let i8042 = Arc::new(Mutex::new(i8042));
+    // Data port 0x60 and command port 0x64 (0x61 is KVM's, with the in-kernel PIT).
+    pio.insert(u64::from(I8042_PORT), 5, i8042.clone())?;
+
+    pio.insert(
+        u64::from(DEBUG_EXIT_PORT),
+        1,
+        Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
+    )?;
+    Ok(LegacyDevices { serial, i8042 })
+}

@@ -1,0 +1,181 @@
+//! Drives: each `DriveConfig` becomes a backend (its engine, optionally bypassing the host page
+//! cache), a virtio-blk device, and a virtio-mmio slot. Block I/O runs on the device's worker
+//! thread, which squib-virtio starts when the driver activates the device — never on a vCPU.
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use kvm_ioctls::VmFd;
+use squib_virtio::block::backend::{BackendError, BlockBackend};
+use squib_virtio::block::engine::{AsyncFileBackend, SyncFileBackend};
+use squib_virtio::block::{BlockConfig, BlockDevice, BlockHandle, BlockMetricsSnapshot, SwapError};
+use squib_virtio::mmio::MmioTransport;
+
+use crate::GuestMemory;
+use crate::devices::DeviceError;
+use crate::devices::bus::Bus;
+use crate::devices::virtio_mmio::VirtioMmioManager;
+use crate::vm_config::{CacheType, DriveConfig, IoEngine};
+
+/// Why a drive could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    /// The backing file could not be opened or used.
+    #[error("drive {id}: cannot open {}: {source}", path.display())]
+    Open {
+        /// The drive id.
+        id: String,
+        /// Its backing file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `direct` was asked for and the host refused to bypass its cache for this file.
+    #[error("drive {id}: cannot bypass the host page cache for {} (direct): {source}", path.display())]
+    Direct {
+        /// The drive id.
+        id: String,
+        /// Its backing file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The device refused the configuration.
+    #[error("drive {id}: {source}")]
+    Device {
+        /// The drive id.
+        id: String,
+        /// Why.
+        source: squib_virtio::block::BlockError,
+    },
+    /// The virtio-mmio slot could not be set up.
+    #[error("drive {id}: {source}")]
+    Attach {
+        /// The drive id.
+        id: String,
+        /// Why.
+        source: DeviceError,
+    },
+}
+
+/// A drive of the running microVM: its device's runtime handle, and the backend it serves.
+#[derive(Debug)]
+pub struct DriveHandle {
+    id: String,
+    block: BlockHandle,
+    backend: Mutex<Arc<dyn BlockBackend>>,
+}
+
+impl DriveHandle {
+    /// The drive id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> BlockMetricsSnapshot {
+        self.block.metrics()
+    }
+
+    /// The device's runtime handle.
+    pub fn block_handle(&self) -> &BlockHandle {
+        &self.block
+    }
+
+    /// Replaces the backing file (the guest is notified of a capacity change).
+    pub fn swap_backend(&self, backend: Arc<dyn BlockBackend>) -> Result<(), SwapError> {
+        let mut current = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
+        self.block.swap_backend(backend.clone())?;
+        *current = backend;
+        Ok(())
+    }
+
+    /// Makes completed writes durable.
+    pub fn flush(&self) -> Result<(), BackendError> {
+        let backend = self
+            .backend
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if backend.is_read_only() {
+            Ok(())
+        } else {
+            backend.flush()
+        }
+    }
+}
+
+/// Opens the backend `drive` asks for.
+pub fn open_backend(drive: &DriveConfig) -> Result<Arc<dyn BlockBackend>, DriveError> {
+    let open_err = |source| DriveError::Open {
+        id: drive.drive_id.clone(),
+        path: drive.path_on_host.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!drive.is_read_only)
+        .open(&drive.path_on_host)
+        .map_err(open_err)?;
+    if drive.direct {
+        squib_host::block_io::set_f_nocache(&file).map_err(|source| DriveError::Direct {
+            id: drive.drive_id.clone(),
+            path: drive.path_on_host.clone(),
+            source,
+        })?;
+    }
+    let backend: Arc<dyn BlockBackend> = match drive.io_engine {
+        IoEngine::Sync => {
+            Arc::new(SyncFileBackend::from_file(file, drive.is_read_only).map_err(open_err)?)
+        }
+        IoEngine::Async => {
+            Arc::new(AsyncFileBackend::from_file(file, drive.is_read_only).map_err(open_err)?)
+        }
+    };
+    Ok(backend)
+}
+
+fn block_config(drive: &DriveConfig) -> BlockConfig {
+    let cache = match drive.cache_type {
+        CacheType::Unsafe => squib_virtio::block::CacheType::Unsafe,
+        CacheType::Writeback => squib_virtio::block::CacheType::Writeback,
+    };
+    BlockConfig::new(drive.drive_id.clone(), cache)
+}
+
+/// Opens every drive and attaches it, in order, to the next virtio-mmio slot.
+pub fn attach_all(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    mmio: &mut Bus,
+    virtio: &mut VirtioMmioManager,
+    drives: &[DriveConfig],
+) -> Result<Vec<DriveHandle>, DriveError> {
+    let mut handles = Vec::with_capacity(drives.len());
+    for drive in drives {
+        let id = || drive.drive_id.clone();
+        let backend = open_backend(drive)?;
+        let device = BlockDevice::new(backend.clone(), block_config(drive))
+            .map_err(|source| DriveError::Device { id: id(), source })?;
+        let block = device.handle();
+        let transport = MmioTransport::new(Box::new(device), mem.clone()).map_err(|source| {
+            DriveError::Attach {
+                id: id(),
+                source: DeviceError::Transport {
+                    device: id(),
+                    source,
+                },
+            }
+        })?;
+        virtio
+            .attach(vm, mmio, &drive.drive_id, transport)
+            .map_err(|source| DriveError::Attach { id: id(), source })?;
+        handles.push(DriveHandle {
+            id: id(),
+            block,
+            backend: Mutex::new(backend),
+        });
+    }
+    Ok(handles)
+}

@@ -1,0 +1,418 @@
+//! The microVM monitor: builds a machine from a [`VmConfig`], runs its vCPUs, and stops it in
+//! order. [`VmmHandle`] is the control surface the API and the signal thread use.
+//!
+//! Start-up sequence ([`Vmm::start`]); KVM's memory-slot registration costs milliseconds here,
+//! so it runs on its own thread, overlapped with steps 4–7:
+//!
+//! 1. validate the machine; open `/dev/kvm`;
+//! 2. create the VM: irqchip, PIT, KVM's private pages;
+//! 3. map guest RAM (lazily: no page is touched);
+//! 4. (thread) register RAM with KVM — meanwhile: create and configure the vCPUs;
+//! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio drives;
+//! 6. load the guest (`boot::load`) and set the boot vCPU's entry state;
+//! 7. join the registration; start one thread per vCPU, then stdin forwarding.
+
+use std::io::Read;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VmFd};
+use squib_host::signals;
+
+use crate::GuestMemory;
+use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_DEVICE_SIZE};
+use crate::boot::{self, BootError};
+use crate::control::{RunControl, VmState};
+use crate::devices::boot_timer::BootTimer;
+use crate::devices::bus::Bus;
+use crate::devices::serial::{self, SerialOutput};
+use crate::devices::virtio_mmio::VirtioMmioManager;
+use crate::devices::{self, DeviceError, LegacyDevices};
+use crate::drives::{self, DriveError, DriveHandle};
+use crate::exit::{ExitReason, ExitSender};
+use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
+use crate::kvm::vm::{self, VmError};
+use crate::vm_config::VmConfig;
+
+/// Most vCPUs a microVM may have.
+pub const MAX_VCPUS: u8 = 32;
+/// Least guest RAM: room for the boot structures below 1 MiB and a small kernel above.
+pub const MIN_MEM_MIB: usize = 8;
+/// Most guest RAM (1 TiB): far beyond any microVM, well within every address computation.
+pub const MAX_MEM_MIB: usize = 1 << 20;
+/// vCPU thread stack: the run loop and device emulation need little.
+const VCPU_STACK_SIZE: usize = 256 << 10;
+
+/// Why the microVM could not be started or controlled.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// No kernel was configured.
+    #[error("no kernel to boot: set a boot source")]
+    NoBootSource,
+    /// vCPU count out of range.
+    #[error("{0} vCPUs requested: squib runs 1 to {MAX_VCPUS}")]
+    VcpuCount(u8),
+    /// Memory size out of range.
+    #[error("{0} MiB of memory requested: squib needs {MIN_MEM_MIB} to {MAX_MEM_MIB} MiB")]
+    MemSize(usize),
+    /// SMT is not offered.
+    #[error("SMT is not supported: squib exposes one thread per core")]
+    Smt,
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {0}")]
+    Kvm(kvm_ioctls::Error),
+    /// KVM refused to report its CPUID.
+    #[error("KVM GET_SUPPORTED_CPUID failed: {0}")]
+    Cpuid(kvm_ioctls::Error),
+    /// VM set-up failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// vCPU set-up failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A device could not be attached.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A drive could not be opened.
+    #[error(transparent)]
+    Drive(#[from] DriveError),
+    /// The guest could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The vCPU kick signal could not be set up.
+    #[error("cannot set up the vCPU kick signal: {0}")]
+    KickSignal(std::io::Error),
+    /// The VM is stopping: it can no longer be paused or resumed.
+    #[error("the microVM is stopping")]
+    Stopping,
+}
+
+/// Where the guest console goes, and where the process started.
+pub struct StartOptions {
+    /// When squib's process started (the boot timer measures from here).
+    pub process_start: Instant,
+    /// Guest console output.
+    pub console_out: SerialOutput,
+    /// Guest console input, forwarded on its own thread (`None`: no input).
+    pub console_in: Option<Box<dyn Read + Send>>,
+}
+
+impl std::fmt::Debug for StartOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartOptions")
+            .field("process_start", &self.process_start)
+            .field("console_in", &self.console_in.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the handle, the vCPU threads and the main loop share.
+#[derive(Debug)]
+struct Shared {
+    control: RunControl,
+    vcpu_threads: Mutex<Vec<JoinHandle<()>>>,
+    exit: ExitSender,
+    legacy: LegacyDevices,
+    drives: Vec<DriveHandle>,
+}
+
+impl Shared {
+    fn kick_vcpus(&self) {
+        let threads = self
+            .vcpu_threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for thread in threads.iter() {
+            if let Err(err) = signals::kick(thread) {
+                tracing::warn!("cannot kick a vCPU thread: {err}");
+            }
+        }
+    }
+}
+
+/// A cloneable, thread-safe control handle on a running microVM.
+#[derive(Clone, Debug)]
+pub struct VmmHandle(Arc<Shared>);
+
+impl VmmHandle {
+    /// Parks every vCPU outside `KVM_RUN`; returns once all are parked.
+    pub fn pause(&self) -> Result<(), VmmError> {
+        if !self.0.control.request_pause() {
+            return Err(VmmError::Stopping);
+        }
+        self.0.kick_vcpus();
+        self.0.control.wait_parked();
+        tracing::info!("microVM paused");
+        Ok(())
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) -> Result<(), VmmError> {
+        if !self.0.control.resume() {
+            return Err(VmmError::Stopping);
+        }
+        tracing::info!("microVM resumed");
+        Ok(())
+    }
+
+    /// Presses Ctrl-Alt-Del on the i8042 (a Linux guest reboots, which stops squib).
+    pub fn send_ctrl_alt_del(&self) {
+        self.0
+            .legacy
+            .i8042
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send_ctrl_alt_del();
+    }
+
+    /// Stops the microVM: [`Vmm::wait`] returns [`ExitReason::Requested`].
+    pub fn stop(&self) {
+        self.request_exit(ExitReason::Requested);
+    }
+
+    /// Stops the microVM for `reason` (the first reason received wins).
+    pub fn request_exit(&self, reason: ExitReason) {
+        self.0.exit.request(reason);
+    }
+
+    /// The run state.
+    pub fn state(&self) -> VmState {
+        self.0.control.state()
+    }
+
+    /// The drives, in guest order (`/dev/vda` first).
+    pub fn drives(&self) -> &[DriveHandle] {
+        &self.0.drives
+    }
+}
+
+/// A running microVM.
+#[derive(Debug)]
+pub struct Vmm {
+    shared: Arc<Shared>,
+    exit_rx: Receiver<ExitReason>,
+    // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
+    _vm: VmFd,
+    _mem: GuestMemory,
+}
+
+fn validate(config: &VmConfig) -> Result<(), VmmError> {
+    let machine = &config.machine;
+    if !(1..=MAX_VCPUS).contains(&machine.vcpu_count) {
+        return Err(VmmError::VcpuCount(machine.vcpu_count));
+    }
+    if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&machine.mem_size_mib) {
+        return Err(VmmError::MemSize(machine.mem_size_mib));
+    }
+    if machine.smt {
+        return Err(VmmError::Smt);
+    }
+    Ok(())
+}
+
+impl Vmm {
+    /// Builds the microVM described by `config` and starts its vCPUs (see the module docs for
+    /// the sequence). A process that waits for SIGTERM/SIGINT blocks them first thing in
+    /// `main` ([`crate::block_signals`]).
+    pub fn start(config: &VmConfig, options: StartOptions) -> Result<Self, VmmError> {
+        // 1.
+        validate(config)?;
+        let source = config.boot.as_ref().ok_or(VmmError::NoBootSource)?;
+        let vcpu_count = config.machine.vcpu_count;
+        let mem_bytes = (config.machine.mem_size_mib as u64) << 20;
+        signals::install_kick_handler().map_err(VmmError::KickSignal)?;
+        let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+        // 2., 3.
+        let vm = vm::create(&kvm)?;
+        let mem = vm::create_memory(config.machine.mem_size_mib)?;
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let exit = ExitSender::new(exit_tx);
+        let vcpus_start = Arc::new(OnceLock::new());
+
+        let (vcpus, pio, mmio, legacy, drives) = std::thread::scope(|scope| {
+            // 4. Registration, overlapped with everything up to 7.
+            let registration = std::thread::Builder::new()
+                .name("mem-register".into())
+                .stack_size(64 << 10)
+                .spawn_scoped(scope, || {
+                    vm::register_memory(&vm, &mem, config.machine.track_dirty_pages)
+                })
+                .map_err(|source| VmmError::Thread {
+                    what: "memory registration",
+                    source,
+                })?;
+
+            let supported_cpuid = kvm
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .map_err(VmmError::Cpuid)?;
+            let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+            for index in 0..vcpu_count {
+                let vcpu = Vcpu::new(&vm, index)?;
+                vcpu.configure(&supported_cpuid, vcpu_count)?;
+                vcpus.push(vcpu);
+            }
+
+            // 5.
+            let mut pio = Bus::new("pio");
+            let mut mmio = Bus::new("mmio");
+            let legacy = devices::attach_legacy(&vm, &mut pio, &exit, options.console_out)?;
+            if config.boot_timer {
+                let timer = BootTimer::new(options.process_start, vcpus_start.clone());
+                mmio.insert(
+                    BOOT_TIMER_START,
+                    MMIO_DEVICE_SIZE,
+                    Arc::new(Mutex::new(timer)),
+                )
+                .map_err(DeviceError::from)?;
+            }
+            let mut virtio = VirtioMmioManager::new();
+            let drives = drives::attach_all(&vm, &mem, &mut mmio, &mut virtio, &config.drives)?;
+
+            // 6.
+            let entry = boot::load(&mem, mem_bytes, source, &config.drives, virtio.slots())?;
+            vcpus[0].set_entry(&entry)?;
+
+            // 7.
+            match registration.join() {
+                Ok(result) => result?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, drives))
+        })?;
+
+        let shared = Arc::new(Shared {
+            control: RunControl::new(vcpus.len()),
+            vcpu_threads: Mutex::new(Vec::with_capacity(vcpus.len())),
+            exit,
+            legacy,
+            drives,
+        });
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+        let _ = vcpus_start.set(Instant::now());
+        for vcpu in vcpus {
+            let (shared_for_thread, pio, mmio) = (shared.clone(), pio.clone(), mmio.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.index()))
+                .stack_size(VCPU_STACK_SIZE)
+                .spawn(move || run_vcpu(vcpu, &shared_for_thread, &pio, &mmio))
+                .map_err(|source| VmmError::Thread {
+                    what: "vCPU",
+                    source,
+                });
+            match thread {
+                Ok(thread) => shared
+                    .vcpu_threads
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(thread),
+                Err(err) => {
+                    shutdown(&shared);
+                    return Err(err);
+                }
+            }
+        }
+        if let Some(input) = options.console_in {
+            // Without input forwarding the guest still runs: not worth failing the start.
+            if let Err(err) = serial::spawn_input_forwarder(shared.legacy.serial.clone(), input) {
+                tracing::warn!("guest console input disabled: cannot start its thread: {err}");
+            }
+        }
+        tracing::debug!(
+            vcpus = vcpu_count,
+            mem_mib = config.machine.mem_size_mib,
+            "microVM started"
+        );
+        Ok(Self {
+            shared,
+            exit_rx,
+            _vm: vm,
+            _mem: mem,
+        })
+    }
+
+    /// A control handle.
+    pub fn handle(&self) -> VmmHandle {
+        VmmHandle(self.shared.clone())
+    }
+
+    /// Blocks until something stops the microVM, then stops it in order — vCPUs out of
+    /// `KVM_RUN` and joined, drives flushed — and returns why it stopped.
+    pub fn wait(&self) -> ExitReason {
+        let reason = self
+            .exit_rx
+            .recv()
+            .unwrap_or_else(|_| ExitReason::HostError("every exit notifier is gone".into()));
+        if reason.status() == 0 {
+            tracing::info!("microVM stopping: {reason}");
+        } else {
+            tracing::warn!(
+                "microVM stopping: {reason} (exit status {})",
+                reason.status()
+            );
+        }
+        shutdown(&self.shared);
+        reason
+    }
+}
+
+/// Stops and joins every vCPU thread, then flushes the drives.
+fn shutdown(shared: &Shared) {
+    shared.control.request_stop();
+    shared.kick_vcpus();
+    let threads = std::mem::take(
+        &mut *shared
+            .vcpu_threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    for thread in threads {
+        if thread.join().is_err() {
+            tracing::error!("a vCPU thread panicked");
+        }
+    }
+    for drive in &shared.drives {
+        if let Err(err) = drive.flush() {
+            tracing::error!("drive {}: flush at shutdown failed: {err}", drive.id());
+        }
+    }
+}
+
+/// A vCPU thread: run the guest until told to stop or the guest stops the VM.
+fn run_vcpu(mut vcpu: Vcpu, shared: &Shared, pio: &Bus, mmio: &Bus) {
+    // Blocked outside KVM_RUN, unblocked inside: see `squib_host::signals`.
+    let kick_setup = signals::block(&[signals::kick_signal()])
+        .and_then(|()| signals::unblock_kick_during_run(vcpu.fd()));
+    if let Err(err) = kick_setup {
+        shared.exit.request(ExitReason::HostError(format!(
+            "vCPU {}: KVM_SET_SIGNAL_MASK: {err}",
+            vcpu.index()
+        )));
+    } else {
+        while shared.control.may_run() {
+            match vcpu.run_once(pio, mmio) {
+                RunOutcome::Continue => {}
+                RunOutcome::Kicked => {
+                    if let Err(err) = signals::consume_pending_kick() {
+                        tracing::warn!(vcpu = vcpu.index(), "clearing a kick failed: {err}");
+                    }
+                }
+                RunOutcome::Exit(reason) => {
+                    shared.exit.request(reason);
+                    break;
+                }
+            }
+        }
+    }
+    shared.control.vcpu_exited();
+}

@@ -1,0 +1,58 @@
+//! Bad command lines: one line naming the problem (then the usage), exit status 2, no VM.
+
+mod common;
+
+use std::time::Duration;
+
+fn usage_error(args: &[&str]) -> String {
+    let output = common::run_squib(args, Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+    assert!(output.stdout.is_empty(), "{args:?}: printed on stdout");
+    let stderr = common::stderr(&output);
+    let first = stderr.lines().next().unwrap_or_default().to_owned();
+    assert!(first.starts_with("squib: "), "{args:?}: {stderr:?}");
+    assert!(
+        stderr
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .starts_with("usage: squib"),
+        "{stderr:?}"
+    );
+    first
+}
+
+#[test]
+fn missing_kernel_is_named() {
+    assert_eq!(usage_error(&[]), "squib: --kernel is required");
+}
+
+#[test]
+fn nonexistent_paths_are_named() {
+    let line = usage_error(&["--kernel", "/nonexistent/vmlinux"]);
+    assert!(
+        line.contains("/nonexistent/vmlinux") && line.contains("No such file"),
+        "{line}"
+    );
+    let kernel = std::env::current_exe().unwrap();
+    let kernel = kernel.to_str().unwrap();
+    let line = usage_error(&["--kernel", kernel, "--disk", "/nonexistent/disk.img,ro"]);
+    assert!(line.contains("--disk /nonexistent/disk.img"), "{line}");
+}
+
+#[test]
+fn bad_sizes_and_combinations_are_named() {
+    let kernel = std::env::current_exe().unwrap();
+    let kernel = kernel.to_str().unwrap();
+    assert!(usage_error(&["--kernel", kernel, "--vcpus", "64"]).contains("--vcpus \"64\""));
+    assert!(usage_error(&["--kernel", kernel, "--mem-mib", "lots"]).contains("--mem-mib \"lots\""));
+    assert!(usage_error(&["--kernel", kernel, "--kernel", kernel]).contains("given twice"));
+    assert!(usage_error(&["--kernel", kernel, "--bogus"]).contains("unknown option --bogus"));
+}
+
+#[test]
+fn help_prints_the_usage() {
+    let output = common::run_squib(&["--help"], Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(0));
+    assert!(common::stdout(&output).starts_with("usage: squib --kernel PATH"));
+}

@@ -1,0 +1,132 @@
+//! Helpers for the integration tests: KVM presence, running `squib`, and tiny hand-assembled
+//! guests (a few instructions in an ELF64 image), so that VMM behaviour can be tested without
+//! building a guest toolchain.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether /dev/kvm is usable; says loudly when a test is skipped.
+pub fn kvm_available(test: &str) -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: /dev/kvm is absent, this KVM test did not run");
+    false
+}
+
+/// The `squib` binary under test.
+pub fn squib() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_squib"));
+    command.stdin(Stdio::null());
+    command
+}
+
+/// Runs `squib` with `args` to completion, failing the test after `timeout`.
+pub fn run_squib(args: &[&str], timeout: Duration) -> Output {
+    let child = squib()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_with_timeout(child, timeout)
+}
+
+/// Waits for `child`, killing it and failing the test after `timeout`.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "squib did not exit within {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Where tiny guests are loaded and entered.
+const LOAD_ADDR: u64 = 0x10_0000;
+
+/// Writes an ELF64 x86_64 executable whose single segment is `code`, loaded and entered at
+/// 1 MiB, into `dir`.
+pub fn tiny_guest(dir: &Path, name: &str, code: &[u8]) -> PathBuf {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let offset = (EHDR + PHDR) as u64;
+    let mut elf = Vec::new();
+    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0"); // 64-bit, LE, SysV
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
+    elf.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    elf.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    elf.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    elf.extend_from_slice(&offset.to_le_bytes()); // p_offset
+    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
+    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    elf.extend_from_slice(code);
+    let path = dir.join(name);
+    std::fs::write(&path, elf).unwrap();
+    path
+}
+
+/// Machine code: write `text` to COM1, one `out` per byte.
+pub fn print(text: &str) -> Vec<u8> {
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03]; // mov $0x3f8, %dx
+    for byte in text.bytes() {
+        code.extend_from_slice(&[0xb0, byte, 0xee]); // mov $byte, %al; out %al, (%dx)
+    }
+    code
+}
+
+/// Machine code: write `value` to the 1-byte port `port`.
+pub fn out(port: u16, value: u8) -> Vec<u8> {
+    let [lo, hi] = port.to_le_bytes();
+    vec![0x66, 0xba, lo, hi, 0xb0, value, 0xee]
+}
+
+/// Machine code: halt forever (interrupts are off at entry).
+pub fn halt_forever() -> Vec<u8> {
+    vec![0xf4, 0xeb, 0xfd] // 1: hlt; jmp 1b
+}
+
+/// Machine code: read 8 bytes at 2 GiB, outside the boot identity map: #PF with an empty IDT,
+/// so a triple fault.
+pub fn fault() -> Vec<u8> {
+    vec![0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0x00, 0x80] // mov 0xffffffff80000000, %rax
+}
+
+/// Concatenates code pieces.
+pub fn code(pieces: &[Vec<u8>]) -> Vec<u8> {
+    pieces.concat()
+}
+
+/// Squib's stdout as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Squib's stderr as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
