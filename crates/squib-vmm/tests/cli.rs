@@ -27,7 +27,10 @@ fn missing_values_are_named() {
     assert_eq!(usage_error(&["--kernel"]), "squib: --kernel needs a value");
     let kernel = std::env::current_exe().unwrap();
     let kernel = kernel.to_str().unwrap();
-    assert_eq!(usage_error(&["--kernel", kernel, "--disk"]), "squib: --disk needs a value");
+    assert_eq!(
+        usage_error(&["--kernel", kernel, "--disk"]),
+        "squib: --disk needs a value"
+    );
 }
 
 #[test]
