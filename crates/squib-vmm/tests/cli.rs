@@ -1,4 +1,5 @@
 //! Bad command lines: one line naming the problem (then the usage), exit status 2, no VM.
+#![forbid(unsafe_code)]
 
 mod common;
 

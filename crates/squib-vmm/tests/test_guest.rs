@@ -1,6 +1,7 @@
 //! The project's test guest under the `squib` binary: it drives the disks through virtio-blk,
 //! prints one `ok - …`/`FAIL - …` line per check and a summary, and powers off (i8042 reset
 //! when every check passed, debug-exit 1 otherwise).
+#![forbid(unsafe_code)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The VMM's own behaviour, with hand-assembled guests: serial output, the exit paths and their
 //! statuses, SIGTERM, and the boot failures squib must report rather than crash on.
+#![forbid(unsafe_code)]
 
 mod common;
 
