@@ -7,9 +7,11 @@
 
 pub mod controller;
 pub mod http;
+pub mod kvm_vmm;
 pub mod logger;
 pub mod metrics;
 pub mod models;
+pub mod process;
 pub mod router;
 pub mod server;
 pub mod store;

@@ -199,14 +199,20 @@ impl ApiServer {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ServerError::Poll(e)),
             };
+            // Connections first, the listener last: bytes a client already sent are read (and
+            // mark it busy) before a newcomer may evict an idle connection.
+            let mut accept = false;
             for event in &events[..n] {
                 match event.data() {
-                    TOKEN_LISTENER => self.accept(),
+                    TOKEN_LISTENER => accept = true,
                     TOKEN_WAKE => {
                         let _ = self.wake.read();
                     }
                     token => self.serve(token, controller),
                 }
+            }
+            if accept {
+                self.accept();
             }
             self.expire(Instant::now());
         }

@@ -16,12 +16,8 @@ use crate::vm_config::{
     BootSource, CacheType, DriveConfig, IoEngine, MachineConfig, RateLimiterConfig,
     TokenBucketConfig, VmConfig,
 };
+use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 
-/// Firecracker's vCPU range.
-pub const MAX_VCPUS: u64 = 32;
-/// Guest RAM squib accepts, in MiB (1 TiB): far above any microVM, low enough that byte sizes
-/// never overflow.
-pub const MAX_MEM_MIB: u64 = 1 << 20;
 /// Firecracker's limit on resource ids.
 pub const MAX_ID_LEN: usize = 64;
 /// Longest `refill_time` (ms) whose nanoseconds fit in 64 bits.
@@ -34,7 +30,7 @@ pub enum ConfigError {
     #[error("vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
     VcpuCount(u64),
     /// `mem_size_mib` out of range.
-    #[error("mem_size_mib must be between 1 and {MAX_MEM_MIB}, got {0}")]
+    #[error("mem_size_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {0}")]
     MemSize(u64),
     /// A `PUT /machine-config` without a required field.
     #[error("PUT /machine-config requires `{0}` (use PATCH to change some fields only)")]
@@ -236,14 +232,14 @@ impl ConfigStore {
         if let Some(n) = body.vcpu_count {
             m.vcpu_count = u8::try_from(n)
                 .ok()
-                .filter(|n| (1..=MAX_VCPUS).contains(&u64::from(*n)))
+                .filter(|n| (1..=MAX_VCPUS).contains(n))
                 .ok_or(ConfigError::VcpuCount(n))?;
         }
         if let Some(mib) = body.mem_size_mib {
-            if !(1..=MAX_MEM_MIB).contains(&mib) {
-                return Err(ConfigError::MemSize(mib));
-            }
-            m.mem_size_mib = usize::try_from(mib).map_err(|_| ConfigError::MemSize(mib))?;
+            m.mem_size_mib = usize::try_from(mib)
+                .ok()
+                .filter(|mib| (MIN_MEM_MIB..=MAX_MEM_MIB).contains(mib))
+                .ok_or(ConfigError::MemSize(mib))?;
         }
         if body.smt == Some(true) {
             return Err(ConfigError::MachineFeature(

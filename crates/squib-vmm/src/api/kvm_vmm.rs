@@ -1,0 +1,230 @@
+//! [`VmmControl`] for squib's KVM VMM: starts a [`Vmm`], waits for it on its own thread, and
+//! drives it through the cloneable [`VmmHandle`] (atomics and a condvar the vCPUs obey; nothing
+//! here waits on guest I/O).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Instant;
+
+use super::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
+use crate::control::VmState;
+use crate::devices::serial::Stdout;
+use crate::drives::open_backend;
+use crate::exit::ExitReason;
+use crate::vm_config::{RateLimiterConfig, VmConfig};
+use crate::vmm::{StartOptions, Vmm, VmmHandle};
+
+/// What the waiter thread, a signal thread and the API share.
+#[derive(Debug, Default)]
+struct Shared {
+    handle: Mutex<Option<VmmHandle>>,
+    /// Set once, by whichever stops the process first.
+    exit_status: OnceLock<i32>,
+}
+
+/// The KVM VMM behind the API.
+#[derive(Debug)]
+pub struct KvmVmm {
+    process_start: Instant,
+    shared: Arc<Shared>,
+    /// The running VM's handle (a clone of the one in `shared`, without the lock).
+    handle: Option<VmmHandle>,
+    /// Drive configurations as booted, for re-opening a swapped backend with the same engine.
+    config: Option<VmConfig>,
+    /// Forward stdin to the guest console.
+    console_in: bool,
+}
+
+/// Stops the process from another thread (a signal): the VM if it runs, else the server.
+#[derive(Debug)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+    wake: ExitNotice,
+}
+
+impl Stopper {
+    /// Stops for `signal`.
+    pub fn stop(&self, signal: i32) {
+        let handle = self
+            .shared
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match handle.as_ref() {
+            // The waiter thread sets the status and wakes the server.
+            Some(handle) => handle.request_exit(ExitReason::Signal(signal)),
+            None => {
+                let _ = self
+                    .shared
+                    .exit_status
+                    .set(i32::from(ExitReason::Signal(signal).status()));
+                self.wake.notify();
+            }
+        }
+    }
+}
+
+impl KvmVmm {
+    /// A VMM not started yet; `process_start` anchors the boot timer.
+    pub fn new(process_start: Instant, console_in: bool) -> Self {
+        Self {
+            process_start,
+            shared: Arc::default(),
+            handle: None,
+            config: None,
+            console_in,
+        }
+    }
+
+    /// A handle a signal thread uses to stop squib; `wake` is the server's wake-up eventfd.
+    pub fn stopper(&self, wake: ExitNotice) -> Stopper {
+        Stopper {
+            shared: self.shared.clone(),
+            wake,
+        }
+    }
+
+    fn running(&self) -> Result<&VmmHandle, ControlError> {
+        self.handle
+            .as_ref()
+            .ok_or_else(|| ControlError::new("the microVM is not running"))
+    }
+
+    fn drive(&self, id: &str) -> Result<&crate::drives::DriveHandle, ControlError> {
+        self.running()?
+            .drives()
+            .iter()
+            .find(|d| d.id() == id)
+            .ok_or_else(|| ControlError::new(format!("drive `{id}` does not exist")))
+    }
+}
+
+impl VmmControl for KvmVmm {
+    fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError> {
+        let options = StartOptions {
+            process_start: self.process_start,
+            console_out: Box::new(Stdout),
+            console_in: self
+                .console_in
+                .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+        };
+        let vmm = Vmm::start(config, options).map_err(ControlError::new)?;
+        let handle = vmm.handle();
+        *self
+            .shared
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(handle.clone());
+        let shared = self.shared.clone();
+        let waiter = std::thread::Builder::new()
+            .name("vmm-wait".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let reason = vmm.wait();
+                let _ = shared.exit_status.set(i32::from(reason.status()));
+                exit.notify();
+                // `vmm` is leaked into this thread's end: the process exits right after, and
+                // the kernel tears the VM down faster than an explicit close.
+                std::mem::forget(vmm);
+            });
+        if let Err(e) = waiter {
+            handle.stop();
+            return Err(ControlError::new(format!(
+                "cannot start the VMM wait thread: {e}"
+            )));
+        }
+        self.handle = Some(handle);
+        self.config = Some(config.clone());
+        Ok(())
+    }
+
+    fn state(&self) -> RunState {
+        match self.handle.as_ref().map(VmmHandle::state) {
+            None => RunState::NotStarted,
+            Some(VmState::Paused) => RunState::Paused,
+            // Pausing is not Paused yet; Stopped is reported until the process exits.
+            Some(VmState::Running | VmState::Pausing | VmState::Stopped) => RunState::Running,
+        }
+    }
+
+    fn pause(&mut self) -> Result<(), ControlError> {
+        self.running()?.pause().map_err(ControlError::new)
+    }
+
+    fn resume(&mut self) -> Result<(), ControlError> {
+        self.running()?.resume().map_err(ControlError::new)
+    }
+
+    fn send_ctrl_alt_del(&mut self) -> Result<(), ControlError> {
+        self.running()?.send_ctrl_alt_del();
+        Ok(())
+    }
+
+    fn swap_drive(
+        &mut self,
+        drive_id: &str,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(), ControlError> {
+        let mut drive_config = self
+            .config
+            .as_ref()
+            .and_then(|c| c.drives.iter().find(|d| d.drive_id == drive_id))
+            .cloned()
+            .ok_or_else(|| ControlError::new(format!("drive `{drive_id}` does not exist")))?;
+        drive_config.path_on_host = path.to_owned();
+        drive_config.is_read_only = read_only;
+        let backend = open_backend(&drive_config).map_err(ControlError::new)?;
+        self.drive(drive_id)?
+            .swap_backend(backend)
+            .map_err(ControlError::new)?;
+        if let Some(d) = self
+            .config
+            .as_mut()
+            .and_then(|c| c.drives.iter_mut().find(|d| d.drive_id == drive_id))
+        {
+            d.path_on_host = path.to_owned();
+        }
+        Ok(())
+    }
+
+    fn update_rate_limiter(
+        &mut self,
+        drive_id: &str,
+        _config: &RateLimiterConfig,
+    ) -> Result<(), ControlError> {
+        self.drive(drive_id)?;
+        Err(ControlError::new(
+            "updating a running drive's rate_limiter is not supported by squib yet",
+        ))
+    }
+
+    fn drive_counters(&self) -> Vec<(String, DriveCounters)> {
+        let Some(handle) = &self.handle else {
+            return Vec::new();
+        };
+        handle
+            .drives()
+            .iter()
+            .map(|d| {
+                let m = d.metrics();
+                let counters = DriveCounters {
+                    read_count: m.reads,
+                    write_count: m.writes,
+                    flush_count: m.flushes,
+                    read_bytes: m.read_bytes,
+                    write_bytes: m.written_bytes,
+                    invalid_reqs_count: m.invalid_requests,
+                    io_errors: m.io_errors,
+                    latency_total_us: m.latency_total_ns / 1000,
+                    latency_max_us: m.latency_max_ns / 1000,
+                };
+                (d.id().to_owned(), counters)
+            })
+            .collect()
+    }
+
+    fn exit_status(&self) -> Option<i32> {
+        self.shared.exit_status.get().copied()
+    }
+}

@@ -1,0 +1,849 @@
+//! The API server over a real Unix socket, in-process, against a fake VMM: routing, validation,
+//! wire rules and robustness. Needs no KVM, so it runs everywhere.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use squib_vmm::api::controller::{ApiController, InstanceSettings};
+use squib_vmm::api::server::{ApiServer, REQUEST_TIMEOUT};
+use squib_vmm::api::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
+use squib_vmm::vm_config::{RateLimiterConfig, VmConfig};
+
+/// What the fake VMM was asked to do.
+#[derive(Debug, Default)]
+struct Calls {
+    started: Option<VmConfig>,
+    log: Vec<String>,
+    exit: Option<ExitNotice>,
+    exit_status: Option<i32>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FakeVmm {
+    calls: Arc<Mutex<Calls>>,
+    paused: Arc<Mutex<bool>>,
+}
+
+impl FakeVmm {
+    fn log(&self, what: impl Into<String>) {
+        self.calls.lock().unwrap().log.push(what.into());
+    }
+}
+
+impl VmmControl for FakeVmm {
+    fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError> {
+        let mut calls = self.calls.lock().unwrap();
+        calls.started = Some(config.clone());
+        calls.exit = Some(exit);
+        Ok(())
+    }
+    fn state(&self) -> RunState {
+        match (
+            self.calls.lock().unwrap().started.is_some(),
+            *self.paused.lock().unwrap(),
+        ) {
+            (false, _) => RunState::NotStarted,
+            (true, false) => RunState::Running,
+            (true, true) => RunState::Paused,
+        }
+    }
+    fn pause(&mut self) -> Result<(), ControlError> {
+        *self.paused.lock().unwrap() = true;
+        self.log("pause");
+        Ok(())
+    }
+    fn resume(&mut self) -> Result<(), ControlError> {
+        *self.paused.lock().unwrap() = false;
+        self.log("resume");
+        Ok(())
+    }
+    fn send_ctrl_alt_del(&mut self) -> Result<(), ControlError> {
+        // The fake guest reacts like the real test guest: it powers off.
+        self.log("ctrl_alt_del");
+        let mut calls = self.calls.lock().unwrap();
+        calls.exit_status = Some(0);
+        if let Some(exit) = &calls.exit {
+            exit.notify();
+        }
+        Ok(())
+    }
+    fn swap_drive(&mut self, id: &str, path: &Path, ro: bool) -> Result<(), ControlError> {
+        self.log(format!("swap {id} {} ro={ro}", path.display()));
+        Ok(())
+    }
+    fn update_rate_limiter(
+        &mut self,
+        id: &str,
+        config: &RateLimiterConfig,
+    ) -> Result<(), ControlError> {
+        self.log(format!("limit {id} {config:?}"));
+        Ok(())
+    }
+    fn drive_counters(&self) -> Vec<(String, DriveCounters)> {
+        let c = DriveCounters {
+            read_count: 3,
+            read_bytes: 1536,
+            ..Default::default()
+        };
+        vec![("rootfs".into(), c)]
+    }
+    fn exit_status(&self) -> Option<i32> {
+        self.calls.lock().unwrap().exit_status
+    }
+}
+
+/// A server on its own thread; joins to the exit status.
+struct Running {
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+    vmm: FakeVmm,
+    thread: Option<JoinHandle<i32>>,
+}
+
+impl Running {
+    fn start(max_payload: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let vmm = FakeVmm::default();
+        let mut server = ApiServer::bind(&sock, max_payload).unwrap();
+        let settings = InstanceSettings {
+            id: "fake_vm".into(),
+            boot_timer: false,
+        };
+        let wake = server.wake_event().unwrap();
+        let fake = vmm.clone();
+        let thread = std::thread::spawn(move || {
+            let mut controller = ApiController::new(settings, fake, None, wake);
+            server.run(&mut controller).unwrap()
+        });
+        Self {
+            dir,
+            sock,
+            vmm,
+            thread: Some(thread),
+        }
+    }
+
+    fn connect(&self) -> Client {
+        let stream = UnixStream::connect(&self.sock).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn file(&self, name: &str, len: usize) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    fn join(mut self) -> i32 {
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client.
+struct Client {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn send_raw(&mut self, raw: &[u8]) -> (u16, String) {
+        self.stream.write_all(raw).unwrap();
+        self.response()
+    }
+
+    fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.send_raw(raw.as_bytes())
+    }
+
+    fn response(&mut self) -> (u16, String) {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head) = resp.parse(&self.buf).unwrap() {
+                let code = resp.code.unwrap();
+                let len = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |h| {
+                        std::str::from_utf8(h.value).unwrap().parse().unwrap()
+                    });
+                if self.buf.len() >= head + len {
+                    let body = String::from_utf8(self.buf[head..head + len].to_vec()).unwrap();
+                    self.buf.drain(..head + len);
+                    return (code, body);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "server closed the connection mid-response");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether the server has closed the connection.
+    fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn fault(body: &str) -> String {
+    json(body)["fault_message"]
+        .as_str()
+        .expect("fault_message")
+        .to_owned()
+}
+
+#[test]
+fn socket_is_private_and_a_live_one_is_not_stolen() {
+    let running = Running::start(51_200);
+    let mode = std::fs::metadata(&running.sock)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    let err = ApiServer::bind(&running.sock, 100).unwrap_err().to_string();
+    assert!(err.contains("another API server is answering"), "{err}");
+    // Not a socket: refused, and left alone.
+    let plain = running.dir.path().join("plain");
+    std::fs::write(&plain, b"keep me").unwrap();
+    assert!(ApiServer::bind(&plain, 100).is_err());
+    assert_eq!(std::fs::read(&plain).unwrap(), b"keep me");
+    let mut c = running.connect();
+    c.call(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path":"{}"}}"#, running.file("k", 1)),
+    );
+    c.call("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    c.call("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#);
+    assert_eq!(running.join(), 0);
+}
+
+#[test]
+fn stale_socket_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let server = ApiServer::bind(&sock, 100).unwrap();
+    assert!(UnixStream::connect(&sock).is_ok());
+    drop(server);
+    assert!(!sock.exists(), "the server removes its socket when it ends");
+}
+
+#[test]
+fn getting_started_sequence_over_one_keep_alive_connection() {
+    let running = Running::start(51_200);
+    let kernel = running.file("vmlinux", 4096);
+    let rootfs = running.file("rootfs.ext4", 1 << 20);
+    let data = running.file("data.img", 1 << 20);
+    let swapped = running.file("swapped.img", 2 << 20);
+    let mut c = running.connect();
+
+    let (code, body) = c.call("GET", "/", "");
+    assert_eq!(code, 200);
+    let info = json(&body);
+    assert_eq!(info["app_name"], "squib");
+    assert_eq!(info["id"], "fake_vm");
+    assert_eq!(info["state"], "Not started");
+    assert!(info["vmm_version"].as_str().is_some_and(|v| !v.is_empty()));
+    assert_eq!(
+        json(&c.call("GET", "/version", "").1)["firecracker_version"],
+        "1.16.0"
+    );
+
+    let machine = json(&c.call("GET", "/machine-config", "").1);
+    assert_eq!(
+        (
+            machine["vcpu_count"].as_u64(),
+            machine["mem_size_mib"].as_u64()
+        ),
+        (Some(1), Some(128))
+    );
+
+    let boot = format!(
+        r#"{{"kernel_image_path":"{kernel}","boot_args":"console=ttyS0 reboot=k panic=1"}}"#
+    );
+    assert_eq!(c.call("PUT", "/boot-source", &boot), (204, String::new()));
+    let d = format!(
+        r#"{{"drive_id":"data","path_on_host":"{data}","is_root_device":false,"is_read_only":true,"io_engine":"Async"}}"#
+    );
+    assert_eq!(c.call("PUT", "/drives/data", &d).0, 204);
+    let r = format!(
+        r#"{{"drive_id":"rootfs","path_on_host":"{rootfs}","is_root_device":true,"is_read_only":false,"cache_type":"Writeback","rate_limiter":{{"ops":{{"size":200,"refill_time":1000}}}}}}"#
+    );
+    assert_eq!(c.call("PUT", "/drives/rootfs", &r).0, 204);
+    assert_eq!(
+        c.call(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":2,"mem_size_mib":256}"#
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        c.call("PATCH", "/machine-config", r#"{"mem_size_mib":512}"#)
+            .0,
+        204
+    );
+
+    let config = json(&c.call("GET", "/vm/config", "").1);
+    assert_eq!(config["boot-source"]["kernel_image_path"], kernel.as_str());
+    assert_eq!(config["machine-config"]["vcpu_count"], 2);
+    assert_eq!(config["machine-config"]["mem_size_mib"], 512);
+    // Root first, as Firecracker orders them: it is /dev/vda.
+    assert_eq!(config["drives"][0]["drive_id"], "rootfs");
+    assert_eq!(config["drives"][0]["cache_type"], "Writeback");
+    assert_eq!(config["drives"][0]["rate_limiter"]["ops"]["size"], 200);
+    assert_eq!(config["drives"][1]["io_engine"], "Async");
+
+    assert_eq!(
+        c.call("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)
+            .0,
+        204
+    );
+    let started = running.vmm.calls.lock().unwrap().started.clone().unwrap();
+    assert_eq!(started.machine.vcpu_count, 2);
+    assert_eq!(started.machine.mem_size_mib, 512);
+    assert_eq!(started.drives[0].drive_id, "rootfs");
+    assert!(started.drives[0].is_root_device);
+    assert_eq!(
+        started.drives[0].rate_limiter.unwrap().ops.unwrap().size,
+        200
+    );
+    assert!(started.drives[1].is_read_only);
+    assert_eq!(json(&c.call("GET", "/", "").1)["state"], "Running");
+
+    let patch = format!(r#"{{"drive_id":"rootfs","path_on_host":"{swapped}"}}"#);
+    assert_eq!(c.call("PATCH", "/drives/rootfs", &patch).0, 204);
+    let limit =
+        r#"{"drive_id":"data","rate_limiter":{"bandwidth":{"size":1048576,"refill_time":100}}}"#;
+    assert_eq!(c.call("PATCH", "/drives/data", limit).0, 204);
+    let config = json(&c.call("GET", "/vm/config", "").1);
+    assert_eq!(config["drives"][0]["path_on_host"], swapped.as_str());
+
+    assert_eq!(c.call("PATCH", "/vm", r#"{"state":"Paused"}"#).0, 204);
+    assert_eq!(json(&c.call("GET", "/", "").1)["state"], "Paused");
+    assert_eq!(c.call("PATCH", "/vm", r#"{"state":"Resumed"}"#).0, 204);
+    assert_eq!(json(&c.call("GET", "/", "").1)["state"], "Running");
+    assert_eq!(
+        c.call("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#)
+            .0,
+        204
+    );
+    let log = running.vmm.calls.lock().unwrap().log.clone();
+    assert_eq!(log[0], format!("swap rootfs {swapped} ro=false"));
+    assert!(
+        log[1].starts_with("limit data RateLimiterConfig { bandwidth: Some("),
+        "{log:?}"
+    );
+    assert_eq!(&log[2..], ["pause", "resume", "ctrl_alt_del"]);
+    assert_eq!(running.join(), 0, "the server ends when the microVM stops");
+}
+
+#[test]
+fn bad_input_table_gets_400_with_a_reason_and_the_server_keeps_serving() {
+    let running = Running::start(51_200);
+    let file = running.file("disk.img", 4096);
+    let mut c = running.connect();
+    let drive = |id: &str, extra: &str| {
+        format!(r#"{{"drive_id":"{id}","path_on_host":"{file}","is_root_device":false{extra}}}"#)
+    };
+    let cases: Vec<(&str, &str, String, &str)> = vec![
+        (
+            "GET",
+            "/nope",
+            String::new(),
+            "invalid request method and/or path: GET /nope",
+        ),
+        (
+            "DELETE",
+            "/drives/a",
+            String::new(),
+            "invalid request method and/or path",
+        ),
+        (
+            "POST",
+            "/actions",
+            "{}".into(),
+            "invalid request method and/or path",
+        ),
+        ("PUT", "/boot-source", String::new(), "requires a JSON body"),
+        (
+            "PUT",
+            "/boot-source",
+            "{not json".into(),
+            "invalid body for PUT /boot-source",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            r#"{"kernel_image_path":"/k","extra":1}"#.into(),
+            "unknown field `extra`",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            r#"{"kernel_image_path":"/nonexistent/vmlinux"}"#.into(),
+            "/nonexistent/vmlinux",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":0,"mem_size_mib":128}"#.into(),
+            "vcpu_count must be between 1 and 32, got 0",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":33,"mem_size_mib":128}"#.into(),
+            "got 33",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":-5}"#.into(),
+            "invalid value",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1}"#.into(),
+            "requires `mem_size_mib`",
+        ),
+        ("PATCH", "/machine-config", r#"{"smt":true}"#.into(), "smt"),
+        (
+            "PATCH",
+            "/machine-config",
+            r#"{"huge_pages":"2M"}"#.into(),
+            "huge_pages",
+        ),
+        (
+            "PATCH",
+            "/machine-config",
+            r#"{"cpu_template":"T2"}"#.into(),
+            "cpu_template",
+        ),
+        (
+            "PATCH",
+            "/machine-config",
+            r#"{"track_dirty_pages":true}"#.into(),
+            "track_dirty_pages",
+        ),
+        (
+            "PATCH",
+            "/machine-config",
+            r#"{"cpu_template":"Bogus"}"#.into(),
+            "unknown variant `Bogus`",
+        ),
+        (
+            "PUT",
+            "/drives/a",
+            drive("b", ""),
+            "does not match the id from the body",
+        ),
+        (
+            "PUT",
+            "/drives/bad%20id",
+            drive("bad%20id", ""),
+            "invalid drive_id",
+        ),
+        (
+            "PUT",
+            "/drives/a",
+            drive("a", r#","cache_type":"Sometimes""#),
+            "unknown variant `Sometimes`",
+        ),
+        (
+            "PUT",
+            "/drives/a",
+            drive("a", r#","io_engine":"Uring""#),
+            "unknown variant `Uring`",
+        ),
+        (
+            "PUT",
+            "/drives/a",
+            drive("a", r#","socket":"/tmp/vhost""#),
+            "vhost-user",
+        ),
+        (
+            "PUT",
+            "/drives/a",
+            drive("a", r#","rate_limiter":{"ops":{"size":1}}"#),
+            "missing field `refill_time`",
+        ),
+        (
+            "PUT",
+            "/drives/a",
+            r#"{"drive_id":"a","is_root_device":false}"#.into(),
+            "path_on_host is required",
+        ),
+        (
+            "PATCH",
+            "/drives/a",
+            r#"{"drive_id":"a"}"#.into(),
+            "PATCH /drives is not supported before starting",
+        ),
+        (
+            "PATCH",
+            "/vm",
+            r#"{"state":"Paused"}"#.into(),
+            "PATCH /vm is not supported before starting",
+        ),
+        (
+            "PATCH",
+            "/vm",
+            r#"{"state":"Sleeping"}"#.into(),
+            "unknown variant `Sleeping`",
+        ),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type":"SendCtrlAltDel"}"#.into(),
+            "SendCtrlAltDel is not supported before starting",
+        ),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type":"FlushMetrics"}"#.into(),
+            "metrics are not configured",
+        ),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type":"InstanceStart"}"#.into(),
+            "without a kernel",
+        ),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type":"Reboot"}"#.into(),
+            "unknown variant `Reboot`",
+        ),
+        (
+            "PUT",
+            "/logger",
+            r#"{"level":"Loud"}"#.into(),
+            "unknown log level `Loud`",
+        ),
+        (
+            "PUT",
+            "/metrics",
+            r#"{"metrics_path":"/nonexistent/dir/m"}"#.into(),
+            "cannot open metrics_path",
+        ),
+        (
+            "PUT",
+            "/network-interfaces/eth0",
+            r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#.into(),
+            "squib does not support network interfaces",
+        ),
+        ("PUT", "/vsock", "{}".into(), "squib does not support vsock"),
+        (
+            "PUT",
+            "/mmds",
+            "{}".into(),
+            "squib does not support the microVM metadata service",
+        ),
+        (
+            "PUT",
+            "/snapshot/create",
+            "{}".into(),
+            "squib does not support snapshots",
+        ),
+        (
+            "PUT",
+            "/snapshot/load",
+            "{}".into(),
+            "squib does not support snapshots",
+        ),
+        (
+            "PUT",
+            "/balloon",
+            "{}".into(),
+            "squib does not support balloon",
+        ),
+        (
+            "PUT",
+            "/entropy",
+            "{}".into(),
+            "squib does not support entropy",
+        ),
+        (
+            "PUT",
+            "/serial",
+            "{}".into(),
+            "squib does not support serial",
+        ),
+        (
+            "PUT",
+            "/cpu-config",
+            "{}".into(),
+            "squib does not support custom CPU templates",
+        ),
+        (
+            "PUT",
+            "/pmem/p0",
+            "{}".into(),
+            "squib does not support virtio-pmem",
+        ),
+        (
+            "PUT",
+            "/hotplug/memory",
+            "{}".into(),
+            "squib does not support memory hotplug",
+        ),
+    ];
+    for (method, path, body, want) in &cases {
+        let (code, resp) = c.call(method, path, body);
+        assert_eq!(code, 400, "{method} {path} {body}: {resp}");
+        let message = fault(&resp);
+        assert!(
+            message.contains(want),
+            "{method} {path} {body}:\n  got  {message}\n  want {want}"
+        );
+        // Still serving on the same connection.
+        assert_eq!(c.call("GET", "/", "").0, 200);
+    }
+    // A second root device.
+    assert_eq!(
+        c.call(
+            "PUT",
+            "/drives/r1",
+            &drive("r1", "").replace("false", "true")
+        )
+        .0,
+        204
+    );
+    let (code, resp) = c.call(
+        "PUT",
+        "/drives/r2",
+        &drive("r2", "").replace("false", "true"),
+    );
+    assert_eq!(
+        (
+            code,
+            fault(&resp).contains("a root block device already exists")
+        ),
+        (400, true)
+    );
+    assert!(
+        running.vmm.calls.lock().unwrap().started.is_none(),
+        "nothing started the VM"
+    );
+
+    // After boot, pre-boot resources are refused and runtime ones checked.
+    let kernel = running.file("k", 1);
+    c.call(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path":"{kernel}"}}"#),
+    );
+    assert_eq!(
+        c.call("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)
+            .0,
+        204
+    );
+    for (method, path, body, want) in [
+        (
+            "PUT",
+            "/boot-source",
+            format!(r#"{{"kernel_image_path":"{kernel}"}}"#),
+            "not supported after starting",
+        ),
+        (
+            "PUT",
+            "/drives/r1",
+            drive("r1", ""),
+            "not supported after starting",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":128}"#.into(),
+            "not supported after starting",
+        ),
+        (
+            "PUT",
+            "/metrics",
+            r#"{"metrics_path":"/tmp/x"}"#.into(),
+            "not supported after starting",
+        ),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type":"InstanceStart"}"#.into(),
+            "already started",
+        ),
+        (
+            "PATCH",
+            "/drives/zz",
+            r#"{"drive_id":"zz"}"#.into(),
+            "drive `zz` does not exist",
+        ),
+        (
+            "PATCH",
+            "/drives/r1",
+            r#"{"drive_id":"r1","path_on_host":"/nonexistent"}"#.into(),
+            "/nonexistent",
+        ),
+        (
+            "PATCH",
+            "/drives/r1",
+            r#"{"drive_id":"r1","is_read_only":true}"#.into(),
+            "unknown field `is_read_only`",
+        ),
+    ] {
+        let (code, resp) = c.call(method, path, &body);
+        assert_eq!(code, 400, "{method} {path}: {resp}");
+        assert!(fault(&resp).contains(want), "{method} {path}: {resp}");
+    }
+    c.call("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#);
+    assert_eq!(running.join(), 0);
+}
+
+#[test]
+fn oversized_body_is_refused_from_its_header_without_being_read() {
+    let running = Running::start(1024);
+    let mut c = running.connect();
+    // Only the head is sent: the server must answer without waiting for 10 MB.
+    let (code, body) = c.send_raw(b"PUT /boot-source HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n");
+    assert_eq!(code, 413);
+    assert!(
+        fault(&body).contains("larger than the limit of 1024"),
+        "{body}"
+    );
+    assert!(c.is_closed());
+    // Exactly at the limit is fine (and only then parsed).
+    let mut c = running.connect();
+    let padded = format!(
+        r#"{{"kernel_image_path":"/nonexistent"{}}}"#,
+        " ".repeat(1024 - 36)
+    );
+    assert_eq!(padded.len(), 1024);
+    let (code, body) = c.call("PUT", "/boot-source", &padded);
+    assert_eq!(code, 400, "{body}");
+    assert!(fault(&body).contains("/nonexistent"));
+    // Expect: 100-continue gets the go-ahead only within the limit.
+    let mut c = running.connect();
+    c.stream
+        .write_all(b"PATCH /vm HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 18\r\n\r\n")
+        .unwrap();
+    let mut cont = [0u8; 25];
+    c.stream.read_exact(&mut cont).unwrap();
+    assert_eq!(&cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.stream.write_all(br#"{"state":"Paused"}"#).unwrap();
+    let (code, body) = c.response();
+    assert_eq!(
+        (code, fault(&body).contains("before starting")),
+        (400, true)
+    );
+    drop(running);
+}
+
+#[test]
+fn malformed_http_closes_only_that_connection() {
+    let running = Running::start(51_200);
+    let mut good = running.connect();
+    let mut bad = running.connect();
+    let (code, body) = bad.send_raw(b"\x16\x03\x01 not http at all\r\n\r\n");
+    assert_eq!(code, 400);
+    assert!(fault(&body).contains("malformed HTTP request"));
+    assert!(bad.is_closed());
+    let mut chunked = running.connect();
+    let (code, body) =
+        chunked.send_raw(b"PUT /vm HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    assert_eq!(
+        (code, fault(&body).contains("Transfer-Encoding")),
+        (400, true)
+    );
+    assert_eq!(good.call("GET", "/", "").0, 200);
+    // Connection: close is honoured.
+    let mut once = running.connect();
+    let (code, _) = once.send_raw(b"GET /version HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(code, 200);
+    assert!(once.is_closed());
+    drop(running);
+}
+
+#[test]
+fn a_slow_client_does_not_block_others_and_is_timed_out() {
+    let running = Running::start(51_200);
+    let mut slow = running.connect();
+    slow.stream
+        .write_all(b"PUT /boot-source HTTP/1.1\r\nContent-Le")
+        .unwrap();
+    // One round trip on another connection: the server has now seen the slow client's bytes.
+    assert_eq!(running.connect().call("GET", "/", "").0, 200);
+    // Many idle connections too: the server evicts the oldest idle ones instead of refusing.
+    let idle: Vec<Client> = (0..20).map(|_| running.connect()).collect();
+    let mut fast = running.connect();
+    let t = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(fast.call("GET", "/", "").0, 200);
+    }
+    assert!(t.elapsed() < REQUEST_TIMEOUT, "other clients were held up");
+    let (code, body) = slow.response();
+    assert_eq!(code, 400);
+    assert!(fault(&body).contains("timed out"), "{body}");
+    assert!(t.elapsed() >= REQUEST_TIMEOUT - Duration::from_millis(500));
+    drop(idle);
+    drop(running);
+}
+
+#[test]
+fn flush_metrics_writes_a_json_line() {
+    let running = Running::start(51_200);
+    let metrics = running.dir.path().join("metrics.json");
+    let mut c = running.connect();
+    let body = format!(r#"{{"metrics_path":"{}"}}"#, metrics.display());
+    assert_eq!(c.call("PUT", "/metrics", &body).0, 204);
+    assert_eq!(
+        c.call("PUT", "/metrics", &body).0,
+        400,
+        "metrics are configured once"
+    );
+    c.call("GET", "/nope", "");
+    assert_eq!(
+        c.call("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#)
+            .0,
+        204
+    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["put_api_requests"]["metrics_count"], 2);
+    assert_eq!(line["put_api_requests"]["metrics_fails"], 1);
+    assert_eq!(line["get_api_requests"]["invalid_fails"], 1);
+    assert_eq!(line["block_rootfs"]["read_count"], 3);
+    assert_eq!(line["block"]["read_bytes"], 1536);
+    let config = json(&c.call("GET", "/vm/config", "").1);
+    assert_eq!(
+        config["metrics"]["metrics_path"],
+        metrics.to_string_lossy().as_ref()
+    );
+    drop(running);
+}
