@@ -22,14 +22,22 @@ pub struct NoSuchPin(pub u32);
 
 impl core::fmt::Display for NoSuchPin {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "GSI {} has no IOAPIC pin (0-{})", self.0, interrupts::IRQ_LINES - 1)
+        write!(
+            f,
+            "GSI {} has no IOAPIC pin (0-{})",
+            self.0,
+            interrupts::IRQ_LINES - 1
+        )
     }
 }
 
 /// Software-enables this CPU's local APIC so that IOAPIC messages are delivered.
 pub fn enable_local_apic() {
     write(LAPIC_BASE + LAPIC_TPR, 0);
-    write(LAPIC_BASE + LAPIC_SVR, LAPIC_SOFTWARE_ENABLE | u32::from(interrupts::SPURIOUS_VECTOR));
+    write(
+        LAPIC_BASE + LAPIC_SVR,
+        LAPIC_SOFTWARE_ENABLE | u32::from(interrupts::SPURIOUS_VECTOR),
+    );
 }
 
 /// Routes `gsi` (edge-triggered, active high, fixed delivery) to this CPU at its vector.

@@ -223,9 +223,8 @@ impl BootInfo {
         let available = usize::try_from(LOW_RAM_END - start).unwrap_or(usize::MAX);
         // SAFETY: `low_ram` checked that the range starts in the identity-mapped low RAM, and it
         // is clipped to end there; nothing writes the command line while the guest runs.
-        let bytes = unsafe {
-            core::slice::from_raw_parts(start as *const u8, available.min(CMDLINE_MAX))
-        };
+        let bytes =
+            unsafe { core::slice::from_raw_parts(start as *const u8, available.min(CMDLINE_MAX)) };
         let length = bytes
             .iter()
             .position(|&byte| byte == 0)

@@ -115,9 +115,18 @@ struct ExceptionFrame {
 
 impl fmt::Display for ExceptionFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unexpected {} (vector {})", vector_name(self.vector), self.vector)?;
+        write!(
+            f,
+            "unexpected {} (vector {})",
+            vector_name(self.vector),
+            self.vector
+        )?;
         write!(f, " at rip {:#x} cpl {}", self.rip, self.cs & 3)?;
-        write!(f, ", error code {:#x}, rsp {:#x}", self.error_code, self.rsp)?;
+        write!(
+            f,
+            ", error code {:#x}, rsp {:#x}",
+            self.error_code, self.rsp
+        )?;
         if self.vector == 14 {
             write!(f, ", cr2 {:#x}", read_cr2())?;
         }

@@ -14,5 +14,7 @@ pub fn outb(port: u16, value: u8) {
     // SAFETY: port output touches no memory; the ports this guest writes (serial, i8042, debug
     // exit, 8259 masks) change device state only. At CPL3 a port outside the TSS bitmap raises
     // #GP, which the exception handler reports as a failure.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
 }

@@ -1,0 +1,324 @@
+//! The kernel command line: the virtio-mmio devices the VMM describes, and the guest's options.
+//!
+//! Words are separated by spaces; `key=value` words whose key starts with `guest.` are this
+//! guest's options (an unknown one is an error, so a typo cannot pass silently), and
+//! `virtio_mmio.device=<size>@<base>:<gsi>[:<id>]` describe devices. Everything else (e.g.
+//! `console=ttyS0`) is ignored.
+
+use core::fmt;
+
+/// How many virtio-mmio devices the guest drives at most.
+pub const MAX_DEVICES: usize = 8;
+
+/// One `virtio_mmio.device=` entry.
+#[derive(Debug, Clone, Copy)]
+pub struct MmioDevice {
+    pub base: u64,
+    pub size: u64,
+    pub gsi: u32,
+}
+
+/// What the run is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `guest.mode=boot`: power off right after the boot line (exec → exit timing).
+    Boot,
+    /// The default: run the checks.
+    Test,
+    /// `guest.bench=<workload>`: a benchmark, see `BenchOptions`.
+    Bench,
+}
+
+/// How completions are collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    Poll,
+    Interrupt,
+}
+
+impl fmt::Display for Completion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Poll => "poll",
+            Self::Interrupt => "irq",
+        })
+    }
+}
+
+/// The benchmark workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// 4 KiB reads at random sector-aligned offsets over the whole disk.
+    RandRead,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    pub workload: Workload,
+    /// `guest.qd`: requests kept in flight.
+    pub queue_depth: u16,
+    /// `guest.ops`: requests completed in total.
+    pub ops: u64,
+    /// `guest.completion=poll|irq`.
+    pub completion: Completion,
+}
+
+/// The checks that can be selected with `guest.checks=<name>,...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// GET_ID returns the serial.
+    Id,
+    /// Multi-sector and multi-segment write, FLUSH, read-back (writable disks).
+    ReadWrite,
+    /// Many requests in flight at once.
+    InFlight,
+    /// Completion signalled by interrupt.
+    Interrupt,
+    /// Reads past the end fail with IOERR.
+    PastEnd,
+    /// Writes to a read-only disk fail and change nothing.
+    ReadOnly,
+}
+
+impl Check {
+    pub const ALL: [Self; 6] = [
+        Self::Id,
+        Self::ReadWrite,
+        Self::InFlight,
+        Self::Interrupt,
+        Self::PastEnd,
+        Self::ReadOnly,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Id => "id",
+            Self::ReadWrite => "rw",
+            Self::InFlight => "inflight",
+            Self::Interrupt => "irq",
+            Self::PastEnd => "past-end",
+            Self::ReadOnly => "ro",
+        }
+    }
+
+    fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+/// A set of checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checks(u32);
+
+impl Checks {
+    pub fn all() -> Self {
+        Self(Check::ALL.iter().fold(0, |bits, check| bits | check.bit()))
+    }
+
+    pub fn contains(self, check: Check) -> bool {
+        self.0 & check.bit() != 0
+    }
+}
+
+/// Disks named `vda`, `vdb`, … in command-line order; a set of them as a bit mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiskSet(u32);
+
+impl DiskSet {
+    pub fn contains(self, index: usize) -> bool {
+        self.0 & (1 << index) != 0
+    }
+}
+
+/// The name Linux would give the `index`-th virtio disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskName(pub usize);
+
+impl fmt::Display for DiskName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // MAX_DEVICES keeps the index within one letter.
+        write!(f, "vd{}", char::from(b'a' + self.0 as u8))
+    }
+}
+
+/// Everything the command line says.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    devices: [Option<MmioDevice>; MAX_DEVICES],
+    /// `guest.checks=`: which checks run (default: all).
+    pub checks: Checks,
+    /// `guest.expect_ro=vdb,...`: the disks that must (and the others must not) be read-only.
+    pub expect_read_only: Option<DiskSet>,
+    /// `guest.disk=vdX`: the disk the benchmark uses (default `vda`).
+    pub bench_disk: usize,
+    pub bench: BenchOptions,
+}
+
+impl Options {
+    /// The devices, in command-line order.
+    pub fn devices(&self) -> impl Iterator<Item = &MmioDevice> {
+        self.devices.iter().map_while(Option::as_ref)
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices().count()
+    }
+}
+
+/// A word of the command line this guest cannot accept.
+#[derive(Debug, Clone, Copy)]
+pub struct CmdlineError {
+    word: &'static str,
+    problem: &'static str,
+}
+
+impl fmt::Display for CmdlineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.word, self.problem)
+    }
+}
+
+/// Parses the whole command line.
+pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
+    let mut options = Options {
+        mode: Mode::Test,
+        devices: [None; MAX_DEVICES],
+        checks: Checks::all(),
+        expect_read_only: None,
+        bench_disk: 0,
+        bench: BenchOptions {
+            workload: Workload::RandRead,
+            queue_depth: 32,
+            ops: 100_000,
+            completion: Completion::Poll,
+        },
+    };
+    let mut device_count = 0;
+    let mut mode_given = None;
+    for word in cmdline.split_ascii_whitespace() {
+        let error = |problem| CmdlineError { word, problem };
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
+        match key {
+            "virtio_mmio.device" => {
+                let slot = options
+                    .devices
+                    .get_mut(device_count)
+                    .ok_or(error("too many devices"))?;
+                *slot = Some(parse_device(value).map_err(error)?);
+                device_count += 1;
+            }
+            "guest.mode" => {
+                mode_given = Some(match value {
+                    "boot" => Mode::Boot,
+                    "test" => Mode::Test,
+                    "bench" => Mode::Bench,
+                    _ => return Err(error("expected boot, test or bench")),
+                });
+            }
+            "guest.bench" => {
+                options.bench.workload = match value {
+                    "randread" => Workload::RandRead,
+                    _ => return Err(error("the only workload is randread")),
+                };
+                options.mode = Mode::Bench;
+            }
+            "guest.qd" => {
+                options.bench.queue_depth = parse_number(value)
+                    .and_then(|qd| u16::try_from(qd).ok())
+                    .filter(|&qd| qd > 0)
+                    .ok_or(error("expected a queue depth from 1 to 65535"))?;
+            }
+            "guest.ops" => {
+                options.bench.ops = parse_number(value)
+                    .filter(|&ops| ops > 0)
+                    .ok_or(error("expected a positive number"))?;
+            }
+            "guest.completion" => {
+                options.bench.completion = match value {
+                    "poll" => Completion::Poll,
+                    "irq" => Completion::Interrupt,
+                    _ => return Err(error("expected poll or irq")),
+                };
+            }
+            "guest.disk" => {
+                options.bench_disk = parse_disk(value).ok_or(error("expected vda..vdh"))?
+            }
+            "guest.expect_ro" => {
+                options.expect_read_only = Some(parse_disks(value).ok_or(error(
+                    "expected a comma-separated list of disks (vda..vdh), or none",
+                ))?);
+            }
+            "guest.checks" => {
+                options.checks = parse_checks(value).ok_or(error(
+                    "expected a comma-separated list of id,rw,inflight,irq,past-end,ro",
+                ))?;
+            }
+            _ if key.starts_with("guest.") => return Err(error("unknown guest option")),
+            _ => {}
+        }
+    }
+    if let Some(mode) = mode_given {
+        options.mode = mode;
+    }
+    Ok(options)
+}
+
+/// `<size>[K|M|G]@<base>:<gsi>[:<id>]`, numbers decimal or `0x` hex (as Linux accepts them).
+fn parse_device(value: &str) -> Result<MmioDevice, &'static str> {
+    const SHAPE: &str = "expected <size>@<base>:<irq>";
+    let (size, rest) = value.split_once('@').ok_or(SHAPE)?;
+    let (base, rest) = rest.split_once(':').ok_or(SHAPE)?;
+    let gsi = rest.split_once(':').map_or(rest, |(gsi, _id)| gsi);
+    let (digits, shift) = match size.as_bytes().last() {
+        Some(b'K' | b'k') => (&size[..size.len() - 1], 10),
+        Some(b'M' | b'm') => (&size[..size.len() - 1], 20),
+        Some(b'G' | b'g') => (&size[..size.len() - 1], 30),
+        _ => (size, 0),
+    };
+    let size = parse_number(digits)
+        .and_then(|size| size.checked_mul(1 << shift))
+        .ok_or("bad size")?;
+    let base = parse_number(base).ok_or("bad base address")?;
+    let gsi = parse_number(gsi)
+        .and_then(|gsi| u32::try_from(gsi).ok())
+        .ok_or("bad irq")?;
+    Ok(MmioDevice { base, size, gsi })
+}
+
+fn parse_number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+fn parse_disk(name: &str) -> Option<usize> {
+    match name.as_bytes() {
+        [b'v', b'd', letter] => {
+            let index = usize::from(letter.checked_sub(b'a')?);
+            (index < MAX_DEVICES).then_some(index)
+        }
+        _ => None,
+    }
+}
+
+fn parse_disks(list: &str) -> Option<DiskSet> {
+    if list == "none" {
+        return Some(DiskSet::default());
+    }
+    list.split(',')
+        .try_fold(0, |bits, name| Some(bits | 1 << parse_disk(name)?))
+        .map(DiskSet)
+}
+
+fn parse_checks(list: &str) -> Option<Checks> {
+    list.split(',')
+        .try_fold(0, |bits, name| {
+            let check = Check::ALL.iter().find(|check| check.name() == name)?;
+            Some(bits | check.bit())
+        })
+        .map(Checks)
+}
