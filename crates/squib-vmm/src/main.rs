@@ -19,7 +19,12 @@ fn main() -> ExitCode {
         eprintln!("squib: cannot block signals: {err}");
         return ExitCode::from(STATUS_HOST_ERROR);
     }
-    let config = match cli::parse(std::env::args_os().skip(1)) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // Without --kernel, squib runs the Firecracker way (API socket and/or --config-file).
+    if !squib_vmm::api::process::is_cli_mode(&args) {
+        std::process::exit(squib_vmm::api::process::run(&args, process_start));
+    }
+    let config = match cli::parse(args) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => {
             println!("{}", cli::USAGE);
