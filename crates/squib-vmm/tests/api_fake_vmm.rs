@@ -1,5 +1,6 @@
 //! The API server over a real Unix socket, in-process, against a fake VMM: routing, validation,
 //! wire rules and robustness. Needs no KVM, so it runs everywhere.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
