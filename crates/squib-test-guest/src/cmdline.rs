@@ -29,6 +29,14 @@ pub enum Mode {
     Bench,
 }
 
+/// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
+/// (the run must end with a FAIL line and debug-exit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    InvalidOpcode,
+    PageFault,
+}
+
 /// How completions are collected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
@@ -153,6 +161,7 @@ pub struct Options {
     /// `guest.disk=vdX`: the disk the benchmark uses (default `vda`).
     pub bench_disk: usize,
     pub bench: BenchOptions,
+    pub fault: Option<Fault>,
 }
 
 impl Options {
@@ -193,6 +202,7 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
             ops: 100_000,
             completion: Completion::Poll,
         },
+        fault: None,
     };
     let mut device_count = 0;
     let mut mode_given = None;
@@ -255,6 +265,13 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                 options.checks = parse_checks(value).ok_or(error(
                     "expected a comma-separated list of id,rw,inflight,irq,past-end,ro",
                 ))?;
+            }
+            "guest.fault" => {
+                options.fault = Some(match value {
+                    "ud" => Fault::InvalidOpcode,
+                    "pf" => Fault::PageFault,
+                    _ => return Err(error("expected ud or pf")),
+                });
             }
             _ if key.starts_with("guest.") => return Err(error("unknown guest option")),
             _ => {}

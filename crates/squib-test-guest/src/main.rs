@@ -42,9 +42,28 @@ extern "C" fn user_main(entry: u32, info: u64) -> ! {
         power::reset();
     }
     println!("# entry {}, command line: {cmdline}", boot.protocol());
+    if let Some(fault) = options.fault {
+        raise(fault);
+    }
     match options.mode {
         Mode::Boot | Mode::Test => checks::run(&options),
         Mode::Bench => bench::run(&options),
+    }
+}
+
+/// Raises an exception at CPL3; the CPL0 handler reports it and ends the run.
+fn raise(fault: cmdline::Fault) -> ! {
+    /// Above the 4 GiB the page tables map.
+    const UNMAPPED: u64 = 1 << 40;
+    match fault {
+        // SAFETY: `ud2` only raises #UD, which the exception handler turns into a failed run.
+        cmdline::Fault::InvalidOpcode => unsafe { core::arch::asm!("ud2", options(noreturn)) },
+        cmdline::Fault::PageFault => {
+            // SAFETY: the address is unmapped, so the read faults and never returns a value;
+            // the #PF handler ends the run.
+            unsafe { core::ptr::read_volatile(UNMAPPED as *const u8) };
+            report::abort(format_args!("reading unmapped {UNMAPPED:#x} did not fault"))
+        }
     }
 }
 
