@@ -3,10 +3,21 @@
 //! This crate holds no `unsafe` (I-CRATE-2): guest memory is reached only through `vm-memory`'s
 //! safe API, and the one host boundary the block engines need (vectored positioned I/O into guest
 //! memory) lives in `squib-host`.
+//!
+//! The pieces, from the guest inward: [`mmio::MmioTransport`] decodes register accesses and runs
+//! the device status state machine; it drives a [`device::VirtioDevice`] such as
+//! [`block::BlockDevice`], which at activation hands its [`queue::VirtQueue`] to a worker thread;
+//! the worker serves requests on a [`block::backend::BlockBackend`] and signals the
+//! [`interrupt::Interrupt`].
 #![forbid(unsafe_code)]
 
 pub mod block;
-pub mod rate_limiter;
+pub mod device;
+pub mod interrupt;
+pub mod mmio;
+pub mod queue;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use block::engine::{AsyncFileBackend, SyncFileBackend};
 

@@ -1,4 +1,16 @@
 //! virtio-blk: the device frontend and the engines that move its data.
 
 pub mod backend;
+mod device;
 pub mod engine;
+mod handle;
+mod metrics;
+mod request;
+mod worker;
+
+pub use device::{
+    BlockConfig, BlockDevice, BlockError, BlockLimits, CacheType, DRIVE_SERIAL_LEN, QUEUE_SIZE,
+    SEG_MAX,
+};
+pub use handle::{BlockHandle, SwapError};
+pub use metrics::{BlockMetrics, BlockMetricsSnapshot};

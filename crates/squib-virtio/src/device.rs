@@ -1,0 +1,120 @@
+//! The contract between a transport and a virtio device model.
+//!
+//! The transport (virtio-mmio here) owns the registers, the device status state machine, feature
+//! negotiation and queue configuration; a [`VirtioDevice`] only describes itself, serves its
+//! configuration space, and runs once the driver sets DRIVER_OK ([`VirtioDevice::activate`]).
+
+use std::fmt::Debug;
+use std::io;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::GuestMemory;
+use crate::interrupt::Interrupt;
+use crate::queue::{QueueError, VirtQueue};
+
+/// The feature bit every device offers and every driver of a version-2 transport must accept.
+pub const FEATURE_VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
+/// `used_event`/`avail_event` notification suppression (virtio 1.2 §2.7.10).
+pub const FEATURE_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
+
+/// Why the driver's feature selection was refused at FEATURES_OK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FeatureError {
+    /// The driver acked bits the device never offered.
+    #[error("the driver acked features {unoffered:#x} that the device does not offer")]
+    NotOffered {
+        /// The offending bits.
+        unoffered: u64,
+    },
+    /// A version-2 (non-legacy) transport needs VIRTIO_F_VERSION_1.
+    #[error("the driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported)")]
+    MissingVersion1,
+}
+
+/// Why a device could not start at DRIVER_OK.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The device needs `expected` queues, the transport passed `got`.
+    #[error("the device needs {expected} queue(s), got {got}")]
+    QueueCount {
+        /// Queues the device drives.
+        expected: usize,
+        /// Queues handed over.
+        got: usize,
+    },
+    /// A queue the device needs is unusable.
+    #[error("queue {index}: {source}")]
+    Queue {
+        /// Queue index.
+        index: usize,
+        /// What is wrong with it.
+        source: QueueError,
+    },
+    /// The device is already running (DRIVER_OK twice without a reset).
+    #[error("the device is already active")]
+    AlreadyActive,
+    /// The host could not create the device's thread or event descriptors.
+    #[error("host resources for the device: {0}")]
+    Host(#[from] io::Error),
+}
+
+/// Everything a device needs to run, handed over at DRIVER_OK.
+#[derive(Debug)]
+pub struct Activation {
+    /// Guest memory, where the rings and buffers live.
+    pub mem: GuestMemory,
+    /// The queues, in index order, built from the driver's configuration.
+    pub queues: Vec<VirtQueue>,
+    /// One notification `EventFd` per queue (duplicates of the transport's, which the VMM
+    /// registers as ioeventfds).
+    pub queue_events: Vec<EventFd>,
+    /// The device's interrupt line.
+    pub interrupt: Arc<Interrupt>,
+    /// The features the driver accepted (validated with [`VirtioDevice::validate_features`]).
+    pub acked_features: u64,
+}
+
+/// A virtio device model, driven by a transport.
+pub trait VirtioDevice: Send + Debug {
+    /// The virtio device ID (`VIRTIO_ID_BLOCK`, ...).
+    fn device_type(&self) -> u32;
+
+    /// The maximum size of each queue, in index order; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// The feature bits the device offers.
+    fn offered_features(&self) -> u64;
+
+    /// Checks the driver's feature selection; called when the driver sets FEATURES_OK.
+    fn validate_features(&self, acked: u64) -> Result<(), FeatureError> {
+        let unoffered = acked & !self.offered_features();
+        if unoffered != 0 {
+            return Err(FeatureError::NotOffered { unoffered });
+        }
+        if acked & FEATURE_VERSION_1 == 0 {
+            return Err(FeatureError::MissingVersion1);
+        }
+        Ok(())
+    }
+
+    /// Reads `data.len()` bytes of configuration space at `offset`; bytes past its end read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// The driver writes configuration space.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// The ConfigGeneration register: changes whenever configuration space changes, so a driver
+    /// can detect a torn multi-register read.
+    fn config_generation(&self) -> u32;
+
+    /// Starts the device (DRIVER_OK).
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+
+    /// Stops the device and returns it to its pre-activation state (the driver wrote 0 to
+    /// Status). Must not return before the device stopped touching guest memory.
+    fn reset(&mut self);
+}

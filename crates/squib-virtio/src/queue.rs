@@ -1,0 +1,167 @@
+//! Split virtqueues: what the driver programs through the transport ([`QueueConfig`]) and the
+//! device-side queue a worker consumes ([`VirtQueue`]).
+//!
+//! `VirtQueue` wraps `virtio_queue::Queue`, which already bounds chain length (a descriptor loop
+//! ends after `size` descriptors), checks ring alignment, and refuses an `avail.idx` more than
+//! `size` entries ahead of the device. The wrapper turns those checks into errors a device can act
+//! on instead of log lines, and gives the block path a small vocabulary: pop, complete, notify.
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestAddress;
+
+use crate::GuestMemory;
+
+/// A descriptor chain whose buffers live in `GuestMemory`.
+pub type Chain<'m> = DescriptorChain<&'m GuestMemory>;
+
+/// What the driver wrote for one queue through the transport registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// QueueNumMax: the largest size the device supports (a power of two).
+    pub max_size: u16,
+    /// QueueNum: the size the driver chose.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// QueueDescLow/High.
+    pub desc_table: u64,
+    /// QueueDriverLow/High.
+    pub avail_ring: u64,
+    /// QueueDeviceLow/High.
+    pub used_ring: u64,
+}
+
+impl QueueConfig {
+    /// The reset state of a queue whose device supports `max_size` entries.
+    pub fn new(max_size: u16) -> Self {
+        Self {
+            max_size,
+            size: max_size,
+            ready: false,
+            desc_table: 0,
+            avail_ring: 0,
+            used_ring: 0,
+        }
+    }
+}
+
+/// Why a queue cannot be used, or stopped being usable.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The driver activated the device without marking the queue ready.
+    #[error("the driver did not set QueueReady")]
+    NotReady,
+    /// The driver's QueueNum, ring addresses or ring placement are invalid.
+    #[error("invalid queue setup: {0}")]
+    InvalidSetup(virtio_queue::Error),
+    /// The rings do not lie inside guest memory.
+    #[error(
+        "rings (desc {desc:#x}, avail {avail:#x}, used {used:#x}, size {size}) are not all in guest memory"
+    )]
+    RingsOutsideMemory {
+        /// Descriptor table address.
+        desc: u64,
+        /// Available ring address.
+        avail: u64,
+        /// Used ring address.
+        used: u64,
+        /// Queue size.
+        size: u16,
+    },
+    /// The driver broke the ring protocol (e.g. `avail.idx` more than the queue size ahead).
+    #[error("the driver broke the ring protocol: {0}")]
+    Broken(virtio_queue::Error),
+}
+
+/// The device side of one split virtqueue.
+#[derive(Debug)]
+pub struct VirtQueue {
+    queue: Queue,
+}
+
+impl VirtQueue {
+    /// Builds the device-side queue from the driver's configuration, checking the size, the
+    /// ring alignment and that the rings lie in guest memory.
+    pub fn new(
+        config: &QueueConfig,
+        mem: &GuestMemory,
+        event_idx: bool,
+    ) -> Result<Self, QueueError> {
+        if !config.ready {
+            return Err(QueueError::NotReady);
+        }
+        let mut queue = Queue::new(config.max_size).map_err(QueueError::InvalidSetup)?;
+        queue
+            .try_set_size(config.size)
+            .map_err(QueueError::InvalidSetup)?;
+        queue
+            .try_set_desc_table_address(GuestAddress(config.desc_table))
+            .map_err(QueueError::InvalidSetup)?;
+        queue
+            .try_set_avail_ring_address(GuestAddress(config.avail_ring))
+            .map_err(QueueError::InvalidSetup)?;
+        queue
+            .try_set_used_ring_address(GuestAddress(config.used_ring))
+            .map_err(QueueError::InvalidSetup)?;
+        queue.set_event_idx(event_idx);
+        queue.set_ready(true);
+        if !queue.is_valid(mem) {
+            return Err(QueueError::RingsOutsideMemory {
+                desc: config.desc_table,
+                avail: config.avail_ring,
+                used: config.used_ring,
+                size: config.size,
+            });
+        }
+        Ok(Self { queue })
+    }
+
+    /// The size the driver chose: the longest possible chain.
+    pub fn size(&self) -> u16 {
+        self.queue.size()
+    }
+
+    /// Takes the next available chain, if any. An error means the driver broke the ring
+    /// protocol and the queue must not be used until the device is reset.
+    pub fn pop<'m>(&mut self, mem: &'m GuestMemory) -> Result<Option<Chain<'m>>, QueueError> {
+        // `iter` re-reads `avail.idx` and checks it is at most `size` entries ahead of us.
+        let mut available = self.queue.iter(mem).map_err(QueueError::Broken)?;
+        Ok(available.next())
+    }
+
+    /// Returns a chain to the driver with `len` bytes written into its buffers.
+    pub fn complete(
+        &mut self,
+        mem: &GuestMemory,
+        head_index: u16,
+        len: u32,
+    ) -> Result<(), QueueError> {
+        self.queue
+            .add_used(mem, head_index, len)
+            .map_err(QueueError::Broken)
+    }
+
+    /// Asks the driver not to notify us while we are draining the ring (a no-op with EVENT_IDX,
+    /// where the stale `avail_event` already suppresses notifications).
+    pub fn disable_notification(&mut self, mem: &GuestMemory) -> Result<(), QueueError> {
+        self.queue
+            .disable_notification(mem)
+            .map_err(QueueError::Broken)
+    }
+
+    /// Asks the driver to notify us of new buffers; returns whether some arrived meanwhile, in
+    /// which case the caller must drain again or it would miss them (no notification will come).
+    pub fn enable_notification(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
+        self.queue
+            .enable_notification(mem)
+            .map_err(QueueError::Broken)
+    }
+
+    /// Whether the chains completed since the last call warrant an interrupt (always true
+    /// without EVENT_IDX; with it, per the driver's `used_event`).
+    pub fn needs_notification(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
+        self.queue
+            .needs_notification(mem)
+            .map_err(QueueError::Broken)
+    }
+}

@@ -1,0 +1,390 @@
+//! `GuestDriver`: plays the guest side of a virtio-mmio device with one split virtqueue (queue 0).
+//!
+//! Guest memory layout (the queue uses the device's maximum size, at most 256 entries):
+//!
+//! | address   | what |
+//! |-----------|------|
+//! | `0x0000`  | descriptor table (16 bytes × size) |
+//! | `0x1000`  | available ring: flags, idx, ring[size], used_event |
+//! | `0x2000`  | used ring: flags, idx, ring[size] (8 bytes each), avail_event |
+//! | `0x10000` | buffers, handed out by [`GuestDriver::alloc`] |
+//!
+//! Nothing here allocates on the heap per request, so benchmarks can count the device's
+//! allocations with a global counting allocator.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FEATURES_OK,
+};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::GuestMemory;
+use crate::device::VirtioDevice;
+use crate::mmio::MmioTransport;
+
+/// Descriptor table address.
+pub const DESC_TABLE: u64 = 0x0000;
+/// Available ring address.
+pub const AVAIL_RING: u64 = 0x1000;
+/// Used ring address.
+pub const USED_RING: u64 = 0x2000;
+/// First address [`GuestDriver::alloc`] hands out.
+pub const HEAP_START: u64 = 0x10000;
+
+const MAX_DRIVER_QUEUE: u16 = 256;
+
+/// One buffer of a descriptor chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buf {
+    /// Guest address.
+    pub addr: GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+    /// Device-writable (`VRING_DESC_F_WRITE`).
+    pub device_writes: bool,
+}
+
+impl Buf {
+    /// A buffer the device reads.
+    pub fn readable(addr: GuestAddress, len: u32) -> Self {
+        Self {
+            addr,
+            len,
+            device_writes: false,
+        }
+    }
+
+    /// A buffer the device writes.
+    pub fn writable(addr: GuestAddress, len: u32) -> Self {
+        Self {
+            addr,
+            len,
+            device_writes: true,
+        }
+    }
+}
+
+/// One used-ring entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Used {
+    /// Head descriptor index of the completed chain.
+    pub head: u16,
+    /// Bytes the device wrote into the chain's buffers.
+    pub len: u32,
+}
+
+/// A simulated guest driver for queue 0 of one device.
+#[derive(Debug)]
+pub struct GuestDriver {
+    transport: MmioTransport,
+    mem: GuestMemory,
+    queue_size: u16,
+    event_idx: bool,
+    next_desc: u16,
+    avail_idx: u16,
+    last_used: u16,
+    heap_next: u64,
+    mem_size: u64,
+    interrupts: u64,
+    epoll: Epoll,
+}
+
+impl GuestDriver {
+    /// `device` behind a fresh transport over `mem_size` bytes of guest memory at address 0;
+    /// the driver has not touched any register yet.
+    pub fn new(device: Box<dyn VirtioDevice>, mem_size: usize) -> Self {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), mem_size)]).unwrap();
+        let transport = MmioTransport::new(device, mem.clone()).unwrap();
+        let epoll = Epoll::new().unwrap();
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                transport.interrupt_event().as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 0),
+            )
+            .unwrap();
+        Self {
+            transport,
+            mem,
+            queue_size: 0,
+            event_idx: false,
+            next_desc: 0,
+            avail_idx: 0,
+            last_used: 0,
+            heap_next: HEAP_START,
+            mem_size: mem_size as u64,
+            interrupts: 0,
+            epoll,
+        }
+    }
+
+    /// The whole probe sequence: reset, ACKNOWLEDGE, DRIVER, accept `features` (which must be
+    /// offered), FEATURES_OK, set up queue 0 at the device's maximum size (capped at 256),
+    /// DRIVER_OK.
+    pub fn activated(device: Box<dyn VirtioDevice>, mem_size: usize, features: u64) -> Self {
+        let mut driver = Self::new(device, mem_size);
+        assert!(
+            driver.negotiate(features),
+            "the device refused features {features:#x}"
+        );
+        let max = driver.read_reg(0x034);
+        let size = u16::try_from(max).unwrap().min(MAX_DRIVER_QUEUE);
+        driver.setup_queue(size);
+        driver.set_status_bit(VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_eq!(
+            driver.read_reg(0x070) & 0x40,
+            0,
+            "the device asked for a reset at DRIVER_OK"
+        );
+        driver
+    }
+
+    /// The transport, for register-level tests.
+    pub fn transport(&mut self) -> &mut MmioTransport {
+        &mut self.transport
+    }
+
+    /// Guest memory.
+    pub fn mem(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    /// A 4-byte register read.
+    pub fn read_reg(&mut self, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        self.transport.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    /// A 4-byte register write.
+    pub fn write_reg(&mut self, offset: u64, value: u32) {
+        self.transport.write(offset, &value.to_le_bytes());
+    }
+
+    /// Reads Status, ORs `bit` in, writes it back (what Linux's `virtio_add_status` does).
+    pub fn set_status_bit(&mut self, bit: u32) {
+        let status = self.read_reg(0x070);
+        self.write_reg(0x070, status | bit);
+    }
+
+    /// The device's 64 feature bits.
+    pub fn device_features(&mut self) -> u64 {
+        self.write_reg(0x014, 0);
+        let low = self.read_reg(0x010);
+        self.write_reg(0x014, 1);
+        let high = self.read_reg(0x010);
+        u64::from(low) | (u64::from(high) << 32)
+    }
+
+    /// Reset, ACKNOWLEDGE, DRIVER, write `features`, FEATURES_OK; returns whether the device
+    /// kept FEATURES_OK set.
+    pub fn negotiate(&mut self, features: u64) -> bool {
+        self.write_reg(0x070, 0);
+        self.set_status_bit(VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        self.set_status_bit(VIRTIO_CONFIG_S_DRIVER);
+        self.write_reg(0x024, 0);
+        self.write_reg(0x020, features as u32);
+        self.write_reg(0x024, 1);
+        self.write_reg(0x020, (features >> 32) as u32);
+        self.set_status_bit(VIRTIO_CONFIG_S_FEATURES_OK);
+        self.event_idx = features & crate::device::FEATURE_EVENT_IDX != 0;
+        self.read_reg(0x070) & VIRTIO_CONFIG_S_FEATURES_OK != 0
+    }
+
+    /// Programs queue 0 with `size` entries at the fixed ring addresses and marks it ready.
+    pub fn setup_queue(&mut self, size: u16) {
+        assert!(
+            size <= MAX_DRIVER_QUEUE,
+            "the fixed ring layout holds 256 entries"
+        );
+        self.write_reg(0x030, 0);
+        self.write_reg(0x038, u32::from(size));
+        for (low, addr) in [(0x080, DESC_TABLE), (0x090, AVAIL_RING), (0x0a0, USED_RING)] {
+            self.write_reg(low, addr as u32);
+            self.write_reg(low + 4, (addr >> 32) as u32);
+        }
+        self.write_reg(0x044, 1);
+        self.queue_size = size;
+    }
+
+    /// `len` bytes of guest memory for buffers, 16-byte aligned (never freed).
+    pub fn alloc(&mut self, len: u32) -> GuestAddress {
+        let addr = self.heap_next;
+        let next = (addr + u64::from(len)).next_multiple_of(16);
+        assert!(next <= self.mem_size, "the test ran out of guest memory");
+        self.heap_next = next;
+        GuestAddress(addr)
+    }
+
+    /// Writes one descriptor-table entry.
+    pub fn write_descriptor(
+        &self,
+        index: u16,
+        addr: GuestAddress,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.0.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        self.mem
+            .write_slice(&raw, GuestAddress(DESC_TABLE + 16 * u64::from(index)))
+            .unwrap();
+    }
+
+    /// Writes `bufs` as a chain into the next free descriptors (the table is used as a ring;
+    /// callers keep fewer than `size` descriptors in flight) and queues its head in the
+    /// available ring (not yet published: see [`GuestDriver::kick`]). Returns the head index.
+    pub fn add_chain(&mut self, bufs: impl IntoIterator<Item = Buf>) -> u16 {
+        let head = self.next_desc;
+        let mut bufs = bufs.into_iter().peekable();
+        assert!(bufs.peek().is_some(), "a chain needs at least one buffer");
+        while let Some(buf) = bufs.next() {
+            let index = self.next_desc;
+            self.next_desc = (self.next_desc + 1) % self.queue_size;
+            let mut flags = if buf.device_writes {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            if bufs.peek().is_some() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            self.write_descriptor(index, buf.addr, buf.len, flags, self.next_desc);
+        }
+        self.push_avail(head);
+        head
+    }
+
+    /// Moves the descriptor cursor past `count` descriptors, e.g. ones a test wrote by hand with
+    /// [`GuestDriver::write_descriptor`].
+    pub fn skip_descriptors(&mut self, count: u16) {
+        self.next_desc = (self.next_desc + count) % self.queue_size;
+    }
+
+    /// Queues descriptor `head` in the available ring without publishing it.
+    pub fn push_avail(&mut self, head: u16) {
+        let slot = u64::from(self.avail_idx % self.queue_size);
+        self.mem
+            .write_obj(head.to_le(), GuestAddress(AVAIL_RING + 4 + 2 * slot))
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+    }
+
+    /// Publishes everything queued (`avail.idx`) and notifies queue 0.
+    pub fn kick(&mut self) {
+        self.publish_avail_idx(self.avail_idx);
+        self.write_reg(0x050, 0);
+    }
+
+    /// Stores `idx` in `avail.idx`, whatever the queued entries say (for broken-driver tests).
+    pub fn publish_avail_idx(&mut self, idx: u16) {
+        fence(Ordering::SeqCst);
+        self.mem
+            .store(idx.to_le(), GuestAddress(AVAIL_RING + 2), Ordering::Release)
+            .unwrap();
+    }
+
+    /// The device's `used.idx`.
+    pub fn used_idx(&self) -> u16 {
+        u16::from_le(
+            self.mem
+                .load(GuestAddress(USED_RING + 2), Ordering::Acquire)
+                .unwrap(),
+        )
+    }
+
+    /// `used_event`: the driver asks for an interrupt once the device passes this used index.
+    pub fn set_used_event(&self, value: u16) {
+        let addr = AVAIL_RING + 4 + 2 * u64::from(self.queue_size);
+        self.mem
+            .store(value.to_le(), GuestAddress(addr), Ordering::Release)
+            .unwrap();
+    }
+
+    /// `avail_event`: the device asks for a notification once the driver passes this index.
+    pub fn avail_event(&self) -> u16 {
+        let addr = USED_RING + 4 + 8 * u64::from(self.queue_size);
+        u16::from_le(
+            self.mem
+                .load(GuestAddress(addr), Ordering::Acquire)
+                .unwrap(),
+        )
+    }
+
+    /// The next completed chain, if the device returned one.
+    pub fn pop_used(&mut self) -> Option<Used> {
+        if self.used_idx() == self.last_used {
+            return None;
+        }
+        let slot = u64::from(self.last_used % self.queue_size);
+        let mut raw = [0u8; 8];
+        self.mem
+            .read_slice(&mut raw, GuestAddress(USED_RING + 4 + 8 * slot))
+            .unwrap();
+        self.last_used = self.last_used.wrapping_add(1);
+        let [i0, i1, _, _, l0, l1, l2, l3] = raw;
+        Some(Used {
+            head: u16::from_le_bytes([i0, i1]),
+            len: u32::from_le_bytes([l0, l1, l2, l3]),
+        })
+    }
+
+    /// Waits (up to 5 s) for the next completed chain, sleeping on the interrupt like a guest:
+    /// with EVENT_IDX it first asks for an interrupt at the next completion.
+    pub fn wait_used(&mut self) -> Option<Used> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut events = [EpollEvent::default(); 1];
+        loop {
+            if let Some(used) = self.pop_used() {
+                return Some(used);
+            }
+            if self.event_idx {
+                self.set_used_event(self.last_used);
+                fence(Ordering::SeqCst);
+                if let Some(used) = self.pop_used() {
+                    return Some(used);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            if self.epoll.wait(10, &mut events).unwrap_or(0) > 0 {
+                self.drain_interrupts();
+            }
+        }
+    }
+
+    /// Interrupts received so far (consumes the pending eventfd count).
+    pub fn interrupts(&mut self) -> u64 {
+        self.drain_interrupts();
+        self.interrupts
+    }
+
+    fn drain_interrupts(&mut self) {
+        if let Ok(count) = self.transport.interrupt_event().read() {
+            self.interrupts += count;
+        }
+    }
+
+    /// Reads `len` bytes of guest memory.
+    pub fn read_bytes(&self, addr: GuestAddress, len: usize) -> Vec<u8> {
+        let mut out = vec![0; len];
+        self.mem.read_slice(&mut out, addr).unwrap();
+        out
+    }
+
+    /// Writes `bytes` into guest memory.
+    pub fn write_bytes(&self, addr: GuestAddress, bytes: &[u8]) {
+        self.mem.write_slice(bytes, addr).unwrap();
+    }
+}

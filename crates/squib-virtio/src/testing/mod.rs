@@ -1,0 +1,14 @@
+//! Test support (feature `test-util`): a simulated guest driver that programs a transport through
+//! its registers and lays out split virtqueues in guest memory, and an in-memory disk.
+//!
+//! Integration tests and the `device_model` benchmark drive devices through these, the way a
+//! guest kernel would. Helpers here panic on misuse (they are test code); the device under test
+//! must not.
+
+mod block;
+mod driver;
+mod mem_disk;
+
+pub use block::{BlockSlot, STATUS_UNTOUCHED, range_bytes};
+pub use driver::{AVAIL_RING, Buf, DESC_TABLE, GuestDriver, HEAP_START, USED_RING, Used};
+pub use mem_disk::MemDisk;
