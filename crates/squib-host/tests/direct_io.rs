@@ -12,8 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use squib_host::block_io;
+use squib_virtio::GuestMemory;
 use squib_virtio::block::backend::{BlockBackend, Segment};
-use squib_virtio::{AsyncFileBackend, GuestMemory};
+use squib_virtio::block::engine::AsyncFileBackend;
 use vm_memory::{Bytes, GuestAddress};
 
 const DISK: usize = 1024 * 1024;
