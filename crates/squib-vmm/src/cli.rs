@@ -3,7 +3,8 @@
 //! ```text
 //! squib --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N]
 //!       [--disk PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]]...
-//!       [--boot-timer]
+//!       [--boot-timer] [--boot-protocol auto|pvh|linux64]
+//!       [--no-acpi] [--no-mptable] [--no-cmdline-devices]
 //! ```
 //!
 //! Every option also accepts `--name=value`. Errors are one line naming the problem.
@@ -19,7 +20,8 @@ use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 pub const USAGE: &str =
     "usage: squib --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N]
              [--disk PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]]...
-             [--boot-timer]";
+             [--boot-timer] [--boot-protocol auto|pvh|linux64]
+             [--no-acpi] [--no-mptable] [--no-cmdline-devices]";
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]
@@ -89,6 +91,23 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             }
             "--boot-timer" if inline.is_none() => config.boot_timer = true,
             "--boot-timer" => return Err(usage("--boot-timer takes no value")),
+            "--boot-protocol" => {
+                let text = utf8("--boot-protocol", value()?)?;
+                config.boot_options.protocol = text
+                    .parse()
+                    .map_err(|e| usage(format!("--boot-protocol: {e}")))?;
+            }
+            flag @ ("--no-acpi" | "--no-mptable" | "--no-cmdline-devices") => {
+                if inline.is_some() {
+                    return Err(usage(format!("{flag} takes no value")));
+                }
+                let options = &mut config.boot_options;
+                match flag {
+                    "--no-acpi" => options.acpi = false,
+                    "--no-mptable" => options.mptable = false,
+                    _ => options.cmdline_devices = false,
+                }
+            }
             other if other.starts_with('-') => {
                 return Err(usage(format!("unknown option {other}")));
             }

@@ -2,7 +2,7 @@
 //!
 //! | status | meaning |
 //! |---|---|
-//! | 0 | the guest reset the machine (i8042 `0xfe`, KVM system event shutdown/reset), or squib was told to stop (SIGTERM, SIGINT, the API) |
+//! | 0 | the guest powered off (ACPI S5) or reset the machine (i8042 `0xfe`, ACPI reset register, KVM system event shutdown/reset), or squib was told to stop (SIGTERM, SIGINT, the API) |
 //! | odd `(v << 1) \| 1` | the guest wrote `v` to the debug-exit port `0x501` (8-bit status: `v` < 128 round-trips) |
 //! | 2 | bad command line (usage) |
 //! | 4 | triple fault (`KVM_EXIT_SHUTDOWN`) or a KVM system-event crash |
@@ -16,6 +16,10 @@ use std::sync::mpsc::Sender;
 pub enum ExitReason {
     /// The guest wrote the reset command (`0xfe`) to the i8042.
     I8042Reset,
+    /// The guest powered off through ACPI (S5 in the FADT's sleep control register).
+    AcpiPowerOff,
+    /// The guest wrote the reset value to the FADT's reset register.
+    AcpiReset,
     /// The guest wrote this value to the debug-exit port.
     DebugExit(u8),
     /// KVM reported a system event (`KVM_SYSTEM_EVENT_*`).
@@ -56,7 +60,11 @@ impl ExitReason {
     /// The process exit status for this reason (see the module table).
     pub fn status(&self) -> u8 {
         match self {
-            Self::I8042Reset | Self::Signal(_) | Self::Requested => 0,
+            Self::I8042Reset
+            | Self::AcpiPowerOff
+            | Self::AcpiReset
+            | Self::Signal(_)
+            | Self::Requested => 0,
             // Wraps to 8 bits like any exit status; `v` < 128 round-trips.
             Self::DebugExit(v) => (v << 1) | 1,
             Self::SystemEvent { kind } => match *kind {
@@ -74,6 +82,11 @@ impl std::fmt::Display for ExitReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::I8042Reset => write!(f, "the guest reset the machine through the i8042"),
+            Self::AcpiPowerOff => write!(f, "the guest powered off (ACPI S5)"),
+            Self::AcpiReset => write!(
+                f,
+                "the guest reset the machine through the ACPI reset register"
+            ),
             Self::DebugExit(v) => write!(f, "the guest wrote {v:#x} to the debug-exit port"),
             Self::SystemEvent { kind } => write!(f, "KVM system event {kind} from the guest"),
             Self::TripleFault { vcpu } => {

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+pub use crate::boot::pvh::BootProtocol;
+
 /// Everything needed to build and boot one microVM.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct VmConfig {
@@ -16,6 +18,32 @@ pub struct VmConfig {
     pub drives: Vec<DriveConfig>,
     /// Whether the boot-timer device logs the guest's boot-complete write.
     pub boot_timer: bool,
+    /// Boot protocol and how the guest discovers the machine.
+    pub boot_options: BootOptions,
+}
+
+/// How squib enters the kernel and which descriptions of the machine it provides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootOptions {
+    /// PVH or the 64-bit Linux boot protocol for an ELF kernel (`--boot-protocol`).
+    pub protocol: BootProtocol,
+    /// ACPI tables (`--no-acpi` turns them off).
+    pub acpi: bool,
+    /// The MP table (`--no-mptable`).
+    pub mptable: bool,
+    /// `virtio_mmio.device=` entries on the command line (`--no-cmdline-devices`).
+    pub cmdline_devices: bool,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        Self {
+            protocol: BootProtocol::Auto,
+            acpi: true,
+            mptable: true,
+            cmdline_devices: true,
+        }
+    }
 }
 
 /// The kernel to boot and what to hand it.

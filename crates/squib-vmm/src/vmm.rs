@@ -280,7 +280,13 @@ impl Vmm {
             let drives = drives::attach_all(&vm, &mem, &mut mmio, &mut virtio, &config.drives)?;
 
             // 6.
-            let entry = boot::load(&mem, mem_bytes, source, &config.drives, virtio.slots())?;
+            let machine = boot::Machine {
+                mem_bytes,
+                vcpu_count,
+                virtio_slots: virtio.slots(),
+                options: config.boot_options,
+            };
+            let entry = boot::load(&mem, &machine, source, &config.drives)?;
             vcpus[0].set_entry(&entry)?;
 
             // 7.

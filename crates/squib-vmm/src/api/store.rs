@@ -347,6 +347,7 @@ impl ConfigStore {
             machine: self.machine.clone(),
             drives: self.ordered_drives().cloned().collect(),
             boot_timer,
+            boot_options: Default::default(),
         })
     }
 

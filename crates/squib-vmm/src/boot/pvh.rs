@@ -11,7 +11,6 @@ use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::boot_e820_entry;
-use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
@@ -105,14 +104,11 @@ pub struct PvhBootInfo<'a> {
 }
 
 /// Decides whether an ELF kernel boots through PVH: `Some(entry)` for PVH, `None` for 64-bit.
+/// `pvh_entry` is the kernel's PVH entry point (linux-loader's `pvh_boot_cap`), if it has one.
 pub fn choose_entry(
     protocol: BootProtocol,
-    capability: &PvhBootCapability,
+    pvh_entry: Option<GuestAddress>,
 ) -> Result<Option<GuestAddress>, PvhError> {
-    let pvh_entry = match capability {
-        PvhBootCapability::PvhEntryPresent(entry) => Some(*entry),
-        PvhBootCapability::PvhEntryNotPresent | PvhBootCapability::PvhEntryIgnored => None,
-    };
     let chosen = match (protocol, pvh_entry) {
         (BootProtocol::Linux64, _) => None,
         (BootProtocol::Auto, entry) => entry,
@@ -259,21 +255,18 @@ mod tests {
 
     #[test]
     fn auto_prefers_pvh_and_the_user_can_force_either_way() {
-        let pvh = PvhBootCapability::PvhEntryPresent(GuestAddress(0x100_0f00));
-        let none = PvhBootCapability::PvhEntryNotPresent;
+        let pvh = Some(GuestAddress(0x100_0f00));
+        assert_eq!(choose_entry(BootProtocol::Auto, pvh), Ok(pvh));
+        assert_eq!(choose_entry(BootProtocol::Auto, None), Ok(None));
+        assert_eq!(choose_entry(BootProtocol::Linux64, pvh), Ok(None));
+        assert_eq!(choose_entry(BootProtocol::Pvh, pvh), Ok(pvh));
         assert_eq!(
-            choose_entry(BootProtocol::Auto, &pvh),
-            Ok(Some(GuestAddress(0x100_0f00)))
-        );
-        assert_eq!(choose_entry(BootProtocol::Auto, &none), Ok(None));
-        assert_eq!(choose_entry(BootProtocol::Linux64, &pvh), Ok(None));
-        assert_eq!(
-            choose_entry(BootProtocol::Pvh, &none),
+            choose_entry(BootProtocol::Pvh, None),
             Err(PvhError::NoPvhEntry)
         );
-        let high = PvhBootCapability::PvhEntryPresent(GuestAddress(1 << 32));
+        let high = Some(GuestAddress(1 << 32));
         assert_eq!(
-            choose_entry(BootProtocol::Auto, &high),
+            choose_entry(BootProtocol::Auto, high),
             Err(PvhError::EntryAbove4G(1 << 32))
         );
         assert_eq!("pvh".parse(), Ok(BootProtocol::Pvh));

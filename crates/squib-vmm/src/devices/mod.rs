@@ -1,5 +1,6 @@
 //! Devices: the buses, the legacy PC devices, the boot timer and the virtio-mmio slots.
 
+pub mod acpi_pm;
 pub mod boot_timer;
 pub mod bus;
 pub mod debug_exit;
@@ -20,7 +21,7 @@ use self::serial::{SerialDevice, SerialOutput};
 use crate::arch::x86_64::layout::{
     DEBUG_EXIT_PORT, I8042_IRQ, I8042_PORT, SERIAL_IRQ, SERIAL_PORT,
 };
-use crate::exit::ExitSender;
+use crate::exit::{ExitReason, ExitSender};
 
 /// Why a device could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +82,8 @@ fn register_irqfd(vm: &VmFd, line: &IrqLine, gsi: u32, device: &str) -> Result<(
         })
 }
 
-/// Puts COM1 (IRQ 4), the i8042 (IRQ 1) and the debug-exit port on the PIO bus.
+/// Puts COM1 (IRQ 4), the i8042 (IRQ 1), the ACPI power registers and the debug-exit port on
+/// the PIO bus.
 pub fn attach_legacy(
     vm: &VmFd,
     pio: &mut Bus,
@@ -98,6 +100,19 @@ pub fn attach_legacy(
     let i8042 = Arc::new(Mutex::new(i8042));
     // Data port 0x60 and command port 0x64 (0x61 is KVM's, with the in-kernel PIT).
     pio.insert(u64::from(I8042_PORT), 5, i8042.clone())?;
+
+    let acpi_exit = exit.clone();
+    let acpi_pm = acpi_pm::AcpiPm::new(move |event| {
+        acpi_exit.request(match event {
+            acpi_pm::PowerEvent::PowerOff => ExitReason::AcpiPowerOff,
+            acpi_pm::PowerEvent::Reset => ExitReason::AcpiReset,
+        })
+    });
+    pio.insert(
+        u64::from(acpi_pm::ACPI_PM_PORT),
+        acpi_pm::ACPI_PM_PORT_COUNT,
+        Arc::new(Mutex::new(acpi_pm)),
+    )?;
 
     pio.insert(
         u64::from(DEBUG_EXIT_PORT),

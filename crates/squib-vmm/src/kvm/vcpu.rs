@@ -4,9 +4,10 @@ use kvm_bindings::{CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::arch::x86_64::{cpuid, lapic, msr, regs};
-use crate::boot::EntryPoint;
+use crate::boot::{EntryPoint, pvh};
 use crate::devices::bus::Bus;
 use crate::exit::ExitReason;
+use vm_memory::GuestAddress;
 
 /// Why a vCPU could not be created or configured.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,13 @@ impl Vcpu {
                 self.fd
                     .set_regs(&regs::boot_regs(rip))
                     .map_err(self.op("SET_REGS"))
+            }
+            EntryPoint::Pvh { eip, ebx } => {
+                let mut sregs = self.fd.get_sregs().map_err(self.op("GET_SREGS"))?;
+                pvh::set_entry_sregs(&mut sregs);
+                self.fd.set_sregs(&sregs).map_err(self.op("SET_SREGS"))?;
+                let regs = pvh::entry_regs(GuestAddress(eip), GuestAddress(ebx));
+                self.fd.set_regs(&regs).map_err(self.op("SET_REGS"))
             }
         }
     }

@@ -66,6 +66,8 @@ pub struct ZeroPage<'a> {
     pub initrd: Option<(u32, u32)>,
     /// The memory map.
     pub e820: &'a [E820Entry],
+    /// The ACPI RSDP (`acpi_rsdp_addr`), when squib built ACPI tables.
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Why the zero page could not be written.
@@ -96,6 +98,7 @@ pub fn write_zero_page(mem: &GuestMemory, page: &ZeroPage<'_>) -> Result<(), Zer
         params.hdr.ramdisk_image = addr;
         params.hdr.ramdisk_size = size;
     }
+    params.acpi_rsdp_addr = page.acpi_rsdp.unwrap_or(0);
     if page.e820.len() > params.e820_table.len() {
         return Err(ZeroPageError::TooManyE820Entries(page.e820.len()));
     }
@@ -160,6 +163,7 @@ mod tests {
             cmdline: (0x2_0000, 42),
             initrd: Some((0x3f0_0000, 0x1000)),
             e820: &e820,
+            acpi_rsdp: Some(0xe_0000),
         };
         write_zero_page(&mem, &page).unwrap();
         let at = |offset: u64| GuestAddress(0x7000 + offset);
@@ -170,6 +174,11 @@ mod tests {
         assert_eq!(mem.read_obj::<u32>(at(0x218)).unwrap(), 0x3f0_0000);
         assert_eq!(mem.read_obj::<u32>(at(0x21c)).unwrap(), 0x1000);
         assert_eq!(mem.read_obj::<u8>(at(0x1e8)).unwrap(), 2);
+        assert_eq!(
+            mem.read_obj::<u64>(at(0x70)).unwrap(),
+            0xe_0000,
+            "acpi_rsdp_addr"
+        );
         assert_eq!(mem.read_obj::<u64>(at(0x2d0 + 20)).unwrap(), 0x10_0000);
     }
 }
