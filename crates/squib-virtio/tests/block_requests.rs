@@ -199,7 +199,8 @@ fn unusable_status_descriptor_completes_with_used_len_0_and_does_nothing() {
     let mut rig = rig();
     let data = rig.driver.alloc(512);
     rig.driver.write_bytes(data, &[0xcc; 512]);
-    let cases: [(&str, fn(GuestAddress) -> Buf); 3] = [
+    type MakeStatus = fn(GuestAddress) -> Buf;
+    let cases: [(&str, MakeStatus); 3] = [
         ("device-readable", |s| Buf::readable(s, 1)),
         ("zero-length", |s| Buf::writable(s, 0)),
         ("outside guest memory", |_| {

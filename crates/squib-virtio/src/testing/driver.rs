@@ -145,6 +145,24 @@ impl GuestDriver {
         driver
     }
 
+    /// Resets the device (Status = 0), zeroes the rings and probes again with `features`, as a
+    /// guest does after DEVICE_NEEDS_RESET or on rebinding the driver.
+    pub fn reprobe(&mut self, features: u64) {
+        self.write_reg(0x070, 0);
+        self.mem
+            .write_slice(&[0; (HEAP_START - DESC_TABLE) as usize], GuestAddress(0))
+            .unwrap();
+        self.next_desc = 0;
+        self.avail_idx = 0;
+        self.last_used = 0;
+        assert!(
+            self.negotiate(features),
+            "the device refused features {features:#x}"
+        );
+        self.setup_queue(self.queue_size);
+        self.set_status_bit(VIRTIO_CONFIG_S_DRIVER_OK);
+    }
+
     /// The transport, for register-level tests.
     pub fn transport(&mut self) -> &mut MmioTransport {
         &mut self.transport
