@@ -101,6 +101,14 @@ impl KvmVmm {
 
 impl VmmControl for KvmVmm {
     fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError> {
+        // Accepting a throttle and not applying it would be a silent lie: refuse until the
+        // virtio-blk worker consults squib_virtio::rate_limiter.
+        if let Some(d) = config.drives.iter().find(|d| d.rate_limiter.is_some()) {
+            return Err(ControlError::new(format!(
+                "drive `{}`: rate_limiter is not enforced by squib's block device yet",
+                d.drive_id
+            )));
+        }
         let options = StartOptions {
             process_start: self.process_start,
             console_out: Box::new(Stdout),
