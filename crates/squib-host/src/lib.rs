@@ -4,6 +4,7 @@
 //! FFI boundary and exposes a safe API; every `unsafe` block carries a `// SAFETY:` comment that
 //! argues why it is sound. `cargo xtask lint-unsafe` enforces this in CI.
 
+pub mod alloc_counter;
 pub mod block_io;
 pub mod guest_io;
 pub mod kvm_memory;

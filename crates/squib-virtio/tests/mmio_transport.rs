@@ -247,7 +247,7 @@ fn avail_idx_too_far_ahead_stops_the_queue_with_needs_reset_until_reset() {
     let mut rig = rig();
     let d = &mut rig.driver;
     d.publish_avail_idx(QUEUE_SIZE + 1);
-    d.write_reg(0x050, 0);
+    d.notify();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while d.read_reg(STATUS) & NEEDS_RESET == 0 {
         assert!(

@@ -88,6 +88,7 @@ pub struct GuestDriver {
     event_idx: bool,
     next_desc: u16,
     avail_idx: u16,
+    published_idx: u16,
     last_used: u16,
     heap_next: u64,
     mem_size: u64,
@@ -116,6 +117,7 @@ impl GuestDriver {
             event_idx: false,
             next_desc: 0,
             avail_idx: 0,
+            published_idx: 0,
             last_used: 0,
             heap_next: HEAP_START,
             mem_size: mem_size as u64,
@@ -154,6 +156,7 @@ impl GuestDriver {
             .unwrap();
         self.next_desc = 0;
         self.avail_idx = 0;
+        self.published_idx = 0;
         self.last_used = 0;
         assert!(
             self.negotiate(features),
@@ -298,14 +301,28 @@ impl GuestDriver {
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
-    /// Publishes everything queued (`avail.idx`) and notifies queue 0.
+    /// Publishes everything queued (`avail.idx`) and notifies queue 0 — with EVENT_IDX only if
+    /// the device's `avail_event` asks for it, as Linux's `virtqueue_kick_prepare` does. A device
+    /// that forgets to re-check its ring after re-enabling notifications then misses requests.
     pub fn kick(&mut self) {
-        self.publish_avail_idx(self.avail_idx);
+        let (old, new) = (self.published_idx, self.avail_idx);
+        self.publish_avail_idx(new);
+        fence(Ordering::SeqCst);
+        let event = self.avail_event();
+        // vring_need_event: notify if `event` lies in (old, new].
+        if !self.event_idx || new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old) {
+            self.notify();
+        }
+    }
+
+    /// Writes QueueNotify for queue 0 unconditionally.
+    pub fn notify(&mut self) {
         self.write_reg(0x050, 0);
     }
 
     /// Stores `idx` in `avail.idx`, whatever the queued entries say (for broken-driver tests).
     pub fn publish_avail_idx(&mut self, idx: u16) {
+        self.published_idx = idx;
         fence(Ordering::SeqCst);
         self.mem
             .store(idx.to_le(), GuestAddress(AVAIL_RING + 2), Ordering::Release)
