@@ -115,6 +115,11 @@ fn transfer_once<B: BitmapSlice>(
 ) -> io::Result<usize> {
     let offset = libc::off_t::try_from(offset)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset exceeds off_t"))?;
+    if let [only] = bufs
+        && skip < only.len()
+    {
+        return transfer_one(file, only, skip, offset, direction);
+    }
 
     // The guards keep each slice's host pointer valid until the call returns (vm-memory may map
     // memory on demand behind them); the iovecs point into the guarded ranges.
@@ -172,6 +177,39 @@ fn transfer_once<B: BitmapSlice>(
     let transferred = rc as usize;
     if direction == Direction::Read {
         mark_dirty(bufs, &spans[..count], &iovecs[..count], transferred);
+    }
+    Ok(transferred)
+}
+
+/// The common one-buffer case as a plain `pread`/`pwrite`: no iovec arrays to set up.
+fn transfer_one<B: BitmapSlice>(
+    file: &File,
+    buf: &VolatileSlice<'_, B>,
+    start: usize,
+    offset: libc::off_t,
+    direction: Direction,
+) -> io::Result<usize> {
+    let guard = buf.ptr_guard_mut();
+    // `start < guard.len()` (checked by the caller), so the pointer stays inside the slice.
+    let ptr = guard.as_ptr().wrapping_add(start).cast::<libc::c_void>();
+    let len = guard.len() - start;
+    let fd = file.as_raw_fd();
+    let rc = match direction {
+        // SAFETY: `ptr` points at `len` bytes inside a VolatileSlice, whose memory stays valid
+        // while it is borrowed (for this whole call) and whose pointer guard is alive; the kernel
+        // writes only there. No Rust reference to that memory exists (vm-memory reaches guest
+        // memory through raw pointers only). `fd` is kept open by `file`.
+        Direction::Read => unsafe { libc::pread(fd, ptr, len, offset) },
+        // SAFETY: as for the read, with the kernel only reading the range.
+        Direction::Write => unsafe { libc::pwrite(fd, ptr, len, offset) },
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Non-negative here and at most `len`.
+    let transferred = rc as usize;
+    if direction == Direction::Read {
+        buf.bitmap().mark_dirty(start, transferred);
     }
     Ok(transferred)
 }

@@ -53,6 +53,12 @@ impl<'a> GuestSegments<'a> {
         &self,
         mut io: impl FnMut(&[VolatileSlice<'a>], u64) -> io::Result<()>,
     ) -> Result<(), BackendError> {
+        // The common request, one segment in one memory region, needs no batch.
+        if let [segment] = self.segments
+            && let Ok(slice) = self.mem.get_slice(segment.addr, segment.len as usize)
+        {
+            return Ok(io(&[slice], 0)?);
+        }
         let empty: &'static mut [u8] = &mut [];
         let mut batch = [VolatileSlice::from(empty); IOVECS_PER_CALL];
         let mut count = 0;
