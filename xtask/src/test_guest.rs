@@ -40,6 +40,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ])
         .current_dir(&guest_dir)
         .env("CARGO_TARGET_DIR", &target_dir)
+        // Host RUSTFLAGS would replace the guest's (static relocation model) and break the link.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .stdout(std::io::stderr())
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
