@@ -17,7 +17,18 @@ const READ_ONLY_DISK_BYTES: u64 = 8 << 20;
 pub fn run(args: &[String]) -> Result<(), String> {
     setup::guest_target()?;
     let cargo = setup::cargo();
-    setup::run(&cargo, &["build", "--release", "--locked", "-p", "squib-vmm", "--bin", "squib"])?;
+    setup::run(
+        &cargo,
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "squib-vmm",
+            "--bin",
+            "squib",
+        ],
+    )?;
     let guest_output = setup::output(&cargo, &["xtask", "test-guest"])?;
     let guest = guest_output
         .lines()
@@ -48,7 +59,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .arg("--boot-timer")
         .args(args);
     eprintln!("xtask demo: {command:?}");
-    let status = command.status().map_err(|e| format!("cannot run {}: {e}", squib.display()))?;
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", squib.display()))?;
     match status.code() {
         Some(0) => Ok(()),
         _ => Err(format!("squib exited with {status}")),
