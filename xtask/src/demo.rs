@@ -47,7 +47,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
     sparse_file(&disk, DISK_BYTES)?;
     sparse_file(&read_only_disk, READ_ONLY_DISK_BYTES)?;
 
-    let squib = workspace.join("target/release/squib");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let squib = target_dir.join("release/squib");
     let mut command = Command::new(&squib);
     command
         .arg("--kernel")
