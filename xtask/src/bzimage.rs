@@ -163,13 +163,13 @@ pub fn wrap(flat: &FlatImage) -> Vec<u8> {
         .next_multiple_of(4096);
     put(INIT_SIZE, &(init_size as u32).to_le_bytes());
     image.extend_from_slice(&flat.bytes);
+    // `syssize` counts whole 16-byte paragraphs: pad so the file holds all it promises.
+    image.resize(image.len().next_multiple_of(16), 0);
     image
 }
 
 /// `cargo xtask test-guest --bzimage`: wraps the test guest ELF at `elf` into `<elf>.bzImage`
 /// and returns that path.
-// Called by `cargo xtask test-guest --bzimage`, wired in once that task is written.
-#[allow(dead_code)]
 pub fn wrap_file(elf: &std::path::Path) -> Result<std::path::PathBuf, String> {
     let bytes = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
     let flat = flatten_elf(&bytes).map_err(|e| format!("{}: {e}", elf.display()))?;
@@ -215,6 +215,14 @@ mod tests {
         let pm_start = (usize::from(image[SETUP_SECTS]) + 1) * SECTOR;
         assert_eq!(&image[pm_start..], &code[..]);
         assert_eq!(le32(&image, SYSSIZE), Some(0x30));
+
+        let odd = wrap(&FlatImage {
+            bytes: vec![1; 0x301],
+            mem_size: 0x301,
+        });
+        let payload_len = odd.len() - 2 * SECTOR;
+        assert_eq!(le32(&odd, SYSSIZE), Some(0x31));
+        assert_eq!(payload_len, 0x31 * 16, "padded to whole paragraphs");
     }
 
     #[test]

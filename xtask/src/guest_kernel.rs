@@ -382,9 +382,7 @@ mod cpio {
 
         /// Header + name and data are each padded to 4 bytes.
         fn pad(&mut self) {
-            while self.bytes.len() % 4 != 0 {
-                self.bytes.push(0);
-            }
+            self.bytes.resize(self.bytes.len().next_multiple_of(4), 0);
         }
     }
 

@@ -17,11 +17,16 @@ const LINUX_ENTRY_64: u64 = LOAD_ADDRESS + 0x200;
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    if let Some(arg) = args.first() {
-        return Err(format!(
-            "unexpected argument `{arg}` (test-guest takes none)"
-        ));
-    }
+    // `--bzimage`: also wrap the ELF in a minimal bzImage and print that path instead.
+    let bzimage = match args {
+        [] => false,
+        [flag] if flag == "--bzimage" => true,
+        [arg, ..] => {
+            return Err(format!(
+                "unexpected argument `{arg}` (test-guest takes only --bzimage)"
+            ));
+        }
+    };
     setup::guest_target()?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -55,7 +60,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let elf: PathBuf = elf
         .canonicalize()
         .map_err(|e| format!("{}: {e}", elf.display()))?;
-    println!("{}", elf.display());
+    let out = if bzimage {
+        crate::bzimage::wrap_file(&elf)?
+    } else {
+        elf
+    };
+    println!("{}", out.display());
     Ok(())
 }
 
