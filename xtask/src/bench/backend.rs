@@ -14,9 +14,28 @@ const GOAL_RATIO: f64 = 0.90;
 
 pub fn run(ctx: &Context) -> Level {
     match criterion::run(ctx, "backend") {
-        Ok(run) => level(&run.measurements),
+        Ok(run) => {
+            let mut level = level(&run.measurements);
+            level
+                .notes
+                .extend(printed_summary(&run.stdout, "backend summary"));
+            level
+        }
         Err(reason) => Level::unavailable(1, TITLE, GOAL, reason),
     }
+}
+
+/// The summary table a bench prints after criterion's own output, as a report note.
+pub fn printed_summary(stdout: &str, heading: &str) -> Option<String> {
+    let start = stdout.find(heading)?;
+    let table: Vec<&str> = stdout[start..]
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    Some(format!(
+        "The bench's own summary (its totals over every timed batch):\n\n```\n{}\n```",
+        table.join("\n")
+    ))
 }
 
 /// Whether an id component names the raw-syscall baseline.
@@ -41,7 +60,18 @@ fn pairing_key(id: &str) -> String {
 
 fn figure(m: &Measurement) -> Option<Figure> {
     let id = format!("backend.{}", m.id.replace('/', "."));
-    Figure::of(id, m.id.clone(), "IOPS").samples(&m.per_second(), Better::Higher)
+    Figure::of(id, label(&m.id), "IOPS").samples(&m.per_second(), Better::Higher)
+}
+
+/// `backend/<mode>/<op>/<backend>/<threads>` as words; other ids as they are.
+fn label(id: &str) -> String {
+    match id.split('/').collect::<Vec<_>>()[..] {
+        ["backend", mode, op, backend, threads] => {
+            let plural = if threads == "1" { "" } else { "s" };
+            format!("{backend}: {mode} {op}, {threads} thread{plural}")
+        }
+        _ => id.to_owned(),
+    }
 }
 
 fn level(measurements: &[Measurement]) -> Level {
@@ -78,8 +108,9 @@ fn level(measurements: &[Measurement]) -> Level {
     let notes = vec![
         "Method: `cargo bench -p squib-benches --bench backend`; per criterion sample, requests \
          per second = elements per iteration / time per iteration; median with min–max over the \
-         samples. Each engine row's ratio is against the raw row that differs only in the \
-         backend part of the id."
+         samples. Each engine row's ratio is against the raw row with the same cache mode, \
+         operation and thread count. `cached` reads a page-cached file, `direct` opens it with \
+         O_DIRECT (the engines' `direct` option)."
             .to_owned(),
     ];
     Level {

@@ -41,7 +41,7 @@ pub struct Spec<'a> {
     pub disk: Option<Disk<'a>>,
     /// squib's boot-timer device (QEMU has none).
     pub boot_timer: bool,
-    /// squib's Firecracker API socket.
+    /// Run squib the Firecracker way: this API socket, the VM described by a `--config-file`.
     pub api_sock: Option<&'a Path>,
 }
 
@@ -76,6 +76,7 @@ impl Vmm {
     pub fn command(self, ctx: &Context, spec: &Spec) -> Result<Command, String> {
         let guest = ctx.guest()?;
         match self {
+            Vmm::Squib(engine) if spec.api_sock.is_some() => firecracker_mode(ctx, engine, spec),
             Vmm::Squib(engine) => {
                 let mut command = Command::new(ctx.squib()?);
                 command
@@ -96,9 +97,6 @@ impl Vmm {
                 }
                 if spec.boot_timer {
                     command.arg("--boot-timer");
-                }
-                if let Some(socket) = spec.api_sock {
-                    command.arg("--api-sock").arg(socket);
                 }
                 Ok(command)
             }
@@ -147,4 +145,43 @@ impl Vmm {
             Vmm::Qemu(_) => status.code() == Some(253),
         }
     }
+}
+
+/// squib started as Firecracker is: `--api-sock` plus a `--config-file` that boots the VM.
+fn firecracker_mode(ctx: &Context, engine: Engine, spec: &Spec) -> Result<Command, String> {
+    let socket = spec.api_sock.ok_or("no API socket")?;
+    let engine = match engine {
+        Engine::Sync => "Sync",
+        Engine::Async => "Async",
+    };
+    let drives: Vec<serde_json::Value> = spec
+        .disk
+        .iter()
+        .map(|disk| {
+            serde_json::json!({
+                "drive_id": "disk0",
+                "path_on_host": disk.path,
+                "is_root_device": false,
+                "is_read_only": false,
+                "io_engine": engine,
+            })
+        })
+        .collect();
+    let config = serde_json::json!({
+        "boot-source": { "kernel_image_path": ctx.guest()?, "boot_args": spec.cmdline },
+        "drives": drives,
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": spec.mem_mib },
+    });
+    let path = ctx.scratch()?.join("squib-config.json");
+    std::fs::write(&path, config.to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut command = Command::new(ctx.squib()?);
+    command
+        .arg("--api-sock")
+        .arg(socket)
+        .arg("--config-file")
+        .arg(&path);
+    if spec.boot_timer {
+        command.arg("--boot-timer");
+    }
+    Ok(command)
 }
