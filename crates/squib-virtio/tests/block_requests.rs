@@ -1,6 +1,7 @@
 //! virtio-blk requests driven like a guest driver: well-formed ones reach the disk with the
 //! right data, status and used length; each class of malformed request completes with IOERR or
 //! UNSUPP (or used length 0) without touching the disk, and the device keeps serving.
+#![forbid(unsafe_code)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The device on the real file engines: data written by the guest lands in the file, reads
 //! return the file's bytes, FLUSH and DISCARD succeed.
+#![forbid(unsafe_code)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The virtio-mmio transport as a guest driver sees it: identification registers, feature
 //! negotiation, the status state machine, queue setup rules, interrupts, EVENT_IDX, reset,
 //! config space and the broken-driver paths (NEEDS_RESET).
+#![forbid(unsafe_code)]
 
 mod common;
 
@@ -262,6 +263,24 @@ fn avail_idx_too_far_ahead_stops_the_queue_with_needs_reset_until_reset() {
     // The driver resets and starts over: the device serves again.
     d.reprobe(ALL_RW);
     assert_eq!(d.read_reg(STATUS) & NEEDS_RESET, 0);
+    assert_eq!(read_sector0(d), Some((VIRTIO_BLK_S_OK as u8, 513)));
+}
+
+#[test]
+fn avail_entry_naming_a_descriptor_beyond_the_table_needs_reset() {
+    let mut rig = rig();
+    let d = &mut rig.driver;
+    d.push_avail(QUEUE_SIZE + 44);
+    d.kick();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while d.read_reg(STATUS) & NEEDS_RESET == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "NEEDS_RESET never set"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    d.reprobe(ALL_RW);
     assert_eq!(read_sector0(d), Some((VIRTIO_BLK_S_OK as u8, 513)));
 }
 
