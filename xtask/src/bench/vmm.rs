@@ -117,7 +117,10 @@ impl Vmm {
                     // microvm has no i8042: the guest's reset write to 0x64 ends QEMU (status
                     // 253), and 0x501 is the debug-exit port squib also has.
                     .args(["-device", "isa-debug-exit,iobase=0x64,iosize=1"])
-                    .args(["-device", "isa-debug-exit,iobase=0x501,iosize=1"]);
+                    .args(["-device", "isa-debug-exit,iobase=0x501,iosize=1"])
+                    // microvm's virtio-mmio is legacy (version 1) by default; squib's and the
+                    // guest's is version 2.
+                    .args(["-global", "virtio-mmio.force-legacy=false"]);
                 if let Some(disk) = spec.disk {
                     let aio = match aio {
                         Aio::IoUring => "io_uring",
