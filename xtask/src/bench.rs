@@ -14,6 +14,7 @@ mod device_model;
 mod device_path;
 mod level;
 mod machine;
+mod mmio_profile;
 mod report;
 mod startup;
 mod stats;

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::Context;
 use super::level::{Better, Figure, Level, Verdict};
+use super::mmio_profile;
 use super::vm::Vm;
 use super::vmm::{Aio, Disk, Engine, Spec, Vmm};
 
@@ -29,6 +30,8 @@ const RUN_SECONDS: f64 = 1.5;
 const QUICK_RUN_SECONDS: f64 = 0.3;
 const CALIBRATION_OPS: u64 = 5_000;
 /// KVM tracepoints counted per request. PVM does not emit `kvm_exit`; the others it does.
+/// Reads in a profiled run (large enough that boot's accesses round away).
+const PROFILE_OPS: u64 = 20_000;
 const EXIT_EVENTS: &str =
     "kvm:kvm_exit,kvm:kvm_userspace_exit,kvm:kvm_mmio,kvm:kvm_pio,kvm:kvm_set_irq";
 
@@ -325,6 +328,38 @@ fn exits_per_request(
                     }
                 }
                 Err(e) => notes.push(format!("Exits per request for {}: {e}", vmm.label())),
+            }
+        }
+    }
+    for workload in workloads.iter().filter(|w| !w.direct) {
+        for vmm in [Vmm::Squib(Engine::Async), Vmm::Qemu(Aio::IoUring)] {
+            if !vmm.is_squib() && ctx.qemu().is_err() {
+                continue;
+            }
+            let disk = Disk {
+                path: disk,
+                direct: false,
+            };
+            let cmdline = workload.cmdline(PROFILE_OPS);
+            let spec = Spec {
+                cmdline: &cmdline,
+                mem_mib: MEM_MIB,
+                disk: Some(disk),
+                boot_timer: false,
+                api_sock: None,
+            };
+            let profiled = vmm
+                .command(ctx, &spec)
+                .and_then(|command| mmio_profile::profile(ctx, &command, PROFILE_OPS));
+            match profiled {
+                Ok(rows) => notes.push(format!(
+                    "Guest MMIO accesses per request, {}, {} (`perf record -e kvm:kvm_mmio`, \
+                     {PROFILE_OPS} reads, boot included):\n\n{}",
+                    vmm.label(),
+                    workload.label(),
+                    mmio_profile::table(&rows, |gpa| vmm.virtio_window(gpa))
+                )),
+                Err(e) => notes.push(format!("MMIO profile for {}: {e}", vmm.label())),
             }
         }
     }
