@@ -16,6 +16,7 @@ pub mod device;
 pub mod interrupt;
 pub mod mmio;
 pub mod queue;
+pub mod rate_limiter;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

@@ -129,6 +129,13 @@ impl VirtQueue {
         Ok(available.next())
     }
 
+    /// Puts the chain [`pop`](Self::pop) returned last back at the head of the ring, so the next
+    /// `pop` reads it again (a throttled request waits there: nothing is copied or allocated).
+    /// Only valid right after a `pop` that returned a chain.
+    pub fn undo_pop(&mut self) {
+        self.queue.go_to_previous_position();
+    }
+
     /// Returns a chain to the driver with `len` bytes written into its buffers.
     pub fn complete(
         &mut self,

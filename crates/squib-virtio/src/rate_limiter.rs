@@ -72,6 +72,36 @@ pub struct BucketSpec {
     pub refill_time_ms: u64,
 }
 
+/// A device's whole throttle: either bucket may be absent. In an update (`PATCH /drives`), an
+/// absent bucket keeps its current state and a zero-sized one (`size` or `refill_time_ms` 0)
+/// removes the limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimiterSpec {
+    /// Bytes moved by reads and writes.
+    pub bandwidth: Option<BucketSpec>,
+    /// Requests, one token each.
+    pub ops: Option<BucketSpec>,
+}
+
+impl RateLimiterSpec {
+    /// Checks that every bucket can be represented, without building anything.
+    pub fn validate(&self) -> Result<(), RateLimiterError> {
+        for spec in [self.bandwidth, self.ops].into_iter().flatten() {
+            TokenBucket::new(spec, Duration::ZERO)?;
+        }
+        Ok(())
+    }
+
+    /// `later` applied on top of `self`: its buckets win, its absent ones keep ours (two updates
+    /// that arrive before the worker applies either must both take effect).
+    pub fn merged_with(self, later: Self) -> Self {
+        Self {
+            bandwidth: later.bandwidth.or(self.bandwidth),
+            ops: later.ops.or(self.ops),
+        }
+    }
+}
+
 /// One token bucket.
 ///
 /// Invariant: the budget is kept in *scaled* units, one token being `refill_ns` units, so that
@@ -197,6 +227,11 @@ impl RateLimiter {
         Self::with_clock(bandwidth, ops, Box::new(MonotonicClock::new()))
     }
 
+    /// A limiter on the real clock built from `spec`.
+    pub fn from_spec(spec: RateLimiterSpec) -> io::Result<Self> {
+        Self::new(spec.bandwidth, spec.ops)
+    }
+
     /// A limiter on `clock` (tests inject a manual one).
     pub fn with_clock(
         bandwidth: Option<BucketSpec>,
@@ -258,26 +293,36 @@ impl RateLimiter {
             // A spurious wake-up (e.g. the worker polled every fd): keep waiting.
             return Ok(());
         }
-        // Consume the expiration count so the fd stops being readable; the timer is not armed,
-        // so `clear` cannot block on it.
+        // `clear` re-sets the (expired) timer, which also zeroes its expiration count, so the
+        // fd stops being readable without a read that could block.
         self.timer.clear()?;
         self.blocked = false;
         Ok(())
     }
 
     /// Replaces the configuration (a `PATCH /drives` update). `None` keeps a bucket as it is; a
-    /// zero-sized spec removes it. New buckets start full, as Firecracker's do.
+    /// zero-sized spec removes it. New buckets start full, as Firecracker's do. A pending wait
+    /// is cancelled: it was computed for the old buckets, so the caller should retry at once.
     pub fn update(
         &mut self,
         bandwidth: Option<BucketSpec>,
         ops: Option<BucketSpec>,
     ) -> io::Result<()> {
         let now = self.clock.now();
-        if let Some(spec) = bandwidth {
-            self.bandwidth = make_bucket(Some(spec), now)?;
+        // Build both before replacing either, so a refused spec changes nothing.
+        let new_bandwidth = bandwidth
+            .map(|spec| make_bucket(Some(spec), now))
+            .transpose()?;
+        let new_ops = ops.map(|spec| make_bucket(Some(spec), now)).transpose()?;
+        if let Some(bucket) = new_bandwidth {
+            self.bandwidth = bucket;
         }
-        if let Some(spec) = ops {
-            self.ops = make_bucket(Some(spec), now)?;
+        if let Some(bucket) = new_ops {
+            self.ops = bucket;
+        }
+        if self.blocked {
+            self.timer.clear()?;
+            self.blocked = false;
         }
         Ok(())
     }
@@ -527,6 +572,55 @@ mod tests {
         assert_eq!(rl.bandwidth.as_mut().unwrap().available(Duration::ZERO), 90);
         rl.update(Some(spec(5, 0, 1000)), None).unwrap();
         assert_eq!(rl.bandwidth.as_mut().unwrap().available(Duration::ZERO), 5);
+    }
+
+    #[test]
+    fn update_cancels_a_pending_wait() {
+        let (mut rl, _clock) = limiter(None, Some(spec(1, 0, 10_000)));
+        assert_eq!(rl.consume(0).unwrap(), Ok(()));
+        assert!(rl.consume(0).unwrap().is_err());
+        assert!(rl.timer.is_armed().unwrap());
+        rl.update(None, Some(spec(10, 0, 1000))).unwrap();
+        assert!(!rl.is_blocked());
+        assert!(!rl.timer.is_armed().unwrap());
+        assert_eq!(rl.consume(0).unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn refused_update_changes_nothing() {
+        let (mut rl, _clock) = limiter(Some(spec(100, 0, 1000)), Some(spec(5, 0, 1000)));
+        let too_long = spec(1, 0, u64::MAX);
+        assert!(rl.update(Some(spec(7, 0, 1000)), Some(too_long)).is_err());
+        assert_eq!(
+            rl.bandwidth.as_mut().unwrap().available(Duration::ZERO),
+            100
+        );
+    }
+
+    #[test]
+    fn spec_validates_and_merges() {
+        let too_long = spec(1, 0, u64::MAX);
+        let bad = RateLimiterSpec {
+            bandwidth: None,
+            ops: Some(too_long),
+        };
+        assert!(bad.validate().is_err());
+        assert!(RateLimiterSpec::default().validate().is_ok());
+        let first = RateLimiterSpec {
+            bandwidth: Some(spec(1, 0, 1)),
+            ops: Some(spec(2, 0, 2)),
+        };
+        let second = RateLimiterSpec {
+            bandwidth: None,
+            ops: Some(spec(3, 0, 3)),
+        };
+        assert_eq!(
+            first.merged_with(second),
+            RateLimiterSpec {
+                bandwidth: Some(spec(1, 0, 1)),
+                ops: Some(spec(3, 0, 3)),
+            }
+        );
     }
 
     #[test]

@@ -11,12 +11,13 @@ use squib_virtio::block::backend::{BackendError, BlockBackend};
 use squib_virtio::block::engine::{AsyncFileBackend, SyncFileBackend};
 use squib_virtio::block::{BlockConfig, BlockDevice, BlockHandle, BlockMetricsSnapshot, SwapError};
 use squib_virtio::mmio::MmioTransport;
+use squib_virtio::rate_limiter::{BucketSpec, RateLimiterSpec};
 
 use crate::GuestMemory;
 use crate::devices::DeviceError;
 use crate::devices::bus::Bus;
 use crate::devices::virtio_mmio::VirtioMmioManager;
-use crate::vm_config::{CacheType, DriveConfig, IoEngine};
+use crate::vm_config::{CacheType, DriveConfig, IoEngine, RateLimiterConfig, TokenBucketConfig};
 
 /// Why a drive could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +142,22 @@ fn block_config(drive: &DriveConfig) -> BlockConfig {
         CacheType::Unsafe => squib_virtio::block::CacheType::Unsafe,
         CacheType::Writeback => squib_virtio::block::CacheType::Writeback,
     };
-    BlockConfig::new(drive.drive_id.clone(), cache)
+    let mut config = BlockConfig::new(drive.drive_id.clone(), cache);
+    config.rate_limiter = drive.rate_limiter.as_ref().map(rate_limiter_spec);
+    config
+}
+
+/// The API's rate limiter in squib-virtio's terms (which does not know the VMM's types).
+pub fn rate_limiter_spec(config: &RateLimiterConfig) -> RateLimiterSpec {
+    let bucket = |b: &TokenBucketConfig| BucketSpec {
+        size: b.size,
+        one_time_burst: b.one_time_burst,
+        refill_time_ms: b.refill_time_ms,
+    };
+    RateLimiterSpec {
+        bandwidth: config.bandwidth.as_ref().map(bucket),
+        ops: config.ops.as_ref().map(bucket),
+    }
 }
 
 /// Opens every drive and attaches it, in order, to the next virtio-mmio slot.

@@ -232,10 +232,11 @@ fn runtime_control_with_curl_ends_with_ctrl_alt_del() {
         "/boot-source",
         format!(r#"{{"kernel_image_path":"{}"}}"#, kernel.display()),
     );
+    // A throttled drive boots (the block worker enforces the limiter).
     put(
         "/drives/rootfs",
         format!(
-            r#"{{"drive_id":"rootfs","path_on_host":"{rootfs}","is_root_device":true,"is_read_only":false}}"#
+            r#"{{"drive_id":"rootfs","path_on_host":"{rootfs}","is_root_device":true,"is_read_only":false,"rate_limiter":{{"ops":{{"size":1000,"refill_time":100}}}}}}"#
         ),
     );
     put("/actions", r#"{"action_type":"InstanceStart"}"#.into());
@@ -245,10 +246,18 @@ fn runtime_control_with_curl_ends_with_ctrl_alt_del() {
         curl(&sock, "PATCH", "/drives/rootfs", &swap),
         (204, String::new())
     );
+    let limit =
+        r#"{"drive_id":"rootfs","rate_limiter":{"bandwidth":{"size":1048576,"refill_time":100}}}"#;
     assert_eq!(
-        json(&curl(&sock, "GET", "/vm/config", "").1)["drives"][0]["path_on_host"],
-        bigger
+        curl(&sock, "PATCH", "/drives/rootfs", limit),
+        (204, String::new())
     );
+    let config = json(&curl(&sock, "GET", "/vm/config", "").1);
+    assert_eq!(config["drives"][0]["path_on_host"], bigger);
+    // The PATCH left `ops` out: it keeps its bucket.
+    let limiter = &config["drives"][0]["rate_limiter"];
+    assert_eq!(limiter["bandwidth"]["size"], 1_048_576);
+    assert_eq!(limiter["ops"]["size"], 1000);
     let (code, body) = curl(
         &sock,
         "PUT",
@@ -288,7 +297,7 @@ fn runtime_control_with_curl_ends_with_ctrl_alt_del() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(line["patch_api_requests"]["drives_count"], 1);
+    assert_eq!(line["patch_api_requests"]["drives_count"], 2);
     assert!(line.get("block_rootfs").is_some(), "{line}");
 }
 

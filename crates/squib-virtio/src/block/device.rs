@@ -1,6 +1,7 @@
 //! The virtio-blk device: its configuration, the features it offers, its configuration space
 //! (virtio 1.2 §5.2.4) and activation, which hands the queue to a worker thread.
 
+use std::io;
 use std::sync::Arc;
 
 use tracing::debug;
@@ -16,6 +17,7 @@ use super::worker::{Worker, WorkerHandle};
 use crate::device::{
     ActivateError, Activation, FEATURE_EVENT_IDX, FEATURE_VERSION_1, VirtioDevice,
 };
+use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
 
 /// Descriptors per queue the device supports.
 pub const QUEUE_SIZE: u16 = 256;
@@ -70,15 +72,18 @@ pub struct BlockConfig {
     pub cache_type: CacheType,
     /// Request limits.
     pub limits: BlockLimits,
+    /// I/O throttling (Firecracker's `rate_limiter`); `None` does not limit.
+    pub rate_limiter: Option<RateLimiterSpec>,
 }
 
 impl BlockConfig {
-    /// A drive with default limits.
+    /// A drive with default limits and no throttling.
     pub fn new(drive_id: impl Into<String>, cache_type: CacheType) -> Self {
         Self {
             drive_id: drive_id.into(),
             cache_type,
             limits: BlockLimits::default(),
+            rate_limiter: None,
         }
     }
 }
@@ -92,6 +97,12 @@ pub enum BlockError {
     /// A zero limit would forbid every request of that type while advertising support for it.
     #[error("{0} must be at least 1 sector")]
     ZeroLimit(&'static str),
+    /// A token bucket that cannot be represented.
+    #[error("rate limiter: {0}")]
+    RateLimiter(#[from] RateLimiterError),
+    /// The host refused an eventfd or a timerfd.
+    #[error("cannot create the device's event or timer fd: {0}")]
+    Host(#[source] io::Error),
 }
 
 /// The GET_ID answer: the drive id's first 20 bytes, NUL-padded.
@@ -160,8 +171,16 @@ impl BlockDevice {
         if config.cache_type == CacheType::Writeback {
             offered_features |= FEATURE_FLUSH;
         }
+        let limiter = match config.rate_limiter {
+            Some(spec) => {
+                spec.validate()?;
+                Some(RateLimiter::from_spec(spec).map_err(BlockError::Host)?)
+            }
+            None => None,
+        };
+        let shared = Shared::new(backend, limiter).map_err(BlockError::Host)?;
         Ok(Self {
-            shared: Arc::new(Shared::new(backend)),
+            shared: Arc::new(shared),
             serial: DriveSerial::new(&config.drive_id),
             limits: config.limits,
             offered_features,
@@ -169,7 +188,7 @@ impl BlockDevice {
         })
     }
 
-    /// A handle for the API thread: backend swap and metrics.
+    /// A handle for the API thread: backend swap, rate-limiter updates and metrics.
     pub fn handle(&self) -> BlockHandle {
         BlockHandle::new(Arc::clone(&self.shared))
     }

@@ -1,18 +1,24 @@
 //! The runtime handle the API thread keeps for a virtio-blk device: swap the disk behind it
-//! (`PATCH /drives/{id}` with a new `path_on_host`) and read its metrics.
+//! (`PATCH /drives/{id}` with a new `path_on_host`), change its rate limiter (`PATCH /drives/{id}`
+//! with a `rate_limiter`) and read its metrics.
 //!
 //! The device, its worker and every handle share one [`Shared`]. The worker keeps its own
 //! `Arc` of the backend and only looks at the shared slot when `backend_epoch` moved (one atomic
-//! load per batch of requests), so a swap never puts a lock on the request path.
+//! load per batch of requests), so a swap never puts a lock on the request path. A rate-limiter
+//! update waits in its own slot and wakes the worker through `limiter_event`, so it applies at
+//! once even while the worker sits throttled on a long timer.
 
+use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tracing::info;
+use tracing::{info, warn};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::backend::{BlockBackend, SECTOR_SIZE};
 use super::metrics::{BlockMetrics, BlockMetricsSnapshot};
 use crate::interrupt::Interrupt;
+use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
 
 /// State shared by a block device, its worker thread and its handles.
 #[derive(Debug)]
@@ -26,20 +32,53 @@ pub(crate) struct Shared {
     /// The interrupt line while the device is active (a swap then tells the driver).
     interrupt: Mutex<Option<Arc<Interrupt>>>,
     read_only: bool,
+    /// The rate limiter while no worker runs. A worker takes it when it is built and puts it
+    /// back when it ends, so a driver reset does not refill the buckets.
+    limiter: Mutex<Option<RateLimiter>>,
+    /// A limiter update the worker has not applied yet.
+    limiter_update: Mutex<Option<RateLimiterSpec>>,
+    /// Written after `limiter_update` is set; the worker epolls it.
+    limiter_event: EventFd,
     pub(crate) metrics: BlockMetrics,
 }
 
 impl Shared {
-    pub(crate) fn new(backend: Arc<dyn BlockBackend>) -> Self {
-        Self {
+    pub(crate) fn new(
+        backend: Arc<dyn BlockBackend>,
+        limiter: Option<RateLimiter>,
+    ) -> io::Result<Self> {
+        Ok(Self {
             capacity: AtomicU64::new(usable_capacity(backend.as_ref())),
             read_only: backend.is_read_only(),
             backend: Mutex::new(backend),
             backend_epoch: AtomicU64::new(0),
             config_generation: AtomicU32::new(0),
             interrupt: Mutex::new(None),
+            limiter: Mutex::new(limiter),
+            limiter_update: Mutex::new(None),
+            limiter_event: EventFd::new(EFD_NONBLOCK)?,
             metrics: BlockMetrics::default(),
-        }
+        })
+    }
+
+    /// Takes the parked rate limiter (a worker starting).
+    pub(crate) fn take_limiter(&self) -> Option<RateLimiter> {
+        lock(&self.limiter).take()
+    }
+
+    /// Parks the rate limiter (a worker ending).
+    pub(crate) fn park_limiter(&self, limiter: Option<RateLimiter>) {
+        *lock(&self.limiter) = limiter;
+    }
+
+    /// Takes the pending limiter update, if any.
+    pub(crate) fn take_limiter_update(&self) -> Option<RateLimiterSpec> {
+        lock(&self.limiter_update).take()
+    }
+
+    /// Readable while a limiter update may be pending.
+    pub(crate) fn limiter_event(&self) -> &EventFd {
+        &self.limiter_event
     }
 
     /// The current backend and the epoch it belongs to.
@@ -125,6 +164,24 @@ impl BlockHandle {
         if let Some(interrupt) = lock(&self.shared.interrupt).as_ref() {
             interrupt.signal_config_change();
         }
+        Ok(())
+    }
+
+    /// Changes the rate limiter: the worker applies `spec` at its next wake-up, which this call
+    /// causes (or, while the device is not active, when the driver next activates it). An absent
+    /// bucket keeps its state, a zero-sized one removes the limit, a given one starts full. A
+    /// drive built without a limiter gets one.
+    pub fn update_rate_limiter(&self, spec: RateLimiterSpec) -> Result<(), RateLimiterError> {
+        spec.validate()?;
+        {
+            let mut slot = lock(&self.shared.limiter_update);
+            *slot = Some(slot.take().unwrap_or_default().merged_with(spec));
+        }
+        if let Err(error) = self.shared.limiter_event.write(1) {
+            // The update stays in its slot: the worker applies it at its next event instead.
+            warn!(%error, "cannot wake the virtio-blk worker for a rate-limiter update");
+        }
+        info!(?spec, "virtio-blk rate limiter update queued");
         Ok(())
     }
 

@@ -19,6 +19,7 @@ pub struct BlockMetrics {
     io_errors: AtomicU64,
     latency_total_ns: AtomicU64,
     latency_max_ns: AtomicU64,
+    rate_limiter_throttled: AtomicU64,
 }
 
 /// A point-in-time copy of [`BlockMetrics`]. Counters are read one by one, so a snapshot taken
@@ -49,6 +50,8 @@ pub struct BlockMetricsSnapshot {
     pub latency_total_ns: u64,
     /// The longest backend time of one request, in nanoseconds.
     pub latency_max_ns: u64,
+    /// Times the rate limiter stopped the queue (one per wait, however many requests it holds).
+    pub rate_limiter_throttled: u64,
 }
 
 /// The operation a completed request performed, for counting.
@@ -92,6 +95,10 @@ impl BlockMetrics {
         self.io_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn record_throttled(&self) {
+        self.rate_limiter_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> BlockMetricsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -108,6 +115,7 @@ impl BlockMetrics {
             io_errors: get(&self.io_errors),
             latency_total_ns: get(&self.latency_total_ns),
             latency_max_ns: get(&self.latency_max_ns),
+            rate_limiter_throttled: get(&self.rate_limiter_throttled),
         }
     }
 }
@@ -122,6 +130,7 @@ mod tests {
         m.record_success(Completed::Read { bytes: 4096 }, Duration::from_micros(3));
         m.record_success(Completed::Write { bytes: 512 }, Duration::from_micros(7));
         m.record_invalid();
+        m.record_throttled();
         let s = m.snapshot();
         assert_eq!(
             (s.reads, s.writes, s.read_bytes, s.written_bytes),
@@ -130,5 +139,6 @@ mod tests {
         assert_eq!(s.invalid_requests, 1);
         assert_eq!(s.latency_total_ns, 10_000);
         assert_eq!(s.latency_max_ns, 7_000);
+        assert_eq!(s.rate_limiter_throttled, 1);
     }
 }

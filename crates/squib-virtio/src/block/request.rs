@@ -214,6 +214,18 @@ impl<'s> ParsedRequest<'s> {
         Self { head_index, reply }
     }
 
+    /// What a rate limiter charges for this request: `Some(bytes)` when it will reach the disk
+    /// (one operation plus its data bytes, which only reads and writes move, as in Firecracker),
+    /// `None` when it completes with an error without touching the disk and so is never
+    /// throttled.
+    pub(crate) fn throttle_bytes(&self) -> Option<u64> {
+        match &self.reply {
+            Some((_, Ok(Request::Read { len, .. } | Request::Write { len, .. }))) => Some(*len),
+            Some((_, Ok(_))) => Some(0),
+            Some((_, Err(_))) | None => None,
+        }
+    }
+
     /// Steps 3 and 4: execute on the backend, write the status byte, return the completion.
     pub(crate) fn execute(self, ctx: &RequestContext<'_>) -> Completion {
         let head_index = self.head_index;

@@ -19,6 +19,7 @@ use super::models::{
 use super::router::{ApiRequest, RouteError, route};
 use super::store::{ConfigError, ConfigStore, check_drive_path, check_id, rate_limiter};
 use super::vmm_control::{ControlError, ExitNotice, RunState, VmmControl};
+use crate::vm_config::RateLimiterConfig;
 
 /// The Firecracker API version squib answers `GET /version` with: the swagger it implements.
 pub const FIRECRACKER_API_VERSION: &str = "1.16.0";
@@ -252,7 +253,12 @@ impl<V: VmmControl> ApiController<V> {
         if let Some(limiter) = limiter {
             self.vmm.update_rate_limiter(id, &limiter)?;
             if let Some(d) = self.store.drive_config_mut(id) {
-                d.rate_limiter = Some(limiter);
+                // As applied: a bucket the PATCH leaves out keeps its configuration.
+                let old = d.rate_limiter.unwrap_or_default();
+                d.rate_limiter = Some(RateLimiterConfig {
+                    bandwidth: limiter.bandwidth.or(old.bandwidth),
+                    ops: limiter.ops.or(old.ops),
+                });
             }
         }
         Ok(())

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
 use crate::control::VmState;
 use crate::devices::serial::Stdout;
-use crate::drives::open_backend;
+use crate::drives::{open_backend, rate_limiter_spec};
 use crate::exit::ExitReason;
 use crate::vm_config::{RateLimiterConfig, VmConfig};
 use crate::vmm::{StartOptions, Vmm, VmmHandle};
@@ -101,14 +101,6 @@ impl KvmVmm {
 
 impl VmmControl for KvmVmm {
     fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError> {
-        // Accepting a throttle and not applying it would be a silent lie: refuse until the
-        // virtio-blk worker consults squib_virtio::rate_limiter.
-        if let Some(d) = config.drives.iter().find(|d| d.rate_limiter.is_some()) {
-            return Err(ControlError::new(format!(
-                "drive `{}`: rate_limiter is not enforced by squib's block device yet",
-                d.drive_id
-            )));
-        }
         let options = StartOptions {
             process_start: self.process_start,
             console_out: Box::new(Stdout),
@@ -199,12 +191,13 @@ impl VmmControl for KvmVmm {
     fn update_rate_limiter(
         &mut self,
         drive_id: &str,
-        _config: &RateLimiterConfig,
+        config: &RateLimiterConfig,
     ) -> Result<(), ControlError> {
-        self.drive(drive_id)?;
-        Err(ControlError::new(
-            "updating a running drive's rate_limiter is not supported by squib yet",
-        ))
+        // Queued for the drive's worker, which applies it at once: nothing here waits on I/O.
+        self.drive(drive_id)?
+            .block_handle()
+            .update_rate_limiter(rate_limiter_spec(config))
+            .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))
     }
 
     fn drive_counters(&self) -> Vec<(String, DriveCounters)> {
@@ -226,6 +219,7 @@ impl VmmControl for KvmVmm {
                     io_errors: m.io_errors,
                     latency_total_us: m.latency_total_ns / 1000,
                     latency_max_us: m.latency_max_ns / 1000,
+                    rate_limiter_throttled_events: m.rate_limiter_throttled,
                 };
                 (d.id().to_owned(), counters)
             })

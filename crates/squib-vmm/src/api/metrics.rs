@@ -154,6 +154,9 @@ fn delta(now: &DriveCounters, before: &DriveCounters) -> DriveCounters {
         io_errors: now.io_errors.saturating_sub(before.io_errors),
         latency_total_us: now.latency_total_us.saturating_sub(before.latency_total_us),
         latency_max_us: now.latency_max_us,
+        rate_limiter_throttled_events: now
+            .rate_limiter_throttled_events
+            .saturating_sub(before.rate_limiter_throttled_events),
     }
 }
 
@@ -167,6 +170,7 @@ fn add(total: &mut DriveCounters, d: &DriveCounters) {
     total.io_errors += d.io_errors;
     total.latency_total_us += d.latency_total_us;
     total.latency_max_us = total.latency_max_us.max(d.latency_max_us);
+    total.rate_limiter_throttled_events += d.rate_limiter_throttled_events;
 }
 
 #[cfg(test)]
@@ -199,6 +203,7 @@ mod tests {
             read_count: reads,
             read_bytes: bytes,
             latency_max_us: 7,
+            rate_limiter_throttled_events: reads / 5,
             ..Default::default()
         };
         m.flush(&[("root".into(), c(10, 40960)), ("data".into(), c(1, 512))])
@@ -216,6 +221,8 @@ mod tests {
         assert_eq!(l[1]["block_data"]["read_count"], 0);
         assert_eq!(l[1]["block"]["read_bytes"], 20480);
         assert_eq!(l[1]["block"]["latency_max_us"], 7);
+        assert_eq!(l[0]["block_root"]["rate_limiter_throttled_events"], 2);
+        assert_eq!(l[1]["block"]["rate_limiter_throttled_events"], 1);
         assert!(l[1].get("put_api_requests").is_none());
     }
 

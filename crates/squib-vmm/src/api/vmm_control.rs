@@ -63,6 +63,8 @@ pub struct DriveCounters {
     pub latency_total_us: u64,
     /// Longest request latency, µs.
     pub latency_max_us: u64,
+    /// Times the rate limiter made the drive's queue wait (Firecracker's name).
+    pub rate_limiter_throttled_events: u64,
 }
 
 /// Signals the API server that the microVM has stopped, so the process can exit at once.
@@ -103,7 +105,8 @@ pub trait VmmControl: Send {
         path: &std::path::Path,
         read_only: bool,
     ) -> Result<(), ControlError>;
-    /// Replaces a running drive's throttle.
+    /// Changes a running drive's throttle: a given bucket replaces the current one (starting
+    /// full; size or refill time 0 removes the limit), an absent one is kept.
     fn update_rate_limiter(
         &mut self,
         drive_id: &str,
