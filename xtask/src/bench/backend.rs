@@ -76,7 +76,8 @@ fn label(id: &str) -> String {
 
 fn level(measurements: &[Measurement]) -> Level {
     let mut figures = Vec::new();
-    let mut worst: Option<(f64, String)> = None;
+    // The lowest ratio per engine: (engine, ratio, id).
+    let mut worst: Vec<(String, f64, String)> = Vec::new();
     for m in measurements.iter().filter(|m| !m.id.split('/').any(is_raw)) {
         let key = pairing_key(&m.id);
         let raw = measurements
@@ -87,10 +88,17 @@ fn level(measurements: &[Measurement]) -> Level {
         };
         if let Some(raw) = raw.and_then(figure) {
             engine = engine.against(&raw);
-            if let Some(ratio) = &engine.ratio
-                && worst.as_ref().is_none_or(|(w, _)| ratio.value < *w)
-            {
-                worst = Some((ratio.value, m.id.clone()));
+            let name =
+                m.id.split('/')
+                    .find(|c| is_backend(c))
+                    .unwrap_or("engine")
+                    .to_owned();
+            if let Some(ratio) = engine.ratio.as_ref().map(|r| r.value) {
+                match worst.iter_mut().find(|(n, _, _)| *n == name) {
+                    Some(entry) if ratio < entry.1 => *entry = (name, ratio, label(&m.id)),
+                    Some(_) => {}
+                    None => worst.push((name, ratio, label(&m.id))),
+                }
             }
         }
         figures.push(engine);
@@ -98,12 +106,16 @@ fn level(measurements: &[Measurement]) -> Level {
     for raw in measurements.iter().filter(|m| m.id.split('/').any(is_raw)) {
         figures.extend(figure(raw));
     }
-    let verdict = match worst {
-        Some((ratio, id)) if ratio >= GOAL_RATIO => {
-            Verdict::Met(format!("lowest ratio {ratio:.2}× ({id})"))
-        }
-        Some((ratio, id)) => Verdict::NotMet(format!("lowest ratio {ratio:.2}× ({id})")),
-        None => Verdict::Unavailable("the bench reported no engine/raw pairs".into()),
+    let lowest: Vec<String> = worst
+        .iter()
+        .map(|(_, ratio, what)| format!("lowest {ratio:.2}× ({what})"))
+        .collect();
+    let verdict = if worst.is_empty() {
+        Verdict::Unavailable("the bench reported no engine/raw pairs".into())
+    } else if worst.iter().all(|(_, ratio, _)| *ratio >= GOAL_RATIO) {
+        Verdict::Met(lowest.join("; "))
+    } else {
+        Verdict::NotMet(lowest.join("; "))
     };
     let notes = vec![
         "Method: `cargo bench -p squib-benches --bench backend`; per criterion sample, requests \

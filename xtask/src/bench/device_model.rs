@@ -67,14 +67,14 @@ fn level(measurements: &[Measurement], stdout: &str) -> Level {
         .samples(&added, Better::Lower);
         if let Some(added) = &added {
             let us = added.value.median;
-            verdicts.push(format!("{words} adds {us:.2} µs"));
+            verdicts.push(format!("{words} adds {us:.2} µs per request"));
             if us > ADDED_GOAL_US {
                 failures.push(format!("{words} adds {us:.2} µs per request"));
             }
         }
         match allocations(stdout, key) {
             Some(allocs) => {
-                verdicts.push(format!("{allocs} allocations/request"));
+                verdicts.push(format!("{allocs} heap allocations per request"));
                 if allocs > 0.0 {
                     failures.push(format!("{words}: {allocs} heap allocations per request"));
                 }
@@ -99,7 +99,7 @@ fn level(measurements: &[Measurement], stdout: &str) -> Level {
     let verdict = if failures.is_empty() {
         Verdict::Met(summary)
     } else {
-        Verdict::NotMet(failures.join("; "))
+        Verdict::NotMet(summary)
     };
     let mut notes = vec![
         "Method: `cargo bench -p squib-benches --bench device_model`: a simulated driver feeds \

@@ -29,6 +29,8 @@ const SETTLE: Duration = Duration::from_millis(300);
 struct Boot {
     first_output: f64,
     boot_timer: Option<f64>,
+    /// squib's own split of the boot-timer time: (before the vCPUs started, after), in ms.
+    split: Option<(f64, f64)>,
     exit: f64,
 }
 
@@ -121,6 +123,33 @@ fn measure(ctx: &Context) -> Result<Level, String> {
         &squib_memory,
         &qemu_memory,
     );
+    let setup: Vec<f64> = squib_boots
+        .iter()
+        .filter_map(|b| b.split.map(|s| s.0))
+        .collect();
+    let guest: Vec<f64> = squib_boots
+        .iter()
+        .filter_map(|b| b.split.map(|s| s.1))
+        .collect();
+    figures.extend(
+        Figure::of(
+            "startup.squib.setup",
+            "squib: its start → vCPUs running (squib's clock)",
+            "ms",
+        )
+        .samples(&setup, Better::Lower),
+    );
+    figures.extend(
+        Figure::of(
+            "startup.squib.guest",
+            "squib: vCPUs running → boot-timer write (squib's clock)",
+            "ms",
+        )
+        .samples(&guest, Better::Lower),
+    );
+    if let Ok(profile) = slow_syscalls(ctx, squib) {
+        notes.push(profile);
+    }
     if timer.is_empty() {
         notes.push("No boot-timer line was seen in squib's output with `--boot-timer`.".into());
     }
@@ -186,17 +215,35 @@ fn boots(ctx: &Context, vmm: Vmm, runs: usize) -> Result<Vec<Boot>, String> {
             let first_output = vm
                 .first_output()
                 .ok_or_else(|| format!("{} printed nothing", vmm.label()))?;
-            let boot_timer = vm
+            let timer_line = vm
                 .wait_for_line(Duration::ZERO, |_, line| is_boot_timer_line(line))
-                .ok()
-                .map(|(at, _)| ms(at));
+                .ok();
             Ok(Boot {
                 first_output: ms(first_output),
-                boot_timer,
+                boot_timer: timer_line.as_ref().map(|(at, _)| ms(*at)),
+                split: timer_line.and_then(|(_, line)| boot_timer_split(&line)),
                 exit: ms(exit),
             })
         })
         .collect()
+}
+
+/// The boot-timer line's two clocks, `= <total> us (...) since squib started, <guest> us since
+/// the vCPUs started`, as (set-up, guest) in ms: where start-up time goes, by squib's clock.
+fn boot_timer_split(line: &str) -> Option<(f64, f64)> {
+    let number_before = |marker: &str| -> Option<f64> {
+        let head = &line[..line.find(marker)?];
+        head.split_whitespace().last()?.parse().ok()
+    };
+    let total = line
+        .split_once("= ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse::<f64>()
+        .ok()?;
+    let guest = number_before(" us since the vCPUs started")?;
+    Some(((total - guest) / 1e3, guest / 1e3))
 }
 
 /// squib's boot-timer device logs one line when the guest writes to it.
@@ -228,4 +275,108 @@ fn memory(ctx: &Context, vmm: Vmm, runs: usize) -> Result<Vec<f64>, String> {
             Ok(memory.outside_guest_kib() as f64 / 1024.0)
         })
         .collect()
+}
+
+/// One boot of squib under `strace -f -T`: the system calls that took 0.3 ms or more, as a
+/// report note (strace slows every call down; the durations rank, they do not add up to a boot).
+fn slow_syscalls(ctx: &Context, vmm: Vmm) -> Result<String, String> {
+    let spec = Spec {
+        cmdline: BOOT_CMDLINE,
+        mem_mib: MEM_MIB,
+        disk: None,
+        boot_timer: false,
+        api_sock: None,
+    };
+    let inner = vmm.command(ctx, &spec)?;
+    let trace = ctx.scratch()?.join("startup.strace");
+    let mut command = std::process::Command::new("strace");
+    command.args(["-f", "-T", "-o"]).arg(&trace).arg("--");
+    command.arg(inner.get_program()).args(inner.get_args());
+    let mut vm = Vm::spawn(command)?;
+    vm.wait_exit(Duration::from_secs(60))?;
+    let text = std::fs::read_to_string(&trace).map_err(|e| format!("{}: {e}", trace.display()))?;
+    let mut slow = slow_calls(&text, 0.3);
+    slow.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let rows: Vec<String> = slow
+        .iter()
+        .take(8)
+        .map(|(call, ms)| format!("| `{call}` | {ms:.2} ms |"))
+        .collect();
+    Ok(format!(
+        "Where squib's start-up goes: one boot under `strace -f -T`, the calls of 0.3 ms or more \
+         (strace inflates every call; `KVM_RUN` is guest time):\n\n| call | duration |\n|---|---:|\n{}",
+        rows.join("\n")
+    ))
+}
+
+/// (call with its first argument, ms) for every call of `strace -f -T` output lasting ≥ `min_ms`;
+/// a call split into `<unfinished ...>` and `<... resumed>` is named from its first half.
+fn slow_calls(strace: &str, min_ms: f64) -> Vec<(String, f64)> {
+    let mut unfinished: std::collections::HashMap<&str, String> = Default::default();
+    let mut calls = Vec::new();
+    for line in strace.lines() {
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let name = |text: &str| -> String {
+            let (call, args) = text.split_once('(').unwrap_or((text, ""));
+            let first = args
+                .split(',')
+                .nth(1)
+                .map(str::trim)
+                .filter(|a| a.starts_with("KVM_"));
+            first.map_or_else(|| call.to_owned(), |request| format!("{call} {request}"))
+        };
+        if rest.ends_with("<unfinished ...>") {
+            unfinished.insert(pid, name(rest));
+            continue;
+        }
+        let call = if rest.starts_with("<...") {
+            unfinished.remove(pid)
+        } else {
+            Some(name(rest))
+        };
+        let duration = rest
+            .rsplit_once('<')
+            .and_then(|(_, d)| d.strip_suffix('>'))
+            .and_then(|d| d.parse::<f64>().ok());
+        if let (Some(call), Some(seconds)) = (call, duration)
+            && seconds * 1e3 >= min_ms
+        {
+            calls.push((call, seconds * 1e3));
+        }
+    }
+    calls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_the_boot_timer_line() {
+        let line = "2026-11-24T10:45:50Z  INFO Guest-boot-time = 10526 us (10 ms) since squib \
+                    started, 4391 us since the vCPUs started";
+        let (setup, guest) = boot_timer_split(line).unwrap();
+        assert!((setup - 6.135).abs() < 1e-9 && (guest - 4.391).abs() < 1e-9);
+        assert!(boot_timer_split("Guest-boot-time = soon").is_none());
+    }
+
+    #[test]
+    fn finds_slow_calls_across_unfinished_halves() {
+        let strace = "\
+11 ioctl(4, KVM_SET_USER_MEMORY_REGION, {slot=0}) <unfinished ...>
+12 ioctl(4, KVM_CREATE_VCPU, 0) = 5 <0.000222>
+11 <... ioctl resumed>) = 0 <0.003692>
+12 ioctl(5, KVM_RUN, 0) = -1 EINTR (Interrupted system call) <0.004099>
+";
+        assert_eq!(
+            slow_calls(strace, 0.3),
+            vec![
+                ("ioctl KVM_SET_USER_MEMORY_REGION".to_owned(), 3.692),
+                ("ioctl KVM_RUN".to_owned(), 4.099)
+            ]
+        );
+    }
 }
