@@ -325,6 +325,7 @@ fn slow_calls(strace: &str, min_ms: f64) -> Vec<(String, f64)> {
                 .split(',')
                 .nth(1)
                 .map(str::trim)
+                .and_then(|a| a.split_whitespace().next())
                 .filter(|a| a.starts_with("KVM_"));
             first.map_or_else(|| call.to_owned(), |request| format!("{call} {request}"))
         };
