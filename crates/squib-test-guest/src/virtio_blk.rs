@@ -195,6 +195,9 @@ pub struct BlockDevice {
     queue: SplitQueue,
     features: u64,
     capacity: u64,
+    /// `seg_max` from config space, read once at init: a config read is three MMIO exits
+    /// (generation, field, generation), far too dear for the per-request path.
+    seg_max: Option<u32>,
     /// Request headers and status bytes, indexed by head descriptor.
     headers: DmaBuf,
     statuses: DmaBuf,
@@ -259,6 +262,8 @@ impl BlockDevice {
             });
         }
         let capacity = transport.config_u64(CONFIG_CAPACITY);
+        let seg_max = (features & feature::SEG_MAX != 0)
+            .then(|| transport.config_u32(CONFIG_SEG_MAX));
         let mut device = Self {
             base: device.base,
             gsi: device.gsi,
@@ -267,6 +272,7 @@ impl BlockDevice {
             queue,
             features,
             capacity,
+            seg_max,
             headers,
             statuses,
             in_flight: 0,
@@ -298,10 +304,10 @@ impl BlockDevice {
         self.queue.size()
     }
 
-    /// Data segments per request the device accepts (`None` if it sets no limit).
+    /// Data segments per request the device accepts (`None` if it sets no limit), as read at
+    /// init.
     pub fn seg_max(&self) -> Option<u32> {
-        self.has(feature::SEG_MAX)
-            .then(|| self.transport.config_u32(CONFIG_SEG_MAX))
+        self.seg_max
     }
 
     pub fn blk_size(&self) -> Option<u32> {
