@@ -27,7 +27,8 @@ fn main() -> ExitCode {
     let config = match cli::parse(args) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => {
-            println!("{}", cli::USAGE);
+            // Both modes: booting from the command line, or the Firecracker way.
+            println!("{}\n{}", cli::USAGE, squib_vmm::api::process::USAGE);
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
