@@ -8,43 +8,11 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The project's test guest: `SQUIB_TEST_GUEST`, or built with `cargo xtask test-guest` (its
-/// last stdout line is the ELF path).
-fn test_guest() -> &'static Path {
-    static GUEST: OnceLock<PathBuf> = OnceLock::new();
-    GUEST.get_or_init(|| {
-        if let Some(path) = std::env::var_os("SQUIB_TEST_GUEST") {
-            return PathBuf::from(path);
-        }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = Command::new(cargo)
-            .args(["run", "-q", "-p", "xtask", "--", "test-guest"])
-            .current_dir(&workspace)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "cargo xtask test-guest failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        PathBuf::from(
-            stdout
-                .lines()
-                .last()
-                .expect("xtask test-guest printed nothing")
-                .trim(),
-        )
-    })
-}
 
 /// A guest that prints `WAIT`, polls the i8042 until a scancode arrives (Ctrl+Alt+Del from the
 /// API), prints `CAD` and resets the machine: it shows that the guest saw the key press.
@@ -75,15 +43,6 @@ fn curl_available(test: &str) -> bool {
     }
     eprintln!("SKIPPED {test}: curl is not installed (apt-get install -y curl)");
     false
-}
-
-fn disk(dir: &Path, name: &str, bytes: u64) -> String {
-    let path = dir.join(name);
-    std::fs::File::create(&path)
-        .unwrap()
-        .set_len(bytes)
-        .unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
 /// squib in API mode, stdout/stderr captured.
@@ -155,8 +114,8 @@ fn getting_started_with_curl_boots_the_test_guest() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("squib.sock");
-    let rootfs = disk(dir.path(), "rootfs.img", 64 << 20);
-    let ro = disk(dir.path(), "ro.img", 8 << 20);
+    let rootfs = common::sparse_disk(dir.path(), "rootfs.img", 64 << 20);
+    let ro = common::sparse_disk(dir.path(), "ro.img", 8 << 20);
     let child = spawn_api(&sock, &[]);
 
     let (code, body) = curl(&sock, "GET", "/", "");
@@ -164,7 +123,7 @@ fn getting_started_with_curl_boots_the_test_guest() {
         (code, json(&body)["state"].as_str()),
         (200, Some("Not started"))
     );
-    let guest = test_guest().to_str().unwrap();
+    let guest = common::test_guest().to_str().unwrap();
     let steps = [
         (
             "/boot-source",
@@ -223,8 +182,8 @@ fn runtime_control_with_curl_ends_with_ctrl_alt_del() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("squib.sock");
     let kernel = ctrl_alt_del_guest(dir.path());
-    let rootfs = disk(dir.path(), "rootfs.img", 1 << 20);
-    let bigger = disk(dir.path(), "bigger.img", 2 << 20);
+    let rootfs = common::sparse_disk(dir.path(), "rootfs.img", 1 << 20);
+    let bigger = common::sparse_disk(dir.path(), "bigger.img", 2 << 20);
     let metrics = dir.path().join("metrics.json");
     let child = spawn_api(&sock, &["--metrics-path", metrics.to_str().unwrap()]);
     let put = |path: &str, body: String| assert_eq!(curl(&sock, "PUT", path, &body).0, 204);
@@ -398,10 +357,10 @@ fn config_file_boots_the_test_guest_with_and_without_the_api() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let rootfs = disk(dir.path(), "rootfs.img", 64 << 20);
-    let ro = disk(dir.path(), "ro.img", 8 << 20);
+    let rootfs = common::sparse_disk(dir.path(), "rootfs.img", 64 << 20);
+    let ro = common::sparse_disk(dir.path(), "ro.img", 8 << 20);
     let config = serde_json::json!({
-        "boot-source": { "kernel_image_path": test_guest(), "boot_args": "console=ttyS0" },
+        "boot-source": { "kernel_image_path": common::test_guest(), "boot_args": "console=ttyS0" },
         "drives": [
             { "drive_id": "rootfs", "path_on_host": rootfs, "is_root_device": true,
               "is_read_only": false, "cache_type": "Writeback" },

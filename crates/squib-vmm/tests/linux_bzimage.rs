@@ -5,44 +5,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// `cargo xtask test-guest --bzimage`: the last stdout line is the bzImage.
-fn bzimage_guest() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
-        .args(["run", "-q", "-p", "xtask", "--", "test-guest", "--bzimage"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "cargo xtask test-guest --bzimage failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    PathBuf::from(stdout.lines().last().expect("xtask printed nothing"))
-}
-
-fn sparse_disk(dir: &Path, name: &str, bytes: u64) -> String {
-    let path = dir.join(name);
-    std::fs::File::create(&path)
-        .unwrap()
-        .set_len(bytes)
-        .unwrap();
-    path.to_str().unwrap().to_owned()
-}
 
 #[test]
 fn test_guest_as_a_bzimage_boots_and_passes_its_checks() {
     if !common::kvm_available("test_guest_as_a_bzimage") {
         return;
     }
-    let image = bzimage_guest();
+    let image = common::xtask_output_path(&["test-guest", "--bzimage"]);
     let bytes = std::fs::read(&image).unwrap();
     assert_eq!(
         &bytes[0x202..0x206],
@@ -52,8 +24,8 @@ fn test_guest_as_a_bzimage_boots_and_passes_its_checks() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let disk = sparse_disk(dir.path(), "disk.img", 64 << 20);
-    let ro_disk = sparse_disk(dir.path(), "ro.img", 8 << 20);
+    let disk = common::sparse_disk(dir.path(), "disk.img", 64 << 20);
+    let ro_disk = common::sparse_disk(dir.path(), "ro.img", 8 << 20);
     let output = common::run_squib(
         &[
             "--kernel",

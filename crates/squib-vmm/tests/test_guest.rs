@@ -5,60 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const DISK_BYTES: u64 = 64 << 20;
 const READ_ONLY_DISK_BYTES: u64 = 8 << 20;
-
-/// Builds the test guest once (`cargo xtask test-guest`; its last stdout line is the ELF), or
-/// takes the one `SQUIB_TEST_GUEST` names.
-fn guest() -> &'static Path {
-    static GUEST: OnceLock<PathBuf> = OnceLock::new();
-    GUEST.get_or_init(|| {
-        if let Some(path) = std::env::var_os("SQUIB_TEST_GUEST") {
-            return PathBuf::from(path);
-        }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = Command::new(cargo)
-            .args(["run", "-q", "-p", "xtask", "--", "test-guest"])
-            .current_dir(&workspace)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "cargo xtask test-guest failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        let path = PathBuf::from(
-            stdout
-                .lines()
-                .last()
-                .expect("xtask test-guest printed nothing")
-                .trim(),
-        );
-        assert!(
-            path.is_file(),
-            "the test guest {} does not exist",
-            path.display()
-        );
-        path
-    })
-}
-
-fn sparse_disk(dir: &Path, name: &str, bytes: u64) -> String {
-    let path = dir.join(name);
-    std::fs::File::create(&path)
-        .unwrap()
-        .set_len(bytes)
-        .unwrap();
-    path.to_str().unwrap().to_owned()
-}
 
 /// The guest's check lines and its summary counts.
 struct Report {
@@ -94,12 +45,12 @@ fn guest_passes_every_check_with_a_writable_and_a_read_only_disk() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let disk = sparse_disk(dir.path(), "disk.img", DISK_BYTES);
-    let ro_disk = sparse_disk(dir.path(), "ro.img", READ_ONLY_DISK_BYTES);
+    let disk = common::sparse_disk(dir.path(), "disk.img", DISK_BYTES);
+    let ro_disk = common::sparse_disk(dir.path(), "ro.img", READ_ONLY_DISK_BYTES);
     let output = common::run_squib(
         &[
             "--kernel",
-            guest().to_str().unwrap(),
+            common::test_guest().to_str().unwrap(),
             "--disk",
             &disk,
             "--disk",
@@ -157,7 +108,10 @@ fn guest_without_its_disks_fails_and_squib_exits_non_zero() {
     if !common::kvm_available("guest_without_its_disks_fails") {
         return;
     }
-    let output = common::run_squib(&["--kernel", guest().to_str().unwrap()], TIMEOUT);
+    let output = common::run_squib(
+        &["--kernel", common::test_guest().to_str().unwrap()],
+        TIMEOUT,
+    );
     let stdout = common::stdout(&output);
     let report = report(&stdout);
     assert!(

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Whether /dev/kvm is usable; says loudly when a test is skipped.
@@ -14,6 +15,56 @@ pub fn kvm_available(test: &str) -> bool {
     }
     eprintln!("SKIPPED {test}: /dev/kvm is absent, this KVM test did not run");
     false
+}
+
+/// Runs `cargo xtask <args>` in the workspace and returns the path its last stdout line names
+/// (the convention of `test-guest` and `guest-kernel`).
+pub fn xtask_output_path(args: &[&str]) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["run", "-q", "-p", "xtask", "--"])
+        .args(args)
+        .current_dir(&workspace)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cargo xtask {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let path = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("cargo xtask {} printed nothing", args.join(" ")))
+            .trim(),
+    );
+    assert!(path.is_file(), "{} does not exist", path.display());
+    path
+}
+
+/// The project's test guest, built once per test binary with `cargo xtask test-guest`, or the
+/// one `SQUIB_TEST_GUEST` names.
+pub fn test_guest() -> &'static Path {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST.get_or_init(|| match std::env::var_os("SQUIB_TEST_GUEST") {
+        Some(path) => PathBuf::from(path),
+        None => xtask_output_path(&["test-guest"]),
+    })
+}
+
+/// Creates a sparse disk image of `bytes` bytes in `dir`; returns its path as a string for
+/// command lines.
+pub fn sparse_disk(dir: &Path, name: &str, bytes: u64) -> String {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(bytes)
+        .unwrap();
+    path.to_str().unwrap().to_owned()
 }
 
 /// The `squib` binary under test.
