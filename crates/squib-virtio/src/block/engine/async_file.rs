@@ -9,7 +9,7 @@ use squib_host::block_io::{self, DirectIoAlignment};
 use squib_host::guest_io;
 
 use super::bounce::BouncePool;
-use super::disk::{self, Geometry};
+use super::disk::{self, Clear, Geometry};
 use super::rmw_lock::StripedLocks;
 use super::segments::GuestSegments;
 use crate::GuestMemory;
@@ -159,30 +159,16 @@ impl BlockBackend for AsyncFileBackend {
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         self.geometry.check_write(offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        match block_io::punch_hole(&self.file, offset, len) {
-            Err(e) if disk::is_unsupported(&e) => {
-                tracing::debug!("punch hole unsupported ({e}), writing zeroes");
-                self.write_zeroes_slowly(offset, len)
-            }
-            other => Ok(other?),
-        }
+        disk::clear(&self.file, Clear::PunchHole, offset, len, || {
+            self.write_zeroes_slowly(offset, len)
+        })
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         self.geometry.check_write(offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        match block_io::zero_range(&self.file, offset, len) {
-            Err(e) if disk::is_unsupported(&e) => {
-                tracing::debug!("zero range unsupported ({e}), writing zeroes");
-                self.write_zeroes_slowly(offset, len)
-            }
-            other => Ok(other?),
-        }
+        disk::clear(&self.file, Clear::ZeroRange, offset, len, || {
+            self.write_zeroes_slowly(offset, len)
+        })
     }
 }
 

@@ -81,8 +81,43 @@ impl Geometry {
     }
 }
 
+/// How `discard` and `write_zeroes` clear a range without writing it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Clear {
+    /// Deallocate it (`discard`): `fallocate(PUNCH_HOLE)`.
+    PunchHole,
+    /// Zero it, keeping it allocated (`write_zeroes`): `fallocate(ZERO_RANGE)`.
+    ZeroRange,
+}
+
+/// Clears `len` bytes at `offset` of `file` the cheap way, or, where the filesystem cannot,
+/// with `write_zeroes` (the engine's own way of writing zeroes out). The caller has checked the
+/// range.
+pub(super) fn clear(
+    file: &File,
+    how: Clear,
+    offset: u64,
+    len: u64,
+    write_zeroes: impl FnOnce() -> Result<(), BackendError>,
+) -> Result<(), BackendError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let cleared = match how {
+        Clear::PunchHole => block_io::punch_hole(file, offset, len),
+        Clear::ZeroRange => block_io::zero_range(file, offset, len),
+    };
+    match cleared {
+        Err(e) if is_unsupported(&e) => {
+            tracing::debug!("{how:?} unsupported ({e}), writing zeroes");
+            write_zeroes()
+        }
+        other => Ok(other?),
+    }
+}
+
 /// Whether a failed `fallocate` means "not supported here", so that writing zeroes is the way on.
-pub(super) fn is_unsupported(err: &io::Error) -> bool {
+fn is_unsupported(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::Unsupported | io::ErrorKind::InvalidInput

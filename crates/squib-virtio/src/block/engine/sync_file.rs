@@ -5,10 +5,9 @@ use std::io::{self, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use squib_host::block_io;
 use vm_memory::{ReadVolatile, VolatileMemoryError, WriteVolatile};
 
-use super::disk::{self, Geometry};
+use super::disk::{self, Clear, Geometry};
 use super::segments::GuestSegments;
 use crate::GuestMemory;
 use crate::block::backend::{BackendError, BlockBackend, Segment};
@@ -110,32 +109,18 @@ impl BlockBackend for SyncFileBackend {
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         self.geometry.check_write(offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
         let file = self.lock();
-        match block_io::punch_hole(&file, offset, len) {
-            Err(e) if disk::is_unsupported(&e) => {
-                tracing::debug!("punch hole unsupported ({e}), writing zeroes");
-                Ok(disk::write_zeroes_cached(&file, offset, len)?)
-            }
-            other => Ok(other?),
-        }
+        disk::clear(&file, Clear::PunchHole, offset, len, || {
+            Ok(disk::write_zeroes_cached(&file, offset, len)?)
+        })
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         self.geometry.check_write(offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
         let file = self.lock();
-        match block_io::zero_range(&file, offset, len) {
-            Err(e) if disk::is_unsupported(&e) => {
-                tracing::debug!("zero range unsupported ({e}), writing zeroes");
-                Ok(disk::write_zeroes_cached(&file, offset, len)?)
-            }
-            other => Ok(other?),
-        }
+        disk::clear(&file, Clear::ZeroRange, offset, len, || {
+            Ok(disk::write_zeroes_cached(&file, offset, len)?)
+        })
     }
 }
 
