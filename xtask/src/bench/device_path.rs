@@ -259,7 +259,8 @@ fn exit_share_note(figures: &[Figure]) -> Option<String> {
         format!(
             "Why: under PVM an exit to the VMM from guest ring 3 costs ≈ {PVM_RING3_EXIT_US} µs \
              (shared/testbed), and both VMMs see the same guest accesses (profiles below). \
-             Share of squib's (async engine) time per request that its exits to the VMM \
+             Share of squib's (async engine) time per request (1 / IOPS: with requests in \
+             flight, the guest's vCPU is the serial part) that its exits to the VMM \
              account for:\n\n| workload | time per request | exits to the VMM per request | \
              × {PVM_RING3_EXIT_US} µs | share |\n|---|---:|---:|---:|---:|\n{}",
             rows.join("\n")

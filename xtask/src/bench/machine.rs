@@ -12,6 +12,8 @@ pub struct Machine {
     pub kvm: &'static str,
     pub date: String,
     pub commit: String,
+    /// `/proc/loadavg` when the run started: other work on a shared machine shows up here.
+    pub load: String,
 }
 
 impl Machine {
@@ -47,6 +49,9 @@ impl Machine {
                 "--dirty",
             ],
         ));
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".into());
         Machine {
             cpu,
             cores,
@@ -54,6 +59,7 @@ impl Machine {
             kvm,
             date,
             commit,
+            load,
         }
     }
 

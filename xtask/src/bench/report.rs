@@ -142,6 +142,7 @@ fn markdown(machine: &Machine, levels: &[Level], quick: bool) -> String {
         ("KVM", machine.kvm.to_owned()),
         ("date", machine.date.clone()),
         ("commit", machine.commit.clone()),
+        ("load average at start (1, 5, 15 min)", machine.load.clone()),
         (
             "mode",
             if quick { "quick (smoke run)" } else { "full" }.to_owned(),
