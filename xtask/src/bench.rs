@@ -202,7 +202,7 @@ impl Context {
 pub fn run(args: &[String]) -> Result<(), String> {
     let options = Options::parse(args)?;
     let ctx = Context::new(options.quick)?;
-    let machine = machine::Machine::describe(&ctx.workspace);
+    let mut machine = machine::Machine::describe(&ctx.workspace);
     let mut levels: Vec<Level> = Vec::new();
     for number in &options.levels {
         let level = match number {
@@ -215,6 +215,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         eprintln!("{}", report::level_table(&level));
         levels.push(level);
     }
+    machine.finish(&ctx.workspace);
     println!("{}", report::summary(&machine, &levels, options.quick));
     if options.write_report {
         let path = report::write(&ctx, &machine, &levels, options.quick)?;

@@ -39,16 +39,7 @@ impl Machine {
             "none (/dev/kvm missing)"
         };
         let date = trimmed(setup::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
-        let commit = trimmed(setup::output(
-            "git",
-            &[
-                "-C",
-                &workspace.display().to_string(),
-                "describe",
-                "--always",
-                "--dirty",
-            ],
-        ));
+        let commit = Machine::head(workspace);
         let load = std::fs::read_to_string("/proc/loadavg")
             .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
             .unwrap_or_else(|_| "unknown".into());
@@ -61,6 +52,28 @@ impl Machine {
             commit,
             load,
         }
+    }
+
+    /// Notes the commit at the end of a run: other engineers' work may land while it runs, and
+    /// squib and the guest are built when their level starts.
+    pub fn finish(&mut self, workspace: &Path) {
+        let end = Machine::head(workspace);
+        if end != self.commit {
+            self.commit = format!("{} at the start, {end} at the end", self.commit);
+        }
+    }
+
+    fn head(workspace: &Path) -> String {
+        trimmed(setup::output(
+            "git",
+            &[
+                "-C",
+                &workspace.display().to_string(),
+                "describe",
+                "--always",
+                "--dirty",
+            ],
+        ))
     }
 
     /// The day, as used in the report's file name.

@@ -121,7 +121,14 @@ pub fn write(
     let dir = ctx.workspace.join("docs/perf");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let suffix = if quick { "-quick" } else { "" };
-    let path = dir.join(format!("report-{}{suffix}.md", machine.day()));
+    // A second run on the same day gets its own file rather than replacing the first.
+    let path = (1..)
+        .map(|n| match n {
+            1 => dir.join(format!("report-{}{suffix}.md", machine.day())),
+            n => dir.join(format!("report-{}{suffix}-{n}.md", machine.day())),
+        })
+        .find(|path| !path.exists())
+        .ok_or("no free report name")?;
     std::fs::write(&path, markdown(machine, levels, quick))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
