@@ -6,6 +6,8 @@
 //! `size` entries ahead of the device. The wrapper turns those checks into errors a device can act
 //! on instead of log lines, and gives the block path a small vocabulary: pop, complete, notify.
 
+use std::sync::atomic::Ordering;
+
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestAddress;
 
@@ -127,6 +129,17 @@ impl VirtQueue {
         // `iter` re-reads `avail.idx` and checks it is at most `size` entries ahead of us.
         let mut available = self.queue.iter(mem).map_err(QueueError::Broken)?;
         Ok(available.next())
+    }
+
+    /// Whether the driver has published a chain we have not popped: one load of `avail.idx`,
+    /// touching nothing the driver reads (in particular not `avail_event`), so it can be polled
+    /// while notifications stay suppressed. [`pop`](Self::pop) validates the index.
+    pub fn has_available(&self, mem: &GuestMemory) -> Result<bool, QueueError> {
+        let avail_idx = self
+            .queue
+            .avail_idx(mem, Ordering::Acquire)
+            .map_err(QueueError::Broken)?;
+        Ok(avail_idx.0 != self.queue.next_avail())
     }
 
     /// Puts the chain [`pop`](Self::pop) returned last back at the head of the ring, so the next

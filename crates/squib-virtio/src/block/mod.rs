@@ -5,6 +5,7 @@ mod device;
 pub mod engine;
 mod handle;
 mod metrics;
+mod poll;
 mod request;
 mod worker;
 

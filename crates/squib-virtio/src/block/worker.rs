@@ -2,6 +2,14 @@
 //! or drop. It sleeps in `epoll_wait` on the queue's notification `EventFd` (the ioeventfd the
 //! guest's QueueNotify write signals) and a stop `EventFd`, so block I/O never runs on a vCPU.
 //!
+//! Polling: after a batch that served requests, the worker signals the completions, then spins
+//! on the avail ring for an adaptive window ([`super::poll`]) with guest notifications still
+//! suppressed, so a driver that resubmits at once pays neither a notification nor the worker's
+//! wake-up. Only when the window expires empty does it re-enable notifications, re-check the
+//! ring and sleep. It never spins after an idle wake-up or while throttled, and work found by
+//! polling goes through a non-blocking `epoll_wait` first, so stop and limiter events wait at
+//! most one window.
+//!
 //! Rate limiting: before a parsed request executes, [`Worker::drain`] charges the limiter one
 //! operation and the request's data bytes. When the limiter refuses, the chain is put back on
 //! the ring (`VirtQueue::undo_pop`: a cursor step, no copy, no allocation), completed requests
@@ -12,10 +20,12 @@
 //! refill the buckets. Runtime updates arrive through a slot in [`Shared`] and an event that
 //! wakes the worker even while it waits for the timer.
 
+use std::hint;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 use tracing::{debug, error, warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -24,6 +34,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::backend::BlockBackend;
 use super::device::ServeConfig;
 use super::handle::{Shared, usable_capacity};
+use super::poll::PollWindow;
 use super::request::{ParsedRequest, RequestContext, SegmentBuf};
 use crate::GuestMemory;
 use crate::interrupt::Interrupt;
@@ -52,6 +63,10 @@ pub(crate) struct Worker {
     limiter: Option<RateLimiter>,
     /// Reused by every request: no allocation per request.
     segments: SegmentBuf,
+    /// How long to poll the ring after a batch.
+    poll: PollWindow,
+    /// When the last poll that expired empty began: the next kick tells how late it was.
+    missed_poll: Option<Instant>,
     /// The driver broke the ring protocol: serve nothing until reset.
     broken: bool,
 }
@@ -78,6 +93,8 @@ impl Worker {
             shared,
             serve,
             segments: SegmentBuf::new(),
+            poll: PollWindow::new(),
+            missed_poll: None,
             broken: false,
         }
     }
@@ -105,10 +122,16 @@ impl Worker {
         // An update may have been queued while no worker ran.
         self.apply_limiter_update(&epoll);
         // The driver may have published requests before we started listening.
-        self.serve_queue();
+        let mut next = self.serve_queue();
         let mut events = [EpollEvent::default(); 4];
         loop {
-            let ready = match epoll.wait(-1, &mut events) {
+            // Work found by polling: look at the other events without sleeping, so a stop or a
+            // limiter update is seen after at most one window even while the guest keeps us busy.
+            let timeout = match next {
+                Next::Sleep => -1,
+                Next::Serve => 0,
+            };
+            let ready = match epoll.wait(timeout, &mut events) {
                 Ok(ready) => ready,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
@@ -122,6 +145,9 @@ impl Worker {
                     TOKEN_QUEUE => {
                         // Non-blocking: a spurious wake-up reads EAGAIN, which is fine.
                         let _ = self.queue_event.read();
+                        if let Some(start) = self.missed_poll.take() {
+                            self.poll.woke_after_miss(start.elapsed());
+                        }
                     }
                     TOKEN_LIMITER_TIMER => {
                         if let Some(limiter) = self.limiter.as_mut() {
@@ -135,7 +161,7 @@ impl Worker {
                     other => warn!(token = other, "unexpected epoll token in virtio-blk worker"),
                 }
             }
-            self.serve_queue();
+            next = self.serve_queue();
         }
     }
 
@@ -162,21 +188,66 @@ impl Worker {
         }
     }
 
-    /// Serves every available request the limiter allows, then interrupts the driver if it
-    /// asked for it.
-    fn serve_queue(&mut self) {
+    /// Serves every available request the limiter allows, interrupts the driver if it asked for
+    /// it, then polls the ring for a while if that batch did any work. Returns what the worker
+    /// should do next.
+    fn serve_queue(&mut self) -> Next {
         if self.broken {
-            return;
+            return Next::Sleep;
         }
         // Waiting for the limiter's timer: a guest kick changes nothing until it fires.
         if self.limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
-            return;
+            return Next::Sleep;
         }
         self.adopt_swapped_backend();
-        if let Err(error) = self.drain() {
-            error!(%error, "virtio-blk queue stopped; the device needs a reset");
-            self.broken = true;
-            self.interrupt.signal_needs_reset();
+        match self.drain().and_then(|drained| self.after_drain(drained)) {
+            Ok(next) => next,
+            Err(error) => {
+                error!(%error, "virtio-blk queue stopped; the device needs a reset");
+                self.broken = true;
+                self.interrupt.signal_needs_reset();
+                Next::Sleep
+            }
+        }
+    }
+
+    /// Ends a drain: poll the ring (only after work, never while throttled), and if nothing came,
+    /// re-enable notifications and re-check the ring before sleeping.
+    fn after_drain(&mut self, drained: Drained) -> Result<Next, QueueError> {
+        match drained {
+            // Notifications stay disabled: a kick could not make the request go any sooner.
+            Drained::Throttled => return Ok(Next::Sleep),
+            Drained::Served if self.poll_ring()? => return Ok(Next::Serve),
+            Drained::Served | Drained::Idle => {}
+        }
+        // Re-check after re-enabling notifications: a request published in between would
+        // otherwise wait forever, because the driver saw notifications disabled.
+        Ok(if self.queue.enable_notification(&self.mem)? {
+            Next::Serve
+        } else {
+            Next::Sleep
+        })
+    }
+
+    /// Spins on `avail.idx` for the adaptive window; true when a request arrived. Guest
+    /// notifications stay suppressed meanwhile (with EVENT_IDX, `avail_event` is not advanced), so
+    /// a driver resubmitting within the window does not exit to notify us, and we do not pay the
+    /// wake-up from `epoll_wait`.
+    fn poll_ring(&mut self) -> Result<bool, QueueError> {
+        let window = self.poll.window();
+        let start = Instant::now();
+        // A request that came in without a kick since the last miss says nothing about it.
+        self.missed_poll = None;
+        loop {
+            if self.queue.has_available(&self.mem)? {
+                self.poll.hit();
+                return Ok(true);
+            }
+            if start.elapsed() >= window {
+                self.missed_poll = Some(start);
+                return Ok(false);
+            }
+            hint::spin_loop();
         }
     }
 
@@ -190,7 +261,10 @@ impl Worker {
         }
     }
 
-    fn drain(&mut self) -> Result<(), QueueError> {
+    /// Serves the requests on the ring until it is empty or the limiter refuses one, then
+    /// interrupts the driver if it asked for it: before any polling, so an interrupt-driven
+    /// driver is not kept waiting by it.
+    fn drain(&mut self) -> Result<Drained, QueueError> {
         let ctx = RequestContext {
             mem: &self.mem,
             backend: self.backend.as_ref(),
@@ -198,35 +272,49 @@ impl Worker {
             serve: &self.serve,
             metrics: &self.shared.metrics,
         };
-        'drain: loop {
-            self.queue.disable_notification(&self.mem)?;
-            while let Some(chain) = self.queue.pop(&self.mem)? {
-                let request = ParsedRequest::parse(chain, &ctx, &mut self.segments);
-                if let (Some(limiter), Some(bytes)) =
-                    (self.limiter.as_mut(), request.throttle_bytes())
-                    && !admit(limiter, bytes)
-                {
-                    // Re-read from the ring when the timer fires. Notifications stay disabled:
-                    // a kick could not make this request go any sooner.
-                    self.queue.undo_pop();
-                    ctx.metrics.record_throttled();
-                    break 'drain;
-                }
-                let completion = request.execute(&ctx);
-                self.queue
-                    .complete(&self.mem, completion.head_index, completion.used_len)?;
-            }
-            // Re-check after re-enabling notifications: a request published in between would
-            // otherwise wait forever, because the driver saw notifications disabled.
-            if !self.queue.enable_notification(&self.mem)? {
+        let mut drained = Drained::Idle;
+        self.queue.disable_notification(&self.mem)?;
+        while let Some(chain) = self.queue.pop(&self.mem)? {
+            let request = ParsedRequest::parse(chain, &ctx, &mut self.segments);
+            if let (Some(limiter), Some(bytes)) = (self.limiter.as_mut(), request.throttle_bytes())
+                && !admit(limiter, bytes)
+            {
+                // Re-read from the ring when the timer fires.
+                self.queue.undo_pop();
+                ctx.metrics.record_throttled();
+                drained = Drained::Throttled;
                 break;
             }
+            let completion = request.execute(&ctx);
+            self.queue
+                .complete(&self.mem, completion.head_index, completion.used_len)?;
+            drained = Drained::Served;
         }
         if self.queue.needs_notification(&self.mem)? {
             self.interrupt.signal_used_buffer();
         }
-        Ok(())
+        Ok(drained)
     }
+}
+
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drained {
+    /// The ring was empty: nothing was served.
+    Idle,
+    /// Requests were served and the ring is empty.
+    Served,
+    /// The limiter refused a request; it waits on the ring for the limiter's timer.
+    Throttled,
+}
+
+/// What the worker does after serving the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Sleep until an event arrives.
+    Sleep,
+    /// Serve the queue again after a non-blocking look at the events.
+    Serve,
 }
 
 impl Drop for Worker {

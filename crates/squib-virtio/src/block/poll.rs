@@ -1,0 +1,111 @@
+//! How long the virtio-blk worker busy-polls the avail ring after serving a batch, before it
+//! re-enables guest notifications and sleeps in `epoll_wait`.
+//!
+//! Sleeping costs every request that arrives afterwards a guest notification and a cross-CPU
+//! wake-up of the worker (tens of µs in a nested VM); polling costs host CPU for as long as it
+//! spins. Polling only pays when the driver submits again soon after a completion, so the window
+//! adapts, doubling or halving between [`POLL_MIN`] and [`POLL_MAX`] — QEMU's
+//! `poll-grow`/`poll-shrink` rule:
+//!
+//! - polling found a request: grow (on a hit the spin ends as soon as the request is there, so
+//!   a longer window costs nothing more while the driver keeps up);
+//! - the window expired empty and the next request came within [`POLL_MAX`] of the window's
+//!   start: grow, a longer window would have caught it;
+//! - the next request came later than that: shrink, polling was wasted.
+//!
+//! The time to the next request is measured to the worker's wake-up, so it includes the
+//! wake-up latency itself and errs towards shrinking. Unlike QEMU the window never drops to
+//! zero: where the wake-up alone takes longer than [`POLL_MAX`] (it can on a nested VM) a
+//! window at zero could never grow back, while the floor keeps hits possible for a driver that
+//! resubmits at once. A driver that never does (an idle guest, an interrupt path slower than
+//! the window) costs at most [`POLL_MIN`] of spinning per batch.
+
+use std::time::Duration;
+
+/// The longest the worker spins after a batch: QEMU's default `poll-max-ns` for an iothread.
+pub(crate) const POLL_MAX: Duration = Duration::from_micros(32);
+/// The shortest window: what a driver that does not resubmit quickly costs per batch.
+pub(crate) const POLL_MIN: Duration = Duration::from_micros(4);
+
+/// The adaptive polling window of one worker.
+#[derive(Debug)]
+pub(crate) struct PollWindow {
+    window: Duration,
+}
+
+impl PollWindow {
+    /// A window starting at its maximum: the first batches tell which way to go.
+    pub(crate) fn new() -> Self {
+        Self { window: POLL_MAX }
+    }
+
+    /// How long to poll after the next batch.
+    pub(crate) fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Polling found a request before the window expired.
+    pub(crate) fn hit(&mut self) {
+        self.grow();
+    }
+
+    /// The window expired empty and the worker slept; the driver's next notification woke it
+    /// `since_poll_start` after the window began.
+    pub(crate) fn woke_after_miss(&mut self, since_poll_start: Duration) {
+        if since_poll_start <= POLL_MAX {
+            self.grow();
+        } else {
+            self.window = (self.window / 2).max(POLL_MIN);
+        }
+    }
+
+    fn grow(&mut self) {
+        self.window = (self.window * 2).min(POLL_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LATE: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn late_requests_shrink_the_window_to_the_floor_and_hits_grow_it_back() {
+        let mut poll = PollWindow::new();
+        assert_eq!(poll.window(), POLL_MAX);
+        for _ in 0..10 {
+            poll.woke_after_miss(LATE);
+        }
+        assert_eq!(poll.window(), POLL_MIN);
+        poll.hit();
+        assert_eq!(poll.window(), POLL_MIN * 2);
+        for _ in 0..10 {
+            poll.hit();
+        }
+        assert_eq!(poll.window(), POLL_MAX);
+    }
+
+    #[test]
+    fn a_request_just_after_the_window_grows_it() {
+        let mut poll = PollWindow::new();
+        poll.woke_after_miss(LATE);
+        poll.woke_after_miss(LATE);
+        assert_eq!(poll.window(), POLL_MAX / 4);
+        poll.woke_after_miss(POLL_MAX);
+        assert_eq!(poll.window(), POLL_MAX / 2);
+    }
+
+    #[test]
+    fn the_window_stays_within_its_bounds() {
+        let mut poll = PollWindow::new();
+        for step in 0..100 {
+            match step % 3 {
+                0 => poll.hit(),
+                1 => poll.woke_after_miss(POLL_MIN),
+                _ => poll.woke_after_miss(LATE),
+            }
+            assert!((POLL_MIN..=POLL_MAX).contains(&poll.window()));
+        }
+    }
+}
