@@ -21,7 +21,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::GuestMemory;
@@ -101,6 +101,17 @@ impl GuestDriver {
     /// the driver has not touched any register yet.
     pub fn new(device: Box<dyn VirtioDevice>, mem_size: usize) -> Self {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), mem_size)]).unwrap();
+        Self::with_memory(device, mem)
+    }
+
+    /// `device` behind a fresh transport over `mem`, which may have several regions and holes
+    /// (for guest-memory-bounds tests). The rings and [`GuestDriver::alloc`] use the region that
+    /// starts at address 0, which must exist.
+    pub fn with_memory(device: Box<dyn VirtioDevice>, mem: GuestMemory) -> Self {
+        let mem_size = mem
+            .find_region(GuestAddress(0))
+            .expect("guest memory must have a region at address 0")
+            .len();
         let transport = MmioTransport::new(device, mem.clone()).unwrap();
         let epoll = Epoll::new().unwrap();
         epoll
@@ -120,7 +131,7 @@ impl GuestDriver {
             published_idx: 0,
             last_used: 0,
             heap_next: HEAP_START,
-            mem_size: mem_size as u64,
+            mem_size,
             interrupts: 0,
             epoll,
         }
