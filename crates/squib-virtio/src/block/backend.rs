@@ -89,4 +89,13 @@ pub trait BlockBackend: Send + Sync + Debug {
 
     /// Writes `len` zero bytes at `offset`.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError>;
+
+    /// How many requests the device should keep in flight on this backend at once, each on an
+    /// I/O thread of its own. 1, the default, executes requests one after the other on the
+    /// device's worker: ideal where a request costs about as much CPU as handing it to another
+    /// thread would (page-cached files, memory). A backend whose requests mostly wait for a disk
+    /// returns more.
+    fn concurrent_io(&self) -> usize {
+        1
+    }
 }

@@ -4,6 +4,7 @@ pub mod backend;
 mod device;
 pub mod engine;
 mod handle;
+mod io_pool;
 mod metrics;
 mod poll;
 mod request;

@@ -9,7 +9,8 @@
 //!
 //! Every field here comes from the guest. A malformed request completes with IOERR or UNSUPP
 //! and never reaches the disk; a chain without a usable status byte completes with used length 0.
-//! Data segments are collected into the worker's [`SegmentBuf`]: no heap allocation per request.
+//! Data segments are collected into a [`SegmentBuf`] owned by the worker (or by one in-flight
+//! slot of its I/O pool) and reused: no heap allocation per request.
 
 use std::time::Instant;
 
@@ -44,6 +45,19 @@ pub(crate) struct RequestContext<'a> {
     pub(crate) metrics: &'a BlockMetrics,
 }
 
+/// Whether a request may run concurrently with others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestKind {
+    /// Moves data on the disk (read, write, discard, write-zeroes): may overlap other such
+    /// requests, as on any disk with a queue.
+    DiskIo,
+    /// FLUSH: must not overtake the writes completed before it, so it waits for the requests in
+    /// flight to finish.
+    Barrier,
+    /// Completes without touching the disk (GET_ID, refused requests): cheapest done at once.
+    Immediate,
+}
+
 /// A request's place in the used ring once it is done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Completion {
@@ -51,8 +65,7 @@ pub(crate) struct Completion {
     pub(crate) used_len: u32,
 }
 
-/// The data segments of one request: a fixed-capacity buffer owned by the worker and reused for
-/// every request.
+/// The data segments of one request: a fixed-capacity buffer reused for every request it carries.
 #[derive(Debug)]
 pub(crate) struct SegmentBuf {
     segments: [Segment; SEG_MAX],
@@ -159,52 +172,36 @@ impl RequestError {
     }
 }
 
-/// A validated request, borrowing its data segments from the worker's [`SegmentBuf`].
+/// A validated request. Its data segments stay in the [`SegmentBuf`] it was parsed into, so the
+/// request can move to another thread with that buffer and borrow nothing from the worker.
 #[derive(Debug)]
-enum Request<'s> {
-    Read {
-        offset: u64,
-        segments: &'s [Segment],
-        len: u64,
-    },
-    Write {
-        offset: u64,
-        segments: &'s [Segment],
-        len: u64,
-    },
+enum Request {
+    Read { offset: u64, len: u64 },
+    Write { offset: u64, len: u64 },
     Flush,
-    GetId {
-        segments: &'s [Segment],
-    },
-    Discard {
-        offset: u64,
-        len: u64,
-    },
-    WriteZeroes {
-        offset: u64,
-        len: u64,
-    },
+    GetId,
+    Discard { offset: u64, len: u64 },
+    WriteZeroes { offset: u64, len: u64 },
 }
 
 /// A chain taken from the avail ring, parsed and validated, not yet executed.
 #[derive(Debug)]
-pub(crate) struct ParsedRequest<'s> {
+pub(crate) struct ParsedRequest {
     head_index: u16,
     /// Where the status byte goes and what to do; `None` when the chain has no usable status
     /// byte, in which case nothing is done: there is no way to report the outcome.
-    reply: Option<(GuestAddress, Result<Request<'s>, RequestError>)>,
+    reply: Option<(GuestAddress, Result<Request, RequestError>)>,
 }
 
-impl<'s> ParsedRequest<'s> {
-    /// Steps 1 and 2: parse `chain` and validate it against `ctx`.
+impl ParsedRequest {
+    /// Steps 1 and 2: parse `chain` into `segments` and validate it against `ctx`.
     pub(crate) fn parse(
         chain: Chain<'_>,
         ctx: &RequestContext<'_>,
-        segments: &'s mut SegmentBuf,
+        segments: &mut SegmentBuf,
     ) -> Self {
         let head_index = chain.head_index();
         let (status, layout) = parse_chain(chain, ctx.mem, segments);
-        let segments: &'s SegmentBuf = segments;
         let reply = status.map(|status| {
             (
                 status,
@@ -226,8 +223,26 @@ impl<'s> ParsedRequest<'s> {
         }
     }
 
-    /// Steps 3 and 4: execute on the backend, write the status byte, return the completion.
-    pub(crate) fn execute(self, ctx: &RequestContext<'_>) -> Completion {
+    /// How the worker may schedule this request once it has more than one in flight.
+    pub(crate) fn kind(&self) -> RequestKind {
+        match &self.reply {
+            Some((_, Ok(Request::Flush))) => RequestKind::Barrier,
+            Some((
+                _,
+                Ok(
+                    Request::Read { .. }
+                    | Request::Write { .. }
+                    | Request::Discard { .. }
+                    | Request::WriteZeroes { .. },
+                ),
+            )) => RequestKind::DiskIo,
+            Some((_, Ok(Request::GetId) | Err(_))) | None => RequestKind::Immediate,
+        }
+    }
+
+    /// Steps 3 and 4: execute on the backend with the data segments this request was parsed
+    /// into, write the status byte, return the completion.
+    pub(crate) fn execute(self, ctx: &RequestContext<'_>, segments: &SegmentBuf) -> Completion {
         let head_index = self.head_index;
         let Some((status_addr, request)) = self.reply else {
             ctx.metrics.record_invalid();
@@ -240,19 +255,20 @@ impl<'s> ParsedRequest<'s> {
                 used_len: 0,
             };
         };
-        let (status, data_written) = match request.and_then(|request| execute(request, ctx)) {
-            Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
-            Err(error) => {
-                if let RequestError::Backend(_) = error {
-                    ctx.metrics.record_io_error();
-                    warn!(%error, "virtio-blk request failed");
-                } else {
-                    ctx.metrics.record_invalid();
-                    debug!(%error, "virtio-blk request refused");
+        let (status, data_written) =
+            match request.and_then(|request| execute(request, segments.as_slice(), ctx)) {
+                Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
+                Err(error) => {
+                    if let RequestError::Backend(_) = error {
+                        ctx.metrics.record_io_error();
+                        warn!(%error, "virtio-blk request failed");
+                    } else {
+                        ctx.metrics.record_invalid();
+                        debug!(%error, "virtio-blk request refused");
+                    }
+                    (error.status(), 0)
                 }
-                (error.status(), 0)
-            }
-        };
+            };
         if let Err(error) = ctx.mem.write_obj(status, status_addr) {
             // Checked at parse time, so only a memory unplug could get here.
             warn!(%error, "could not write the virtio-blk status byte");
@@ -360,11 +376,11 @@ fn usable_status(desc: &Descriptor, mem: &GuestMemory) -> Option<GuestAddress> {
 }
 
 /// Step 2: interpret the header and check the request against the disk and the features.
-fn validate<'s>(
+fn validate(
     layout: Layout,
-    segments: &'s [Segment],
+    segments: &[Segment],
     ctx: &RequestContext<'_>,
-) -> Result<Request<'s>, RequestError> {
+) -> Result<Request, RequestError> {
     let header: [u8; HEADER_LEN as usize] = ctx
         .mem
         .read_obj(layout.header)
@@ -380,21 +396,13 @@ fn validate<'s>(
         VIRTIO_BLK_T_IN => {
             expect_direction("IN", direction, DataDirection::DeviceWrites)?;
             let offset = sector_range(sector, len, ctx.capacity)?;
-            Ok(Request::Read {
-                offset,
-                segments,
-                len,
-            })
+            Ok(Request::Read { offset, len })
         }
         VIRTIO_BLK_T_OUT => {
             expect_direction("OUT", direction, DataDirection::DeviceReads)?;
             let offset = sector_range(sector, len, ctx.capacity)?;
             writable(ctx)?;
-            Ok(Request::Write {
-                offset,
-                segments,
-                len,
-            })
+            Ok(Request::Write { offset, len })
         }
         VIRTIO_BLK_T_FLUSH => {
             if !negotiated.flush {
@@ -410,7 +418,7 @@ fn validate<'s>(
                     expected: "device-writable",
                 });
             }
-            Ok(Request::GetId { segments })
+            Ok(Request::GetId)
         }
         VIRTIO_BLK_T_DISCARD => {
             if !negotiated.discard {
@@ -615,15 +623,15 @@ fn scatter(mem: &GuestMemory, segments: &[Segment], bytes: &[u8]) -> Result<u32,
 }
 
 /// Step 3: run the request on the backend; returns the bytes written into guest memory.
-fn execute(request: Request<'_>, ctx: &RequestContext<'_>) -> Result<u32, RequestError> {
+fn execute(
+    request: Request,
+    segments: &[Segment],
+    ctx: &RequestContext<'_>,
+) -> Result<u32, RequestError> {
     let backend = ctx.backend;
     let started = Instant::now();
     let (completed, written) = match request {
-        Request::Read {
-            offset,
-            segments,
-            len,
-        } => {
+        Request::Read { offset, len } => {
             backend.read_vectored_at(ctx.mem, segments, offset)?;
             // `len` is a sum of u32 descriptor lengths that virtio-queue keeps below 2^32.
             (
@@ -631,11 +639,7 @@ fn execute(request: Request<'_>, ctx: &RequestContext<'_>) -> Result<u32, Reques
                 u32::try_from(len).unwrap_or(u32::MAX),
             )
         }
-        Request::Write {
-            offset,
-            segments,
-            len,
-        } => {
+        Request::Write { offset, len } => {
             backend.write_vectored_at(ctx.mem, segments, offset)?;
             (Completed::Write { bytes: len }, 0)
         }
@@ -643,7 +647,7 @@ fn execute(request: Request<'_>, ctx: &RequestContext<'_>) -> Result<u32, Reques
             backend.flush()?;
             (Completed::Flush, 0)
         }
-        Request::GetId { segments } => {
+        Request::GetId => {
             let written = scatter(ctx.mem, segments, ctx.serve.serial.as_bytes())?;
             (Completed::GetId, written)
         }

@@ -19,6 +19,15 @@
 //! once on reset; the limiter outlives the worker (parked in [`Shared`]), so a reset does not
 //! refill the buckets. Runtime updates arrive through a slot in [`Shared`] and an event that
 //! wakes the worker even while it waits for the timer.
+//!
+//! Requests in flight: when the backend gains from concurrency ([`BlockBackend::concurrent_io`]
+//! above 1), the worker spawns an [`IoPool`] and hands it every validated request that reaches the
+//! disk, popping more while fewer than that many are in flight; the virtqueue, the limiter and
+//! the interrupt stay the worker's alone. Completions come back through the pool's event, and
+//! the worker adds them to the used ring and interrupts per batch, as for requests it executes
+//! itself. A FLUSH waits until the requests in flight are done, so it never overtakes a write
+//! completed before it; a request that touches no disk (GET_ID, a refused one) completes at
+//! once. A stop joins the pool, whose threads finish their requests first.
 
 use std::hint;
 use std::io;
@@ -34,8 +43,9 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::backend::BlockBackend;
 use super::device::ServeConfig;
 use super::handle::{Shared, usable_capacity};
+use super::io_pool::{IoPool, MAX_IO_THREADS, Slot};
 use super::poll::PollWindow;
-use super::request::{ParsedRequest, RequestContext, SegmentBuf};
+use super::request::{ParsedRequest, RequestContext, RequestKind, SegmentBuf};
 use crate::GuestMemory;
 use crate::interrupt::Interrupt;
 use crate::queue::{QueueError, VirtQueue};
@@ -46,6 +56,7 @@ const TOKEN_QUEUE: u64 = 0;
 const TOKEN_STOP: u64 = 1;
 const TOKEN_LIMITER_TIMER: u64 = 2;
 const TOKEN_LIMITER_UPDATE: u64 = 3;
+const TOKEN_COMPLETIONS: u64 = 4;
 
 /// Everything the worker thread owns.
 #[derive(Debug)]
@@ -61,8 +72,12 @@ pub(crate) struct Worker {
     capacity: u64,
     /// Taken from [`Shared`] for the worker's life and parked there again on drop.
     limiter: Option<RateLimiter>,
-    /// Reused by every request: no allocation per request.
+    /// Reused by every request executed on the worker: no allocation per request.
     segments: SegmentBuf,
+    /// The I/O threads, when the backend gains from more than one request in flight.
+    pool: Option<IoPool>,
+    /// How many requests the pool may hold for the current backend.
+    max_in_flight: usize,
     /// How long to poll the ring after a batch.
     poll: PollWindow,
     /// When the last poll that expired empty began: the next kick tells how late it was.
@@ -93,6 +108,8 @@ impl Worker {
             shared,
             serve,
             segments: SegmentBuf::new(),
+            pool: None,
+            max_in_flight: 1,
             poll: PollWindow::new(),
             missed_poll: None,
             broken: false,
@@ -119,11 +136,12 @@ impl Worker {
         if let Some(limiter) = &self.limiter {
             watch_timer(&epoll, limiter)?;
         }
+        self.spawn_pool(&epoll);
         // An update may have been queued while no worker ran.
         self.apply_limiter_update(&epoll);
         // The driver may have published requests before we started listening.
         let mut next = self.serve_queue();
-        let mut events = [EpollEvent::default(); 4];
+        let mut events = [EpollEvent::default(); 5];
         loop {
             // Work found by polling: look at the other events without sleeping, so a stop or a
             // limiter update is seen after at most one window even while the guest keeps us busy.
@@ -158,10 +176,40 @@ impl Worker {
                         let _ = self.shared.limiter_event().read();
                         self.apply_limiter_update(&epoll);
                     }
+                    // `serve_queue` below reaps them.
+                    TOKEN_COMPLETIONS => {}
                     other => warn!(token = other, "unexpected epoll token in virtio-blk worker"),
                 }
             }
             next = self.serve_queue();
+        }
+    }
+
+    /// Starts the I/O threads if the backend wants more than one request in flight. Without
+    /// them (the host refusing a thread or an eventfd) the worker executes every request itself.
+    fn spawn_pool(&mut self, epoll: &Epoll) {
+        let threads = self.backend.concurrent_io().min(MAX_IO_THREADS);
+        if threads <= 1 {
+            return;
+        }
+        let spawned =
+            IoPool::spawn(threads, &self.mem, self.serve, &self.shared).and_then(|pool| {
+                epoll.ctl(
+                    ControlOperation::Add,
+                    pool.event().as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, TOKEN_COMPLETIONS),
+                )?;
+                Ok(pool)
+            });
+        match spawned {
+            Ok(pool) => {
+                debug!(threads, "virtio-blk I/O threads started");
+                self.max_in_flight = threads;
+                self.pool = Some(pool);
+            }
+            Err(error) => {
+                warn!(%error, "cannot start virtio-blk I/O threads; serving one request at a time");
+            }
         }
     }
 
@@ -193,14 +241,21 @@ impl Worker {
     /// should do next.
     fn serve_queue(&mut self) -> Next {
         if self.broken {
+            // Nothing goes on a broken ring; the slots are free for after the reset.
+            if let Some(pool) = self.pool.as_mut() {
+                let _ = pool.reap(|_| Ok::<(), QueueError>(()));
+            }
             return Next::Sleep;
         }
-        // Waiting for the limiter's timer: a guest kick changes nothing until it fires.
-        if self.limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
-            return Next::Sleep;
-        }
-        self.adopt_swapped_backend();
-        match self.drain().and_then(|drained| self.after_drain(drained)) {
+        let served = if self.limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+            // Waiting for the limiter's timer: a guest kick changes nothing until it fires, but
+            // requests already in flight still complete.
+            self.complete_in_flight().map(|()| Next::Sleep)
+        } else {
+            self.adopt_swapped_backend();
+            self.drain().and_then(|drained| self.after_drain(drained))
+        };
+        match served {
             Ok(next) => next,
             Err(error) => {
                 error!(%error, "virtio-blk queue stopped; the device needs a reset");
@@ -215,8 +270,9 @@ impl Worker {
     /// re-enable notifications and re-check the ring before sleeping.
     fn after_drain(&mut self, drained: Drained) -> Result<Next, QueueError> {
         match drained {
-            // Notifications stay disabled: a kick could not make the request go any sooner.
-            Drained::Throttled => return Ok(Next::Sleep),
+            // Notifications stay disabled: a kick could not make the request go any sooner, and
+            // a completion (the pool's event) or the limiter's timer wakes us to serve on.
+            Drained::Throttled | Drained::Full => return Ok(Next::Sleep),
             Drained::Served if self.poll_ring()? => return Ok(Next::Serve),
             Drained::Served | Drained::Idle => {}
         }
@@ -239,7 +295,9 @@ impl Worker {
         // A request that came in without a kick since the last miss says nothing about it.
         self.missed_poll = None;
         loop {
-            if self.queue.has_available(&self.mem)? {
+            if self.queue.has_available(&self.mem)?
+                || self.pool.as_ref().is_some_and(IoPool::has_completions)
+            {
                 self.poll.hit();
                 return Ok(true);
             }
@@ -256,44 +314,135 @@ impl Worker {
         if self.shared.backend_epoch() != self.backend_epoch {
             let (epoch, backend) = self.shared.backend();
             self.capacity = usable_capacity(backend.as_ref());
+            if let Some(pool) = &self.pool {
+                self.max_in_flight = backend.concurrent_io().clamp(1, pool.threads());
+            }
             self.backend = backend;
             self.backend_epoch = epoch;
         }
     }
 
-    /// Serves the requests on the ring until it is empty or the limiter refuses one, then
-    /// interrupts the driver if it asked for it: before any polling, so an interrupt-driven
-    /// driver is not kept waiting by it.
+    /// Serves the requests on the ring until it is empty, the limiter refuses one or the I/O
+    /// threads are all busy, then interrupts the driver if it asked for it: before any polling,
+    /// so an interrupt-driven driver is not kept waiting by it.
     fn drain(&mut self) -> Result<Drained, QueueError> {
-        let ctx = RequestContext {
-            mem: &self.mem,
-            backend: self.backend.as_ref(),
-            capacity: self.capacity,
-            serve: &self.serve,
-            metrics: &self.shared.metrics,
+        let mut drained = if self.reap()? > 0 {
+            Drained::Served
+        } else {
+            Drained::Idle
         };
-        let mut drained = Drained::Idle;
         self.queue.disable_notification(&self.mem)?;
-        while let Some(chain) = self.queue.pop(&self.mem)? {
-            let request = ParsedRequest::parse(chain, &ctx, &mut self.segments);
+        loop {
+            // Requests handed to the I/O threads and not yet reaped.
+            let in_flight = self.pool.as_ref().map_or(0, IoPool::in_flight);
+            // With I/O threads, the request is parsed into the slot it will travel in.
+            let mut slot = match self.pool.as_mut() {
+                None => None,
+                Some(_) if in_flight >= self.max_in_flight => {
+                    // A thread may have finished meanwhile: no need to sleep to find out.
+                    if self.reap()? > 0 {
+                        continue;
+                    }
+                    drained = Drained::Full;
+                    break;
+                }
+                Some(pool) => pool.take_slot(),
+            };
+            let Some(chain) = self.queue.pop(&self.mem)? else {
+                self.put_back(slot);
+                break;
+            };
+            let ctx = RequestContext {
+                mem: &self.mem,
+                backend: self.backend.as_ref(),
+                capacity: self.capacity,
+                serve: &self.serve,
+                metrics: &self.shared.metrics,
+            };
+            let segments = match slot.as_mut() {
+                Some(slot) => &mut slot.segments,
+                None => &mut self.segments,
+            };
+            let request = ParsedRequest::parse(chain, &ctx, segments);
+            let kind = request.kind();
+            if kind == RequestKind::Barrier && in_flight > 0 {
+                // Re-read once the requests in flight are done: their completions wake us.
+                self.queue.undo_pop();
+                self.put_back(slot);
+                drained = Drained::Full;
+                break;
+            }
             if let (Some(limiter), Some(bytes)) = (self.limiter.as_mut(), request.throttle_bytes())
                 && !admit(limiter, bytes)
             {
                 // Re-read from the ring when the timer fires.
                 self.queue.undo_pop();
                 ctx.metrics.record_throttled();
+                self.put_back(slot);
                 drained = Drained::Throttled;
                 break;
             }
-            let completion = request.execute(&ctx);
-            self.queue
-                .complete(&self.mem, completion.head_index, completion.used_len)?;
             drained = Drained::Served;
+            let slot = match (slot, self.pool.as_mut()) {
+                (Some(slot), Some(pool)) if kind == RequestKind::DiskIo => {
+                    match pool.submit(slot, request, &self.backend, self.capacity) {
+                        Ok(()) => continue,
+                        // The thread is gone: execute the request here rather than lose it.
+                        Err(mut slot) => {
+                            if let Some(request) = slot.take_request() {
+                                let completion = request.execute(&ctx, &slot.segments);
+                                self.queue.complete(
+                                    &self.mem,
+                                    completion.head_index,
+                                    completion.used_len,
+                                )?;
+                            }
+                            slot
+                        }
+                    }
+                }
+                (Some(slot), _) => {
+                    let completion = request.execute(&ctx, &slot.segments);
+                    self.queue
+                        .complete(&self.mem, completion.head_index, completion.used_len)?;
+                    slot
+                }
+                (None, _) => {
+                    let completion = request.execute(&ctx, &self.segments);
+                    self.queue
+                        .complete(&self.mem, completion.head_index, completion.used_len)?;
+                    continue;
+                }
+            };
+            self.put_back(Some(slot));
         }
         if self.queue.needs_notification(&self.mem)? {
             self.interrupt.signal_used_buffer();
         }
         Ok(drained)
+    }
+
+    /// Adds the requests the I/O threads finished to the used ring; returns how many.
+    fn reap(&mut self) -> Result<usize, QueueError> {
+        let Some(pool) = self.pool.as_mut() else {
+            return Ok(0);
+        };
+        let (queue, mem) = (&mut self.queue, &self.mem);
+        pool.reap(|completion| queue.complete(mem, completion.head_index, completion.used_len))
+    }
+
+    /// Completes the finished requests in flight and interrupts the driver if it asked for it.
+    fn complete_in_flight(&mut self) -> Result<(), QueueError> {
+        if self.reap()? > 0 && self.queue.needs_notification(&self.mem)? {
+            self.interrupt.signal_used_buffer();
+        }
+        Ok(())
+    }
+
+    fn put_back(&mut self, slot: Option<Box<Slot>>) {
+        if let (Some(slot), Some(pool)) = (slot, self.pool.as_mut()) {
+            pool.put_back(slot);
+        }
     }
 }
 
@@ -306,6 +455,9 @@ enum Drained {
     Served,
     /// The limiter refused a request; it waits on the ring for the limiter's timer.
     Throttled,
+    /// Requests in flight must finish first (every I/O thread is busy, or a FLUSH waits for
+    /// them); their completions wake the worker.
+    Full,
 }
 
 /// What the worker does after serving the queue.

@@ -15,6 +15,11 @@ use super::segments::GuestSegments;
 use crate::GuestMemory;
 use crate::block::backend::{BackendError, BlockBackend, Segment};
 
+/// Requests kept in flight on a file that bypasses the page cache. Measured at guest QD 32 (4 KiB
+/// random reads): 4 → ~33 K IOPS, 8 → ~40 K, 16 → ~49 K; 16 is also the pool's cap
+/// (`MAX_IO_THREADS` in the worker's I/O pool), and idle I/O threads cost only their stacks.
+const DIRECT_IO_IN_FLIGHT: usize = 16;
+
 // The doc comment below is the owner's design note, adapted where squib's design differs: data
 // moves with preadv/pwritev straight into guest memory (not through a buffer), the engine
 // detects O_DIRECT itself and bounces unaligned requests, and the benchmark it cites is ours.
@@ -147,6 +152,17 @@ impl BlockBackend for AsyncFileBackend {
             _ => request.for_each_batch(|slices, at| {
                 guest_io::write_all_volatile_at(&self.file, slices, offset + at)
             }),
+        }
+    }
+
+    /// With cache bypass each request waits for the disk (tens of µs) while costing the host
+    /// little CPU, and the lockless descriptor lets the device's I/O threads overlap those waits,
+    /// as a disk queue would. Cached requests are a memory copy: one thread does them fastest.
+    fn concurrent_io(&self) -> usize {
+        if self.direct.is_some() {
+            DIRECT_IO_IN_FLIGHT
+        } else {
+            1
         }
     }
 
