@@ -24,8 +24,9 @@ use crate::device::{ActivateError, Activation, FEATURE_EVENT_IDX, VirtioDevice};
 use crate::interrupt::Interrupt;
 use crate::queue::{QueueConfig, VirtQueue};
 
-/// Register offsets inside the slot (virtio 1.2 §4.2.2, table "MMIO Device Register Layout").
-mod reg {
+/// Register offsets inside the slot (virtio 1.2 §4.2.2, table "MMIO Device Register Layout"):
+/// public so that drivers written against this transport (tests, benches) use the same table.
+pub mod reg {
     pub const MAGIC_VALUE: u64 = 0x000;
     pub const VERSION: u64 = 0x004;
     pub const DEVICE_ID: u64 = 0x008;

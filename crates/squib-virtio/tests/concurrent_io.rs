@@ -14,6 +14,7 @@ use common::*;
 use squib_virtio::GuestMemory;
 use squib_virtio::block::CacheType;
 use squib_virtio::block::backend::{BackendError, BlockBackend, Segment};
+use squib_virtio::mmio::reg::STATUS;
 use squib_virtio::testing::{BlockSlot, Buf, GuestDriver, MemDisk};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -21,7 +22,6 @@ use virtio_bindings::virtio_blk::{
 use vm_memory::GuestAddress;
 
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
-const STATUS: u64 = 0x070;
 /// How long a gated request waits before the test calls it stuck.
 const PATIENCE: Duration = Duration::from_secs(5);
 

@@ -23,7 +23,7 @@ use squib_virtio::GuestMemory;
 use squib_virtio::block::backend::BlockBackend;
 use squib_virtio::block::engine::{AsyncFileBackend, SyncFileBackend};
 use squib_virtio::block::{BlockConfig, BlockDevice, CacheType, QUEUE_SIZE, SEG_MAX};
-use squib_virtio::mmio::{MMIO_MAGIC, MMIO_SLOT_SIZE, MMIO_VERSION};
+use squib_virtio::mmio::{MMIO_MAGIC, MMIO_SLOT_SIZE, MMIO_VERSION, reg};
 use squib_virtio::testing::{
     AVAIL_RING, BlockSlot, Buf, DESC_TABLE, GuestDriver, MemDisk, STATUS_UNTOUCHED, USED_RING,
 };
@@ -43,36 +43,6 @@ const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 const SECTOR: u64 = 512;
 const CAPACITY_SECTORS: u64 = DISK_SIZE as u64 / SECTOR;
-
-/// Register offsets (virtio 1.2 §4.2.2).
-mod reg {
-    pub const MAGIC: u64 = 0x000;
-    pub const VERSION: u64 = 0x004;
-    pub const DEVICE_ID: u64 = 0x008;
-    pub const VENDOR_ID: u64 = 0x00c;
-    pub const DEVICE_FEATURES: u64 = 0x010;
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
-    pub const QUEUE_SEL: u64 = 0x030;
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
-    pub const QUEUE_NUM: u64 = 0x038;
-    pub const QUEUE_READY: u64 = 0x044;
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    pub const STATUS: u64 = 0x070;
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-    pub const SHM_LEN_LOW: u64 = 0x0b0;
-    pub const SHM_BASE_HIGH: u64 = 0x0bc;
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
-    pub const CONFIG: u64 = 0x100;
-}
 
 const S_ACKNOWLEDGE: u32 = 0x01;
 const S_DRIVER: u32 = 0x02;
@@ -275,7 +245,7 @@ fn fuzz_offset(rng: &mut Rng) -> u64 {
         reg::QUEUE_NOTIFY,
         reg::INTERRUPT_ACK,
         reg::INTERRUPT_STATUS,
-        reg::MAGIC,
+        reg::MAGIC_VALUE,
         reg::VERSION,
         reg::DEVICE_ID,
         reg::QUEUE_NUM_MAX,
@@ -430,7 +400,7 @@ fn check_read(
         return;
     }
     match offset {
-        reg::MAGIC => assert_eq!(value, MMIO_MAGIC, "{at}: magic"),
+        reg::MAGIC_VALUE => assert_eq!(value, MMIO_MAGIC, "{at}: magic"),
         reg::VERSION => assert_eq!(value, MMIO_VERSION, "{at}: version"),
         reg::DEVICE_ID => assert_eq!(value, VIRTIO_ID_BLOCK, "{at}: device id"),
         reg::VENDOR_ID => assert_eq!(value, 0, "{at}: vendor id"),

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use common::*;
 use squib_virtio::block::{BlockConfig, BlockDevice, CacheType, QUEUE_SIZE, SEG_MAX};
+use squib_virtio::mmio::reg::STATUS;
 use squib_virtio::testing::{BlockSlot, Buf, GuestDriver, MemDisk};
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
 
-const STATUS: u64 = 0x070;
 const NEEDS_RESET: u32 = 0x40;
 const FEATURES_OK: u32 = 0x08;
 const DRIVER_OK: u32 = 0x04;

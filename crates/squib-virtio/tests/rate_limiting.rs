@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use squib_virtio::block::{BlockConfig, BlockDevice, CacheType};
+use squib_virtio::mmio::reg::STATUS;
 use squib_virtio::rate_limiter::{BucketSpec, RateLimiterSpec};
 use squib_virtio::testing::{BlockSlot, Buf, GuestDriver, MemDisk};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use vm_memory::GuestAddress;
 
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
-const STATUS: u64 = 0x070;
 const NEEDS_RESET: u32 = 0x40;
 
 fn bucket(size: u64, refill_time_ms: u64) -> BucketSpec {

@@ -26,7 +26,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::GuestMemory;
 use crate::device::VirtioDevice;
-use crate::mmio::MmioTransport;
+use crate::mmio::{MmioTransport, reg};
 
 /// Descriptor table address.
 pub const DESC_TABLE: u64 = 0x0000;
@@ -146,12 +146,12 @@ impl GuestDriver {
             driver.negotiate(features),
             "the device refused features {features:#x}"
         );
-        let max = driver.read_reg(0x034);
+        let max = driver.read_reg(reg::QUEUE_NUM_MAX);
         let size = u16::try_from(max).unwrap().min(MAX_DRIVER_QUEUE);
         driver.setup_queue(size);
         driver.set_status_bit(VIRTIO_CONFIG_S_DRIVER_OK);
         assert_eq!(
-            driver.read_reg(0x070) & 0x40,
+            driver.read_reg(reg::STATUS) & 0x40,
             0,
             "the device asked for a reset at DRIVER_OK"
         );
@@ -161,7 +161,7 @@ impl GuestDriver {
     /// Resets the device (Status = 0), zeroes the rings and probes again with `features`, as a
     /// guest does after DEVICE_NEEDS_RESET or on rebinding the driver.
     pub fn reprobe(&mut self, features: u64) {
-        self.write_reg(0x070, 0);
+        self.write_reg(reg::STATUS, 0);
         self.mem
             .write_slice(&[0; (HEAP_START - DESC_TABLE) as usize], GuestAddress(0))
             .unwrap();
@@ -201,32 +201,32 @@ impl GuestDriver {
 
     /// Reads Status, ORs `bit` in, writes it back (what Linux's `virtio_add_status` does).
     pub fn set_status_bit(&mut self, bit: u32) {
-        let status = self.read_reg(0x070);
-        self.write_reg(0x070, status | bit);
+        let status = self.read_reg(reg::STATUS);
+        self.write_reg(reg::STATUS, status | bit);
     }
 
     /// The device's 64 feature bits.
     pub fn device_features(&mut self) -> u64 {
-        self.write_reg(0x014, 0);
-        let low = self.read_reg(0x010);
-        self.write_reg(0x014, 1);
-        let high = self.read_reg(0x010);
+        self.write_reg(reg::DEVICE_FEATURES_SEL, 0);
+        let low = self.read_reg(reg::DEVICE_FEATURES);
+        self.write_reg(reg::DEVICE_FEATURES_SEL, 1);
+        let high = self.read_reg(reg::DEVICE_FEATURES);
         u64::from(low) | (u64::from(high) << 32)
     }
 
     /// Reset, ACKNOWLEDGE, DRIVER, write `features`, FEATURES_OK; returns whether the device
     /// kept FEATURES_OK set.
     pub fn negotiate(&mut self, features: u64) -> bool {
-        self.write_reg(0x070, 0);
+        self.write_reg(reg::STATUS, 0);
         self.set_status_bit(VIRTIO_CONFIG_S_ACKNOWLEDGE);
         self.set_status_bit(VIRTIO_CONFIG_S_DRIVER);
-        self.write_reg(0x024, 0);
-        self.write_reg(0x020, features as u32);
-        self.write_reg(0x024, 1);
-        self.write_reg(0x020, (features >> 32) as u32);
+        self.write_reg(reg::DRIVER_FEATURES_SEL, 0);
+        self.write_reg(reg::DRIVER_FEATURES, features as u32);
+        self.write_reg(reg::DRIVER_FEATURES_SEL, 1);
+        self.write_reg(reg::DRIVER_FEATURES, (features >> 32) as u32);
         self.set_status_bit(VIRTIO_CONFIG_S_FEATURES_OK);
         self.event_idx = features & crate::device::FEATURE_EVENT_IDX != 0;
-        self.read_reg(0x070) & VIRTIO_CONFIG_S_FEATURES_OK != 0
+        self.read_reg(reg::STATUS) & VIRTIO_CONFIG_S_FEATURES_OK != 0
     }
 
     /// Programs queue 0 with `size` entries at the fixed ring addresses and marks it ready.
@@ -235,13 +235,13 @@ impl GuestDriver {
             size <= MAX_DRIVER_QUEUE,
             "the fixed ring layout holds 256 entries"
         );
-        self.write_reg(0x030, 0);
-        self.write_reg(0x038, u32::from(size));
+        self.write_reg(reg::QUEUE_SEL, 0);
+        self.write_reg(reg::QUEUE_NUM, u32::from(size));
         for (low, addr) in [(0x080, DESC_TABLE), (0x090, AVAIL_RING), (0x0a0, USED_RING)] {
             self.write_reg(low, addr as u32);
             self.write_reg(low + 4, (addr >> 32) as u32);
         }
-        self.write_reg(0x044, 1);
+        self.write_reg(reg::QUEUE_READY, 1);
         self.queue_size = size;
     }
 
@@ -328,7 +328,7 @@ impl GuestDriver {
 
     /// Writes QueueNotify for queue 0 unconditionally.
     pub fn notify(&mut self) {
-        self.write_reg(0x050, 0);
+        self.write_reg(reg::QUEUE_NOTIFY, 0);
     }
 
     /// Stores `idx` in `avail.idx`, whatever the queued entries say (for broken-driver tests).
