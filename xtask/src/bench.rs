@@ -100,20 +100,8 @@ pub struct Context {
 
 impl Context {
     fn new(quick: bool) -> Result<Context, String> {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .ok_or("xtask has no parent directory")?
-            .to_path_buf();
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|dir| {
-                if dir.is_relative() {
-                    workspace.join(dir)
-                } else {
-                    dir
-                }
-            })
-            .unwrap_or_else(|| workspace.join("target"));
+        let workspace = setup::workspace();
+        let target_dir = setup::target_dir();
         Ok(Context {
             workspace,
             target_dir,

@@ -37,9 +37,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .trim()
         .to_owned();
 
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("xtask has no parent directory")?;
+    let workspace = setup::workspace();
     let demo_dir = workspace.join("target/demo");
     std::fs::create_dir_all(&demo_dir).map_err(|e| format!("{}: {e}", demo_dir.display()))?;
     let disk = demo_dir.join("disk.img");
@@ -47,10 +45,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     sparse_file(&disk, DISK_BYTES)?;
     sparse_file(&read_only_disk, READ_ONLY_DISK_BYTES)?;
 
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    let squib = target_dir.join("release/squib");
+    let squib = setup::target_dir().join("release/squib");
     let mut command = Command::new(&squib);
     command
         .arg("--kernel")

@@ -15,10 +15,10 @@
 //! on `/dev/vda`, then powers off. The last two lines printed are the vmlinux path and the
 //! initramfs path.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use crate::bzimage;
+use crate::{bzimage, setup};
 
 /// The virtio modules `/init` loads, in dependency order.
 const MODULES: [&str; 4] = ["virtio_ring", "virtio", "virtio_mmio", "virtio_blk"];
@@ -52,7 +52,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         [flag] if flag == "--force" => true,
         _ => return Err("usage: cargo xtask guest-kernel [--force]".into()),
     };
-    let out = workspace_root().join("target/guest-kernel");
+    let out = setup::workspace().join("target/guest-kernel");
     let (vmlinux, initramfs) = (out.join("vmlinux"), out.join("initramfs.cpio"));
     if force || !vmlinux.exists() || !initramfs.exists() {
         build(&out, &vmlinux, &initramfs)?;
@@ -62,12 +62,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
     println!("{}", vmlinux.display());
     println!("{}", initramfs.display());
     Ok(())
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn build(out: &Path, vmlinux: &Path, initramfs: &Path) -> Result<(), String> {
@@ -81,14 +75,14 @@ fn build(out: &Path, vmlinux: &Path, initramfs: &Path) -> Result<(), String> {
     }
     let image_pkg = resolve_kernel_package()?;
     eprintln!("guest-kernel: downloading {image_pkg} and busybox-static");
-    run_cmd(
+    setup::run_command(
         Command::new("apt-get")
             .args(["download", "-q", &image_pkg, "busybox-static"])
             .current_dir(&debs),
     )?;
     for entry in std::fs::read_dir(&debs).map_err(|e| e.to_string())? {
         let deb = entry.map_err(|e| e.to_string())?.path();
-        run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        setup::run_command(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     }
 
     let abi = image_pkg.trim_start_matches("linux-image-");
@@ -151,7 +145,7 @@ fn resolve_kernel_package() -> Result<String, String> {
         return Ok(pkg);
     }
     eprintln!("guest-kernel: package lists empty or stale, running apt-get update");
-    run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+    setup::run_command(Command::new("apt-get").args(["update", "-q"]))?;
     depends().ok_or_else(|| {
         "apt-cache cannot resolve linux-image-cloud-amd64 (no Debian archive?)".into()
     })
@@ -202,15 +196,6 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn run_cmd(cmd: &mut Command) -> Result<(), String> {
-    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?} failed: {status}"))
-    }
 }
 
 /// Kernel payload codecs.

@@ -1,7 +1,7 @@
 //! What a fresh machine needs before squib's tasks can run: the guest target and a few Debian
 //! packages. Each step checks first, so running it again is cheap.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Debian packages the test suite uses, keyed by the command that shows they are installed.
@@ -47,14 +47,18 @@ pub fn on_path(command: &str) -> bool {
 
 /// Runs a command to completion, inheriting stdio; a non-zero exit is an error.
 pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let status = Command::new(program)
-        .args(args)
+    run_command(Command::new(program).args(args))
+}
+
+/// Runs a prepared command to completion, inheriting stdio; a non-zero exit is an error.
+pub fn run_command(command: &mut Command) -> Result<(), String> {
+    let status = command
         .status()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`{program} {}` failed: {status}", args.join(" ")))
+        Err(format!("{command:?} failed: {status}"))
     }
 }
 
@@ -73,6 +77,24 @@ pub fn output(program: &str, args: &[&str]) -> Result<String, String> {
         ));
     }
     String::from_utf8(out.stdout).map_err(|_| format!("`{program}` printed non-UTF-8 output"))
+}
+
+/// The workspace root (the directory above `xtask/`).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Where cargo puts the workspace's builds: `CARGO_TARGET_DIR` (a relative one taken from the
+/// workspace root) or `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    let workspace = workspace();
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_relative() => workspace.join(dir),
+        Some(dir) => dir,
+        None => workspace.join("target"),
+    }
 }
 
 /// The `cargo` that runs this xtask (so the pinned toolchain is used throughout).

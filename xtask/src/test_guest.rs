@@ -6,7 +6,7 @@
 //! by a PT_LOAD at physical 1 MiB, with a PT_NOTE holding the PVH note (`Xen`, type 18) whose
 //! 32-bit entry lies in that segment.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::setup;
@@ -28,9 +28,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
     };
     setup::guest_target()?;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("xtask has no parent directory")?;
+    let workspace = setup::workspace();
     let guest_dir = workspace.join("crates/squib-test-guest");
     let target_dir = workspace.join("target/test-guest");
     // Run in the guest's directory so that its `.cargo/config.toml` (target, rustflags)
