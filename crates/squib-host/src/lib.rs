@@ -8,5 +8,7 @@ pub mod alloc_counter;
 pub mod block_io;
 pub mod guest_io;
 pub mod kvm_memory;
+pub mod kvm_xsave;
 pub mod signals;
+pub mod sparse;
 pub mod terminal;

@@ -27,6 +27,9 @@ pub enum Mode {
     Test,
     /// `guest.bench=<workload>`: a benchmark, see `BenchOptions`.
     Bench,
+    /// `guest.mode=snapshot`: rewrite a memory region round after round, printing progress, so
+    /// that a snapshot taken mid-run and restored elsewhere can be checked (`snapshot`).
+    Snapshot,
 }
 
 /// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
@@ -225,7 +228,8 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "boot" => Mode::Boot,
                     "test" => Mode::Test,
                     "bench" => Mode::Bench,
-                    _ => return Err(error("expected boot, test or bench")),
+                    "snapshot" => Mode::Snapshot,
+                    _ => return Err(error("expected boot, test, bench or snapshot")),
                 });
             }
             "guest.bench" => {

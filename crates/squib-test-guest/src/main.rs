@@ -3,7 +3,7 @@
 //!
 //! Layout: `boot` (entries), `cpu`/`paging`/`interrupts` (CPL0 tables and handlers), `apic`,
 //! `port`/`serial`/`power`, `cmdline`, `dma`, `virtio_mmio`/`virtqueue`/`virtio_blk` (the
-//! driver), `checks`/`bench` (the two workloads) and `report` (verdict and exit).
+//! driver), `checks`/`bench`/`snapshot` (the workloads) and `report` (verdict and exit).
 #![no_std]
 #![no_main]
 
@@ -20,6 +20,7 @@ mod port;
 mod power;
 mod report;
 mod serial;
+mod snapshot;
 mod time;
 mod virtio_blk;
 mod virtio_mmio;
@@ -48,6 +49,7 @@ extern "C" fn user_main(entry: u32, info: u64) -> ! {
     match options.mode {
         Mode::Boot | Mode::Test => checks::run(&options),
         Mode::Bench => bench::run(&options),
+        Mode::Snapshot => snapshot::run(),
     }
 }
 

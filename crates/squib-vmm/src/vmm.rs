@@ -33,8 +33,12 @@ use crate::devices::virtio_mmio::VirtioMmioManager;
 use crate::devices::{self, DeviceError, LegacyDevices};
 use crate::drives::{self, DriveError, DriveHandle};
 use crate::exit::{ExitReason, ExitSender};
+use crate::kvm::state::{self as kvm_state, VcpuState, VmDevicesState};
 use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
+use crate::snapshot::memory::{self as snapshot_memory, Pages};
+use crate::snapshot::state::{MachineState, MicrovmState, memory_layout};
+use crate::snapshot::{CreateRequest, SnapshotError, SnapshotType, format as snapshot_format};
 use crate::vm_config::VmConfig;
 
 /// Most vCPUs a microVM may have.
@@ -96,6 +100,9 @@ pub enum VmmError {
     /// The VM is stopping: it can no longer be paused or resumed.
     #[error("the microVM is stopping")]
     Stopping,
+    /// A snapshot could not be created or loaded.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// Where the guest console goes, and where the process started.
@@ -122,9 +129,17 @@ impl std::fmt::Debug for StartOptions {
 struct Shared {
     control: RunControl,
     vcpu_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Each vCPU thread holds its vCPU's lock around `KVM_RUN`; a snapshot takes them while the
+    /// threads are parked.
+    vcpus: Vec<Arc<Mutex<Vcpu>>>,
     exit: ExitSender,
     legacy: LegacyDevices,
     drives: Vec<DriveHandle>,
+    // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
+    vm: VmFd,
+    mem: GuestMemory,
+    machine: MachineState,
+    track_dirty_pages: bool,
 }
 
 impl Shared {
@@ -195,6 +210,64 @@ impl VmmHandle {
     pub fn drives(&self) -> &[DriveHandle] {
         &self.0.drives
     }
+
+    /// Writes a snapshot of the paused microVM: guest memory to `mem_file_path` (only the pages
+    /// the guest touched, or dirtied since the last snapshot for `Diff`), then the state file,
+    /// written last and renamed into place. Returns the memory bytes written.
+    pub fn create_snapshot(&self, request: &CreateRequest) -> Result<u64, VmmError> {
+        let shared = &self.0;
+        if shared.control.state() != VmState::Paused {
+            return Err(SnapshotError::WrongState("the microVM must be paused to snapshot it").into());
+        }
+        if !shared.drives.is_empty() {
+            return Err(SnapshotError::Unsupported(
+                "virtio devices (drives) are not captured yet: their state needs the shared \
+                 device runtime"
+                    .into(),
+            )
+            .into());
+        }
+        if request.snapshot_type == SnapshotType::Diff && !shared.track_dirty_pages {
+            return Err(SnapshotError::WrongState(
+                "a Diff snapshot needs track_dirty_pages in the machine configuration",
+            )
+            .into());
+        }
+        let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+        let msrs = kvm_state::saveable_msrs(&kvm).map_err(SnapshotError::from)?;
+        let mut vcpus = Vec::with_capacity(shared.vcpus.len());
+        for vcpu in &shared.vcpus {
+            let vcpu = vcpu.lock().unwrap_or_else(PoisonError::into_inner);
+            vcpus.push(VcpuState::save(vcpu.fd(), &msrs).map_err(SnapshotError::from)?);
+        }
+        let state = MicrovmState {
+            machine: shared.machine.clone(),
+            memory: memory_layout(shared.machine.mem_size_mib),
+            vm: VmDevicesState::save(&shared.vm).map_err(SnapshotError::from)?,
+            vcpus,
+            legacy: shared.legacy.save(),
+        };
+        let pages = match request.snapshot_type {
+            SnapshotType::Full => Pages::Touched,
+            SnapshotType::Diff => Pages::Dirty,
+        };
+        let written = snapshot_memory::write(
+            &shared.vm,
+            &shared.mem,
+            &state.memory,
+            &request.mem_file_path,
+            pages,
+            shared.track_dirty_pages,
+        )?;
+        let bytes = snapshot_format::encode(&state)?;
+        snapshot_format::write(&request.snapshot_path, &bytes)?;
+        tracing::info!(
+            memory_bytes = written,
+            state_bytes = bytes.len(),
+            "snapshot written"
+        );
+        Ok(written)
+    }
 }
 
 /// A running microVM.
@@ -202,9 +275,21 @@ impl VmmHandle {
 pub struct Vmm {
     shared: Arc<Shared>,
     exit_rx: Receiver<ExitReason>,
-    // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
-    _vm: VmFd,
-    _mem: GuestMemory,
+}
+
+/// A built machine, ready for its vCPU threads.
+struct Machine {
+    vm: VmFd,
+    mem: GuestMemory,
+    vcpus: Vec<Vcpu>,
+    pio: Bus,
+    mmio: Bus,
+    legacy: LegacyDevices,
+    drives: Vec<DriveHandle>,
+    exit: ExitSender,
+    exit_rx: Receiver<ExitReason>,
+    machine: MachineState,
+    track_dirty_pages: bool,
 }
 
 fn validate(config: &VmConfig) -> Result<(), VmmError> {
@@ -266,7 +351,7 @@ impl Vmm {
             // 5.
             let mut pio = Bus::new("pio");
             let mut mmio = Bus::new("mmio");
-            let legacy = devices::attach_legacy(&vm, &mut pio, &exit, options.console_out)?;
+            let legacy = devices::attach_legacy(&vm, &mut pio, &exit, options.console_out, None)?;
             if config.boot_timer {
                 let timer = BootTimer::new(options.process_start, vcpus_start.clone());
                 mmio.insert(
@@ -297,21 +382,147 @@ impl Vmm {
             Ok::<_, VmmError>((vcpus, pio, mmio, legacy, drives))
         })?;
 
+        let built = Machine {
+            vm,
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            legacy,
+            drives,
+            exit,
+            exit_rx,
+            machine: MachineState {
+                vcpu_count,
+                mem_size_mib: config.machine.mem_size_mib,
+                boot_timer: config.boot_timer,
+            },
+            track_dirty_pages: config.machine.track_dirty_pages,
+        };
+        let _ = vcpus_start.set(Instant::now());
+        Self::launch(built, options.console_in, false)
+    }
+
+    /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (already mapped
+    /// from the memory file, or empty for a page-fault handler to fill), then starts its vCPU
+    /// threads — parked unless `resume`. Nothing runs before every piece of state is restored.
+    pub fn restore(
+        state: &MicrovmState,
+        mem: GuestMemory,
+        track_dirty_pages: bool,
+        resume: bool,
+        options: StartOptions,
+    ) -> Result<Self, VmmError> {
+        state.validate()?;
+        signals::install_kick_handler().map_err(VmmError::KickSignal)?;
+        let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+        let vm = vm::create(&kvm)?;
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let exit = ExitSender::new(exit_tx);
+        let vcpus_start = Arc::new(OnceLock::new());
+        let (vcpus, pio, mmio, legacy) = std::thread::scope(|scope| {
+            let registration = std::thread::Builder::new()
+                .name("mem-register".into())
+                .stack_size(64 << 10)
+                .spawn_scoped(scope, || vm::register_memory(&vm, &mem, track_dirty_pages))
+                .map_err(|source| VmmError::Thread {
+                    what: "memory registration",
+                    source,
+                })?;
+            let mut vcpus = Vec::with_capacity(state.vcpus.len());
+            for index in 0..state.machine.vcpu_count {
+                vcpus.push(Vcpu::new(&vm, index)?);
+            }
+            state.vm.restore(&vm).map_err(SnapshotError::from)?;
+            for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
+                saved.restore(vcpu.fd()).map_err(SnapshotError::from)?;
+            }
+            let mut pio = Bus::new("pio");
+            let mut mmio = Bus::new("mmio");
+            let legacy = devices::attach_legacy(
+                &vm,
+                &mut pio,
+                &exit,
+                options.console_out,
+                Some(&state.legacy),
+            )?;
+            if state.machine.boot_timer {
+                let timer = BootTimer::new(options.process_start, vcpus_start.clone());
+                mmio.insert(
+                    BOOT_TIMER_START,
+                    MMIO_DEVICE_SIZE,
+                    Arc::new(Mutex::new(timer)),
+                )
+                .map_err(DeviceError::from)?;
+            }
+            match registration.join() {
+                Ok(result) => result?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+            Ok::<_, VmmError>((vcpus, pio, mmio, legacy))
+        })?;
+        let built = Machine {
+            vm,
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            legacy,
+            drives: Vec::new(),
+            exit,
+            exit_rx,
+            machine: state.machine.clone(),
+            track_dirty_pages,
+        };
+        let _ = vcpus_start.set(Instant::now());
+        Self::launch(built, options.console_in, !resume)
+    }
+
+    /// Starts one thread per vCPU (parked at once if `paused`), then stdin forwarding.
+    fn launch(
+        built: Machine,
+        console_in: Option<Box<dyn Read + Send>>,
+        paused: bool,
+    ) -> Result<Self, VmmError> {
+        let Machine {
+            vm,
+            mem,
+            vcpus,
+            pio,
+            mmio,
+            legacy,
+            drives,
+            exit,
+            exit_rx,
+            machine,
+            track_dirty_pages,
+        } = built;
+        let vcpus: Vec<Arc<Mutex<Vcpu>>> =
+            vcpus.into_iter().map(|v| Arc::new(Mutex::new(v))).collect();
         let shared = Arc::new(Shared {
             control: RunControl::new(vcpus.len()),
             vcpu_threads: Mutex::new(Vec::with_capacity(vcpus.len())),
+            vcpus: vcpus.clone(),
             exit,
             legacy,
             drives,
+            vm,
+            mem,
+            machine,
+            track_dirty_pages,
         });
+        if paused {
+            // Before any thread runs: each parks at its first check.
+            shared.control.request_pause();
+        }
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-        let _ = vcpus_start.set(Instant::now());
         for vcpu in vcpus {
             let (shared_for_thread, pio, mmio) = (shared.clone(), pio.clone(), mmio.clone());
+            let index = vcpu.lock().unwrap_or_else(PoisonError::into_inner).index();
             let thread = std::thread::Builder::new()
-                .name(format!("vcpu{}", vcpu.index()))
+                .name(format!("vcpu{index}"))
                 .stack_size(VCPU_STACK_SIZE)
-                .spawn(move || run_vcpu(vcpu, &shared_for_thread, &pio, &mmio))
+                .spawn(move || run_vcpu(&vcpu, &shared_for_thread, &pio, &mmio))
                 .map_err(|source| VmmError::Thread {
                     what: "vCPU",
                     source,
@@ -328,23 +539,19 @@ impl Vmm {
                 }
             }
         }
-        if let Some(input) = options.console_in {
+        if let Some(input) = console_in {
             // Without input forwarding the guest still runs: not worth failing the start.
             if let Err(err) = serial::spawn_input_forwarder(shared.legacy.serial.clone(), input) {
                 tracing::warn!("guest console input disabled: cannot start its thread: {err}");
             }
         }
         tracing::debug!(
-            vcpus = vcpu_count,
-            mem_mib = config.machine.mem_size_mib,
+            vcpus = shared.vcpus.len(),
+            mem_mib = shared.machine.mem_size_mib,
+            paused,
             "microVM started"
         );
-        Ok(Self {
-            shared,
-            exit_rx,
-            _vm: vm,
-            _mem: mem,
-        })
+        Ok(Self { shared, exit_rx })
     }
 
     /// A control handle.
@@ -395,22 +602,25 @@ fn shutdown(shared: &Shared) {
 }
 
 /// A vCPU thread: run the guest until told to stop or the guest stops the VM.
-fn run_vcpu(mut vcpu: Vcpu, shared: &Shared, pio: &Bus, mmio: &Bus) {
+fn run_vcpu(vcpu: &Mutex<Vcpu>, shared: &Shared, pio: &Bus, mmio: &Bus) {
+    let lock = || vcpu.lock().unwrap_or_else(PoisonError::into_inner);
+    let index = lock().index();
     // Blocked outside KVM_RUN, unblocked inside: see `squib_host::signals`.
     let kick_setup = signals::block(&[signals::kick_signal()])
-        .and_then(|()| signals::unblock_kick_during_run(vcpu.fd()));
+        .and_then(|()| signals::unblock_kick_during_run(lock().fd()));
     if let Err(err) = kick_setup {
         shared.exit.request(ExitReason::HostError(format!(
-            "vCPU {}: KVM_SET_SIGNAL_MASK: {err}",
-            vcpu.index()
+            "vCPU {index}: KVM_SET_SIGNAL_MASK: {err}"
         )));
     } else {
         while shared.control.may_run() {
-            match vcpu.run_once(pio, mmio) {
+            // Uncontended except while paused, when a snapshot reads the vCPU.
+            let outcome = lock().run_once(pio, mmio);
+            match outcome {
                 RunOutcome::Continue => {}
                 RunOutcome::Kicked => {
                     if let Err(err) = signals::consume_pending_kick() {
-                        tracing::warn!(vcpu = vcpu.index(), "clearing a kick failed: {err}");
+                        tracing::warn!(vcpu = index, "clearing a kick failed: {err}");
                     }
                 }
                 RunOutcome::Exit(reason) => {

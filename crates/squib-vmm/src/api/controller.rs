@@ -13,12 +13,13 @@ use super::http::{Request, Response, Status};
 use super::logger::{LogConfigError, Logger};
 use super::metrics::{FLUSH_INTERVAL, Metrics, MetricsError};
 use super::models::{
-    ActionType, FullVmConfig, InstanceInfo, LoggerBody, PartialDriveBody, VersionInfo,
-    VmStateRequest,
+    ActionType, FullVmConfig, InstanceInfo, LoggerBody, MemBackendType, PartialDriveBody,
+    SnapshotCreateBody, SnapshotLoadBody, SnapshotTypeBody, VersionInfo, VmStateRequest,
 };
 use super::router::{ApiRequest, RouteError, route};
 use super::store::{ConfigError, ConfigStore, check_drive_path, check_id, rate_limiter};
 use super::vmm_control::{ControlError, ExitNotice, RunState, VmmControl};
+use crate::snapshot::{CreateRequest, LoadRequest, MemBackend, SnapshotType};
 use crate::vm_config::RateLimiterConfig;
 
 /// The Firecracker API version squib answers `GET /version` with: the swagger it implements.
@@ -51,6 +52,9 @@ pub enum ApiError {
     /// `InstanceStart` twice.
     #[error("the microVM is already started")]
     AlreadyStarted,
+    /// A snapshot request squib cannot honour as asked.
+    #[error("{0}")]
+    Snapshot(String),
 }
 
 /// What identifies this squib and fixes its behaviour, from the command line.
@@ -185,10 +189,55 @@ impl<V: VmmControl> ApiController<V> {
             }
             R::PatchVm(body) => {
                 self.post_boot("PATCH /vm")?;
-                match body.state {
-                    VmStateRequest::Paused => self.vmm.pause()?,
-                    VmStateRequest::Resumed => self.vmm.resume()?,
+                let begin = Instant::now();
+                let operation = match body.state {
+                    VmStateRequest::Paused => {
+                        self.vmm.pause()?;
+                        "pause_vm"
+                    }
+                    VmStateRequest::Resumed => {
+                        self.vmm.resume()?;
+                        "resume_vm"
+                    }
+                };
+                self.metrics.record_latency(operation, begin.elapsed());
+                done
+            }
+            R::CreateSnapshot(body) => {
+                self.post_boot("PUT /snapshot/create")?;
+                let request = create_request(&body)?;
+                if self.vmm.state() != RunState::Paused {
+                    return Err(ApiError::Snapshot(
+                        "the microVM must be paused to snapshot it (PATCH /vm Paused)".into(),
+                    ));
                 }
+                let begin = Instant::now();
+                self.vmm.create_snapshot(&request)?;
+                let operation = match request.snapshot_type {
+                    SnapshotType::Full => "full_create_snapshot",
+                    SnapshotType::Diff => "diff_create_snapshot",
+                };
+                self.metrics.record_latency(operation, begin.elapsed());
+                done
+            }
+            R::LoadSnapshot(body) => {
+                if self.started {
+                    return Err(ApiError::AfterBoot("PUT /snapshot/load"));
+                }
+                if self.store.is_configured() {
+                    return Err(ApiError::Snapshot(
+                        "loading a snapshot is not allowed after configuring boot-specific \
+                         resources"
+                            .into(),
+                    ));
+                }
+                let request = load_request(&body)?;
+                let begin = Instant::now();
+                let exit = self.exit_event.try_clone().map_err(ControlError::new)?;
+                self.vmm.load_snapshot(&request, ExitNotice::new(exit))?;
+                self.started = true;
+                self.metrics.record_latency("load_snapshot", begin.elapsed());
+                info!(id = %self.settings.id, "microVM loaded from a snapshot");
                 done
             }
         }
@@ -344,4 +393,69 @@ impl<V: VmmControl> ApiController<V> {
     pub fn is_started(&self) -> bool {
         self.started && self.vmm.state() != RunState::NotStarted
     }
+}
+
+fn snapshot_path(field: &str, path: &str) -> Result<std::path::PathBuf, ApiError> {
+    if path.is_empty() {
+        return Err(ApiError::Snapshot(format!("{field} must not be empty")));
+    }
+    Ok(path.into())
+}
+
+/// Validates a `PUT /snapshot/create` body.
+fn create_request(body: &SnapshotCreateBody) -> Result<CreateRequest, ApiError> {
+    Ok(CreateRequest {
+        snapshot_path: snapshot_path("snapshot_path", &body.snapshot_path)?,
+        mem_file_path: snapshot_path("mem_file_path", &body.mem_file_path)?,
+        snapshot_type: match body.snapshot_type.unwrap_or_default() {
+            SnapshotTypeBody::Full => SnapshotType::Full,
+            SnapshotTypeBody::Diff => SnapshotType::Diff,
+        },
+    })
+}
+
+/// Validates a `PUT /snapshot/load` body (Firecracker's rules: exactly one of `mem_backend` and
+/// the deprecated `mem_file_path`; overrides must name devices the snapshot has).
+fn load_request(body: &SnapshotLoadBody) -> Result<LoadRequest, ApiError> {
+    let mem_backend = match (&body.mem_backend, &body.mem_file_path) {
+        (Some(backend), None) => {
+            let path = snapshot_path("mem_backend.backend_path", &backend.backend_path)?;
+            match backend.backend_type {
+                MemBackendType::File => MemBackend::File(path),
+                MemBackendType::Uffd => MemBackend::Uffd(path),
+            }
+        }
+        (None, Some(path)) => MemBackend::File(snapshot_path("mem_file_path", path)?),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Snapshot(
+                "give either mem_backend or the deprecated mem_file_path, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::Snapshot(
+                "mem_backend (or the deprecated mem_file_path) is required".into(),
+            ));
+        }
+    };
+    // squib snapshots hold no network or vsock device yet, so any override names a missing one.
+    if let Some(o) = body.network_overrides.as_ref().and_then(|o| o.first()) {
+        return Err(ApiError::Snapshot(format!(
+            "network_overrides: the snapshot has no network interface `{}`",
+            o.iface_id
+        )));
+    }
+    if body.vsock_override.is_some() {
+        return Err(ApiError::Snapshot(
+            "vsock_override: the snapshot has no vsock device".into(),
+        ));
+    }
+    Ok(LoadRequest {
+        snapshot_path: snapshot_path("snapshot_path", &body.snapshot_path)?,
+        mem_backend,
+        track_dirty_pages: body
+            .track_dirty_pages
+            .or(body.enable_diff_snapshots)
+            .unwrap_or(false),
+        resume_vm: body.resume_vm.unwrap_or(false),
+    })
 }

@@ -11,6 +11,7 @@ use crate::control::VmState;
 use crate::devices::serial::Stdout;
 use crate::drives::{open_backend, rate_limiter_spec};
 use crate::exit::ExitReason;
+use crate::snapshot::{self, CreateRequest, LoadRequest, MemBackend, SnapshotError};
 use crate::vm_config::{RateLimiterConfig, VmConfig};
 use crate::vmm::{StartOptions, Vmm, VmmHandle};
 
@@ -99,16 +100,19 @@ impl KvmVmm {
     }
 }
 
-impl VmmControl for KvmVmm {
-    fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError> {
-        let options = StartOptions {
+impl KvmVmm {
+    fn options(&self) -> StartOptions {
+        StartOptions {
             process_start: self.process_start,
             console_out: Box::new(Stdout),
             console_in: self
                 .console_in
                 .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
-        };
-        let vmm = Vmm::start(config, options).map_err(ControlError::new)?;
+        }
+    }
+
+    /// Takes a started (or restored) VMM: publishes its handle and waits for it on a thread.
+    fn adopt(&mut self, vmm: Vmm, exit: ExitNotice) -> Result<(), ControlError> {
         let handle = vmm.handle();
         *self
             .shared
@@ -134,8 +138,49 @@ impl VmmControl for KvmVmm {
             )));
         }
         self.handle = Some(handle);
+        Ok(())
+    }
+}
+
+impl VmmControl for KvmVmm {
+    fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError> {
+        let vmm = Vmm::start(config, self.options()).map_err(ControlError::new)?;
+        self.adopt(vmm, exit)?;
         self.config = Some(config.clone());
         Ok(())
+    }
+
+    fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError> {
+        self.running()?
+            .create_snapshot(request)
+            .map(drop)
+            .map_err(ControlError::new)
+    }
+
+    fn load_snapshot(
+        &mut self,
+        request: &LoadRequest,
+        exit: ExitNotice,
+    ) -> Result<(), ControlError> {
+        // Everything is read and checked before a VM exists.
+        let (_, state) = snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
+        state.validate().map_err(ControlError::new)?;
+        let mem = match &request.mem_backend {
+            MemBackend::File(path) => snapshot::memory::map_file(path, &state.memory),
+            MemBackend::Uffd(_) => Err(SnapshotError::Unsupported(
+                "the Uffd memory backend is not implemented yet; use File".into(),
+            )),
+        }
+        .map_err(ControlError::new)?;
+        let vmm = Vmm::restore(
+            &state,
+            mem,
+            request.track_dirty_pages,
+            request.resume_vm,
+            self.options(),
+        )
+        .map_err(ControlError::new)?;
+        self.adopt(vmm, exit)
     }
 
     fn state(&self) -> RunState {

@@ -56,6 +56,8 @@ pub struct Metrics {
     requests: BTreeMap<(String, &'static str), RequestCount>,
     /// Drive counters at the last line, to write deltas.
     last_drives: BTreeMap<String, DriveCounters>,
+    /// `latencies_us`: the last duration of each timed operation (Firecracker's store metrics).
+    latencies_us: BTreeMap<&'static str, u64>,
 }
 
 impl Metrics {
@@ -93,6 +95,13 @@ impl Metrics {
         if !ok {
             c.fails += 1;
         }
+    }
+
+    /// Records how long `operation` (`full_create_snapshot`, `load_snapshot`, `pause_vm`, …)
+    /// took, for `latencies_us`.
+    pub fn record_latency(&mut self, operation: &'static str, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.latencies_us.insert(operation, us);
     }
 
     /// Writes one line with everything counted since the previous one.
@@ -137,6 +146,7 @@ impl Metrics {
             root.insert(format!("block_{id}"), json!(delta));
         }
         root.insert("block".into(), json!(total));
+        root.insert("latencies_us".into(), json!(self.latencies_us));
         Value::Object(root)
     }
 }

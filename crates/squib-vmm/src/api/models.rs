@@ -372,3 +372,92 @@ impl FullVmConfig {
         .map(|(name, _)| name)
     }
 }
+
+/// `SnapshotCreateParams.snapshot_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum SnapshotTypeBody {
+    /// Every page the guest touched.
+    #[default]
+    Full,
+    /// Pages dirtied since the last snapshot.
+    Diff,
+}
+
+/// `PUT /snapshot/create` (`SnapshotCreateParams`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateBody {
+    /// Where the state file goes.
+    pub snapshot_path: String,
+    /// Where guest memory goes.
+    pub mem_file_path: String,
+    /// Full (the default) or Diff.
+    #[serde(default)]
+    pub snapshot_type: Option<SnapshotTypeBody>,
+}
+
+/// `MemoryBackend.backend_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum MemBackendType {
+    /// A memory file.
+    File,
+    /// A userfaultfd page-fault handler's socket.
+    Uffd,
+}
+
+/// `MemoryBackend`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackendBody {
+    /// File or Uffd.
+    pub backend_type: MemBackendType,
+    /// The memory file, or the handler's Unix socket.
+    pub backend_path: String,
+}
+
+/// `NetworkOverride`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverrideBody {
+    /// Which interface.
+    pub iface_id: String,
+    /// Its new TAP device.
+    pub host_dev_name: String,
+}
+
+/// `VsockOverride`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverrideBody {
+    /// The new Unix socket path.
+    pub uds_path: String,
+}
+
+/// `PUT /snapshot/load` (`SnapshotLoadParams`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadBody {
+    /// The state file.
+    pub snapshot_path: String,
+    /// Where memory comes from (exclusive with `mem_file_path`).
+    #[serde(default)]
+    pub mem_backend: Option<MemBackendBody>,
+    /// Deprecated: a memory file (same as a `File` backend).
+    #[serde(default)]
+    pub mem_file_path: Option<String>,
+    /// Deprecated spelling of `track_dirty_pages`.
+    #[serde(default)]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Log dirty pages for later Diff snapshots.
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+    /// Run the vCPUs at once.
+    #[serde(default)]
+    pub resume_vm: Option<bool>,
+    /// New TAP devices for the snapshot's interfaces.
+    #[serde(default)]
+    pub network_overrides: Option<Vec<NetworkOverrideBody>>,
+    /// A new Unix socket for the snapshot's vsock device.
+    #[serde(default)]
+    pub vsock_override: Option<VsockOverrideBody>,
+}

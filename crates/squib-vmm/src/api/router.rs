@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::models::{
     ActionBody, ActionType, BootSourceBody, DriveBody, LoggerBody, MachineConfigBody, MetricsBody,
-    PartialDriveBody, VmBody,
+    PartialDriveBody, SnapshotCreateBody, SnapshotLoadBody, VmBody,
 };
 
 /// A request squib serves.
@@ -40,6 +40,10 @@ pub enum ApiRequest {
     PutLogger(LoggerBody),
     /// `PUT /metrics`.
     PutMetrics(MetricsBody),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateBody),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadBody),
 }
 
 impl ApiRequest {
@@ -58,6 +62,8 @@ impl ApiRequest {
             Self::PatchVm(_) => "vm",
             Self::PutLogger(_) => "logger",
             Self::PutMetrics(_) => "metrics",
+            Self::CreateSnapshot(_) => "snapshot_create",
+            Self::LoadSnapshot(_) => "snapshot_load",
         }
     }
 }
@@ -104,7 +110,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ),
     ("vsock", "vsock devices (/vsock)"),
     ("mmds", "the microVM metadata service (/mmds)"),
-    ("snapshot", "snapshots (/snapshot)"),
     ("balloon", "balloon devices (/balloon)"),
     ("entropy", "entropy devices (/entropy)"),
     ("serial", "serial console configuration (/serial)"),
@@ -148,6 +153,10 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, RouteE
         ("PATCH", ["vm"]) => ApiRequest::PatchVm(parse_body(method, path, body)?),
         ("PUT", ["logger"]) => ApiRequest::PutLogger(parse_body(method, path, body)?),
         ("PUT", ["metrics"]) => ApiRequest::PutMetrics(parse_body(method, path, body)?),
+        ("PUT", ["snapshot", "create"]) => {
+            ApiRequest::CreateSnapshot(parse_body(method, path, body)?)
+        }
+        ("PUT", ["snapshot", "load"]) => ApiRequest::LoadSnapshot(parse_body(method, path, body)?),
         (_, [first, ..]) => match UNSUPPORTED.iter().find(|(name, _)| name == first) {
             Some((_, what)) => return Err(RouteError::Unsupported((*what).into())),
             None => return Err(invalid()),
@@ -224,6 +233,26 @@ mod tests {
             route("PUT", "/metrics", br#"{"metrics_path":"/m"}"#).unwrap(),
             ApiRequest::PutMetrics(_)
         ));
+        assert!(matches!(
+            route(
+                "PUT",
+                "/snapshot/create",
+                br#"{"snapshot_path":"/s","mem_file_path":"/m","snapshot_type":"Diff"}"#
+            )
+            .unwrap(),
+            ApiRequest::CreateSnapshot(b) if b.snapshot_path == "/s"
+        ));
+        assert!(matches!(
+            route(
+                "PUT",
+                "/snapshot/load",
+                br#"{"snapshot_path":"/s","mem_backend":{"backend_type":"Uffd","backend_path":"/u"},"resume_vm":true}"#
+            )
+            .unwrap(),
+            ApiRequest::LoadSnapshot(b) if b.resume_vm == Some(true)
+        ));
+        assert!(route("PUT", "/snapshot/create", br#"{"snapshot_path":"/s"}"#).is_err());
+        assert!(route("GET", "/snapshot/load", b"").is_err());
     }
 
     #[test]
@@ -265,8 +294,6 @@ mod tests {
             ("PUT", "/vsock"),
             ("GET", "/mmds"),
             ("PUT", "/mmds/config"),
-            ("PUT", "/snapshot/create"),
-            ("PUT", "/snapshot/load"),
             ("GET", "/balloon/statistics"),
             ("PUT", "/entropy"),
             ("PUT", "/serial"),

@@ -188,6 +188,12 @@ pub struct ConfigStore {
 }
 
 impl ConfigStore {
+    /// Whether anything was configured (a snapshot loads only into an unconfigured microVM,
+    /// as in Firecracker).
+    pub fn is_configured(&self) -> bool {
+        self.boot.is_some() || !self.drives.is_empty() || self.machine != MachineConfig::default()
+    }
+
     /// `PUT /boot-source`.
     pub fn set_boot_source(&mut self, body: &BootSourceBody) -> Result<(), ConfigError> {
         let kernel_image_path = check_file("kernel_image_path", &body.kernel_image_path, false)?;
@@ -246,10 +252,8 @@ impl ConfigStore {
                 "smt (simultaneous multithreading)",
             ));
         }
-        if body.track_dirty_pages == Some(true) {
-            return Err(ConfigError::MachineFeature(
-                "track_dirty_pages (no snapshots yet)",
-            ));
+        if let Some(track) = body.track_dirty_pages {
+            m.track_dirty_pages = track;
         }
         if matches!(body.cpu_template, Some(t) if t != CpuTemplate::None) {
             return Err(ConfigError::MachineFeature("cpu_template (only \"None\")"));
@@ -498,10 +502,6 @@ mod tests {
         for body in [
             MachineConfigBody {
                 smt: Some(true),
-                ..Default::default()
-            },
-            MachineConfigBody {
-                track_dirty_pages: Some(true),
                 ..Default::default()
             },
             MachineConfigBody {

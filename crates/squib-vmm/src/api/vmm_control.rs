@@ -6,6 +6,7 @@
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::snapshot::{CreateRequest, LoadRequest};
 use crate::vm_config::{RateLimiterConfig, VmConfig};
 
 /// The state `GET /` reports.
@@ -112,6 +113,11 @@ pub trait VmmControl: Send {
         drive_id: &str,
         config: &RateLimiterConfig,
     ) -> Result<(), ControlError>;
+    /// Writes a snapshot of the paused microVM.
+    fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError>;
+    /// Builds the microVM from a snapshot instead of booting it; `exit` as for `start`.
+    fn load_snapshot(&mut self, request: &LoadRequest, exit: ExitNotice)
+    -> Result<(), ControlError>;
     /// Every drive's counters, by drive id.
     fn drive_counters(&self) -> Vec<(String, DriveCounters)>;
     /// The process exit status once the microVM has stopped.

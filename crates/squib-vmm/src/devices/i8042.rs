@@ -47,6 +47,16 @@ const CTRL_ALT_DEL_RELEASE: [&[u8]; 3] = [&[0xe0, 0xf0, 0x71], &[0xf0, 0x11], &[
 /// Bytes the controller can hold for the guest; more are dropped (a real one holds one).
 const BUFFER_CAPACITY: usize = 16;
 
+/// The i8042's guest-visible state, as a snapshot stores it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    status: u8,
+    control: u8,
+    output_port: u8,
+    pending_command: Option<u8>,
+    buffer: Vec<u8>,
+}
+
 /// The i8042 controller.
 #[derive(Debug)]
 pub struct I8042 {
@@ -77,6 +87,26 @@ impl I8042 {
     /// The keyboard interrupt line, to register as an irqfd.
     pub fn irq(&self) -> &IrqLine {
         &self.irq
+    }
+
+    /// The controller's registers and pending bytes, for a snapshot.
+    pub fn save(&self) -> I8042State {
+        I8042State {
+            status: self.status,
+            control: self.control,
+            output_port: self.output_port,
+            pending_command: self.pending_command,
+            buffer: self.buffer.iter().copied().collect(),
+        }
+    }
+
+    /// Takes the registers and pending bytes of a snapshot (at most the buffer's capacity).
+    pub fn restore(&mut self, state: &I8042State) {
+        self.status = state.status;
+        self.control = state.control;
+        self.output_port = state.output_port;
+        self.pending_command = state.pending_command;
+        self.buffer = state.buffer.iter().copied().take(BUFFER_CAPACITY).collect();
     }
 
     /// Presses and releases Ctrl-Alt-Del.

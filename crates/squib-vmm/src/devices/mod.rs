@@ -15,9 +15,9 @@ use kvm_ioctls::VmFd;
 
 use self::bus::{Bus, BusError};
 use self::debug_exit::DebugExit;
-use self::i8042::I8042;
+use self::i8042::{I8042, I8042State};
 use self::irq::IrqLine;
-use self::serial::{SerialDevice, SerialOutput};
+use self::serial::{SerialDevice, SerialOutput, UartState, UartStateError};
 use crate::arch::x86_64::layout::{
     DEBUG_EXIT_PORT, I8042_IRQ, I8042_PORT, SERIAL_IRQ, SERIAL_PORT,
 };
@@ -50,6 +50,9 @@ pub enum DeviceError {
     /// No virtio-mmio slot is left.
     #[error("too many virtio devices: at most {0} fit the interrupt lines")]
     NoSlot(usize),
+    /// A snapshot's legacy-device state does not fit the device.
+    #[error(transparent)]
+    LegacyState(#[from] UartStateError),
     /// A virtio transport could not be created.
     #[error("virtio device {device}: {source}")]
     Transport {
@@ -69,6 +72,31 @@ pub struct LegacyDevices {
     pub i8042: Arc<Mutex<I8042>>,
 }
 
+/// The legacy devices' guest-visible state, as a snapshot stores it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LegacyState {
+    serial: UartState,
+    i8042: I8042State,
+}
+
+impl LegacyDevices {
+    /// Their state (vCPUs paused, so no guest access races the read).
+    pub fn save(&self) -> LegacyState {
+        LegacyState {
+            serial: self
+                .serial
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .save(),
+            i8042: self
+                .i8042
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .save(),
+        }
+    }
+}
+
 fn irq_line(device: &'static str) -> Result<IrqLine, DeviceError> {
     IrqLine::new().map_err(|source| DeviceError::EventFd { device, source })
 }
@@ -83,19 +111,26 @@ fn register_irqfd(vm: &VmFd, line: &IrqLine, gsi: u32, device: &str) -> Result<(
 }
 
 /// Puts COM1 (IRQ 4), the i8042 (IRQ 1), the ACPI power registers and the debug-exit port on
-/// the PIO bus.
+/// the PIO bus; `restored` is the state of a snapshot being loaded.
 pub fn attach_legacy(
     vm: &VmFd,
     pio: &mut Bus,
     exit: &ExitSender,
     serial_out: SerialOutput,
+    restored: Option<&LegacyState>,
 ) -> Result<LegacyDevices, DeviceError> {
-    let serial = SerialDevice::new(irq_line("COM1")?, serial_out);
+    let serial = match restored {
+        Some(state) => SerialDevice::from_state(irq_line("COM1")?, serial_out, &state.serial)?,
+        None => SerialDevice::new(irq_line("COM1")?, serial_out),
+    };
     register_irqfd(vm, serial.irq(), SERIAL_IRQ, "COM1")?;
     let serial = Arc::new(Mutex::new(serial));
     pio.insert(u64::from(SERIAL_PORT), 8, serial.clone())?;
 
-    let i8042 = I8042::new(irq_line("i8042")?, exit.clone());
+    let mut i8042 = I8042::new(irq_line("i8042")?, exit.clone());
+    if let Some(state) = restored {
+        i8042.restore(&state.i8042);
+    }
     register_irqfd(vm, i8042.irq(), I8042_IRQ, "i8042")?;
     let i8042 = Arc::new(Mutex::new(i8042));
     // Data port 0x60 and command port 0x64 (0x61 is KVM's, with the in-kernel PIT).

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use vm_superio::Serial;
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialState};
 
 use super::bus::BusDevice;
 use super::irq::IrqLine;
@@ -16,6 +16,27 @@ pub type SerialOutput = Box<dyn Write + Send>;
 
 /// How long the stdin forwarder waits for the guest to drain a full receive FIFO.
 const FIFO_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// vm-superio's `SerialState` (which has no serde), as a snapshot stores it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[allow(missing_docs)]
+pub struct UartState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+/// A saved UART whose receive FIFO holds more bytes than a 16550's.
+#[derive(Debug, thiserror::Error)]
+#[error("saved serial state holds {0} input bytes, more than the UART's FIFO")]
+pub struct UartStateError(usize);
 
 /// The UART on the PIO bus.
 pub struct SerialDevice(Serial<IrqLine, NoEvents, SerialOutput>);
@@ -30,6 +51,46 @@ impl SerialDevice {
     /// A UART raising `irq` and writing guest output to `out`.
     pub fn new(irq: IrqLine, out: SerialOutput) -> Self {
         Self(Serial::new(irq, out))
+    }
+
+    /// A UART in the state a snapshot saved (see [`SerialDevice::save`]).
+    pub fn from_state(
+        irq: IrqLine,
+        out: SerialOutput,
+        state: &UartState,
+    ) -> Result<Self, UartStateError> {
+        let state = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        Serial::from_state(&state, irq, NoEvents, out)
+            .map(Self)
+            .map_err(|_| UartStateError(state.in_buffer.len()))
+    }
+
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn save(&self) -> UartState {
+        let s = self.0.state();
+        UartState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
     }
 
     /// The interrupt line, to register as an irqfd.

@@ -1,0 +1,235 @@
+//! Guest memory in and out of the memory file.
+//!
+//! The file holds the RAM regions back to back (`MemoryRegionState::file_offset`), each page at
+//! its own offset, so it can be mapped straight back. Writing skips pages that were never
+//! touched (a `Full` snapshot) or not written since the last snapshot (a `Diff`): the file stays
+//! sparse, and creating it costs what the guest used, not what it was given.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use kvm_ioctls::VmFd;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestRegionMmap, mmap::MmapRegionBuilder,
+};
+
+use super::SnapshotError;
+use super::state::MemoryRegionState;
+use crate::GuestMemory;
+
+/// Guest pages (and KVM's dirty-log granule).
+pub const PAGE_SIZE: u64 = 4096;
+/// `/proc/self/pagemap` entry bits: page present in RAM, page swapped out.
+const PAGEMAP_PRESENT: u64 = 1 << 63;
+const PAGEMAP_SWAPPED: u64 = 1 << 62;
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.to_owned();
+    move |source| SnapshotError::Io { what, path, source }
+}
+
+/// Runs of set bits in `pages` (one bool per page), as (first page, page count).
+fn runs(pages: impl Iterator<Item = bool>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (index, used) in pages.enumerate() {
+        if !used {
+            continue;
+        }
+        let index = index as u64;
+        match out.last_mut() {
+            Some((start, count)) if *start + *count == index => *count += 1,
+            _ => out.push((index, 1)),
+        }
+    }
+    out
+}
+
+/// The pages of `[host_addr, host_addr + len)` that the process ever touched (present in RAM or
+/// swapped out), from `/proc/self/pagemap`: a page the guest never used has no entry.
+fn touched_pages(host_addr: u64, len: u64) -> Result<Vec<(u64, u64)>, SnapshotError> {
+    let path = Path::new("/proc/self/pagemap");
+    let file = File::open(path).map_err(io("open", path))?;
+    let pages = len / PAGE_SIZE;
+    let mut entries = vec![0u8; 8 * 4096];
+    let mut touched = Vec::with_capacity(pages as usize);
+    let mut done = 0;
+    while done < pages {
+        let batch = (pages - done).min(4096);
+        let bytes = &mut entries[..(batch * 8) as usize];
+        file.read_exact_at(bytes, (host_addr / PAGE_SIZE + done) * 8)
+            .map_err(io("read", path))?;
+        touched.extend(bytes.chunks_exact(8).map(|e| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(e);
+            u64::from_le_bytes(b) & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED) != 0
+        }));
+        done += batch;
+    }
+    Ok(runs(touched.into_iter()))
+}
+
+/// The pages of KVM slot `slot` (`len` bytes) written since the last call (KVM's dirty log,
+/// which this call also clears).
+fn dirty_pages(vm: &VmFd, slot: u32, len: u64) -> Result<Vec<(u64, u64)>, SnapshotError> {
+    let bitmap = vm
+        .get_dirty_log(slot, len as usize)
+        .map_err(|source| SnapshotError::Kvm {
+            op: "GET_DIRTY_LOG",
+            source,
+        })?;
+    let pages = len / PAGE_SIZE;
+    Ok(runs(
+        (0..pages).map(|p| bitmap[(p / 64) as usize] & (1 << (p % 64)) != 0),
+    ))
+}
+
+/// Which pages a snapshot writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pages {
+    /// Every page the guest ever touched.
+    Touched,
+    /// Pages written since the last snapshot (KVM dirty log; slots must log dirty pages).
+    Dirty,
+}
+
+/// Writes guest memory to a new sparse file at `path`; returns the bytes written. With
+/// `track_dirty` a `Touched` snapshot also clears KVM's dirty log, so the next `Dirty` one
+/// holds only what changed after it.
+pub fn write(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    layout: &[MemoryRegionState],
+    path: &Path,
+    pages: Pages,
+    track_dirty: bool,
+) -> Result<u64, SnapshotError> {
+    let file = File::create(path).map_err(io("create the memory file", path))?;
+    let total: u64 = layout.iter().map(|r| r.size).sum();
+    file.set_len(total)
+        .map_err(io("size the memory file", path))?;
+    let mut written = 0;
+    for (slot, (region, state)) in mem.iter().zip(layout).enumerate() {
+        let runs = match pages {
+            Pages::Touched => {
+                if track_dirty {
+                    dirty_pages(vm, slot as u32, state.size)?;
+                }
+                touched_pages(region.as_ptr() as u64, state.size)?
+            }
+            Pages::Dirty => dirty_pages(vm, slot as u32, state.size)?,
+        };
+        for (first, count) in runs {
+            let offset = first * PAGE_SIZE;
+            let len = count * PAGE_SIZE;
+            let slice = mem
+                .get_slice(GuestAddress(state.guest_addr + offset), len as usize)
+                .map_err(|e| SnapshotError::Invalid(format!("guest memory: {e}")))?;
+            squib_host::guest_io::write_all_volatile_at(&file, &[slice], state.file_offset + offset)
+                .map_err(io("write the memory file", path))?;
+            written += len;
+        }
+    }
+    file.sync_data().map_err(io("sync the memory file", path))?;
+    Ok(written)
+}
+
+/// Maps the memory file at `path` as guest RAM, `MAP_PRIVATE`: pages are read in on first
+/// touch and the guest's writes stay in this process (copy-on-write), so loading costs the
+/// same whatever the memory size and several clones can share one file.
+pub fn map_file(path: &Path, layout: &[MemoryRegionState]) -> Result<GuestMemory, SnapshotError> {
+    let file = File::open(path).map_err(io("open the memory file", path))?;
+    let len = file
+        .metadata()
+        .map_err(io("stat the memory file", path))?
+        .len();
+    let needed: u64 = layout.iter().map(|r| r.size).sum();
+    if len != needed {
+        return Err(SnapshotError::MemoryFileSize {
+            path: path.to_owned(),
+            expected: needed,
+            found: len,
+        });
+    }
+    let file = std::sync::Arc::new(file);
+    let mut regions = Vec::with_capacity(layout.len());
+    for state in layout {
+        let mapping = MmapRegionBuilder::new(state.size as usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .with_file_offset(FileOffset::from_arc(file.clone(), state.file_offset))
+            .build()
+            .map_err(|e| SnapshotError::Map(e.to_string()))?;
+        let region: GuestRegionMmap<()> = GuestRegionMmap::new(mapping, GuestAddress(state.guest_addr))
+            .ok_or_else(|| SnapshotError::Map("region overflows the address space".into()))?;
+        regions.push(region);
+    }
+    GuestMemory::from_regions(regions).map_err(|e| SnapshotError::Map(e.to_string()))
+}
+
+/// Anonymous guest RAM for `layout` (the Uffd backend fills it on demand).
+pub fn anonymous(layout: &[MemoryRegionState]) -> Result<GuestMemory, SnapshotError> {
+    let ranges: Vec<(GuestAddress, usize)> = layout
+        .iter()
+        .map(|r| (GuestAddress(r.guest_addr), r.size as usize))
+        .collect();
+    GuestMemory::from_ranges(&ranges).map_err(|e| SnapshotError::Map(e.to_string()))
+}
+
+/// Copies the data pages of the diff memory file `diff` onto `base` (both laid out alike).
+/// Pages a diff holds are those it wrote: the holes of the sparse file are skipped, found with
+/// `SEEK_DATA`/`SEEK_HOLE`. Returns the bytes copied.
+pub fn merge(base: &Path, diff: &Path) -> Result<u64, SnapshotError> {
+    let src = File::open(diff).map_err(io("open the diff memory file", diff))?;
+    let dst = OpenOptions::new()
+        .write(true)
+        .open(base)
+        .map_err(io("open the base memory file", base))?;
+    let len = src.metadata().map_err(io("stat", diff))?.len();
+    let base_len = dst.metadata().map_err(io("stat", base))?.len();
+    if base_len != len {
+        return Err(SnapshotError::MemoryFileSize {
+            path: base.to_owned(),
+            expected: len,
+            found: base_len,
+        });
+    }
+    let mut copied = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, end) in squib_host::sparse::data_ranges(&src).map_err(io("scan", diff))? {
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], pos)
+                .map_err(io("read", diff))?;
+            dst.write_all_at(&buf[..n], pos).map_err(io("write", base))?;
+            pos += n as u64;
+            copied += n as u64;
+        }
+    }
+    dst.sync_data().map_err(io("sync", base))?;
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_group_consecutive_pages() {
+        let bits = [true, true, false, true, false, false, true, true, true];
+        assert_eq!(runs(bits.into_iter()), vec![(0, 2), (3, 1), (6, 3)]);
+        assert!(runs([false; 4].into_iter()).is_empty());
+    }
+
+    #[test]
+    fn touched_pages_sees_only_written_pages() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 64 << 12)]).unwrap();
+        vm_memory::Bytes::write_obj(&mem, 1u8, GuestAddress(3 << 12)).unwrap();
+        vm_memory::Bytes::write_obj(&mem, 1u8, GuestAddress((4 << 12) + 7)).unwrap();
+        vm_memory::Bytes::write_obj(&mem, 1u8, GuestAddress(40 << 12)).unwrap();
+        let region = mem.iter().next().unwrap();
+        let runs = touched_pages(region.as_ptr() as u64, 64 << 12).unwrap();
+        assert_eq!(runs, vec![(3, 2), (40, 1)]);
+    }
+}
