@@ -52,8 +52,16 @@ mod tests {
         file.write_all_at(&[2; 8192], 512 << 10).unwrap();
         let ranges = data_ranges(&file).unwrap();
         let covered: u64 = ranges.iter().map(|(s, e)| e - s).sum();
-        assert!(ranges.iter().any(|&(s, e)| s <= 64 << 10 && e >= (64 << 10) + 4096));
-        assert!(ranges.iter().any(|&(s, e)| s <= 512 << 10 && e >= (512 << 10) + 8192));
+        assert!(
+            ranges
+                .iter()
+                .any(|&(s, e)| s <= 64 << 10 && e >= (64 << 10) + 4096)
+        );
+        assert!(
+            ranges
+                .iter()
+                .any(|&(s, e)| s <= 512 << 10 && e >= (512 << 10) + 8192)
+        );
         // Block granularity may round up, never to the whole file on a hole-aware filesystem.
         assert!(covered < 1 << 20, "{ranges:?}");
     }

@@ -20,6 +20,21 @@ fn main() -> ExitCode {
         return ExitCode::from(STATUS_HOST_ERROR);
     }
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // Firecracker's `--describe-snapshot FILE`: print the snapshot's version and exit.
+    if let [flag, path] = args.as_slice()
+        && flag == "--describe-snapshot"
+    {
+        return match squib_vmm::snapshot::describe(std::path::Path::new(path)) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("squib: {err}");
+                ExitCode::from(STATUS_HOST_ERROR)
+            }
+        };
+    }
     // Without --kernel, squib runs the Firecracker way (API socket and/or --config-file).
     if !squib_vmm::api::process::is_cli_mode(&args) {
         std::process::exit(squib_vmm::api::process::run(&args, process_start));

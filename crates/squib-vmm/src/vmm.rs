@@ -217,7 +217,9 @@ impl VmmHandle {
     pub fn create_snapshot(&self, request: &CreateRequest) -> Result<u64, VmmError> {
         let shared = &self.0;
         if shared.control.state() != VmState::Paused {
-            return Err(SnapshotError::WrongState("the microVM must be paused to snapshot it").into());
+            return Err(
+                SnapshotError::WrongState("the microVM must be paused to snapshot it").into(),
+            );
         }
         if !shared.drives.is_empty() {
             return Err(SnapshotError::Unsupported(

@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -43,23 +42,6 @@ fn curl_available(test: &str) -> bool {
     }
     eprintln!("SKIPPED {test}: curl is not installed (apt-get install -y curl)");
     false
-}
-
-/// squib in API mode, stdout/stderr captured.
-fn spawn_api(sock: &Path, extra: &[&str]) -> Child {
-    let child = common::squib()
-        .args(["--api-sock", sock.to_str().unwrap(), "--id", "api_test"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(sock).is_err() {
-        assert!(Instant::now() < deadline, "the API socket never answered");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child
 }
 
 /// One request through `curl --unix-socket`; returns the status and the body.
@@ -116,7 +98,7 @@ fn getting_started_with_curl_boots_the_test_guest() {
     let sock = dir.path().join("squib.sock");
     let rootfs = common::sparse_disk(dir.path(), "rootfs.img", 64 << 20);
     let ro = common::sparse_disk(dir.path(), "ro.img", 8 << 20);
-    let child = spawn_api(&sock, &[]);
+    let child = common::spawn_api(&sock, &[]);
 
     let (code, body) = curl(&sock, "GET", "/", "");
     assert_eq!(
@@ -185,7 +167,7 @@ fn runtime_control_with_curl_ends_with_ctrl_alt_del() {
     let rootfs = common::sparse_disk(dir.path(), "rootfs.img", 1 << 20);
     let bigger = common::sparse_disk(dir.path(), "bigger.img", 2 << 20);
     let metrics = dir.path().join("metrics.json");
-    let child = spawn_api(&sock, &["--metrics-path", metrics.to_str().unwrap()]);
+    let child = common::spawn_api(&sock, &["--metrics-path", metrics.to_str().unwrap()]);
     let put = |path: &str, body: String| assert_eq!(curl(&sock, "PUT", path, &body).0, 204);
     put(
         "/boot-source",
@@ -260,44 +242,6 @@ fn runtime_control_with_curl_ends_with_ctrl_alt_del() {
     assert!(line.get("block_rootfs").is_some(), "{line}");
 }
 
-/// A keep-alive client written against the socket directly.
-struct Client(UnixStream, Vec<u8>);
-
-impl Client {
-    fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        self.0
-            .write_all(format!("{head}{body}").as_bytes())
-            .unwrap();
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 16];
-            let mut resp = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(n) = resp.parse(&self.1).unwrap() {
-                let len: usize = resp
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .map_or(0, |h| {
-                        std::str::from_utf8(h.value).unwrap().parse().unwrap()
-                    });
-                if self.1.len() >= n + len {
-                    let code = resp.code.unwrap();
-                    let body = String::from_utf8(self.1[n..n + len].to_vec()).unwrap();
-                    self.1.drain(..n + len);
-                    return (code, body);
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let read = self.0.read(&mut chunk).unwrap();
-            assert!(read > 0, "connection closed");
-            self.1.extend_from_slice(&chunk[..read]);
-        }
-    }
-}
-
 #[test]
 fn rust_client_controls_a_running_guest_on_one_connection() {
     if !common::kvm_available("rust_client_controls_a_running_guest") {
@@ -306,8 +250,8 @@ fn rust_client_controls_a_running_guest_on_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("squib.sock");
     let kernel = ctrl_alt_del_guest(dir.path());
-    let child = spawn_api(&sock, &["--boot-timer"]);
-    let mut c = Client(UnixStream::connect(&sock).unwrap(), Vec::new());
+    let child = common::spawn_api(&sock, &["--boot-timer"]);
+    let mut c = common::Client(UnixStream::connect(&sock).unwrap(), Vec::new());
     c.0.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let boot = format!(r#"{{"kernel_image_path":"{}"}}"#, kernel.display());
     assert_eq!(c.call("PUT", "/boot-source", &boot).0, 204);

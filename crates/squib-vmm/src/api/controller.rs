@@ -236,7 +236,8 @@ impl<V: VmmControl> ApiController<V> {
                 let exit = self.exit_event.try_clone().map_err(ControlError::new)?;
                 self.vmm.load_snapshot(&request, ExitNotice::new(exit))?;
                 self.started = true;
-                self.metrics.record_latency("load_snapshot", begin.elapsed());
+                self.metrics
+                    .record_latency("load_snapshot", begin.elapsed());
                 info!(id = %self.settings.id, "microVM loaded from a snapshot");
                 done
             }

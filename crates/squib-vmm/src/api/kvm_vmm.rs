@@ -163,7 +163,8 @@ impl VmmControl for KvmVmm {
         exit: ExitNotice,
     ) -> Result<(), ControlError> {
         // Everything is read and checked before a VM exists.
-        let (_, state) = snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
+        let (_, state) =
+            snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
         state.validate().map_err(ControlError::new)?;
         let mem = match &request.mem_backend {
             MemBackend::File(path) => snapshot::memory::map_file(path, &state.memory),

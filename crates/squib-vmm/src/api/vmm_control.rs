@@ -116,8 +116,11 @@ pub trait VmmControl: Send {
     /// Writes a snapshot of the paused microVM.
     fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError>;
     /// Builds the microVM from a snapshot instead of booting it; `exit` as for `start`.
-    fn load_snapshot(&mut self, request: &LoadRequest, exit: ExitNotice)
-    -> Result<(), ControlError>;
+    fn load_snapshot(
+        &mut self,
+        request: &LoadRequest,
+        exit: ExitNotice,
+    ) -> Result<(), ControlError>;
     /// Every drive's counters, by drive id.
     fn drive_counters(&self) -> Vec<(String, DriveCounters)>;
     /// The process exit status once the microVM has stopped.

@@ -6,10 +6,9 @@
 //! On the VM side the PIT and the irqchips are restored before any vCPU runs.
 
 use kvm_bindings::{
-    CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, Msrs,
-    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state,
-    kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave,
+    CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, Msrs, kvm_clock_data,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -105,9 +104,7 @@ pub struct VcpuState {
 
 /// The MSRs KVM says it can save and restore (`KVM_GET_MSR_INDEX_LIST`).
 pub fn saveable_msrs(kvm: &Kvm) -> Result<Vec<u32>, StateError> {
-    let list = kvm
-        .get_msr_index_list()
-        .map_err(op("GET_MSR_INDEX_LIST"))?;
+    let list = kvm.get_msr_index_list().map_err(op("GET_MSR_INDEX_LIST"))?;
     Ok(list.as_slice().to_vec())
 }
 
@@ -214,8 +211,7 @@ impl VcpuState {
         {
             fd.set_tsc_khz(khz).map_err(op("SET_TSC_KHZ"))?;
         }
-        fd.set_mp_state(self.mp_state)
-            .map_err(op("SET_MP_STATE"))?;
+        fd.set_mp_state(self.mp_state).map_err(op("SET_MP_STATE"))?;
         fd.set_regs(&self.regs).map_err(op("SET_REGS"))?;
         fd.set_sregs(&self.sregs).map_err(op("SET_SREGS"))?;
         fd.set_fpu(&self.fpu.to_kvm()).map_err(op("SET_FPU"))?;

@@ -184,8 +184,11 @@ pub fn read_header(path: &Path) -> Result<Header, SnapshotError> {
     let file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let mut bytes = Vec::with_capacity(HEADER_LEN);
-    std::io::Read::read_to_end(&mut std::io::Read::take(&file, HEADER_LEN as u64), &mut bytes)
-        .map_err(io)?;
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&file, HEADER_LEN as u64),
+        &mut bytes,
+    )
+    .map_err(io)?;
     parse_header(&bytes, len)
 }
 

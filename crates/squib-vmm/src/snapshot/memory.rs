@@ -125,8 +125,12 @@ pub fn write(
             let slice = mem
                 .get_slice(GuestAddress(state.guest_addr + offset), len as usize)
                 .map_err(|e| SnapshotError::Invalid(format!("guest memory: {e}")))?;
-            squib_host::guest_io::write_all_volatile_at(&file, &[slice], state.file_offset + offset)
-                .map_err(io("write the memory file", path))?;
+            squib_host::guest_io::write_all_volatile_at(
+                &file,
+                &[slice],
+                state.file_offset + offset,
+            )
+            .map_err(io("write the memory file", path))?;
             written += len;
         }
     }
@@ -160,8 +164,9 @@ pub fn map_file(path: &Path, layout: &[MemoryRegionState]) -> Result<GuestMemory
             .with_file_offset(FileOffset::from_arc(file.clone(), state.file_offset))
             .build()
             .map_err(|e| SnapshotError::Map(e.to_string()))?;
-        let region: GuestRegionMmap<()> = GuestRegionMmap::new(mapping, GuestAddress(state.guest_addr))
-            .ok_or_else(|| SnapshotError::Map("region overflows the address space".into()))?;
+        let region: GuestRegionMmap<()> =
+            GuestRegionMmap::new(mapping, GuestAddress(state.guest_addr))
+                .ok_or_else(|| SnapshotError::Map("region overflows the address space".into()))?;
         regions.push(region);
     }
     GuestMemory::from_regions(regions).map_err(|e| SnapshotError::Map(e.to_string()))
@@ -202,7 +207,8 @@ pub fn merge(base: &Path, diff: &Path) -> Result<u64, SnapshotError> {
             let n = ((end - pos) as usize).min(buf.len());
             src.read_exact_at(&mut buf[..n], pos)
                 .map_err(io("read", diff))?;
-            dst.write_all_at(&buf[..n], pos).map_err(io("write", base))?;
+            dst.write_all_at(&buf[..n], pos)
+                .map_err(io("write", base))?;
             pos += n as u64;
             copied += n as u64;
         }

@@ -3,6 +3,8 @@
 //! building a guest toolchain.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -180,4 +182,64 @@ pub fn stdout(output: &Output) -> String {
 /// Squib's stderr as text.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// squib in API mode, stdout/stderr captured.
+pub fn spawn_api(sock: &Path, extra: &[&str]) -> Child {
+    let child = squib()
+        .args(["--api-sock", sock.to_str().unwrap(), "--id", "api_test"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "the API socket never answered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+/// A keep-alive client written against the socket directly.
+pub struct Client(pub UnixStream, pub Vec<u8>);
+
+impl Client {
+    /// A client on `sock`.
+    pub fn connect(sock: &Path) -> Self {
+        Self(UnixStream::connect(sock).unwrap(), Vec::new())
+    }
+
+    pub fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.0
+            .write_all(format!("{head}{body}").as_bytes())
+            .unwrap();
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = resp.parse(&self.1).unwrap() {
+                let len: usize = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |h| {
+                        std::str::from_utf8(h.value).unwrap().parse().unwrap()
+                    });
+                if self.1.len() >= n + len {
+                    let code = resp.code.unwrap();
+                    let body = String::from_utf8(self.1[n..n + len].to_vec()).unwrap();
+                    self.1.drain(..n + len);
+                    return (code, body);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.0.read(&mut chunk).unwrap();
+            assert!(read > 0, "connection closed");
+            self.1.extend_from_slice(&chunk[..read]);
+        }
+    }
 }

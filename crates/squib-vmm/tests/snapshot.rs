@@ -1,0 +1,272 @@
+//! Snapshots on KVM with the project's test guest in its snapshot mode: a running guest is
+//! paused, snapshotted, its process killed, and a new squib process loads the snapshot and
+//! resumes it; the guest then checks its memory and prints its verdict. Damaged snapshot files
+//! are refused before any VM exists.
+#![forbid(unsafe_code)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const MEM_MIB: u64 = 128;
+
+/// A squib process in API mode whose stdout lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    sock: PathBuf,
+}
+
+impl Running {
+    fn spawn(sock: &Path) -> Self {
+        let mut child = common::spawn_api(sock, &[]);
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            sock: sock.to_owned(),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        common::Client::connect(&self.sock).call(method, path, body)
+    }
+
+    fn ok(&self, method: &str, path: &str, body: &str) {
+        let (code, answer) = self.call(method, path, body);
+        assert_eq!(code, 204, "{method} {path} {body}: {answer}");
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    fn wait_for(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no `{prefix}` line; stdout so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns its stdout lines and exit status.
+    fn finish(mut self) -> (Vec<String>, Output) {
+        let output = common::wait_with_timeout(self.child, TIMEOUT);
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            self.seen.push(line);
+        }
+        (self.seen, output)
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Boots the test guest in snapshot mode through the API and waits for its third tick.
+fn boot_snapshot_guest(sock: &Path, machine: &str) -> Running {
+    let mut vm = Running::spawn(sock);
+    let guest = common::test_guest().to_str().unwrap().to_owned();
+    vm.ok(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path":"{guest}","boot_args":"guest.mode=snapshot"}}"#),
+    );
+    vm.ok("PUT", "/machine-config", machine);
+    vm.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    vm.wait_for("SNAP tick 3");
+    vm
+}
+
+fn tick(line: &str) -> u64 {
+    line.strip_prefix("SNAP tick ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a tick line: {line:?}"))
+}
+
+/// Pauses `vm` and writes a snapshot of `kind`; returns the last tick printed before.
+fn snapshot(vm: &mut Running, state: &Path, mem: &Path, kind: &str) {
+    vm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    let (_, info) = vm.call("GET", "/", "");
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["state"], "Paused", "{info}");
+    vm.ok(
+        "PUT",
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_path":"{}","mem_file_path":"{}","snapshot_type":"{kind}"}}"#,
+            state.display(),
+            mem.display()
+        ),
+    );
+}
+
+fn load_body(state: &Path, mem: &Path) -> String {
+    format!(
+        r#"{{"snapshot_path":"{}","mem_backend":{{"backend_type":"File","backend_path":"{}"}},"resume_vm":true}}"#,
+        state.display(),
+        mem.display()
+    )
+}
+
+/// Loads `state`/`mem` in a new process and checks that the guest carried on from after
+/// `last_tick` and passed its memory check.
+fn restore_and_check(dir: &Path, name: &str, state: &Path, mem: &Path, last_tick: u64) {
+    let vm = Running::spawn(&dir.join(format!("{name}.sock")));
+    vm.ok("PUT", "/snapshot/load", &load_body(state, mem));
+    let (lines, output) = vm.finish();
+    let stdout = lines.join("\n");
+    let stderr = common::stderr(&output);
+    assert!(
+        !lines.iter().any(|l| l.starts_with("squib-test-guest")),
+        "the restored guest booted again:\n{stdout}"
+    );
+    let first = lines
+        .iter()
+        .find(|l| l.starts_with("SNAP tick"))
+        .unwrap_or_else(|| panic!("no tick after the restore:\n{stdout}\n{stderr}"));
+    assert!(
+        tick(first) > last_tick && tick(first) <= last_tick + 2,
+        "the restored guest did not go on from tick {last_tick}: first line {first:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "ok - snapshot: memory checksum after 150 rounds"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(lines.iter().any(|l| l == "1 passed, 0 failed"), "{stdout}");
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+}
+
+fn last_tick(vm: &Running) -> u64 {
+    vm.seen
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("SNAP tick"))
+        .map(|l| tick(l))
+        .unwrap()
+}
+
+/// Drains the lines printed up to the pause, so that `last_tick` sees them.
+fn settle(vm: &mut Running) {
+    while let Ok(line) = vm.lines.recv_timeout(Duration::from_millis(200)) {
+        vm.seen.push(line);
+    }
+}
+
+#[test]
+fn full_snapshot_of_a_running_guest_resumes_in_a_new_process() {
+    if !common::kvm_available("full_snapshot_resumes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (state, mem) = (dir.path().join("vm.snap"), dir.path().join("vm.mem"));
+    let mut vm = boot_snapshot_guest(
+        &dir.path().join("a.sock"),
+        &format!(r#"{{"vcpu_count":2,"mem_size_mib":{MEM_MIB}}}"#),
+    );
+    snapshot(&mut vm, &state, &mem, "Full");
+    settle(&mut vm);
+    let last = last_tick(&vm);
+    vm.kill();
+
+    let meta = std::fs::metadata(&mem).unwrap();
+    assert_eq!(meta.len(), MEM_MIB << 20);
+    // Sparse: the guest touched a few MiB, not 128.
+    assert!(
+        meta.blocks() * 512 < (MEM_MIB << 20) / 4,
+        "memory file not sparse: {} bytes allocated",
+        meta.blocks() * 512
+    );
+    let described = common::squib()
+        .args(["--describe-snapshot", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&described.stderr)
+    );
+    assert!(text.contains("format version 1"), "{text}");
+
+    restore_and_check(dir.path(), "b", &state, &mem, last);
+}
+
+#[test]
+fn corrupted_and_truncated_snapshots_are_refused_before_anything_runs() {
+    if !common::kvm_available("damaged_snapshots_refused") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (state, mem) = (dir.path().join("vm.snap"), dir.path().join("vm.mem"));
+    let mut vm = boot_snapshot_guest(
+        &dir.path().join("a.sock"),
+        &format!(r#"{{"vcpu_count":1,"mem_size_mib":{MEM_MIB}}}"#),
+    );
+    snapshot(&mut vm, &state, &mem, "Full");
+    vm.kill();
+    let good = std::fs::read(&state).unwrap();
+
+    let corrupted = dir.path().join("corrupted.snap");
+    let mut bytes = good.clone();
+    let middle = 64 + (bytes.len() - 64) / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&corrupted, &bytes).unwrap();
+    let truncated = dir.path().join("truncated.snap");
+    std::fs::write(&truncated, &good[..good.len() - 100]).unwrap();
+    let foreign = dir.path().join("foreign.snap");
+    let mut bytes = good.clone();
+    bytes[8] = 99;
+    std::fs::write(&foreign, &bytes).unwrap();
+    let short_mem = dir.path().join("short.mem");
+    std::fs::File::create(&short_mem)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+
+    for (name, snap, memory, expected) in [
+        ("c", &corrupted, &mem, "corrupted"),
+        ("t", &truncated, &mem, "truncated"),
+        ("f", &foreign, &mem, "format version 99"),
+        ("m", &state, &short_mem, "the snapshot needs"),
+    ] {
+        let vm = Running::spawn(&dir.path().join(format!("{name}.sock")));
+        let (code, answer) = vm.call("PUT", "/snapshot/load", &load_body(snap, memory));
+        assert_eq!(code, 400, "{name}: {answer}");
+        assert!(answer.contains(expected), "{name}: {answer}");
+        let (_, info) = vm.call("GET", "/", "");
+        let info: Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["state"], "Not started", "{name}: {info}");
+        vm.kill();
+    }
+}
