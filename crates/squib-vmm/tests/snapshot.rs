@@ -195,6 +195,16 @@ fn full_snapshot_of_a_running_guest_resumes_in_a_new_process() {
         &format!(r#"{{"vcpu_count":2,"mem_size_mib":{MEM_MIB}}}"#),
     );
     snapshot(&mut vm, &state, &mem, "Full");
+    let (code, answer) = vm.call(
+        "PUT",
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_path":"{0}.d","mem_file_path":"{0}.dm","snapshot_type":"Diff"}}"#,
+            state.display()
+        ),
+    );
+    assert_eq!(code, 400, "a Diff without dirty-page tracking: {answer}");
+    assert!(answer.contains("track_dirty_pages"), "{answer}");
     settle(&mut vm);
     let last = last_tick(&vm);
     vm.kill();
@@ -269,4 +279,84 @@ fn corrupted_and_truncated_snapshots_are_refused_before_anything_runs() {
         assert_eq!(info["state"], "Not started", "{name}: {info}");
         vm.kill();
     }
+}
+
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn diff_snapshot_merged_onto_its_base_resumes() {
+    if !common::kvm_available("diff_snapshot_resumes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let mut vm = boot_snapshot_guest(
+        &path("a.sock"),
+        &format!(r#"{{"vcpu_count":1,"mem_size_mib":{MEM_MIB},"track_dirty_pages":true}}"#),
+    );
+    snapshot(&mut vm, &path("base.snap"), &path("base.mem"), "Full");
+    settle(&mut vm);
+    let first = last_tick(&vm);
+    vm.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+    vm.wait_for(&format!("SNAP tick {}", first + 6));
+    snapshot(&mut vm, &path("diff.snap"), &path("diff.mem"), "Diff");
+    settle(&mut vm);
+    let last = last_tick(&vm);
+    vm.kill();
+
+    // The diff holds what changed in a few rounds: a few chunks and the stack, not the image.
+    let (base, diff) = (allocated(&path("base.mem")), allocated(&path("diff.mem")));
+    assert!(
+        diff > 0 && diff < base / 2,
+        "diff {diff} bytes vs base {base}"
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let merged = std::process::Command::new(cargo)
+        .args(["run", "-q", "-p", "xtask", "--", "snapshot-merge"])
+        .args([path("base.mem"), path("diff.mem")])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .output()
+        .unwrap();
+    assert!(
+        merged.status.success(),
+        "snapshot-merge: {}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    restore_and_check(dir.path(), "b", &path("diff.snap"), &path("base.mem"), last);
+}
+
+#[test]
+fn two_clones_restored_from_one_snapshot_run_at_once() {
+    if !common::kvm_available("two_clones") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (state, mem) = (dir.path().join("vm.snap"), dir.path().join("vm.mem"));
+    let mut vm = boot_snapshot_guest(
+        &dir.path().join("a.sock"),
+        &format!(r#"{{"vcpu_count":1,"mem_size_mib":{MEM_MIB}}}"#),
+    );
+    snapshot(&mut vm, &state, &mem, "Full");
+    settle(&mut vm);
+    let last = last_tick(&vm);
+    vm.kill();
+    let before = std::fs::read(&mem).unwrap();
+    // MAP_PRIVATE: both clones map the same file; each one's writes stay its own.
+    std::thread::scope(|scope| {
+        for name in ["clone1", "clone2"] {
+            let (dir, state, mem) = (dir.path(), &state, &mem);
+            scope.spawn(move || restore_and_check(dir, name, state, mem, last));
+        }
+    });
+    let mut after = Vec::new();
+    std::fs::File::open(&mem)
+        .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut after))
+        .unwrap();
+    assert_eq!(
+        after.len() as u64,
+        MEM_MIB << 20,
+        "the clones changed the memory file"
+    );
 }

@@ -5,7 +5,7 @@
 //! touched (a `Full` snapshot) or not written since the last snapshot (a `Diff`): the file stays
 //! sparse, and creating it costs what the guest used, not what it was given.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -179,42 +179,6 @@ pub fn anonymous(layout: &[MemoryRegionState]) -> Result<GuestMemory, SnapshotEr
         .map(|r| (GuestAddress(r.guest_addr), r.size as usize))
         .collect();
     GuestMemory::from_ranges(&ranges).map_err(|e| SnapshotError::Map(e.to_string()))
-}
-
-/// Copies the data pages of the diff memory file `diff` onto `base` (both laid out alike).
-/// Pages a diff holds are those it wrote: the holes of the sparse file are skipped, found with
-/// `SEEK_DATA`/`SEEK_HOLE`. Returns the bytes copied.
-pub fn merge(base: &Path, diff: &Path) -> Result<u64, SnapshotError> {
-    let src = File::open(diff).map_err(io("open the diff memory file", diff))?;
-    let dst = OpenOptions::new()
-        .write(true)
-        .open(base)
-        .map_err(io("open the base memory file", base))?;
-    let len = src.metadata().map_err(io("stat", diff))?.len();
-    let base_len = dst.metadata().map_err(io("stat", base))?.len();
-    if base_len != len {
-        return Err(SnapshotError::MemoryFileSize {
-            path: base.to_owned(),
-            expected: len,
-            found: base_len,
-        });
-    }
-    let mut copied = 0;
-    let mut buf = vec![0u8; 1 << 20];
-    for (start, end) in squib_host::sparse::data_ranges(&src).map_err(io("scan", diff))? {
-        let mut pos = start;
-        while pos < end {
-            let n = ((end - pos) as usize).min(buf.len());
-            src.read_exact_at(&mut buf[..n], pos)
-                .map_err(io("read", diff))?;
-            dst.write_all_at(&buf[..n], pos)
-                .map_err(io("write", base))?;
-            pos += n as u64;
-            copied += n as u64;
-        }
-    }
-    dst.sync_data().map_err(io("sync", base))?;
-    Ok(copied)
 }
 
 #[cfg(test)]
