@@ -350,13 +350,8 @@ fn two_clones_restored_from_one_snapshot_run_at_once() {
             scope.spawn(move || restore_and_check(dir, name, state, mem, last));
         }
     });
-    let mut after = Vec::new();
-    std::fs::File::open(&mem)
-        .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut after))
-        .unwrap();
-    assert_eq!(
-        after.len() as u64,
-        MEM_MIB << 20,
-        "the clones changed the memory file"
+    assert!(
+        std::fs::read(&mem).unwrap() == before,
+        "a clone's writes reached the shared memory file"
     );
 }
