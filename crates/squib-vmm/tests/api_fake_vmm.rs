@@ -592,13 +592,13 @@ fn bad_input_table_gets_400_with_a_reason_and_the_server_keeps_serving() {
             "PUT",
             "/snapshot/create",
             "{}".into(),
-            "squib does not support snapshots",
+            "missing field `snapshot_path`",
         ),
         (
             "PUT",
             "/snapshot/load",
-            "{}".into(),
-            "squib does not support snapshots",
+            r#"{"snapshot_path":"/s","bogus":1}"#.into(),
+            "unknown field `bogus`",
         ),
         (
             "PUT",
@@ -865,4 +865,128 @@ fn flush_metrics_writes_a_json_line() {
         metrics.to_string_lossy().as_ref()
     );
     drop(running);
+}
+
+#[test]
+fn snapshot_create_needs_a_paused_vm_and_records_its_latency() {
+    let running = Running::start(51_200);
+    let mut c = running.connect();
+    let metrics = running.dir.path().join("metrics");
+    let create = r#"{"snapshot_path":"/s","mem_file_path":"/m","snapshot_type":"Diff"}"#;
+    let (code, body) = c.call("PUT", "/snapshot/create", create);
+    assert_eq!(code, 400);
+    assert!(fault(&body).contains("before starting"), "{body}");
+    let kernel = running.file("vmlinux", 16);
+    let boot = format!(r#"{{"kernel_image_path":"{kernel}"}}"#);
+    assert_eq!(c.call("PUT", "/boot-source", &boot).0, 204);
+    let m = format!(r#"{{"metrics_path":"{}"}}"#, metrics.display());
+    assert_eq!(c.call("PUT", "/metrics", &m).0, 204);
+    assert_eq!(
+        c.call("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)
+            .0,
+        204
+    );
+    let (code, body) = c.call("PUT", "/snapshot/create", create);
+    assert_eq!(code, 400);
+    assert!(fault(&body).contains("must be paused"), "{body}");
+    let (code, body) = c.call(
+        "PUT",
+        "/snapshot/create",
+        r#"{"snapshot_path":"","mem_file_path":"/m"}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        fault(&body).contains("snapshot_path must not be empty"),
+        "{body}"
+    );
+    assert_eq!(c.call("PATCH", "/vm", r#"{"state":"Paused"}"#).0, 204);
+    assert_eq!(c.call("PUT", "/snapshot/create", create).0, 204);
+    let (code, body) = c.call(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#,
+    );
+    assert_eq!(code, 400, "load after start: {body}");
+    assert_eq!(
+        c.call("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#)
+            .0,
+        204
+    );
+    let log = running.vmm.calls.lock().unwrap().log.clone();
+    assert!(log.contains(&"snapshot /s /m Diff".to_owned()), "{log:?}");
+    let line = std::fs::read_to_string(&metrics).unwrap();
+    let line = json(line.lines().last().unwrap());
+    assert!(
+        line["latencies_us"]["diff_create_snapshot"].is_u64(),
+        "{line}"
+    );
+    assert!(line["latencies_us"]["pause_vm"].is_u64(), "{line}");
+    assert_eq!(
+        line["put_api_requests"]["snapshot_create_fails"], 3,
+        "{line}"
+    );
+}
+
+#[test]
+fn snapshot_load_validates_its_body_and_starts_the_vm() {
+    let running = Running::start(51_200);
+    let mut c = running.connect();
+    for (body, expected) in [
+        (
+            r#"{"snapshot_path":"/s"}"#,
+            "mem_backend (or the deprecated",
+        ),
+        (
+            r#"{"snapshot_path":"/s","mem_file_path":"/m","mem_backend":{"backend_type":"File","backend_path":"/m"}}"#,
+            "not both",
+        ),
+        (
+            r#"{"snapshot_path":"/s","mem_file_path":"/m","network_overrides":[{"iface_id":"eth0","host_dev_name":"tap0"}]}"#,
+            "no network interface `eth0`",
+        ),
+        (
+            r#"{"snapshot_path":"/s","mem_file_path":"/m","vsock_override":{"uds_path":"/v"}}"#,
+            "no vsock device",
+        ),
+        (
+            r#"{"snapshot_path":"/s","mem_backend":{"backend_type":"Disk","backend_path":"/m"}}"#,
+            "unknown variant `Disk`",
+        ),
+    ] {
+        let (code, answer) = c.call("PUT", "/snapshot/load", body);
+        assert_eq!(code, 400, "{body}");
+        assert!(fault(&answer).contains(expected), "{body}: {answer}");
+    }
+    assert_eq!(json(&c.call("GET", "/", "").1)["state"], "Not started");
+    let body = r#"{"snapshot_path":"/s","mem_backend":{"backend_type":"Uffd","backend_path":"/u"},"enable_diff_snapshots":true}"#;
+    assert_eq!(c.call("PUT", "/snapshot/load", body).0, 204);
+    // resume_vm defaults to false: the microVM is loaded paused.
+    assert_eq!(json(&c.call("GET", "/", "").1)["state"], "Paused");
+    let log = running.vmm.calls.lock().unwrap().log.clone();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("Uffd(\"/u\")") && l.contains("track_dirty_pages: true")),
+        "{log:?}"
+    );
+    let (code, _) = c.call("PUT", "/snapshot/load", body);
+    assert_eq!(code, 400, "a second load");
+    let (code, _) = c.call("PUT", "/boot-source", r#"{"kernel_image_path":"/k"}"#);
+    assert_eq!(code, 400, "configuration after a load");
+}
+
+#[test]
+fn snapshot_load_is_refused_once_the_vm_is_configured() {
+    let running = Running::start(51_200);
+    let mut c = running.connect();
+    assert_eq!(
+        c.call("PATCH", "/machine-config", r#"{"vcpu_count":2}"#).0,
+        204
+    );
+    let (code, body) = c.call(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(fault(&body).contains("after configuring"), "{body}");
 }
