@@ -22,7 +22,8 @@ tasks:
   test-guest     build the project's test guest; prints the ELF's path last
   guest-kernel   fetch Debian's cloud kernel and build an initramfs; prints their paths last
   bench          run the benchmark suite and write a report to docs/perf/
-  snapshot-merge BASE DIFF   apply a Diff snapshot's memory file onto its base's, in place";
+  snapshot-merge BASE DIFF   apply a Diff snapshot's memory file onto its base's, in place
+  snapshot-uffd-handler SOCKET MEM_FILE   example page-fault handler for Uffd snapshot loads";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         "guest-kernel" => guest_kernel::run(rest),
         "bench" => bench::run(rest),
         "snapshot-merge" => snapshot::merge(rest),
+        "snapshot-uffd-handler" => snapshot::uffd_handler(rest),
         other => Err(format!("unknown task `{other}`\n{USAGE}")),
     };
     match result {

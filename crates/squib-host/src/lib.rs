@@ -12,3 +12,4 @@ pub mod kvm_xsave;
 pub mod signals;
 pub mod sparse;
 pub mod terminal;
+pub mod uffd;

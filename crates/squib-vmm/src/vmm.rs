@@ -36,7 +36,7 @@ use crate::exit::{ExitReason, ExitSender};
 use crate::kvm::state::{self as kvm_state, VcpuState, VmDevicesState};
 use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
-use crate::snapshot::memory::{self as snapshot_memory, Pages};
+use crate::snapshot::memory::{self as snapshot_memory, Pages, UffdBackend};
 use crate::snapshot::state::{MachineState, MicrovmState, memory_layout};
 use crate::snapshot::{CreateRequest, SnapshotError, SnapshotType, format as snapshot_format};
 use crate::vm_config::VmConfig;
@@ -140,6 +140,8 @@ struct Shared {
     mem: GuestMemory,
     machine: MachineState,
     track_dirty_pages: bool,
+    /// The page-fault handler link of a Uffd load.
+    _uffd: Option<UffdBackend>,
 }
 
 impl Shared {
@@ -292,6 +294,7 @@ struct Machine {
     exit_rx: Receiver<ExitReason>,
     machine: MachineState,
     track_dirty_pages: bool,
+    uffd: Option<UffdBackend>,
 }
 
 fn validate(config: &VmConfig) -> Result<(), VmmError> {
@@ -400,17 +403,20 @@ impl Vmm {
                 boot_timer: config.boot_timer,
             },
             track_dirty_pages: config.machine.track_dirty_pages,
+            uffd: None,
         };
         let _ = vcpus_start.set(Instant::now());
         Self::launch(built, options.console_in, false)
     }
 
-    /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (already mapped
-    /// from the memory file, or empty for a page-fault handler to fill), then starts its vCPU
-    /// threads — parked unless `resume`. Nothing runs before every piece of state is restored.
+    /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
+    /// memory file, or registered on `uffd` for a page-fault handler to fill), then starts its
+    /// vCPU threads — parked unless `resume`. Nothing runs before every piece of state is
+    /// restored.
     pub fn restore(
         state: &MicrovmState,
         mem: GuestMemory,
+        uffd: Option<UffdBackend>,
         track_dirty_pages: bool,
         resume: bool,
         options: StartOptions,
@@ -475,6 +481,7 @@ impl Vmm {
             exit_rx,
             machine: state.machine.clone(),
             track_dirty_pages,
+            uffd,
         };
         let _ = vcpus_start.set(Instant::now());
         Self::launch(built, options.console_in, !resume)
@@ -498,6 +505,7 @@ impl Vmm {
             exit_rx,
             machine,
             track_dirty_pages,
+            uffd,
         } = built;
         let vcpus: Vec<Arc<Mutex<Vcpu>>> =
             vcpus.into_iter().map(|v| Arc::new(Mutex::new(v))).collect();
@@ -512,6 +520,7 @@ impl Vmm {
             mem,
             machine,
             track_dirty_pages,
+            _uffd: uffd,
         });
         if paused {
             // Before any thread runs: each parks at its first check.

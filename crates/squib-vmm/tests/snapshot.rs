@@ -355,3 +355,69 @@ fn two_clones_restored_from_one_snapshot_run_at_once() {
         "a clone's writes reached the shared memory file"
     );
 }
+
+#[test]
+fn uffd_backend_gets_every_page_from_the_example_handler() {
+    if !common::kvm_available("uffd_backend") {
+        return;
+    }
+    if !Path::new("/dev/userfaultfd").exists() && !nix_root() {
+        eprintln!("SKIPPED uffd_backend: userfaultfd needs root here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (state, mem) = (dir.path().join("vm.snap"), dir.path().join("vm.mem"));
+    let mut vm = boot_snapshot_guest(
+        &dir.path().join("a.sock"),
+        &format!(r#"{{"vcpu_count":1,"mem_size_mib":{MEM_MIB}}}"#),
+    );
+    snapshot(&mut vm, &state, &mem, "Full");
+    settle(&mut vm);
+    let last = last_tick(&vm);
+    vm.kill();
+
+    let handler_sock = dir.path().join("uffd.sock");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut handler = std::process::Command::new(cargo)
+        .args(["run", "-q", "-p", "xtask", "--", "snapshot-uffd-handler"])
+        .args([&handler_sock, &mem])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut handler_out = BufReader::new(handler.stdout.take().unwrap());
+    let mut line = String::new();
+    handler_out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on"), "handler said {line:?}");
+
+    let restored = Running::spawn(&dir.path().join("b.sock"));
+    let body = format!(
+        r#"{{"snapshot_path":"{}","mem_backend":{{"backend_type":"Uffd","backend_path":"{}"}},"resume_vm":true}}"#,
+        state.display(),
+        handler_sock.display()
+    );
+    restored.ok("PUT", "/snapshot/load", &body);
+    let (lines, output) = restored.finish();
+    let stdout = lines.join("\n");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "ok - snapshot: memory checksum after 150 rounds"),
+        "{stdout}\n{}",
+        common::stderr(&output)
+    );
+    assert!(tick(lines.iter().find(|l| l.starts_with("SNAP tick")).unwrap()) > last);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    // The handler notices the VMM leaving and stops on its own.
+    let status = common::wait_with_timeout(handler, TIMEOUT).status;
+    assert!(status.success(), "handler: {status}");
+}
+
+fn nix_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}

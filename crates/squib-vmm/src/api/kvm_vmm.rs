@@ -11,7 +11,7 @@ use crate::control::VmState;
 use crate::devices::serial::Stdout;
 use crate::drives::{open_backend, rate_limiter_spec};
 use crate::exit::ExitReason;
-use crate::snapshot::{self, CreateRequest, LoadRequest, MemBackend, SnapshotError};
+use crate::snapshot::{self, CreateRequest, LoadRequest, MemBackend};
 use crate::vm_config::{RateLimiterConfig, VmConfig};
 use crate::vmm::{StartOptions, Vmm, VmmHandle};
 
@@ -166,16 +166,18 @@ impl VmmControl for KvmVmm {
         let (_, state) =
             snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
         state.validate().map_err(ControlError::new)?;
-        let mem = match &request.mem_backend {
-            MemBackend::File(path) => snapshot::memory::map_file(path, &state.memory),
-            MemBackend::Uffd(_) => Err(SnapshotError::Unsupported(
-                "the Uffd memory backend is not implemented yet; use File".into(),
-            )),
+        let (mem, uffd) = match &request.mem_backend {
+            MemBackend::File(path) => {
+                snapshot::memory::map_file(path, &state.memory).map(|mem| (mem, None))
+            }
+            MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket)
+                .map(|(mem, uffd)| (mem, Some(uffd))),
         }
         .map_err(ControlError::new)?;
         let vmm = Vmm::restore(
             &state,
             mem,
+            uffd,
             request.track_dirty_pages,
             request.resume_vm,
             self.options(),

@@ -172,13 +172,67 @@ pub fn map_file(path: &Path, layout: &[MemoryRegionState]) -> Result<GuestMemory
     GuestMemory::from_regions(regions).map_err(|e| SnapshotError::Map(e.to_string()))
 }
 
-/// Anonymous guest RAM for `layout` (the Uffd backend fills it on demand).
-pub fn anonymous(layout: &[MemoryRegionState]) -> Result<GuestMemory, SnapshotError> {
+/// One region as Firecracker describes it to a page-fault handler (`GuestRegionUffdMapping`):
+/// the handler finds the bytes for `[base_host_virt_addr, + size)` at `offset` in the memory
+/// file. Firecracker sends the page size in bytes under both names.
+#[derive(Debug, serde::Serialize)]
+struct UffdMapping {
+    base_host_virt_addr: u64,
+    size: u64,
+    offset: u64,
+    page_size: u64,
+    page_size_kib: u64,
+}
+
+/// The link to a page-fault handler, kept as long as the VM lives: the userfaultfd (so that a
+/// handler that dies leaves faults waiting, never zero-filled) and the connection (whose close
+/// tells the handler the VMM is gone).
+#[derive(Debug)]
+pub struct UffdBackend {
+    _uffd: squib_host::uffd::Userfaultfd,
+    _connection: std::os::unix::net::UnixStream,
+}
+
+/// Anonymous guest RAM for `layout` registered with a new userfaultfd, which is handed with
+/// the regions' mappings to the page-fault handler listening at `socket` (Firecracker's
+/// handshake: one JSON array and the descriptor, `SCM_RIGHTS`). Every page then comes from the
+/// handler on first touch.
+pub fn uffd_backed(
+    layout: &[MemoryRegionState],
+    socket: &Path,
+) -> Result<(GuestMemory, UffdBackend), SnapshotError> {
     let ranges: Vec<(GuestAddress, usize)> = layout
         .iter()
         .map(|r| (GuestAddress(r.guest_addr), r.size as usize))
         .collect();
-    GuestMemory::from_ranges(&ranges).map_err(|e| SnapshotError::Map(e.to_string()))
+    let mem = GuestMemory::from_ranges(&ranges).map_err(|e| SnapshotError::Map(e.to_string()))?;
+    let uffd =
+        squib_host::uffd::Userfaultfd::new().map_err(io("create a userfaultfd for", socket))?;
+    let mut mappings = Vec::with_capacity(layout.len());
+    for (region, state) in mem.iter().zip(layout) {
+        let base = region.as_ptr() as u64;
+        uffd.register(base, state.size)
+            .map_err(io("register guest memory on the userfaultfd for", socket))?;
+        mappings.push(UffdMapping {
+            base_host_virt_addr: base,
+            size: state.size,
+            offset: state.file_offset,
+            page_size: PAGE_SIZE,
+            page_size_kib: PAGE_SIZE,
+        });
+    }
+    let message = serde_json::to_vec(&mappings).map_err(SnapshotError::Encode)?;
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(io("connect to the page-fault handler at", socket))?;
+    squib_host::uffd::send(&stream, &message, &uffd)
+        .map_err(io("hand the userfaultfd to the handler at", socket))?;
+    Ok((
+        mem,
+        UffdBackend {
+            _uffd: uffd,
+            _connection: stream,
+        },
+    ))
 }
 
 #[cfg(test)]
