@@ -79,6 +79,7 @@ fn sigterm_stops_squib_promptly_under_a_reset_storm() {
     sigterm(&child);
     let took = time_exit(&mut child, sent);
     let status = child.wait().unwrap();
+    eprintln!("SIGTERM → exit under a reset storm: {took:?}");
     assert!(
         took < STOP_BUDGET,
         "SIGTERM → exit took {took:?} under a reset storm"
@@ -149,6 +150,7 @@ fn pause_and_get_are_answered_promptly_under_a_reset_storm() {
     let (status, body) = api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#);
     let pause_took = start.elapsed();
     assert_eq!(status, 204, "pause refused: {body}");
+    eprintln!("PATCH /vm Paused under a reset storm: {pause_took:?}");
     assert!(pause_took < STOP_BUDGET, "pause took {pause_took:?}");
     let start = Instant::now();
     let (status, body) = api(&sock, "GET", "/", "");
