@@ -30,6 +30,9 @@ pub enum Mode {
     /// `guest.mode=snapshot`: rewrite a memory region round after round, printing progress, so
     /// that a snapshot taken mid-run and restored elsewhere can be checked (`snapshot`).
     Snapshot,
+    /// `guest.mode=reset-storm`: fill the first disk's queue with large reads and reset the
+    /// device, forever (the host checks that stop and pause stay prompt).
+    ResetStorm,
 }
 
 /// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
@@ -230,6 +233,8 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "bench" => Mode::Bench,
                     "snapshot" => Mode::Snapshot,
                     _ => return Err(error("expected boot, test, bench or snapshot")),
+                    "reset-storm" => Mode::ResetStorm,
+                    _ => return Err(error("expected boot, test, bench or reset-storm")),
                 });
             }
             "guest.bench" => {

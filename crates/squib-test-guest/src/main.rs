@@ -3,7 +3,7 @@
 //!
 //! Layout: `boot` (entries), `cpu`/`paging`/`interrupts` (CPL0 tables and handlers), `apic`,
 //! `port`/`serial`/`power`, `cmdline`, `dma`, `virtio_mmio`/`virtqueue`/`virtio_blk` (the
-//! driver), `checks`/`bench`/`snapshot` (the workloads) and `report` (verdict and exit).
+//! driver), `checks`/`bench`/`reset_storm`/`snapshot` (the workloads) and `report` (verdict and exit).
 #![no_std]
 #![no_main]
 
@@ -19,6 +19,7 @@ mod paging;
 mod port;
 mod power;
 mod report;
+mod reset_storm;
 mod serial;
 mod snapshot;
 mod time;
@@ -49,7 +50,8 @@ extern "C" fn user_main(entry: u32, info: u64) -> ! {
     match options.mode {
         Mode::Boot | Mode::Test => checks::run(&options),
         Mode::Bench => bench::run(&options),
-        Mode::Snapshot => snapshot::run(),
+        Mode::Snapshot => snapshot::run(&options),
+        Mode::ResetStorm => reset_storm::run(&options),
     }
 }
 

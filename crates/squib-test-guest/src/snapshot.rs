@@ -6,9 +6,16 @@
 //! and on the stack, folds every hash in. Every round prints `SNAP tick <r>`; rounds are paced
 //! by the TSC. After the last round the guest re-hashes every chunk: each must match its table
 //! entry and the table must fold to the running value. A restore that lost or mixed up memory,
-//! registers or the stack fails that check. Then the summary, and the usual exit.
+//! registers or the stack fails that check.
+//!
+//! With a disk (`vda`), every chunk's first 4 KiB also goes to disk block `chunk` (from sector
+//! 1024) in the same round, so I/O runs before and after the snapshot; at the end each block is
+//! read back and must equal its chunk: data written before the snapshot, the device's restored
+//! queue state and new I/O after it all have to be right. Then the summary, and the usual exit.
 
+use crate::cmdline::{Completion, Options};
 use crate::dma::DmaBuf;
+use crate::virtio_blk::{BlockDevice, Op, RequestError, Status, segment};
 use crate::report;
 use crate::serial::println;
 use crate::time;
@@ -45,19 +52,50 @@ fn fold(hashes: &[u64]) -> u64 {
         .fold(0u64, |acc, &h| acc.rotate_left(5) ^ h)
 }
 
+/// First sector of the disk blocks, clear of the ones the checks use.
+const DISK_SECTOR: u64 = 1024;
+const BLOCK: usize = 4096;
+
+/// Writes the first 4 KiB of chunk `index` to its disk block.
+fn write_block(disk: &mut BlockDevice, region: &DmaBuf, index: usize) -> Result<(), DiskError> {
+    let sector = DISK_SECTOR + (index * BLOCK / 512) as u64;
+    let seg = segment(region, index * CHUNK, BLOCK);
+    match disk.run(Op::Write, sector, &[seg], Completion::Poll) {
+        Ok(Status::Ok) => Ok(()),
+        Ok(status) => Err(DiskError::Status(status)),
+        Err(error) => Err(DiskError::Request(error)),
+    }
+}
+
 /// Runs the rounds and ends the run.
-pub fn run() -> ! {
+pub fn run(options: &Options) -> ! {
     let mut region = match DmaBuf::new(REGION, 4096) {
         Ok(region) => region,
         Err(error) => report::abort(format_args!("snapshot: {error}")),
     };
+    let mut disk = options.devices().next().map(|device| {
+        BlockDevice::init(device)
+            .unwrap_or_else(|error| report::abort(format_args!("snapshot: vda init: {error}")))
+    });
     let mut hashes = [0u64; CHUNKS];
     for (i, chunk) in region.as_mut_slice().chunks_exact_mut(CHUNK).enumerate() {
         fill(chunk, i as u64 + 1_000_000);
         hashes[i] = fnv1a(chunk);
     }
+    let mut disk_result = Ok(0u64);
+    if let Some(disk) = disk.as_mut() {
+        for i in 0..CHUNKS {
+            if let Err(error) = write_block(disk, &region, i) {
+                report::abort(format_args!("snapshot: vda write: {error}"));
+            }
+        }
+    }
     let mut running = fold(&hashes);
-    println!("SNAP ready region={:#x}", region.addr());
+    println!(
+        "SNAP ready region={:#x} disk={}",
+        region.addr(),
+        if disk.is_some() { "vda" } else { "none" }
+    );
     let mut next = time::tsc();
     for round in 1..=ROUNDS {
         let index = (round as usize) % CHUNKS;
@@ -65,6 +103,12 @@ pub fn run() -> ! {
         fill(chunk, round);
         hashes[index] = fnv1a(chunk);
         running = fold(&hashes);
+        if let (Some(disk), Ok(writes)) = (disk.as_mut(), &mut disk_result) {
+            match write_block(disk, &region, index) {
+                Ok(()) => *writes += 1,
+                Err(error) => disk_result = Err(error),
+            }
+        }
         println!("SNAP tick {round}");
         next = next.wrapping_add(PACE_CYCLES);
         while time::tsc() < next {
@@ -88,7 +132,49 @@ pub fn run() -> ! {
         format_args!("snapshot: memory checksum after {ROUNDS} rounds"),
         &outcome,
     );
+    if let Some(disk) = disk.as_mut() {
+        let outcome = disk_result.and_then(|writes| verify_disk(disk, &region).map(|()| writes));
+        report::record(
+            format_args!("snapshot: vda blocks equal their chunks after {ROUNDS} rounds of writes"),
+            &outcome,
+        );
+    }
     report::finish()
+}
+
+/// Reads every disk block back and compares it with its chunk.
+fn verify_disk(disk: &mut BlockDevice, region: &DmaBuf) -> Result<(), DiskError> {
+    let scratch = DmaBuf::new(BLOCK, BLOCK).map_err(|_| DiskError::NoMemory)?;
+    for i in 0..CHUNKS {
+        let sector = DISK_SECTOR + (i * BLOCK / 512) as u64;
+        match disk.run(Op::Read, sector, &[segment(&scratch, 0, BLOCK)], Completion::Poll) {
+            Ok(Status::Ok) => {}
+            Ok(status) => return Err(DiskError::Status(status)),
+            Err(error) => return Err(DiskError::Request(error)),
+        }
+        if scratch.as_slice() != &region.as_slice()[i * CHUNK..i * CHUNK + BLOCK] {
+            return Err(DiskError::Mismatch(i));
+        }
+    }
+    Ok(())
+}
+
+enum DiskError {
+    Status(Status),
+    Request(RequestError),
+    Mismatch(usize),
+    NoMemory,
+}
+
+impl core::fmt::Display for DiskError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Status(status) => write!(f, "request status {status}"),
+            Self::Request(error) => write!(f, "{error}"),
+            Self::Mismatch(i) => write!(f, "block {i} differs from its memory chunk"),
+            Self::NoMemory => f.write_str("DMA arena exhausted"),
+        }
+    }
 }
 
 enum SnapshotCheck {

@@ -82,7 +82,7 @@ impl Default for MachineConfig {
 }
 
 /// How the guest's writes reach the disk.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CacheType {
     /// FLUSH is not offered; the host decides when data reaches the disk.
     #[default]
@@ -92,7 +92,7 @@ pub enum CacheType {
 }
 
 /// Which engine moves a drive's data.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum IoEngine {
     /// `SyncFileBackend`: one `Mutex<File>`.
     #[default]
@@ -102,7 +102,7 @@ pub enum IoEngine {
 }
 
 /// One token bucket: `size` tokens, refilled completely every `refill_time_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenBucketConfig {
     /// Bucket capacity (bytes or operations).
     pub size: u64,
@@ -113,7 +113,7 @@ pub struct TokenBucketConfig {
 }
 
 /// Firecracker's rate limiter: a bandwidth bucket and an operations bucket.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RateLimiterConfig {
     /// Bytes.
     pub bandwidth: Option<TokenBucketConfig>,
@@ -122,7 +122,7 @@ pub struct RateLimiterConfig {
 }
 
 /// One virtio-blk drive.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DriveConfig {
     /// The API's `drive_id`; also the virtio-blk GET_ID serial (first 20 bytes).
     pub drive_id: String,

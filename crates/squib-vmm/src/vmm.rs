@@ -26,12 +26,12 @@ use crate::GuestMemory;
 use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_DEVICE_SIZE};
 use crate::boot::{self, BootError};
 use crate::control::{RunControl, VmState};
+use crate::devices::block::{self, DriveError};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::Bus;
+use crate::devices::manager::DeviceManager;
 use crate::devices::serial::{self, SerialOutput};
-use crate::devices::virtio_mmio::VirtioMmioManager;
 use crate::devices::{self, DeviceError, LegacyDevices};
-use crate::drives::{self, DriveError, DriveHandle};
 use crate::exit::{ExitReason, ExitSender};
 use crate::kvm::state::{self as kvm_state, VcpuState, VmDevicesState};
 use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
@@ -39,7 +39,7 @@ use crate::kvm::vm::{self, VmError};
 use crate::snapshot::memory::{self as snapshot_memory, Pages, UffdBackend};
 use crate::snapshot::state::{MachineState, MicrovmState, memory_layout};
 use crate::snapshot::{CreateRequest, SnapshotError, SnapshotType, format as snapshot_format};
-use crate::vm_config::VmConfig;
+use crate::vm_config::{DriveConfig, VmConfig};
 
 /// Most vCPUs a microVM may have.
 pub const MAX_VCPUS: u8 = 32;
@@ -97,6 +97,9 @@ pub enum VmmError {
     /// The vCPU kick signal could not be set up.
     #[error("cannot set up the vCPU kick signal: {0}")]
     KickSignal(std::io::Error),
+    /// A device could not restart its worker after a pause.
+    #[error("resuming the devices: {0}")]
+    DeviceResume(squib_virtio::device::ActivateError),
     /// The VM is stopping: it can no longer be paused or resumed.
     #[error("the microVM is stopping")]
     Stopping,
@@ -124,9 +127,9 @@ impl std::fmt::Debug for StartOptions {
     }
 }
 
-/// What the handle, the vCPU threads and the main loop share.
+/// The running machine, as the handle, the vCPU threads and the main loop share it.
 #[derive(Debug)]
-struct Shared {
+struct RunningVm {
     control: RunControl,
     vcpu_threads: Mutex<Vec<JoinHandle<()>>>,
     /// Each vCPU thread holds its vCPU's lock around `KVM_RUN`; a snapshot takes them while the
@@ -134,7 +137,9 @@ struct Shared {
     vcpus: Vec<Arc<Mutex<Vcpu>>>,
     exit: ExitSender,
     legacy: LegacyDevices,
-    drives: Vec<DriveHandle>,
+    devices: DeviceManager,
+    /// The drives' configuration, in slot order (a snapshot records it).
+    drives: Vec<DriveConfig>,
     // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
     vm: VmFd,
     mem: GuestMemory,
@@ -144,7 +149,7 @@ struct Shared {
     _uffd: Option<UffdBackend>,
 }
 
-impl Shared {
+impl RunningVm {
     fn kick_vcpus(&self) {
         let threads = self
             .vcpu_threads
@@ -160,22 +165,27 @@ impl Shared {
 
 /// A cloneable, thread-safe control handle on a running microVM.
 #[derive(Clone, Debug)]
-pub struct VmmHandle(Arc<Shared>);
+pub struct VmmHandle(Arc<RunningVm>);
 
 impl VmmHandle {
-    /// Parks every vCPU outside `KVM_RUN`; returns once all are parked.
+    /// Parks every vCPU outside `KVM_RUN`, then stops every device once its requests in
+    /// flight are published: nothing changes guest memory or device state until
+    /// [`resume`](Self::resume). Returns once all are stopped — within one request per device
+    /// and one exit per vCPU, whatever the guest does.
     pub fn pause(&self) -> Result<(), VmmError> {
         if !self.0.control.request_pause() {
             return Err(VmmError::Stopping);
         }
         self.0.kick_vcpus();
         self.0.control.wait_parked();
+        self.0.devices.pause();
         tracing::info!("microVM paused");
         Ok(())
     }
 
-    /// Lets parked vCPUs run again.
+    /// Starts the devices, then lets the parked vCPUs run again.
     pub fn resume(&self) -> Result<(), VmmError> {
+        self.0.devices.resume().map_err(VmmError::DeviceResume)?;
         if !self.0.control.resume() {
             return Err(VmmError::Stopping);
         }
@@ -208,9 +218,9 @@ impl VmmHandle {
         self.0.control.state()
     }
 
-    /// The drives, in guest order (`/dev/vda` first).
-    pub fn drives(&self) -> &[DriveHandle] {
-        &self.0.drives
+    /// The virtio devices.
+    pub fn devices(&self) -> &DeviceManager {
+        &self.0.devices
     }
 
     /// Writes a snapshot of the paused microVM: guest memory to `mem_file_path` (only the pages
@@ -223,19 +233,22 @@ impl VmmHandle {
                 SnapshotError::WrongState("the microVM must be paused to snapshot it").into(),
             );
         }
-        if !shared.drives.is_empty() {
-            return Err(SnapshotError::Unsupported(
-                "virtio devices (drives) are not captured yet: their state needs the shared \
-                 device runtime"
-                    .into(),
-            )
-            .into());
-        }
-        if request.snapshot_type == SnapshotType::Diff && !shared.track_dirty_pages {
-            return Err(SnapshotError::WrongState(
-                "a Diff snapshot needs track_dirty_pages in the machine configuration",
-            )
-            .into());
+        if request.snapshot_type == SnapshotType::Diff {
+            if !shared.track_dirty_pages {
+                return Err(SnapshotError::WrongState(
+                    "a Diff snapshot needs track_dirty_pages in the machine configuration",
+                )
+                .into());
+            }
+            if !shared.drives.is_empty() {
+                // KVM's dirty log sees the vCPUs' writes only, not the devices' DMA.
+                return Err(SnapshotError::Unsupported(
+                    "Diff snapshots of microVMs with virtio devices: device writes to guest \
+                     memory are not dirty-tracked yet (take a Full snapshot)"
+                        .into(),
+                )
+                .into());
+            }
         }
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         let msrs = kvm_state::saveable_msrs(&kvm).map_err(SnapshotError::from)?;
@@ -250,6 +263,11 @@ impl VmmHandle {
             vm: VmDevicesState::save(&shared.vm).map_err(SnapshotError::from)?,
             vcpus,
             legacy: shared.legacy.save(),
+            drives: shared.drives.clone(),
+            devices: shared
+                .devices
+                .save()
+                .map_err(|e| SnapshotError::Unsupported(e.to_string()))?,
         };
         let pages = match request.snapshot_type {
             SnapshotType::Full => Pages::Touched,
@@ -277,7 +295,7 @@ impl VmmHandle {
 /// A running microVM.
 #[derive(Debug)]
 pub struct Vmm {
-    shared: Arc<Shared>,
+    shared: Arc<RunningVm>,
     exit_rx: Receiver<ExitReason>,
 }
 
@@ -289,7 +307,8 @@ struct Machine {
     pio: Bus,
     mmio: Bus,
     legacy: LegacyDevices,
-    drives: Vec<DriveHandle>,
+    devices: DeviceManager,
+    drives: Vec<DriveConfig>,
     exit: ExitSender,
     exit_rx: Receiver<ExitReason>,
     machine: MachineState,
@@ -330,7 +349,7 @@ impl Vmm {
         let exit = ExitSender::new(exit_tx);
         let vcpus_start = Arc::new(OnceLock::new());
 
-        let (vcpus, pio, mmio, legacy, drives) = std::thread::scope(|scope| {
+        let (vcpus, pio, mmio, legacy, devices) = std::thread::scope(|scope| {
             // 4. Registration, overlapped with everything up to 7.
             let registration = std::thread::Builder::new()
                 .name("mem-register".into())
@@ -366,14 +385,14 @@ impl Vmm {
                 )
                 .map_err(DeviceError::from)?;
             }
-            let mut virtio = VirtioMmioManager::new();
-            let drives = drives::attach_all(&vm, &mem, &mut mmio, &mut virtio, &config.drives)?;
+            let mut devices = DeviceManager::new();
+            block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
 
             // 6.
             let machine = boot::Machine {
                 mem_bytes,
                 vcpu_count,
-                virtio_slots: virtio.slots(),
+                virtio_slots: devices.slots(),
                 options: config.boot_options,
             };
             let entry = boot::load(&mem, &machine, source, &config.drives)?;
@@ -384,7 +403,7 @@ impl Vmm {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, drives))
+            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, devices))
         })?;
 
         let built = Machine {
@@ -394,7 +413,8 @@ impl Vmm {
             pio,
             mmio,
             legacy,
-            drives,
+            devices,
+            drives: config.drives.clone(),
             exit,
             exit_rx,
             machine: MachineState {
@@ -428,7 +448,7 @@ impl Vmm {
         let (exit_tx, exit_rx) = mpsc::channel();
         let exit = ExitSender::new(exit_tx);
         let vcpus_start = Arc::new(OnceLock::new());
-        let (vcpus, pio, mmio, legacy) = std::thread::scope(|scope| {
+        let (vcpus, pio, mmio, legacy, devices) = std::thread::scope(|scope| {
             let registration = std::thread::Builder::new()
                 .name("mem-register".into())
                 .stack_size(64 << 10)
@@ -463,11 +483,18 @@ impl Vmm {
                 )
                 .map_err(DeviceError::from)?;
             }
+            // The devices check their rings against guest memory: after registration, so
+            // that a Uffd handler is the only thing a fault can wait on.
             match registration.join() {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy))
+            let mut devices = DeviceManager::new();
+            block::attach_all(&vm, &mem, &mut mmio, &mut devices, &state.drives)?;
+            devices
+                .restore(&state.devices)
+                .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, devices))
         })?;
         let built = Machine {
             vm,
@@ -476,7 +503,8 @@ impl Vmm {
             pio,
             mmio,
             legacy,
-            drives: Vec::new(),
+            devices,
+            drives: state.drives.clone(),
             exit,
             exit_rx,
             machine: state.machine.clone(),
@@ -500,6 +528,7 @@ impl Vmm {
             pio,
             mmio,
             legacy,
+            devices,
             drives,
             exit,
             exit_rx,
@@ -509,12 +538,13 @@ impl Vmm {
         } = built;
         let vcpus: Vec<Arc<Mutex<Vcpu>>> =
             vcpus.into_iter().map(|v| Arc::new(Mutex::new(v))).collect();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(RunningVm {
             control: RunControl::new(vcpus.len()),
             vcpu_threads: Mutex::new(Vec::with_capacity(vcpus.len())),
             vcpus: vcpus.clone(),
             exit,
             legacy,
+            devices,
             drives,
             vm,
             mem,
@@ -523,8 +553,13 @@ impl Vmm {
             _uffd: uffd,
         });
         if paused {
-            // Before any thread runs: each parks at its first check.
+            // Before any thread runs: each parks at its first check. Restored devices are
+            // paused already; `resume` starts them.
             shared.control.request_pause();
+        } else {
+            // Restored devices come back paused; freshly booted ones are idle, and resuming
+            // them is a no-op.
+            shared.devices.resume().map_err(VmmError::DeviceResume)?;
         }
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         for vcpu in vcpus {
@@ -591,7 +626,7 @@ impl Vmm {
 }
 
 /// Stops and joins every vCPU thread, then flushes the drives.
-fn shutdown(shared: &Shared) {
+fn shutdown(shared: &RunningVm) {
     shared.control.request_stop();
     shared.kick_vcpus();
     let threads = std::mem::take(
@@ -605,15 +640,13 @@ fn shutdown(shared: &Shared) {
             tracing::error!("a vCPU thread panicked");
         }
     }
-    for drive in &shared.drives {
-        if let Err(err) = drive.flush() {
-            tracing::error!("drive {}: flush at shutdown failed: {err}", drive.id());
-        }
+    for (id, err) in shared.devices.flush_drives() {
+        tracing::error!("drive {id}: flush at shutdown failed: {err}");
     }
 }
 
 /// A vCPU thread: run the guest until told to stop or the guest stops the VM.
-fn run_vcpu(vcpu: &Mutex<Vcpu>, shared: &Shared, pio: &Bus, mmio: &Bus) {
+fn run_vcpu(vcpu: &Mutex<Vcpu>, shared: &RunningVm, pio: &Bus, mmio: &Bus) {
     let lock = || vcpu.lock().unwrap_or_else(PoisonError::into_inner);
     let index = lock().index();
     // Blocked outside KVM_RUN, unblocked inside: see `squib_host::signals`.

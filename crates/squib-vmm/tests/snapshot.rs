@@ -28,7 +28,29 @@ struct Running {
 
 impl Running {
     fn spawn(sock: &Path) -> Self {
-        let mut child = common::spawn_api(sock, &[]);
+        Self::spawn_in(sock, None)
+    }
+
+    /// squib with its working directory at `cwd` (clones resolve a relative drive path there).
+    fn spawn_in(sock: &Path, cwd: Option<&Path>) -> Self {
+        let mut child = match cwd {
+            None => common::spawn_api(sock, &[]),
+            Some(cwd) => {
+                let child = common::squib()
+                    .args(["--api-sock", sock.to_str().unwrap()])
+                    .current_dir(cwd)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while std::os::unix::net::UnixStream::connect(sock).is_err() {
+                    assert!(Instant::now() < deadline, "the API socket never answered");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                child
+            }
+        };
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -91,9 +113,15 @@ impl Running {
     }
 }
 
-/// Boots the test guest in snapshot mode through the API and waits for its third tick.
-fn boot_snapshot_guest(sock: &Path, machine: &str) -> Running {
-    let mut vm = Running::spawn(sock);
+/// Boots the test guest in snapshot mode through the API (with `disk` as `vda`, a path relative
+/// to `cwd` or absolute) and waits for its third tick.
+fn boot_snapshot_guest(
+    sock: &Path,
+    machine: &str,
+    disk: Option<&str>,
+    cwd: Option<&Path>,
+) -> Running {
+    let mut vm = Running::spawn_in(sock, cwd);
     let guest = common::test_guest().to_str().unwrap().to_owned();
     vm.ok(
         "PUT",
@@ -101,6 +129,13 @@ fn boot_snapshot_guest(sock: &Path, machine: &str) -> Running {
         &format!(r#"{{"kernel_image_path":"{guest}","boot_args":"guest.mode=snapshot"}}"#),
     );
     vm.ok("PUT", "/machine-config", machine);
+    if let Some(disk) = disk {
+        vm.ok(
+            "PUT",
+            "/drives/vda",
+            &format!(r#"{{"drive_id":"vda","path_on_host":"{disk}","is_root_device":false}}"#),
+        );
+    }
     vm.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
     vm.wait_for("SNAP tick 3");
     vm
@@ -137,10 +172,26 @@ fn load_body(state: &Path, mem: &Path) -> String {
     )
 }
 
-/// Loads `state`/`mem` in a new process and checks that the guest carried on from after
-/// `last_tick` and passed its memory check.
-fn restore_and_check(dir: &Path, name: &str, state: &Path, mem: &Path, last_tick: u64) {
-    let vm = Running::spawn(&dir.join(format!("{name}.sock")));
+/// What a restore is checked against.
+struct Expect {
+    /// The last tick printed before the snapshot.
+    last_tick: u64,
+    /// Whether the guest has a disk (and so a second check).
+    disk: bool,
+}
+
+/// Loads `state`/`mem` in a new process (working directory `cwd`) and checks that the guest
+/// carried on from after the snapshot and passed its memory (and disk) checks.
+fn restore_and_check(
+    dir: &Path,
+    name: &str,
+    state: &Path,
+    mem: &Path,
+    expect: &Expect,
+    cwd: Option<&Path>,
+) {
+    let last_tick = expect.last_tick;
+    let vm = Running::spawn_in(&dir.join(format!("{name}.sock")), cwd);
     vm.ok("PUT", "/snapshot/load", &load_body(state, mem));
     let (lines, output) = vm.finish();
     let stdout = lines.join("\n");
@@ -163,7 +214,21 @@ fn restore_and_check(dir: &Path, name: &str, state: &Path, mem: &Path, last_tick
             .any(|l| l == "ok - snapshot: memory checksum after 150 rounds"),
         "{stdout}\n{stderr}"
     );
-    assert!(lines.iter().any(|l| l == "1 passed, 0 failed"), "{stdout}");
+    if expect.disk {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l
+                    == "ok - snapshot: vda blocks equal their chunks after 150 rounds of writes"),
+            "{stdout}\n{stderr}"
+        );
+    }
+    let summary = if expect.disk {
+        "2 passed, 0 failed"
+    } else {
+        "1 passed, 0 failed"
+    };
+    assert!(lines.iter().any(|l| l == summary), "{stdout}");
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
 }
 
@@ -190,9 +255,12 @@ fn full_snapshot_of_a_running_guest_resumes_in_a_new_process() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (state, mem) = (dir.path().join("vm.snap"), dir.path().join("vm.mem"));
+    let disk = common::sparse_disk(dir.path(), "disk.img", 16 << 20);
     let mut vm = boot_snapshot_guest(
         &dir.path().join("a.sock"),
-        &format!(r#"{{"vcpu_count":2,"mem_size_mib":{MEM_MIB}}}"#),
+        &format!(r#"{{"vcpu_count":2,"mem_size_mib":{MEM_MIB},"track_dirty_pages":true}}"#),
+        Some(&disk),
+        None,
     );
     snapshot(&mut vm, &state, &mem, "Full");
     let (code, answer) = vm.call(
@@ -203,8 +271,8 @@ fn full_snapshot_of_a_running_guest_resumes_in_a_new_process() {
             state.display()
         ),
     );
-    assert_eq!(code, 400, "a Diff without dirty-page tracking: {answer}");
-    assert!(answer.contains("track_dirty_pages"), "{answer}");
+    assert_eq!(code, 400, "a Diff with a virtio device: {answer}");
+    assert!(answer.contains("virtio devices"), "{answer}");
     settle(&mut vm);
     let last = last_tick(&vm);
     vm.kill();
@@ -229,7 +297,11 @@ fn full_snapshot_of_a_running_guest_resumes_in_a_new_process() {
     );
     assert!(text.contains("format version 1"), "{text}");
 
-    restore_and_check(dir.path(), "b", &state, &mem, last);
+    let expect = Expect {
+        last_tick: last,
+        disk: true,
+    };
+    restore_and_check(dir.path(), "b", &state, &mem, &expect, None);
 }
 
 #[test]
@@ -242,6 +314,8 @@ fn corrupted_and_truncated_snapshots_are_refused_before_anything_runs() {
     let mut vm = boot_snapshot_guest(
         &dir.path().join("a.sock"),
         &format!(r#"{{"vcpu_count":1,"mem_size_mib":{MEM_MIB}}}"#),
+        None,
+        None,
     );
     snapshot(&mut vm, &state, &mem, "Full");
     vm.kill();
@@ -295,6 +369,8 @@ fn diff_snapshot_merged_onto_its_base_resumes() {
     let mut vm = boot_snapshot_guest(
         &path("a.sock"),
         &format!(r#"{{"vcpu_count":1,"mem_size_mib":{MEM_MIB},"track_dirty_pages":true}}"#),
+        None,
+        None,
     );
     snapshot(&mut vm, &path("base.snap"), &path("base.mem"), "Full");
     settle(&mut vm);
@@ -324,7 +400,18 @@ fn diff_snapshot_merged_onto_its_base_resumes() {
         "snapshot-merge: {}",
         String::from_utf8_lossy(&merged.stderr)
     );
-    restore_and_check(dir.path(), "b", &path("diff.snap"), &path("base.mem"), last);
+    let expect = Expect {
+        last_tick: last,
+        disk: false,
+    };
+    restore_and_check(
+        dir.path(),
+        "b",
+        &path("diff.snap"),
+        &path("base.mem"),
+        &expect,
+        None,
+    );
 }
 
 #[test]
@@ -334,26 +421,58 @@ fn two_clones_restored_from_one_snapshot_run_at_once() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (state, mem) = (dir.path().join("vm.snap"), dir.path().join("vm.mem"));
+    // The drive is configured by a relative path: each process opens `disk.img` in its own
+    // working directory, as each Firecracker clone does in its own jail.
+    let cwd = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    };
+    let original = cwd("original");
+    common::sparse_disk(&original, "disk.img", 16 << 20);
     let mut vm = boot_snapshot_guest(
         &dir.path().join("a.sock"),
         &format!(r#"{{"vcpu_count":1,"mem_size_mib":{MEM_MIB}}}"#),
+        Some("disk.img"),
+        Some(&original),
     );
     snapshot(&mut vm, &state, &mem, "Full");
     settle(&mut vm);
     let last = last_tick(&vm);
     vm.kill();
-    let before = std::fs::read(&mem).unwrap();
-    // MAP_PRIVATE: both clones map the same file; each one's writes stay its own.
+    let mem_before = std::fs::read(&mem).unwrap();
+    let disk_before = std::fs::read(original.join("disk.img")).unwrap();
+    let clones = [cwd("clone1"), cwd("clone2")];
+    for clone in &clones {
+        std::fs::copy(original.join("disk.img"), clone.join("disk.img")).unwrap();
+    }
+    let expect = Expect {
+        last_tick: last,
+        disk: true,
+    };
+    // MAP_PRIVATE: both clones map the same memory file; each one's writes stay its own.
     std::thread::scope(|scope| {
-        for name in ["clone1", "clone2"] {
-            let (dir, state, mem) = (dir.path(), &state, &mem);
-            scope.spawn(move || restore_and_check(dir, name, state, mem, last));
+        for (index, clone) in clones.iter().enumerate() {
+            let (dir, state, mem, expect) = (dir.path(), &state, &mem, &expect);
+            let name = format!("clone{index}");
+            scope.spawn(move || restore_and_check(dir, &name, state, mem, expect, Some(clone)));
         }
     });
     assert!(
-        std::fs::read(&mem).unwrap() == before,
+        std::fs::read(&mem).unwrap() == mem_before,
         "a clone's writes reached the shared memory file"
     );
+    assert!(
+        std::fs::read(original.join("disk.img")).unwrap() == disk_before,
+        "a clone wrote the original's disk"
+    );
+    for clone in &clones {
+        assert!(
+            std::fs::read(clone.join("disk.img")).unwrap() != disk_before,
+            "{} was not written",
+            clone.display()
+        );
+    }
 }
 
 #[test]
@@ -367,11 +486,24 @@ fn uffd_backend_gets_every_page_from_the_example_handler() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (state, mem) = (dir.path().join("vm.snap"), dir.path().join("vm.mem"));
+    let disk = common::sparse_disk(dir.path(), "disk.img", 16 << 20);
     let mut vm = boot_snapshot_guest(
         &dir.path().join("a.sock"),
         &format!(r#"{{"vcpu_count":1,"mem_size_mib":{MEM_MIB}}}"#),
+        Some(&disk),
+        None,
     );
     snapshot(&mut vm, &state, &mem, "Full");
+    let (code, answer) = vm.call(
+        "PUT",
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_path":"{0}.d","mem_file_path":"{0}.dm","snapshot_type":"Diff"}}"#,
+            state.display()
+        ),
+    );
+    assert_eq!(code, 400, "a Diff without dirty-page tracking: {answer}");
+    assert!(answer.contains("track_dirty_pages"), "{answer}");
     settle(&mut vm);
     let last = last_tick(&vm);
     vm.kill();
@@ -405,6 +537,11 @@ fn uffd_backend_gets_every_page_from_the_example_handler() {
             .any(|l| l == "ok - snapshot: memory checksum after 150 rounds"),
         "{stdout}\n{}",
         common::stderr(&output)
+    );
+    assert!(
+        lines.iter().any(|l| l
+            == "ok - snapshot: vda blocks equal their chunks after 150 rounds of writes"),
+        "{stdout}"
     );
     assert!(tick(lines.iter().find(|l| l.starts_with("SNAP tick")).unwrap()) > last);
     assert_eq!(output.status.code(), Some(0), "{stdout}");

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::SnapshotError;
 use crate::arch::x86_64::layout::ram_ranges;
 use crate::devices::LegacyState;
+use crate::devices::manager::SavedDevice;
 use crate::kvm::state::{VcpuState, VmDevicesState};
+use crate::vm_config::DriveConfig;
 use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 
 /// The machine a snapshot restores into.
@@ -43,6 +45,10 @@ pub struct MicrovmState {
     pub vcpus: Vec<VcpuState>,
     /// Serial port and i8042.
     pub legacy: LegacyState,
+    /// The drives, as configured (re-opened at their `path_on_host` on load), in slot order.
+    pub drives: Vec<DriveConfig>,
+    /// Every virtio device's transport, queues and own state, in slot order.
+    pub devices: Vec<SavedDevice>,
 }
 
 /// The memory-file layout of a machine with `mem_size_mib` MiB: its RAM regions back to back.
@@ -79,6 +85,15 @@ impl MicrovmState {
                 self.vcpus.len(),
                 m.vcpu_count
             ));
+        }
+        if self.devices.len() != self.drives.len()
+            || self
+                .devices
+                .iter()
+                .zip(&self.drives)
+                .any(|(device, drive)| device.id != drive.drive_id)
+        {
+            return bad("device states that do not match its drives".into());
         }
         if self.memory != memory_layout(m.mem_size_mib) {
             return bad("a memory layout squib does not build".into());
