@@ -232,9 +232,10 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "test" => Mode::Test,
                     "bench" => Mode::Bench,
                     "snapshot" => Mode::Snapshot,
-                    _ => return Err(error("expected boot, test, bench or snapshot")),
                     "reset-storm" => Mode::ResetStorm,
-                    _ => return Err(error("expected boot, test, bench or reset-storm")),
+                    _ => {
+                        return Err(error("expected boot, test, bench, reset-storm or snapshot"));
+                    }
                 });
             }
             "guest.bench" => {

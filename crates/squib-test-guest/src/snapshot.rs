@@ -15,10 +15,10 @@
 
 use crate::cmdline::{Completion, Options};
 use crate::dma::DmaBuf;
-use crate::virtio_blk::{BlockDevice, Op, RequestError, Status, segment};
 use crate::report;
 use crate::serial::println;
 use crate::time;
+use crate::virtio_blk::{BlockDevice, Op, RequestError, Status, segment};
 
 const REGION: usize = 1 << 20;
 const CHUNKS: usize = 64;
@@ -47,9 +47,7 @@ fn fill(chunk: &mut [u8], round: u64) {
 }
 
 fn fold(hashes: &[u64]) -> u64 {
-    hashes
-        .iter()
-        .fold(0u64, |acc, &h| acc.rotate_left(5) ^ h)
+    hashes.iter().fold(0u64, |acc, &h| acc.rotate_left(5) ^ h)
 }
 
 /// First sector of the disk blocks, clear of the ones the checks use.
@@ -147,7 +145,12 @@ fn verify_disk(disk: &mut BlockDevice, region: &DmaBuf) -> Result<(), DiskError>
     let scratch = DmaBuf::new(BLOCK, BLOCK).map_err(|_| DiskError::NoMemory)?;
     for i in 0..CHUNKS {
         let sector = DISK_SECTOR + (i * BLOCK / 512) as u64;
-        match disk.run(Op::Read, sector, &[segment(&scratch, 0, BLOCK)], Completion::Poll) {
+        match disk.run(
+            Op::Read,
+            sector,
+            &[segment(&scratch, 0, BLOCK)],
+            Completion::Poll,
+        ) {
             Ok(Status::Ok) => {}
             Ok(status) => return Err(DiskError::Status(status)),
             Err(error) => return Err(DiskError::Request(error)),

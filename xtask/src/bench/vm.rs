@@ -64,6 +64,11 @@ impl Vm {
         })
     }
 
+    /// When the process was spawned (the zero of every time this reports).
+    pub fn spawned(&self) -> Instant {
+        self.spawned
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
