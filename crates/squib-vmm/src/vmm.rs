@@ -36,7 +36,7 @@ use crate::exit::{ExitReason, ExitSender};
 use crate::kvm::state::{self as kvm_state, VcpuState, VmDevicesState};
 use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
-use crate::snapshot::memory::{self as snapshot_memory, Pages, UffdBackend};
+use crate::snapshot::memory::{self as snapshot_memory, MemoryBacking, Pages};
 use crate::snapshot::state::{MachineState, MicrovmState, memory_layout};
 use crate::snapshot::{CreateRequest, SnapshotError, SnapshotType, format as snapshot_format};
 use crate::vm_config::{DriveConfig, VmConfig};
@@ -145,8 +145,8 @@ struct RunningVm {
     mem: GuestMemory,
     machine: MachineState,
     track_dirty_pages: bool,
-    /// The page-fault handler link of a Uffd load.
-    _uffd: Option<UffdBackend>,
+    /// Where untouched guest pages are (a Full snapshot of a loaded microVM needs them).
+    backing: MemoryBacking,
 }
 
 impl RunningVm {
@@ -276,6 +276,7 @@ impl VmmHandle {
         let written = snapshot_memory::write(
             &shared.vm,
             &shared.mem,
+            &shared.backing,
             &state.memory,
             &request.mem_file_path,
             pages,
@@ -313,7 +314,7 @@ struct Machine {
     exit_rx: Receiver<ExitReason>,
     machine: MachineState,
     track_dirty_pages: bool,
-    uffd: Option<UffdBackend>,
+    backing: MemoryBacking,
 }
 
 fn validate(config: &VmConfig) -> Result<(), VmmError> {
@@ -423,20 +424,20 @@ impl Vmm {
                 boot_timer: config.boot_timer,
             },
             track_dirty_pages: config.machine.track_dirty_pages,
-            uffd: None,
+            backing: MemoryBacking::Anonymous,
         };
         let _ = vcpus_start.set(Instant::now());
         Self::launch(built, options.console_in, false)
     }
 
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
-    /// memory file, or registered on `uffd` for a page-fault handler to fill), then starts its
+    /// memory file, or registered with a page-fault handler: `backing`), then starts its
     /// vCPU threads — parked unless `resume`. Nothing runs before every piece of state is
     /// restored.
     pub fn restore(
         state: &MicrovmState,
         mem: GuestMemory,
-        uffd: Option<UffdBackend>,
+        backing: MemoryBacking,
         track_dirty_pages: bool,
         resume: bool,
         options: StartOptions,
@@ -509,7 +510,7 @@ impl Vmm {
             exit_rx,
             machine: state.machine.clone(),
             track_dirty_pages,
-            uffd,
+            backing,
         };
         let _ = vcpus_start.set(Instant::now());
         Self::launch(built, options.console_in, !resume)
@@ -534,7 +535,7 @@ impl Vmm {
             exit_rx,
             machine,
             track_dirty_pages,
-            uffd,
+            backing,
         } = built;
         let vcpus: Vec<Arc<Mutex<Vcpu>>> =
             vcpus.into_iter().map(|v| Arc::new(Mutex::new(v))).collect();
@@ -550,7 +551,7 @@ impl Vmm {
             mem,
             machine,
             track_dirty_pages,
-            _uffd: uffd,
+            backing,
         });
         if paused {
             // Before any thread runs: each parks at its first check. Restored devices are

@@ -166,18 +166,15 @@ impl VmmControl for KvmVmm {
         let (_, state) =
             snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
         state.validate().map_err(ControlError::new)?;
-        let (mem, uffd) = match &request.mem_backend {
-            MemBackend::File(path) => {
-                snapshot::memory::map_file(path, &state.memory).map(|mem| (mem, None))
-            }
-            MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket)
-                .map(|(mem, uffd)| (mem, Some(uffd))),
+        let (mem, backing) = match &request.mem_backend {
+            MemBackend::File(path) => snapshot::memory::map_file(path, &state.memory),
+            MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket),
         }
         .map_err(ControlError::new)?;
         let vmm = Vmm::restore(
             &state,
             mem,
-            uffd,
+            backing,
             request.track_dirty_pages,
             request.resume_vm,
             self.options(),

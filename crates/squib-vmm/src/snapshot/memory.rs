@@ -84,6 +84,50 @@ fn dirty_pages(vm: &VmFd, slot: u32, len: u64) -> Result<Vec<(u64, u64)>, Snapsh
     ))
 }
 
+/// What backs guest memory, which decides where an untouched page's contents are.
+#[derive(Debug)]
+pub enum MemoryBacking {
+    /// Booted: anonymous memory, an untouched page is zero.
+    Anonymous,
+    /// Loaded with the `File` backend: an untouched page still holds the memory file's data.
+    File(File),
+    /// Loaded with the `Uffd` backend: an untouched page is still with the handler.
+    Uffd(UffdBackend),
+}
+
+/// Pages of a region of `pages` pages that are set in either run list.
+fn union(pages: u64, a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut set = vec![false; pages as usize];
+    for &(first, count) in a.iter().chain(b) {
+        let end = (first + count).min(pages);
+        for page in first.min(end)..end {
+            set[page as usize] = true;
+        }
+    }
+    runs(set.into_iter())
+}
+
+/// The pages of a region (`state`) that hold data in the memory file it was loaded from.
+fn file_pages(file: &File, state: &MemoryRegionState) -> Result<Vec<(u64, u64)>, SnapshotError> {
+    let ranges = squib_host::sparse::data_ranges(file).map_err(|source| SnapshotError::Io {
+        what: "scan the loaded memory file",
+        path: std::path::PathBuf::from("(memory file)"),
+        source,
+    })?;
+    let (start, end) = (state.file_offset, state.file_offset + state.size);
+    Ok(ranges
+        .into_iter()
+        .filter_map(|(s, e)| {
+            let (s, e) = (s.max(start), e.min(end));
+            (s < e).then(|| {
+                let first = (s - start) / PAGE_SIZE;
+                let last = (e - start).div_ceil(PAGE_SIZE);
+                (first, last - first)
+            })
+        })
+        .collect())
+}
+
 /// Which pages a snapshot writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pages {
@@ -99,6 +143,7 @@ pub enum Pages {
 pub fn write(
     vm: &VmFd,
     mem: &GuestMemory,
+    backing: &MemoryBacking,
     layout: &[MemoryRegionState],
     path: &Path,
     pages: Pages,
@@ -115,7 +160,15 @@ pub fn write(
                 if track_dirty {
                     dirty_pages(vm, slot as u32, state.size)?;
                 }
-                touched_pages(region.as_ptr() as u64, state.size)?
+                let touched = touched_pages(region.as_ptr() as u64, state.size)?;
+                let count = state.size / PAGE_SIZE;
+                match backing {
+                    MemoryBacking::Anonymous => touched,
+                    // Untouched pages live in the loaded file: write them too.
+                    MemoryBacking::File(file) => union(count, &touched, &file_pages(file, state)?),
+                    // Untouched pages are with the handler: reading them fetches them.
+                    MemoryBacking::Uffd(_) => vec![(0, count)],
+                }
             }
             Pages::Dirty => dirty_pages(vm, slot as u32, state.size)?,
         };
@@ -141,7 +194,10 @@ pub fn write(
 /// Maps the memory file at `path` as guest RAM, `MAP_PRIVATE`: pages are read in on first
 /// touch and the guest's writes stay in this process (copy-on-write), so loading costs the
 /// same whatever the memory size and several clones can share one file.
-pub fn map_file(path: &Path, layout: &[MemoryRegionState]) -> Result<GuestMemory, SnapshotError> {
+pub fn map_file(
+    path: &Path,
+    layout: &[MemoryRegionState],
+) -> Result<(GuestMemory, MemoryBacking), SnapshotError> {
     let file = File::open(path).map_err(io("open the memory file", path))?;
     let len = file
         .metadata()
@@ -155,6 +211,10 @@ pub fn map_file(path: &Path, layout: &[MemoryRegionState]) -> Result<GuestMemory
             found: len,
         });
     }
+    let backing = MemoryBacking::File(
+        file.try_clone()
+            .map_err(io("duplicate the descriptor of", path))?,
+    );
     let file = std::sync::Arc::new(file);
     let mut regions = Vec::with_capacity(layout.len());
     for state in layout {
@@ -169,7 +229,8 @@ pub fn map_file(path: &Path, layout: &[MemoryRegionState]) -> Result<GuestMemory
                 .ok_or_else(|| SnapshotError::Map("region overflows the address space".into()))?;
         regions.push(region);
     }
-    GuestMemory::from_regions(regions).map_err(|e| SnapshotError::Map(e.to_string()))
+    let mem = GuestMemory::from_regions(regions).map_err(|e| SnapshotError::Map(e.to_string()))?;
+    Ok((mem, backing))
 }
 
 /// One region as Firecracker describes it to a page-fault handler (`GuestRegionUffdMapping`):
@@ -200,7 +261,7 @@ pub struct UffdBackend {
 pub fn uffd_backed(
     layout: &[MemoryRegionState],
     socket: &Path,
-) -> Result<(GuestMemory, UffdBackend), SnapshotError> {
+) -> Result<(GuestMemory, MemoryBacking), SnapshotError> {
     let ranges: Vec<(GuestAddress, usize)> = layout
         .iter()
         .map(|r| (GuestAddress(r.guest_addr), r.size as usize))
@@ -228,10 +289,10 @@ pub fn uffd_backed(
         .map_err(io("hand the userfaultfd to the handler at", socket))?;
     Ok((
         mem,
-        UffdBackend {
+        MemoryBacking::Uffd(UffdBackend {
             _uffd: uffd,
             _connection: stream,
-        },
+        }),
     ))
 }
 
@@ -244,6 +305,14 @@ mod tests {
         let bits = [true, true, false, true, false, false, true, true, true];
         assert_eq!(runs(bits.into_iter()), vec![(0, 2), (3, 1), (6, 3)]);
         assert!(runs([false; 4].into_iter()).is_empty());
+    }
+
+    #[test]
+    fn union_merges_overlapping_runs() {
+        assert_eq!(
+            union(10, &[(0, 2), (5, 1)], &[(1, 3), (9, 4)]),
+            vec![(0, 4), (5, 1), (9, 1)]
+        );
     }
 
     #[test]
