@@ -168,6 +168,9 @@ pub struct Options {
     pub bench_disk: usize,
     pub bench: BenchOptions,
     pub fault: Option<Fault>,
+    /// `guest.pace=fast`: snapshot mode ticks back to back instead of every ~25 ms, so the
+    /// first line after a restore marks the moment the guest runs again (benchmarks).
+    pub fast_ticks: bool,
 }
 
 impl Options {
@@ -209,6 +212,7 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
             completion: Completion::Poll,
         },
         fault: None,
+        fast_ticks: false,
     };
     let mut device_count = 0;
     let mut mode_given = None;
@@ -275,6 +279,13 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                 options.checks = parse_checks(value).ok_or(error(
                     "expected a comma-separated list of id,rw,inflight,irq,past-end,ro",
                 ))?;
+            }
+            "guest.pace" => {
+                options.fast_ticks = match value {
+                    "fast" => true,
+                    "tsc" => false,
+                    _ => return Err(error("expected fast or tsc")),
+                };
             }
             "guest.fault" => {
                 options.fault = Some(match value {

@@ -24,6 +24,8 @@ const REGION: usize = 1 << 20;
 const CHUNKS: usize = 64;
 const CHUNK: usize = REGION / CHUNKS;
 const ROUNDS: u64 = 150;
+/// With `guest.pace=fast`: about a minute of back-to-back rounds, ended by the host.
+const FAST_ROUNDS: u64 = 200_000;
 /// TSC cycles between rounds (~20–40 ms): the run lasts seconds, long enough for a host to
 /// pause it after the first ticks.
 const PACE_CYCLES: u64 = 1 << 26;
@@ -94,8 +96,13 @@ pub fn run(options: &Options) -> ! {
         region.addr(),
         if disk.is_some() { "vda" } else { "none" }
     );
+    let (rounds, pace) = if options.fast_ticks {
+        (FAST_ROUNDS, 0)
+    } else {
+        (ROUNDS, PACE_CYCLES)
+    };
     let mut next = time::tsc();
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds {
         let index = (round as usize) % CHUNKS;
         let chunk = &mut region.as_mut_slice()[index * CHUNK..(index + 1) * CHUNK];
         fill(chunk, round);
@@ -108,7 +115,7 @@ pub fn run(options: &Options) -> ! {
             }
         }
         println!("SNAP tick {round}");
-        next = next.wrapping_add(PACE_CYCLES);
+        next = next.wrapping_add(pace);
         while time::tsc() < next {
             core::hint::spin_loop();
         }
@@ -127,13 +134,13 @@ pub fn run(options: &Options) -> ! {
         Ok(())
     };
     report::record(
-        format_args!("snapshot: memory checksum after {ROUNDS} rounds"),
+        format_args!("snapshot: memory checksum after {rounds} rounds"),
         &outcome,
     );
     if let Some(disk) = disk.as_mut() {
         let outcome = disk_result.and_then(|writes| verify_disk(disk, &region).map(|()| writes));
         report::record(
-            format_args!("snapshot: vda blocks equal their chunks after {ROUNDS} rounds of writes"),
+            format_args!("snapshot: vda blocks equal their chunks after {rounds} rounds of writes"),
             &outcome,
         );
     }
