@@ -100,15 +100,29 @@ impl VmmControl for FakeVmm {
         &mut self,
         request: &LoadRequest,
         exit: ExitNotice,
-    ) -> Result<(), ControlError> {
+    ) -> Result<VmConfig, ControlError> {
         self.log(format!("load {request:?}"));
         let mut calls = self.calls.lock().unwrap();
-        calls.started = Some(VmConfig::default());
+        // The snapshot's machine: 2 vCPUs and one drive.
+        let mut config = VmConfig::default();
+        config.machine.vcpu_count = 2;
+        config.drives.push(squib_vmm::vm_config::DriveConfig {
+            drive_id: "rootfs".into(),
+            path_on_host: "/snap/rootfs.img".into(),
+            is_read_only: false,
+            is_root_device: true,
+            partuuid: None,
+            cache_type: Default::default(),
+            io_engine: Default::default(),
+            direct: false,
+            rate_limiter: None,
+        });
+        calls.started = Some(config.clone());
         calls.exit = Some(exit);
         if !request.resume_vm {
             *self.paused.lock().unwrap() = true;
         }
-        Ok(())
+        Ok(config)
     }
     fn drive_counters(&self) -> Vec<(String, DriveCounters)> {
         let c = DriveCounters {
@@ -967,6 +981,15 @@ fn snapshot_load_validates_its_body_and_starts_the_vm() {
         log.iter()
             .any(|l| l.contains("Uffd(\"/u\")") && l.contains("track_dirty_pages: true")),
         "{log:?}"
+    );
+    let config = json(&c.call("GET", "/vm/config", "").1);
+    assert_eq!(config["machine-config"]["vcpu_count"], 2, "{config}");
+    assert_eq!(config["drives"][0]["drive_id"], "rootfs", "{config}");
+    let limit = r#"{"drive_id":"rootfs","rate_limiter":{"ops":{"size":100,"refill_time":1000}}}"#;
+    assert_eq!(
+        c.call("PATCH", "/drives/rootfs", limit).0,
+        204,
+        "PATCH a loaded drive"
     );
     let (code, _) = c.call("PUT", "/snapshot/load", body);
     assert_eq!(code, 400, "a second load");

@@ -589,6 +589,19 @@ fn a_loaded_microvm_snapshotted_again_keeps_the_pages_it_never_touched() {
         &load_body(&path("1.snap"), &path("1.mem")),
     );
     vm.wait_for(&format!("SNAP tick {}", first + 3));
+    // The loaded microVM's configuration is the snapshot's, and its drive can be patched.
+    let (_, config) = vm.call("GET", "/vm/config", "");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["drives"][0]["drive_id"], "vda", "{config}");
+    assert_eq!(
+        config["machine-config"]["mem_size_mib"], MEM_MIB,
+        "{config}"
+    );
+    vm.ok(
+        "PATCH",
+        "/drives/vda",
+        r#"{"drive_id":"vda","rate_limiter":{"ops":{"size":100000,"refill_time":100}}}"#,
+    );
     snapshot(&mut vm, &path("2.snap"), &path("2.mem"), "Full");
     settle(&mut vm);
     let second = last_tick(&vm);

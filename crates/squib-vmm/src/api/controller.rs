@@ -234,7 +234,8 @@ impl<V: VmmControl> ApiController<V> {
                 let request = load_request(&body)?;
                 let begin = Instant::now();
                 let exit = self.exit_event.try_clone().map_err(ControlError::new)?;
-                self.vmm.load_snapshot(&request, ExitNotice::new(exit))?;
+                let config = self.vmm.load_snapshot(&request, ExitNotice::new(exit))?;
+                self.store.adopt_loaded(&config);
                 self.started = true;
                 self.metrics
                     .record_latency("load_snapshot", begin.elapsed());

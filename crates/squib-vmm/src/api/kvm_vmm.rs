@@ -161,7 +161,7 @@ impl VmmControl for KvmVmm {
         &mut self,
         request: &LoadRequest,
         exit: ExitNotice,
-    ) -> Result<(), ControlError> {
+    ) -> Result<VmConfig, ControlError> {
         // Everything is read and checked before a VM exists.
         let (_, state) =
             snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
@@ -180,7 +180,20 @@ impl VmmControl for KvmVmm {
             self.options(),
         )
         .map_err(ControlError::new)?;
-        self.adopt(vmm, exit)
+        self.adopt(vmm, exit)?;
+        let config = VmConfig {
+            machine: crate::vm_config::MachineConfig {
+                vcpu_count: state.machine.vcpu_count,
+                mem_size_mib: state.machine.mem_size_mib,
+                smt: false,
+                track_dirty_pages: request.track_dirty_pages,
+            },
+            drives: state.drives.clone(),
+            boot_timer: state.machine.boot_timer,
+            ..VmConfig::default()
+        };
+        self.config = Some(config.clone());
+        Ok(config)
     }
 
     fn state(&self) -> RunState {

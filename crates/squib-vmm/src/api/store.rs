@@ -188,6 +188,13 @@ pub struct ConfigStore {
 }
 
 impl ConfigStore {
+    /// Takes the machine and drives of a loaded snapshot, so that `GET /vm/config` reports them
+    /// and `PATCH /drives` finds them.
+    pub fn adopt_loaded(&mut self, config: &VmConfig) {
+        self.machine = config.machine.clone();
+        self.drives = config.drives.clone();
+    }
+
     /// Whether anything was configured (a snapshot loads only into an unconfigured microVM,
     /// as in Firecracker).
     pub fn is_configured(&self) -> bool {

@@ -116,11 +116,13 @@ pub trait VmmControl: Send {
     /// Writes a snapshot of the paused microVM.
     fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError>;
     /// Builds the microVM from a snapshot instead of booting it; `exit` as for `start`.
+    /// Returns the configuration the snapshot describes (machine, drives), which the API then
+    /// reports and lets drives be patched against.
     fn load_snapshot(
         &mut self,
         request: &LoadRequest,
         exit: ExitNotice,
-    ) -> Result<(), ControlError>;
+    ) -> Result<VmConfig, ControlError>;
     /// Every drive's counters, by drive id.
     fn drive_counters(&self) -> Vec<(String, DriveCounters)>;
     /// The process exit status once the microVM has stopped.
