@@ -2,7 +2,6 @@
 //! cache), a virtio-blk device, and a virtio-mmio slot. Block I/O runs on the device's worker
 //! thread, which squib-virtio starts when the driver activates the device — never on a vCPU.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -17,6 +16,7 @@ use crate::GuestMemory;
 use crate::devices::DeviceError;
 use crate::devices::bus::Bus;
 use crate::devices::virtio_mmio::VirtioMmioManager;
+use crate::host_file::{self, Accept};
 use crate::vm_config::{CacheType, DriveConfig, IoEngine, RateLimiterConfig, TokenBucketConfig};
 
 /// Why a drive could not be set up.
@@ -114,11 +114,12 @@ pub fn open_backend(drive: &DriveConfig) -> Result<Arc<dyn BlockBackend>, DriveE
         path: drive.path_on_host.clone(),
         source,
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!drive.is_read_only)
-        .open(&drive.path_on_host)
-        .map_err(open_err)?;
+    let file = host_file::open(
+        &drive.path_on_host,
+        !drive.is_read_only,
+        Accept::RegularFileOrBlockDevice,
+    )
+    .map_err(|e| open_err(e.into_io()))?;
     if drive.direct {
         squib_host::block_io::set_f_nocache(&file).map_err(|source| DriveError::Direct {
             id: drive.drive_id.clone(),

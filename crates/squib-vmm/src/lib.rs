@@ -13,6 +13,7 @@ pub mod control;
 pub mod devices;
 pub mod drives;
 pub mod exit;
+pub mod host_file;
 pub mod kvm;
 pub mod vm_config;
 pub mod vmm;

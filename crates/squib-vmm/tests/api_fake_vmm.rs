@@ -848,3 +848,68 @@ fn flush_metrics_writes_a_json_line() {
     );
     drop(running);
 }
+
+/// A FIFO, a socket or a character device named as a kernel, initrd or drive is refused with a
+/// 400 that says what it is, and opening it does not block the server: a blocking `open` of a
+/// FIFO waits for a writer, and the whole API with it.
+#[test]
+fn a_fifo_or_device_path_is_refused_without_blocking_the_server() {
+    let running = Running::start(51_200);
+    let fifo = running.dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let fifo = fifo.to_string_lossy().into_owned();
+    let kernel = running.file("vmlinux", 4096);
+    let mut c = running.connect();
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let cases = [
+        (
+            "/boot-source",
+            format!(r#"{{"kernel_image_path":"{fifo}"}}"#),
+            "it is a FIFO, not a regular file",
+        ),
+        (
+            "/boot-source",
+            format!(r#"{{"kernel_image_path":"{kernel}","initrd_path":"{fifo}"}}"#),
+            "it is a FIFO, not a regular file",
+        ),
+        (
+            "/drives/ro",
+            format!(
+                r#"{{"drive_id":"ro","path_on_host":"{fifo}","is_root_device":false,"is_read_only":true}}"#
+            ),
+            "it is a FIFO, not a regular file or a block device",
+        ),
+        (
+            "/drives/rw",
+            format!(
+                r#"{{"drive_id":"rw","path_on_host":"{fifo}","is_root_device":false,"is_read_only":false}}"#
+            ),
+            "it is a FIFO, not a regular file or a block device",
+        ),
+        (
+            "/drives/null",
+            r#"{"drive_id":"null","path_on_host":"/dev/null","is_root_device":false,"is_read_only":true}"#.into(),
+            "it is a character device, not a regular file or a block device",
+        ),
+    ];
+    for (path, body, want) in cases {
+        let t = Instant::now();
+        let (code, answer) = c.call("PUT", path, &body);
+        assert_eq!(code, 400, "{path} {body}: {answer}");
+        assert!(fault(&answer).contains(want), "{path}: {answer}");
+        // Another client is answered promptly.
+        assert_eq!(running.connect().call("GET", "/", "").0, 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{path} took {:?}",
+            t.elapsed()
+        );
+    }
+    drop(running);
+}
