@@ -13,6 +13,7 @@
 
 pub mod block;
 pub mod device;
+pub mod guest_log;
 pub mod interrupt;
 pub mod mmio;
 pub mod queue;

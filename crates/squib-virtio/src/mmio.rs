@@ -12,7 +12,7 @@
 use std::io;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::GuestMemory;
 use crate::device::{ActivateError, Activation, FEATURE_EVENT_IDX, VirtioDevice};
+use crate::guest_warn;
 use crate::interrupt::Interrupt;
 use crate::queue::{QueueConfig, VirtQueue};
 
@@ -253,7 +254,7 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & (STATUS_DRIVER | STATUS_FEATURES_OK) != STATUS_DRIVER {
-            warn!(
+            guest_warn!(
                 status = self.status,
                 "driver features written outside feature negotiation; ignored"
             );
@@ -276,7 +277,7 @@ impl MmioTransport {
 
     fn write_queue_config(&mut self, offset: u64, value: u32) {
         if self.status & STATUS_DRIVER_OK != 0 {
-            warn!(offset, "queue configured after DRIVER_OK; ignored");
+            guest_warn!(offset, "queue configured after DRIVER_OK; ignored");
             return;
         }
         let select = self.queue_select;
@@ -284,14 +285,15 @@ impl MmioTransport {
             .ok()
             .and_then(|i| self.queues.get_mut(i))
         else {
-            warn!(
+            guest_warn!(
                 select,
-                offset, "queue configured through QueueSel of a queue that does not exist"
+                offset,
+                "queue configured through QueueSel of a queue that does not exist"
             );
             return;
         };
         if queue.ready && offset != reg::QUEUE_READY {
-            warn!(select, offset, "queue reconfigured while ready; ignored");
+            guest_warn!(select, offset, "queue reconfigured while ready; ignored");
             return;
         }
         let value64 = u64::from(value);
@@ -323,7 +325,7 @@ impl MmioTransport {
             return;
         };
         if let Err(error) = event.write(1) {
-            warn!(%error, queue = value, "could not signal the queue eventfd");
+            guest_warn!(%error, queue = value, "could not signal the queue eventfd");
         }
     }
 
@@ -334,7 +336,7 @@ impl MmioTransport {
             return;
         }
         if value & self.status != self.status {
-            warn!(
+            guest_warn!(
                 old = self.status,
                 new = value,
                 "driver cleared status bits without a reset; ignored"
@@ -346,7 +348,7 @@ impl MmioTransport {
         match added {
             0 => {}
             STATUS_FAILED => {
-                warn!(
+                guest_warn!(
                     status = self.status,
                     "the driver gave up on the device (FAILED)"
                 );
@@ -358,7 +360,7 @@ impl MmioTransport {
                 match self.device.validate_features(self.acked_features) {
                     Ok(()) => self.status |= added,
                     // The driver reads Status back and sees FEATURES_OK is not set.
-                    Err(error) => warn!(%error, "refusing FEATURES_OK"),
+                    Err(error) => guest_warn!(%error, "refusing FEATURES_OK"),
                 }
             }
             STATUS_DRIVER_OK
@@ -366,11 +368,11 @@ impl MmioTransport {
             {
                 self.status |= added;
                 if let Err(error) = self.activate() {
-                    warn!(%error, "device activation failed; it needs a reset");
+                    guest_warn!(%error, "device activation failed; it needs a reset");
                     self.interrupt.signal_needs_reset();
                 }
             }
-            _ => warn!(
+            _ => guest_warn!(
                 old = self.status,
                 new = value,
                 "invalid device status transition; ignored"
@@ -434,8 +436,7 @@ fn set_high(current: u64, high: u64) -> u64 {
     (current & 0xffff_ffff) | (high << 32)
 }
 
-/// Logs malformed register accesses without letting a guest flood the log: the 1st, 2nd, 4th,
-/// 8th, ... occurrence is logged, with the running count.
+/// Malformed register accesses, logged through the guest log limiter with their running count.
 #[derive(Debug, Default)]
 struct BadAccessLog {
     count: u64,
@@ -444,14 +445,12 @@ struct BadAccessLog {
 impl BadAccessLog {
     fn record(&mut self, what: &str, offset: u64, len: usize) {
         self.count = self.count.saturating_add(1);
-        if self.count.is_power_of_two() {
-            warn!(
-                what,
-                offset,
-                len,
-                total = self.count,
-                "ignored virtio-mmio access (registers take aligned 4-byte accesses)"
-            );
-        }
+        guest_warn!(
+            what,
+            offset,
+            len,
+            total = self.count,
+            "ignored virtio-mmio access (registers take aligned 4-byte accesses)"
+        );
     }
 }

@@ -14,7 +14,9 @@
 
 use std::time::Instant;
 
-use tracing::{debug, warn};
+use tracing::debug;
+
+use crate::guest_warn;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -246,7 +248,7 @@ impl ParsedRequest {
         let head_index = self.head_index;
         let Some((status_addr, request)) = self.reply else {
             ctx.metrics.record_invalid();
-            warn!(
+            guest_warn!(
                 head_index,
                 "virtio-blk chain without a usable status descriptor: used len 0"
             );
@@ -261,7 +263,7 @@ impl ParsedRequest {
                 Err(error) => {
                     if let RequestError::Backend(_) = error {
                         ctx.metrics.record_io_error();
-                        warn!(%error, "virtio-blk request failed");
+                        guest_warn!(%error, "virtio-blk request failed");
                     } else {
                         ctx.metrics.record_invalid();
                         debug!(%error, "virtio-blk request refused");
@@ -271,7 +273,7 @@ impl ParsedRequest {
             };
         if let Err(error) = ctx.mem.write_obj(status, status_addr) {
             // Checked at parse time, so only a memory unplug could get here.
-            warn!(%error, "could not write the virtio-blk status byte");
+            guest_warn!(%error, "could not write the virtio-blk status byte");
             return Completion {
                 head_index,
                 used_len: 0,

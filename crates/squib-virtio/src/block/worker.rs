@@ -37,6 +37,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use tracing::{debug, error, warn};
+
+use crate::{guest_error, guest_warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -208,7 +210,7 @@ impl Worker {
                 self.pool = Some(pool);
             }
             Err(error) => {
-                warn!(%error, "cannot start virtio-blk I/O threads; serving one request at a time");
+                guest_warn!(%error, "cannot start virtio-blk I/O threads; serving one request at a time");
             }
         }
     }
@@ -258,7 +260,7 @@ impl Worker {
         match served {
             Ok(next) => next,
             Err(error) => {
-                error!(%error, "virtio-blk queue stopped; the device needs a reset");
+                guest_error!(%error, "virtio-blk queue stopped; the device needs a reset");
                 self.broken = true;
                 self.interrupt.signal_needs_reset();
                 Next::Sleep
