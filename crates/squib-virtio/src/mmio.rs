@@ -20,7 +20,9 @@ use virtio_bindings::virtio_config::{
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::GuestMemory;
-use crate::device::{ActivateError, Activation, FEATURE_EVENT_IDX, VirtioDevice};
+use crate::device::{
+    ActivateError, Activation, FEATURE_EVENT_IDX, FEATURE_INDIRECT_DESC, VirtioDevice,
+};
 use crate::guest_warn;
 use crate::interrupt::Interrupt;
 use crate::queue::{QueueConfig, VirtQueue};
@@ -382,15 +384,18 @@ impl MmioTransport {
 
     fn activate(&mut self) -> Result<(), ActivateError> {
         let event_idx = self.acked_features & FEATURE_EVENT_IDX != 0;
+        let indirect = self.acked_features & FEATURE_INDIRECT_DESC != 0;
         let queues = self
             .queues
             .iter()
             .enumerate()
             .map(|(index, config)| {
-                VirtQueue::new(config, &self.mem, event_idx)
-                    .map_err(|source| ActivateError::Queue { index, source })
+                let mut queue = VirtQueue::new(config, &self.mem, event_idx)
+                    .map_err(|source| ActivateError::Queue { index, source })?;
+                queue.set_indirect(indirect);
+                Ok(queue)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, ActivateError>>()?;
         let queue_events = self
             .queue_events
             .iter()

@@ -84,7 +84,7 @@ fn unaligned_or_odd_sized_register_accesses_are_ignored() {
 fn device_features_depend_on_cache_type_and_read_only() {
     let mut d = idle_driver();
     let features = d.device_features();
-    assert_eq!(features, ALL_RW);
+    assert_eq!(features, ALL_RW | F_INDIRECT);
     d.write_reg(0x014, 2);
     assert_eq!(d.read_reg(0x010), 0, "selector beyond 64 bits");
 

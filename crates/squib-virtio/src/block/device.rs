@@ -14,9 +14,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use super::backend::{BlockBackend, SECTOR_SIZE};
 use super::handle::{BlockHandle, Shared};
 use super::worker::{Worker, WorkerHandle};
-use crate::device::{
-    ActivateError, Activation, FEATURE_EVENT_IDX, FEATURE_VERSION_1, VirtioDevice,
-};
+use crate::device::{ActivateError, Activation, COMMON_FEATURES, VirtioDevice};
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
 
 /// Descriptors per queue the device supports.
@@ -161,8 +159,7 @@ impl BlockDevice {
             return Err(BlockError::ZeroLimit("max_write_zeroes_sectors"));
         }
         let read_only = backend.is_read_only();
-        let mut offered_features =
-            FEATURE_VERSION_1 | FEATURE_EVENT_IDX | FEATURE_SEG_MAX | FEATURE_BLK_SIZE;
+        let mut offered_features = COMMON_FEATURES | FEATURE_SEG_MAX | FEATURE_BLK_SIZE;
         if read_only {
             offered_features |= FEATURE_RO;
         } else {

@@ -72,6 +72,9 @@ pub(crate) struct Completion {
 pub(crate) struct SegmentBuf {
     segments: [Segment; SEG_MAX],
     len: usize,
+    /// Data descriptors seen, empty ones included: seg_max bounds descriptors, not bytes, so an
+    /// indirect table of empty buffers cannot make a request walk more than seg_max of them.
+    descriptors: usize,
 }
 
 impl SegmentBuf {
@@ -82,10 +85,26 @@ impl SegmentBuf {
                 len: 0,
             }; SEG_MAX],
             len: 0,
+            descriptors: 0,
         }
     }
 
+    fn clear(&mut self) {
+        self.len = 0;
+        self.descriptors = 0;
+    }
+
+    /// Counts one data descriptor toward seg_max.
+    fn count_empty(&mut self) -> Result<(), RequestError> {
+        if self.descriptors >= SEG_MAX {
+            return Err(RequestError::TooManySegments);
+        }
+        self.descriptors += 1;
+        Ok(())
+    }
+
     fn push(&mut self, segment: Segment) -> Result<(), RequestError> {
+        self.count_empty()?;
         let slot = self
             .segments
             .get_mut(self.len)
@@ -303,7 +322,7 @@ fn parse_chain(
     mem: &GuestMemory,
     segments: &mut SegmentBuf,
 ) -> (Option<GuestAddress>, Result<Layout, RequestError>) {
-    segments.len = 0;
+    segments.clear();
     let Some(header) = chain.next() else {
         return (None, Err(RequestError::HeaderLength(0)));
     };
@@ -356,7 +375,7 @@ fn add_data(
     }
     let (addr, len) = (desc.addr(), desc.len());
     if len == 0 {
-        return Ok(());
+        return segments.count_empty();
     }
     if !GuestMemoryBackend::check_range(mem, addr, len as usize) {
         return Err(RequestError::DataOutsideMemory { addr: addr.0, len });
