@@ -4,7 +4,8 @@
 //! As in Firecracker, counters are *deltas* since the previous line, so a consumer sums lines;
 //! `latency_max_us` is the maximum seen since start. Keys follow Firecracker's layout
 //! (`get_api_requests`, `put_api_requests`, `patch_api_requests`, `block`, `block_{drive_id}`,
-//! `logger.missed_log_count`: guest-triggered log lines the rate limit dropped).
+//! `logger.missed_log_count`: guest-triggered log lines the rate limit dropped,
+//! `uart.missed_write_count`: guest console bytes dropped because stdout did not keep up).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -59,6 +60,8 @@ pub struct Metrics {
     last_drives: BTreeMap<String, DriveCounters>,
     /// Guest-triggered log lines suppressed, at the last line.
     last_missed_logs: u64,
+    /// Guest console bytes dropped, at the last line.
+    last_missed_console: u64,
 }
 
 impl Metrics {
@@ -144,6 +147,13 @@ impl Metrics {
         let missed_delta =
             missed.saturating_sub(std::mem::replace(&mut self.last_missed_logs, missed));
         root.insert("logger".into(), json!({ "missed_log_count": missed_delta }));
+        let dropped = crate::devices::serial::dropped_output_bytes();
+        let dropped_delta =
+            dropped.saturating_sub(std::mem::replace(&mut self.last_missed_console, dropped));
+        root.insert(
+            "uart".into(),
+            json!({ "missed_write_count": dropped_delta }),
+        );
         Value::Object(root)
     }
 }
