@@ -3,7 +3,7 @@
 //! thread, which squib-virtio starts when the driver activates the device — never on a vCPU.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 use squib_virtio::block::backend::{BackendError, BlockBackend};
@@ -60,12 +60,11 @@ pub enum DriveError {
     },
 }
 
-/// A drive of the running microVM: its device's runtime handle, and the backend it serves.
+/// A drive of the running microVM: its device's runtime handle.
 #[derive(Debug)]
 pub struct DriveHandle {
     id: String,
     block: BlockHandle,
-    backend: Mutex<Arc<dyn BlockBackend>>,
 }
 
 impl DriveHandle {
@@ -86,24 +85,13 @@ impl DriveHandle {
 
     /// Replaces the backing file (the guest is notified of a capacity change).
     pub fn swap_backend(&self, backend: Arc<dyn BlockBackend>) -> Result<(), SwapError> {
-        let mut current = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
-        self.block.swap_backend(backend.clone())?;
-        *current = backend;
-        Ok(())
+        self.block.swap_backend(backend)
     }
 
-    /// Makes completed writes durable.
+    /// Makes every write the drive ever acknowledged durable, on its current backend and on
+    /// those swapped out before it.
     pub fn flush(&self) -> Result<(), BackendError> {
-        let backend = self
-            .backend
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if backend.is_read_only() {
-            Ok(())
-        } else {
-            backend.flush()
-        }
+        self.block.flush_all()
     }
 }
 
@@ -173,7 +161,7 @@ pub fn attach_all(
     for drive in drives {
         let id = || drive.drive_id.clone();
         let backend = open_backend(drive)?;
-        let device = BlockDevice::new(backend.clone(), block_config(drive))
+        let device = BlockDevice::new(backend, block_config(drive))
             .map_err(|source| DriveError::Device { id: id(), source })?;
         let block = device.handle();
         let transport = MmioTransport::new(Box::new(device), mem.clone()).map_err(|source| {
@@ -188,11 +176,7 @@ pub fn attach_all(
         virtio
             .attach(vm, mmio, &drive.drive_id, transport)
             .map_err(|source| DriveError::Attach { id: id(), source })?;
-        handles.push(DriveHandle {
-            id: id(),
-            block,
-            backend: Mutex::new(backend),
-        });
+        handles.push(DriveHandle { id: id(), block });
     }
     Ok(handles)
 }

@@ -53,6 +53,9 @@ use crate::interrupt::Interrupt;
 use crate::queue::{QueueError, VirtQueue};
 use crate::rate_limiter::{RateLimiter, RateLimiterSpec};
 
+/// How often a swap checks whether the requests in flight on the old backend finished.
+const IN_FLIGHT_POLL: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// epoll tokens.
 const TOKEN_QUEUE: u64 = 0;
 const TOKEN_STOP: u64 = 1;
@@ -311,9 +314,16 @@ impl Worker {
         }
     }
 
-    /// Picks up a backend swapped by the API (one atomic load when nothing changed).
+    /// Picks up a backend swapped by the API (one atomic load when nothing changed): the
+    /// requests in flight on the old one finish, the old one is flushed, then the new one serves.
     fn adopt_swapped_backend(&mut self) {
         if self.shared.backend_epoch() != self.backend_epoch {
+            if let Err(error) = self.finish_in_flight() {
+                guest_error!(%error, "virtio-blk queue broke while finishing requests for a swap");
+            }
+            // Logged where it fails; a FLUSH on the new backend cannot cover the old one, so the
+            // error is as visible as a failed guest FLUSH would be.
+            let _ = self.shared.flush_retired();
             let (epoch, backend) = self.shared.backend();
             self.capacity = usable_capacity(backend.as_ref());
             if let Some(pool) = &self.pool {
@@ -431,6 +441,19 @@ impl Worker {
         };
         let (queue, mem) = (&mut self.queue, &self.mem);
         pool.reap(|completion| queue.complete(mem, completion.head_index, completion.used_len))
+    }
+
+    /// Waits for every request in flight on the I/O threads and completes them.
+    fn finish_in_flight(&mut self) -> Result<(), QueueError> {
+        while self.pool.as_ref().is_some_and(|pool| pool.in_flight() > 0) {
+            if self.reap()? == 0 {
+                std::thread::sleep(IN_FLIGHT_POLL);
+            }
+        }
+        if self.queue.needs_notification(&self.mem)? {
+            self.interrupt.signal_used_buffer();
+        }
+        Ok(())
     }
 
     /// Completes the finished requests in flight and interrupts the driver if it asked for it.
