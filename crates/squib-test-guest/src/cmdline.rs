@@ -27,6 +27,8 @@ pub enum Mode {
     Test,
     /// `guest.bench=<workload>`: a benchmark, see `BenchOptions`.
     Bench,
+    /// `guest.mode=durable`: write a known pattern to vda, FLUSH, print a line, wait to be killed.
+    Durable,
 }
 
 /// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
@@ -225,7 +227,8 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "boot" => Mode::Boot,
                     "test" => Mode::Test,
                     "bench" => Mode::Bench,
-                    _ => return Err(error("expected boot, test or bench")),
+                    "durable" => Mode::Durable,
+                    _ => return Err(error("expected boot, test, bench or durable")),
                 });
             }
             "guest.bench" => {
