@@ -16,8 +16,7 @@ const MAX_PAYLOAD: usize = 51_200;
 fn allowed(request: &ApiRequest) -> bool {
     match request {
         ApiRequest::PutBootSource(b) => {
-            is_sandboxed(&b.kernel_image_path)
-                && b.initrd_path.as_deref().is_none_or(is_sandboxed)
+            is_sandboxed(&b.kernel_image_path) && b.initrd_path.as_deref().is_none_or(is_sandboxed)
         }
         ApiRequest::PutDrive(_, d) => d.path_on_host.as_deref().is_none_or(is_sandboxed),
         ApiRequest::PatchDrive(_, d) => d.path_on_host.as_deref().is_none_or(is_sandboxed),

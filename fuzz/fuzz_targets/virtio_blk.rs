@@ -106,7 +106,11 @@ fn request(
     raw[0..4].copy_from_slice(&kind.to_le_bytes());
     raw[8..16].copy_from_slice(&sector.to_le_bytes());
     d.write_bytes(header, &raw);
-    let header_len = if u.ratio(15, 16)? { 16 } else { u.int_in_range(0..=32)? };
+    let header_len = if u.ratio(15, 16)? {
+        16
+    } else {
+        u.int_in_range(0..=32)?
+    };
     bufs.push(Buf {
         addr: header,
         len: header_len,
@@ -118,7 +122,11 @@ fn request(
             hostile = true;
             bufs.push(Buf {
                 addr: wild_addr(u)?,
-                len: if u.arbitrary()? { u.arbitrary()? } else { u.int_in_range(0..=4096)? },
+                len: if u.arbitrary()? {
+                    u.arbitrary()?
+                } else {
+                    u.int_in_range(0..=4096)?
+                },
                 device_writes: u.arbitrary()?,
             });
             continue;
@@ -140,7 +148,11 @@ fn request(
                 for chunk in range.chunks_exact_mut(16) {
                     let s = sector_small(u)?;
                     let n: u32 = u.int_in_range(0..=12)?;
-                    let flags: u32 = if u.ratio(1, 8)? { u.arbitrary()? } else { u.int_in_range(0..=1)? };
+                    let flags: u32 = if u.ratio(1, 8)? {
+                        u.arbitrary()?
+                    } else {
+                        u.int_in_range(0..=1)?
+                    };
                     chunk[0..8].copy_from_slice(&s.to_le_bytes());
                     chunk[8..12].copy_from_slice(&n.to_le_bytes());
                     chunk[12..16].copy_from_slice(&flags.to_le_bytes());
@@ -204,7 +216,11 @@ fn add_indirect(
     *heap_left -= table_len + 32;
     let table = d.alloc(table_len as u32);
     for (i, buf) in bufs.iter().enumerate() {
-        let mut flags = if buf.device_writes { VRING_DESC_F_WRITE as u16 } else { 0 };
+        let mut flags = if buf.device_writes {
+            VRING_DESC_F_WRITE as u16
+        } else {
+            0
+        };
         let mut next = (i + 1) as u16;
         if i + 1 < bufs.len() {
             flags |= VRING_DESC_F_NEXT as u16;
@@ -221,8 +237,16 @@ fn add_indirect(
         raw[14..16].copy_from_slice(&next.to_le_bytes());
         d.write_bytes(GuestAddress(table.0 + 16 * i as u64), &raw);
     }
-    let len = if u.ratio(15, 16)? { table_len as u32 } else { u.arbitrary()? };
-    let addr = if u.ratio(15, 16)? { table } else { wild_addr(u)? };
+    let len = if u.ratio(15, 16)? {
+        table_len as u32
+    } else {
+        u.arbitrary()?
+    };
+    let addr = if u.ratio(15, 16)? {
+        table
+    } else {
+        wild_addr(u)?
+    };
     Ok(Some(d.add_chain([Buf {
         addr,
         len,
@@ -232,7 +256,11 @@ fn add_indirect(
 
 fn run(u: &mut Unstructured) -> Result<()> {
     let read_only: bool = u.arbitrary()?;
-    let cache = if u.arbitrary()? { CacheType::Writeback } else { CacheType::Unsafe };
+    let cache = if u.arbitrary()? {
+        CacheType::Writeback
+    } else {
+        CacheType::Unsafe
+    };
     let disk = Arc::new(ShadowDisk::new(pattern(DISK_SIZE), read_only));
     let original = disk.contents();
     let Ok(device) = BlockDevice::new(disk.clone(), BlockConfig::new("fuzz", cache)) else {
@@ -335,7 +363,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
             }
         }
     }
-    assert!(disk.contents() == replay, "the disk changed outside the device's operations");
+    assert!(
+        disk.contents() == replay,
+        "the disk changed outside the device's operations"
+    );
     if hostile {
         return Ok(());
     }
@@ -344,16 +375,14 @@ fn run(u: &mut Unstructured) -> Result<()> {
     for change in &changes {
         let explained = known.iter().any(|r| match change {
             Change::Write(offset, bytes) => {
-                r.kind == VIRTIO_BLK_T_OUT
-                    && r.sector.checked_mul(512) == Some(*offset)
-                    && {
-                        let mut data = Vec::new();
-                        for (addr, len) in &r.readable {
-                            let mut part = d.read_bytes(*addr, *len as usize);
-                            data.append(&mut part);
-                        }
-                        data == *bytes
+                r.kind == VIRTIO_BLK_T_OUT && r.sector.checked_mul(512) == Some(*offset) && {
+                    let mut data = Vec::new();
+                    for (addr, len) in &r.readable {
+                        let mut part = d.read_bytes(*addr, *len as usize);
+                        data.append(&mut part);
                     }
+                    data == *bytes
+                }
             }
             Change::Zero(offset, len) => {
                 matches!(r.kind, VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES)
