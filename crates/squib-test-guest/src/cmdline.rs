@@ -30,6 +30,8 @@ pub enum Mode {
     /// `guest.mode=reset-storm`: fill the first disk's queue with large reads and reset the
     /// device, forever (the host checks that stop and pause stay prompt).
     ResetStorm,
+    /// `guest.mode=durable`: write a known pattern to vda, FLUSH, print a line, wait to be killed.
+    Durable,
 }
 
 /// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
@@ -229,7 +231,8 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "test" => Mode::Test,
                     "bench" => Mode::Bench,
                     "reset-storm" => Mode::ResetStorm,
-                    _ => return Err(error("expected boot, test, bench or reset-storm")),
+                    "durable" => Mode::Durable,
+                    _ => return Err(error("expected boot, test, bench, reset-storm or durable")),
                 });
             }
             "guest.bench" => {

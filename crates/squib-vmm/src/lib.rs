@@ -12,6 +12,7 @@ pub mod cli;
 pub mod control;
 pub mod devices;
 pub mod exit;
+pub mod host_file;
 pub mod kvm;
 pub mod vm_config;
 pub mod vmm;

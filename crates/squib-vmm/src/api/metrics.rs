@@ -3,7 +3,9 @@
 //!
 //! As in Firecracker, counters are *deltas* since the previous line, so a consumer sums lines;
 //! `latency_max_us` is the maximum seen since start. Keys follow Firecracker's layout
-//! (`get_api_requests`, `put_api_requests`, `patch_api_requests`, `block`, `block_{drive_id}`).
+//! (`get_api_requests`, `put_api_requests`, `patch_api_requests`, `block`, `block_{drive_id}`,
+//! `logger.missed_log_count`: guest-triggered log lines the rate limit dropped,
+//! `uart.missed_write_count`: guest console bytes dropped because stdout did not keep up).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -56,6 +58,10 @@ pub struct Metrics {
     requests: BTreeMap<(String, &'static str), RequestCount>,
     /// Drive counters at the last line, to write deltas.
     last_drives: BTreeMap<String, DriveCounters>,
+    /// Guest-triggered log lines suppressed, at the last line.
+    last_missed_logs: u64,
+    /// Guest console bytes dropped, at the last line.
+    last_missed_console: u64,
 }
 
 impl Metrics {
@@ -137,6 +143,17 @@ impl Metrics {
             root.insert(format!("block_{id}"), json!(delta));
         }
         root.insert("block".into(), json!(total));
+        let missed = squib_virtio::guest_log::suppressed_total();
+        let missed_delta =
+            missed.saturating_sub(std::mem::replace(&mut self.last_missed_logs, missed));
+        root.insert("logger".into(), json!({ "missed_log_count": missed_delta }));
+        let dropped = crate::devices::serial::dropped_output_bytes();
+        let dropped_delta =
+            dropped.saturating_sub(std::mem::replace(&mut self.last_missed_console, dropped));
+        root.insert(
+            "uart".into(),
+            json!({ "missed_write_count": dropped_delta }),
+        );
         Value::Object(root)
     }
 }
@@ -224,6 +241,7 @@ mod tests {
         assert_eq!(l[0]["block_root"]["rate_limiter_throttled_events"], 2);
         assert_eq!(l[1]["block"]["rate_limiter_throttled_events"], 1);
         assert!(l[1].get("put_api_requests").is_none());
+        assert!(l[0]["logger"]["missed_log_count"].is_u64());
     }
 
     #[test]
