@@ -13,6 +13,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::arch::x86_64::layout::MAX_VIRTIO_MMIO_SLOTS;
+use crate::ids::check_resource_id;
 use crate::vm_config::{BootSource, CacheType, DriveConfig, IoEngine, VmConfig};
 use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 
@@ -200,23 +201,14 @@ fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, UsageError> {
             Some(("engine", "async")) => drive.io_engine = IoEngine::Async,
             Some(("cache", "unsafe")) => drive.cache_type = CacheType::Unsafe,
             Some(("cache", "writeback")) => drive.cache_type = CacheType::Writeback,
-            Some(("id", id)) if valid_id(id) => drive.drive_id = id.to_owned(),
             Some(("id", id)) => {
-                return Err(usage(format!(
-                    "--disk {spec:?}: id {id:?} must be 1 to 64 letters, digits, '_' or '-'"
-                )));
+                check_resource_id(id).map_err(|e| usage(format!("--disk {spec:?}: {e}")))?;
+                drive.drive_id = id.to_owned();
             }
             _ => return Err(usage(format!("--disk {spec:?}: unknown option {option:?}"))),
         }
     }
     Ok(drive)
-}
-
-fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn check_drives(drives: &[DriveConfig]) -> Result<(), UsageError> {
@@ -384,7 +376,7 @@ mod tests {
                     "--disk",
                     &format!("{},id=a b", f.path("a.img")),
                 ],
-                "id \"a b\"",
+                "API Resource IDs can only contain",
             ),
             (
                 &[

@@ -12,14 +12,13 @@ use super::models::{
     BootSourceBody, CacheTypeBody, CpuTemplate, DriveBody, HugePages, IoEngineBody,
     MachineConfigBody, RateLimiterBody, TokenBucketBody,
 };
+use crate::ids::{IdError, check_resource_id};
 use crate::vm_config::{
     BootSource, CacheType, DriveConfig, IoEngine, MachineConfig, RateLimiterConfig,
     TokenBucketConfig, VmConfig,
 };
 use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 
-/// Firecracker's limit on resource ids.
-pub const MAX_ID_LEN: usize = 64;
 /// Longest `refill_time` (ms) whose nanoseconds fit in 64 bits.
 pub const MAX_REFILL_TIME_MS: u64 = u64::MAX / 1_000_000;
 
@@ -38,16 +37,9 @@ pub enum ConfigError {
     /// A machine feature squib cannot provide.
     #[error("{0} is not supported by squib")]
     MachineFeature(&'static str),
-    /// An id with characters other than ASCII alphanumerics and `_`, or too long or empty.
-    #[error(
-        "invalid {kind} `{id}`: ids are 1 to {MAX_ID_LEN} ASCII letters, digits or underscores"
-    )]
-    InvalidId {
-        /// What the id names.
-        kind: &'static str,
-        /// The id as given.
-        id: String,
-    },
+    /// An id Firecracker's rules refuse (see [`crate::ids`]).
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
     /// The body's id is not the path's.
     #[error("the id from the path [{path}] does not match the id from the body [{body}]")]
     IdMismatch {
@@ -99,20 +91,6 @@ pub enum ConfigError {
     UnknownDrive(String),
 }
 
-/// Checks a Firecracker resource id: 1 to 64 of `[A-Za-z0-9_]`.
-pub fn check_id(kind: &'static str, id: &str) -> Result<(), ConfigError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::InvalidId {
-            kind,
-            id: id.to_owned(),
-        })
-    }
-}
 
 fn check_file(what: &'static str, path: &str, writable: bool) -> Result<PathBuf, ConfigError> {
     let path = PathBuf::from(path);
@@ -283,7 +261,7 @@ impl ConfigStore {
     }
 
     fn drive(path_id: &str, body: &DriveBody) -> Result<DriveConfig, ConfigError> {
-        check_id("drive_id", path_id)?;
+        check_resource_id(path_id)?;
         if body.drive_id != path_id {
             return Err(ConfigError::IdMismatch {
                 path: path_id.to_owned(),
@@ -441,14 +419,6 @@ mod tests {
             io_engine: None,
             rate_limiter: None,
             socket: None,
-        }
-    }
-
-    #[test]
-    fn ids_are_checked() {
-        assert!(check_id("drive_id", "rootfs_1").is_ok());
-        for bad in ["", "a b", "a/b", "é", &"x".repeat(65)] {
-            assert!(check_id("drive_id", bad).is_err(), "{bad:?} accepted");
         }
     }
 
