@@ -68,10 +68,7 @@ impl ExitReason {
     /// The process exit status for this reason (see the module table).
     pub fn status(&self) -> u8 {
         match self {
-            Self::I8042Reset
-            | Self::AcpiPowerOff
-            | Self::AcpiReset
-            | Self::Requested => 0,
+            Self::I8042Reset | Self::AcpiPowerOff | Self::AcpiReset | Self::Requested => 0,
             Self::Signal(signal) => signal_status(*signal),
             // Wraps to 8 bits like any exit status; `v` < 128 round-trips.
             Self::DebugExit(v) => (v << 1) | 1,

@@ -18,8 +18,8 @@ use super::models::{
 };
 use super::router::{ApiRequest, RouteError, route};
 use super::store::{ConfigError, ConfigStore, check_drive_path, rate_limiter};
-use crate::ids::check_resource_id;
 use super::vmm_control::{ControlError, ExitNotice, RunState, VmmControl};
+use crate::ids::check_resource_id;
 use crate::version::FIRECRACKER_VERSION;
 use crate::vm_config::RateLimiterConfig;
 

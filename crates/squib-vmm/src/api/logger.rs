@@ -349,7 +349,11 @@ impl Logger {
         self.format
             .modify(|layer| *layer = fmt_layer(writer, format))?;
         if let Some(out) = new_out {
-            *self.writer.out.lock().unwrap_or_else(PoisonError::into_inner) = out;
+            *self
+                .writer
+                .out
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = out;
         }
         *current = merged;
         Ok(())

@@ -217,6 +217,7 @@ impl Metrics {
         if self.sink.is_none() {
             return Ok(());
         }
+        let (missed_metrics, missed_log) = (self.missed_metrics_count, self.missed_log());
         let line = self.line(drives);
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
         bytes.push(b'\n');
@@ -225,7 +226,12 @@ impl Metrics {
             None => return Ok(()),
         };
         match outcome {
-            LineOutcome::Written => Ok(()),
+            LineOutcome::Written => {
+                // Only a line that went out has reported these drops.
+                self.missed_metrics_written = missed_metrics;
+                self.missed_log_written = missed_log;
+                Ok(())
+            }
             LineOutcome::Dropped => {
                 self.missed_metrics_count += 1;
                 Err(MetricsError::Dropped)
@@ -233,7 +239,13 @@ impl Metrics {
         }
     }
 
-    /// Builds the next line and resets the deltas.
+    fn missed_log(&self) -> u64 {
+        self.log_counters
+            .as_ref()
+            .map_or(0, |c| c.missed_log_count())
+    }
+
+    /// Builds the next line and resets the deltas (drop counts reset once a line is written).
     fn line(&mut self, drives: &[(String, DriveCounters)]) -> Value {
         let mut root = Map::new();
         let ms = SystemTime::now()
@@ -263,10 +275,7 @@ impl Metrics {
                 }
             }
         }
-        let missed_log = self
-            .log_counters
-            .as_ref()
-            .map_or(0, |c| c.missed_log_count());
+        let missed_log = self.missed_log();
         root.insert(
             "logger".into(),
             json!({
@@ -275,8 +284,6 @@ impl Metrics {
                 "missed_log_count": missed_log.saturating_sub(self.missed_log_written),
             }),
         );
-        self.missed_metrics_written = self.missed_metrics_count;
-        self.missed_log_written = missed_log;
         let mut total = DriveCounters::default();
         for (id, now) in drives {
             let before = self
@@ -361,8 +368,8 @@ pub fn field_names(drive_ids: &[&str]) -> Vec<String> {
         Value::Object(m) => m.keys().cloned().collect::<Vec<_>>(),
         _ => Vec::new(),
     };
-    let groups = std::iter::once("block".to_owned())
-        .chain(drive_ids.iter().map(|id| format!("block_{id}")));
+    let groups =
+        std::iter::once("block".to_owned()).chain(drive_ids.iter().map(|id| format!("block_{id}")));
     for group in groups {
         for f in &block_fields {
             names.push(format!("{group}.{f}"));

@@ -125,7 +125,9 @@ pub enum ArgsError {
         feature: &'static str,
     },
     /// `--level` names no level (Firecracker counts it as bad configuration).
-    #[error("--level {0:?}: invalid value for logger level; possible values: Off, Error, Warning, Info, Debug, Trace")]
+    #[error(
+        "--level {0:?}: invalid value for logger level; possible values: Off, Error, Warning, Info, Debug, Trace"
+    )]
     Level(String),
 }
 
@@ -168,8 +170,16 @@ const FLAGS: &[(&str, bool, Option<&str>)] = &[
     ("--version", false, None),
     ("--help", false, None),
     ("--seccomp-filter", true, Some("custom seccomp filters")),
-    ("--mmds-size-limit", true, Some("MMDS (the microVM metadata service)")),
-    ("--metadata", true, Some("MMDS (the microVM metadata service)")),
+    (
+        "--mmds-size-limit",
+        true,
+        Some("MMDS (the microVM metadata service)"),
+    ),
+    (
+        "--metadata",
+        true,
+        Some("MMDS (the microVM metadata service)"),
+    ),
     ("--enable-pci", false, Some("PCI devices")),
     ("--describe-snapshot", true, Some("snapshots")),
     ("--snapshot-version", false, Some("snapshots")),
@@ -232,9 +242,8 @@ pub fn parse_args(args: &[OsString]) -> Result<ProcessCommand, ArgsError> {
     let number = |name: &str| -> Result<Option<u64>, ArgsError> {
         value(name)
             .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    usage(format!("{name} {v:?}: expected a non-negative integer"))
-                })
+                v.parse::<u64>()
+                    .map_err(|_| usage(format!("{name} {v:?}: expected a non-negative integer")))
             })
             .transpose()
     };
@@ -538,18 +547,34 @@ mod tests {
             (&["--id", "a b"], "invalid instance id", 153),
             (&["--id", "vm_1"], "invalid char (_)", 153),
             (&["--level", "loud"], "invalid value for logger level", 152),
-            (&["--http-api-max-payload-size", "0"], "positive number", 153),
+            (
+                &["--http-api-max-payload-size", "0"],
+                "positive number",
+                153,
+            ),
             (&["--api-sock"], "--api-sock needs a value", 153),
-            (&["--api-sock", "--no-seccomp"], "--api-sock needs a value", 153),
+            (
+                &["--api-sock", "--no-seccomp"],
+                "--api-sock needs a value",
+                153,
+            ),
             (&["--bogus"], "unknown option --bogus", 153),
             (&["--no-api=1", "--config-file", "x"], "takes no value", 153),
             (&["--id", "a", "--id", "b"], "more than once", 153),
             (&["stray"], "unexpected argument", 153),
             (&["--start-time-us", "-1"], "non-negative integer", 153),
-            (&["--seccomp-filter", "f"], "--seccomp-filter: squib does not support custom seccomp", 153),
+            (
+                &["--seccomp-filter", "f"],
+                "--seccomp-filter: squib does not support custom seccomp",
+                153,
+            ),
             (&["--mmds-size-limit", "10"], "MMDS", 153),
             (&["--metadata", "m.json"], "MMDS", 153),
-            (&["--enable-pci"], "--enable-pci: squib does not support PCI", 153),
+            (
+                &["--enable-pci"],
+                "--enable-pci: squib does not support PCI",
+                153,
+            ),
             (&["--describe-snapshot", "s"], "snapshots", 153),
             (&["--snapshot-version"], "snapshots", 153),
         ] {
@@ -574,7 +599,10 @@ mod tests {
     #[test]
     fn start_times_follow_firecracker() {
         let none = StartTimes::default();
-        assert_eq!((none.startup_time_us(), none.startup_time_cpu_us()), (None, None));
+        assert_eq!(
+            (none.startup_time_us(), none.startup_time_cpu_us()),
+            (None, None)
+        );
         let now = now_us(Clock::Monotonic);
         let t = StartTimes {
             start_time_us: Some(now - 5_000),

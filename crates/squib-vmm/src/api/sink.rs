@@ -123,7 +123,10 @@ mod tests {
                 LineOutcome::Dropped => dropped += 1,
             }
         }
-        assert!(written > 0 && dropped > 0, "{written} written, {dropped} dropped");
+        assert!(
+            written > 0 && dropped > 0,
+            "{written} written, {dropped} dropped"
+        );
         let reader = std::fs::File::open(&path).unwrap();
         // The reader drains what the pipe holds; the next write completes the split line.
         let mut reader = BufReader::new(reader);

@@ -91,7 +91,6 @@ pub enum ConfigError {
     UnknownDrive(String),
 }
 
-
 fn check_file(what: &'static str, path: &str, writable: bool) -> Result<PathBuf, ConfigError> {
     let path = PathBuf::from(path);
     let fail = |reason: String| ConfigError::File {
