@@ -23,10 +23,10 @@ use kvm_ioctls::{Kvm, VmFd};
 use squib_host::signals;
 
 use crate::GuestMemory;
-use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_DEVICE_SIZE};
+use crate::arch::x86_64::layout::{BOOT_TIMER_START, LEGACY_BOOT_TIMER_START, MMIO_DEVICE_SIZE};
 use crate::boot::{self, BootError};
 use crate::control::{RunControl, VmState};
-use crate::devices::boot_timer::BootTimer;
+use crate::devices::boot_timer::{BootTimer, BuildStart};
 use crate::devices::bus::Bus;
 use crate::devices::serial::{self, SerialOutput};
 use crate::devices::virtio_mmio::VirtioMmioManager;
@@ -226,6 +226,7 @@ impl Vmm {
     /// the sequence). A process that waits for SIGTERM/SIGINT blocks them first thing in
     /// `main` ([`crate::block_signals`]).
     pub fn start(config: &VmConfig, options: StartOptions) -> Result<Self, VmmError> {
+        let build_start = BuildStart::now();
         // 1.
         validate(config)?;
         let source = config.boot.as_ref().ok_or(VmmError::NoBootSource)?;
@@ -268,13 +269,13 @@ impl Vmm {
             let mut mmio = Bus::new("mmio");
             let legacy = devices::attach_legacy(&vm, &mut pio, &exit, options.console_out)?;
             if config.boot_timer {
-                let timer = BootTimer::new(options.process_start, vcpus_start.clone());
-                mmio.insert(
-                    BOOT_TIMER_START,
-                    MMIO_DEVICE_SIZE,
-                    Arc::new(Mutex::new(timer)),
-                )
-                .map_err(DeviceError::from)?;
+                let timer = BootTimer::new(build_start, options.process_start, vcpus_start.clone());
+                let timer = Arc::new(Mutex::new(timer));
+                // Firecracker's address, and the one images built before Firecracker 1.13 write.
+                for base in [BOOT_TIMER_START, LEGACY_BOOT_TIMER_START] {
+                    mmio.insert(base, MMIO_DEVICE_SIZE, timer.clone())
+                        .map_err(DeviceError::from)?;
+                }
             }
             let mut virtio = VirtioMmioManager::new();
             let drives = drives::attach_all(&vm, &mem, &mut mmio, &mut virtio, &config.drives)?;

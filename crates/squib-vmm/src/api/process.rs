@@ -62,6 +62,14 @@ impl StartTimes {
             .map(|start| now_us(Clock::Monotonic).saturating_sub(start))
     }
 
+    /// When the process started for the boot timer's "since squib started": the jailer's
+    /// `--start-time-us` when given (the same monotonic clock as `Instant`), else `exec_time`.
+    pub fn process_start(&self, exec_time: Instant) -> Instant {
+        self.startup_time_us()
+            .and_then(|us| Instant::now().checked_sub(std::time::Duration::from_micros(us)))
+            .unwrap_or(exec_time)
+    }
+
     /// `api_server.process_startup_time_cpu_us`: CPU µs since the jailer's measurement, plus the
     /// parent's.
     pub fn startup_time_cpu_us(&self) -> Option<u64> {
@@ -330,6 +338,7 @@ pub fn run(args: &[OsString], process_start: Instant) -> i32 {
     }
     let console_in = std::io::stdin().is_terminal()
         && squib_host::terminal::enter_raw_mode(std::io::stdin().as_fd()).unwrap_or(false);
+    let process_start = args.start_times.process_start(process_start);
     let status = match serve(&args, logger, KvmVmm::new(process_start, console_in)) {
         Ok(status) => status,
         Err(status) => status,
@@ -611,5 +620,8 @@ mod tests {
         };
         assert!(t.startup_time_us().unwrap() >= 5_000);
         assert!(t.startup_time_cpu_us().unwrap() > 1_000_000_000);
+        let exec = Instant::now();
+        assert!(t.process_start(exec) + std::time::Duration::from_millis(5) <= exec);
+        assert_eq!(none.process_start(exec), exec);
     }
 }

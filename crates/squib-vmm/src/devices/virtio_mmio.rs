@@ -1,4 +1,4 @@
-//! The virtio-mmio device manager: 4 KiB slots from `0xD000_1000`, a GSI each (5 + n), queue
+//! The virtio-mmio device manager: 4 KiB slots from `0xC000_1000`, a GSI each (5 + n), queue
 //! notifications as ioeventfds (no exit to squib), interrupts as irqfds.
 
 use std::sync::{Arc, Mutex};
