@@ -388,3 +388,48 @@ fn metrics_fifo_without_a_reader() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn vm_config_reports_the_logger_and_metrics_set_by_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fc.sock");
+    let log = dir.path().join("fc.log");
+    let metrics = dir.path().join("fc.metrics");
+    let args: Vec<String> = [
+        "--api-sock",
+        sock.to_str().unwrap(),
+        "--log-path",
+        log.to_str().unwrap(),
+        "--level",
+        "Debug",
+        "--show-level",
+        "--module",
+        "squib_vmm",
+        "--metrics-path",
+        metrics.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = spawn(&args, &sock);
+    let mut c = Client::connect(&sock);
+    let config = json(&c.call("GET", "/vm/config", "").1);
+    let logger = &config["logger"];
+    assert_eq!(logger["log_path"], log.to_str().unwrap(), "{config}");
+    assert_eq!(logger["level"], "Debug", "{config}");
+    assert_eq!(logger["show_level"], true, "{config}");
+    assert_eq!(logger["show_log_origin"], false, "{config}");
+    assert_eq!(logger["module"], "squib_vmm", "{config}");
+    assert_eq!(
+        config["metrics"]["metrics_path"],
+        metrics.to_str().unwrap(),
+        "{config}"
+    );
+    // A PUT /logger changes what is reported, keeping what it leaves out.
+    assert_eq!(c.call("PUT", "/logger", r#"{"level":"Warning"}"#).0, 204);
+    let config = json(&c.call("GET", "/vm/config", "").1);
+    assert_eq!(config["logger"]["level"], "Warning", "{config}");
+    assert_eq!(config["logger"]["show_level"], true, "{config}");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
