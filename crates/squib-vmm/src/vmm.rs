@@ -35,14 +35,10 @@ use crate::drives::{self, DriveError, DriveHandle};
 use crate::exit::{ExitReason, ExitSender};
 use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
-use crate::vm_config::VmConfig;
+use crate::vm_config::{VmConfig, check_mem_size_mib, check_vcpu_count};
 
-/// Most vCPUs a microVM may have.
-pub const MAX_VCPUS: u8 = 32;
-/// Least guest RAM: room for the boot structures below 1 MiB and a small kernel above.
-pub const MIN_MEM_MIB: usize = 8;
-/// Most guest RAM (1 TiB): far beyond any microVM, well within every address computation.
-pub const MAX_MEM_MIB: usize = 1 << 20;
+/// The machine limits, defined with the KVM-free model that checks them.
+pub use crate::vm_config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 /// vCPU thread stack: the run loop and device emulation need little.
 const VCPU_STACK_SIZE: usize = 256 << 10;
 
@@ -209,12 +205,10 @@ pub struct Vmm {
 
 fn validate(config: &VmConfig) -> Result<(), VmmError> {
     let machine = &config.machine;
-    if !(1..=MAX_VCPUS).contains(&machine.vcpu_count) {
-        return Err(VmmError::VcpuCount(machine.vcpu_count));
-    }
-    if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&machine.mem_size_mib) {
-        return Err(VmmError::MemSize(machine.mem_size_mib));
-    }
+    check_vcpu_count(u64::from(machine.vcpu_count))
+        .map_err(|_| VmmError::VcpuCount(machine.vcpu_count))?;
+    check_mem_size_mib(machine.mem_size_mib as u64)
+        .map_err(|_| VmmError::MemSize(machine.mem_size_mib))?;
     if machine.smt {
         return Err(VmmError::Smt);
     }

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::vm_config::{CacheType, IoEngine};
+
 /// `PUT /boot-source`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,24 +97,6 @@ pub struct RateLimiterBody {
     pub ops: Option<TokenBucketBody>,
 }
 
-/// `cache_type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CacheTypeBody {
-    /// No FLUSH offered.
-    Unsafe,
-    /// FLUSH offered and honoured.
-    Writeback,
-}
-
-/// `io_engine`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IoEngineBody {
-    /// `SyncFileBackend`.
-    Sync,
-    /// `AsyncFileBackend`.
-    Async,
-}
-
 /// `PUT /drives/{drive_id}` (`Drive`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,10 +116,10 @@ pub struct DriveBody {
     pub partuuid: Option<String>,
     /// Whether FLUSH is offered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_type: Option<CacheTypeBody>,
+    pub cache_type: Option<CacheType>,
     /// Which engine moves the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_engine: Option<IoEngineBody>,
+    pub io_engine: Option<IoEngine>,
     /// Throttle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterBody>,

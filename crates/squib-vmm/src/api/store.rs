@@ -9,15 +9,14 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use super::models::{
-    BootSourceBody, CacheTypeBody, CpuTemplate, DriveBody, HugePages, IoEngineBody,
-    MachineConfigBody, RateLimiterBody, TokenBucketBody,
+    BootSourceBody, CpuTemplate, DriveBody, HugePages, MachineConfigBody, RateLimiterBody,
+    TokenBucketBody,
 };
 use crate::ids::{IdError, check_resource_id};
 use crate::vm_config::{
-    BootSource, CacheType, DriveConfig, IoEngine, MachineConfig, RateLimiterConfig,
-    TokenBucketConfig, VmConfig,
+    BootSource, DriveConfig, MachineConfig, MachineLimitError, RateLimiterConfig,
+    TokenBucketConfig, VmConfig, check_mem_size_mib, check_vcpu_count,
 };
-use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 
 /// Longest `refill_time` (ms) whose nanoseconds fit in 64 bits.
 pub const MAX_REFILL_TIME_MS: u64 = u64::MAX / 1_000_000;
@@ -25,12 +24,9 @@ pub const MAX_REFILL_TIME_MS: u64 = u64::MAX / 1_000_000;
 /// Why a configuration request was refused; the text is the API's `fault_message`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// `vcpu_count` out of 1..=32.
-    #[error("vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
-    VcpuCount(u64),
-    /// `mem_size_mib` out of range.
-    #[error("mem_size_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {0}")]
-    MemSize(u64),
+    /// A machine size out of squib's limits.
+    #[error(transparent)]
+    MachineLimit(#[from] MachineLimitError),
     /// A `PUT /machine-config` without a required field.
     #[error("PUT /machine-config requires `{0}` (use PATCH to change some fields only)")]
     MachineFieldMissing(&'static str),
@@ -207,16 +203,10 @@ impl ConfigStore {
         body: &MachineConfigBody,
     ) -> Result<MachineConfig, ConfigError> {
         if let Some(n) = body.vcpu_count {
-            m.vcpu_count = u8::try_from(n)
-                .ok()
-                .filter(|n| (1..=MAX_VCPUS).contains(n))
-                .ok_or(ConfigError::VcpuCount(n))?;
+            m.vcpu_count = check_vcpu_count(n)?;
         }
         if let Some(mib) = body.mem_size_mib {
-            m.mem_size_mib = usize::try_from(mib)
-                .ok()
-                .filter(|mib| (MIN_MEM_MIB..=MAX_MEM_MIB).contains(mib))
-                .ok_or(ConfigError::MemSize(mib))?;
+            m.mem_size_mib = check_mem_size_mib(mib)?;
         }
         if body.smt == Some(true) {
             return Err(ConfigError::MachineFeature(
@@ -287,14 +277,8 @@ impl ConfigStore {
             is_read_only: read_only,
             is_root_device: body.is_root_device,
             partuuid: body.partuuid.clone().filter(|_| body.is_root_device),
-            cache_type: match body.cache_type {
-                None | Some(CacheTypeBody::Unsafe) => CacheType::Unsafe,
-                Some(CacheTypeBody::Writeback) => CacheType::Writeback,
-            },
-            io_engine: match body.io_engine {
-                None | Some(IoEngineBody::Sync) => IoEngine::Sync,
-                Some(IoEngineBody::Async) => IoEngine::Async,
-            },
+            cache_type: body.cache_type.unwrap_or_default(),
+            io_engine: body.io_engine.unwrap_or_default(),
             direct: false,
             rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
         })
@@ -379,14 +363,8 @@ fn drive_body(d: &DriveConfig) -> DriveBody {
         is_root_device: d.is_root_device,
         is_read_only: Some(d.is_read_only),
         partuuid: d.partuuid.clone(),
-        cache_type: Some(match d.cache_type {
-            CacheType::Unsafe => CacheTypeBody::Unsafe,
-            CacheType::Writeback => CacheTypeBody::Writeback,
-        }),
-        io_engine: Some(match d.io_engine {
-            IoEngine::Sync => IoEngineBody::Sync,
-            IoEngine::Async => IoEngineBody::Async,
-        }),
+        cache_type: Some(d.cache_type),
+        io_engine: Some(d.io_engine),
         rate_limiter: d.rate_limiter.map(|r| RateLimiterBody {
             bandwidth: r.bandwidth.as_ref().map(bucket_body),
             ops: r.ops.as_ref().map(bucket_body),
@@ -400,6 +378,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::vm_config::{CacheType, IoEngine};
 
     fn temp_file() -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -431,23 +410,23 @@ mod tests {
         };
         assert_eq!(
             s.put_machine_config(&put(0, 128)),
-            Err(ConfigError::VcpuCount(0))
+            Err(MachineLimitError::VcpuCount(0).into())
         );
         assert_eq!(
             s.put_machine_config(&put(33, 128)),
-            Err(ConfigError::VcpuCount(33))
+            Err(MachineLimitError::VcpuCount(33).into())
         );
         assert_eq!(
             s.put_machine_config(&put(300, 128)),
-            Err(ConfigError::VcpuCount(300))
+            Err(MachineLimitError::VcpuCount(300).into())
         );
         assert_eq!(
             s.put_machine_config(&put(2, 0)),
-            Err(ConfigError::MemSize(0))
+            Err(MachineLimitError::MemSize(0).into())
         );
         assert_eq!(
             s.put_machine_config(&put(2, u64::MAX)),
-            Err(ConfigError::MemSize(u64::MAX))
+            Err(MachineLimitError::MemSize(u64::MAX).into())
         );
         s.put_machine_config(&put(32, 256)).unwrap();
         assert_eq!(
@@ -571,8 +550,8 @@ mod tests {
         let mut s = ConfigStore::default();
         let mut body = drive_body("rootfs", f.path(), true);
         body.is_read_only = Some(true);
-        body.cache_type = Some(CacheTypeBody::Writeback);
-        body.io_engine = Some(IoEngineBody::Async);
+        body.cache_type = Some(CacheType::Writeback);
+        body.io_engine = Some(IoEngine::Async);
         body.rate_limiter = Some(RateLimiterBody {
             bandwidth: Some(TokenBucketBody {
                 size: 1000,
