@@ -14,12 +14,14 @@ use serde_json::Value;
 use squib_vmm::api::controller::{ApiController, InstanceSettings};
 use squib_vmm::api::server::{ApiServer, REQUEST_TIMEOUT};
 use squib_vmm::api::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
-use squib_vmm::vm_config::{RateLimiterConfig, VmConfig};
+use squib_vmm::vm_config::{MachineConfig, RateLimiterConfig, VmConfig};
 
 /// What the fake VMM was asked to do.
 #[derive(Debug, Default)]
 struct Calls {
     started: Option<VmConfig>,
+    /// Machine sizes the controller asked to prepare ahead, as (vCPUs, MiB).
+    prepared: Vec<(u8, usize)>,
     log: Vec<String>,
     exit: Option<ExitNotice>,
     exit_status: Option<i32>,
@@ -38,6 +40,10 @@ impl FakeVmm {
 }
 
 impl VmmControl for FakeVmm {
+    fn prepare(&mut self, machine: &MachineConfig) {
+        let size = (machine.vcpu_count, machine.mem_size_mib);
+        self.calls.lock().unwrap().prepared.push(size);
+    }
     fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError> {
         let mut calls = self.calls.lock().unwrap();
         calls.started = Some(config.clone());
@@ -327,6 +333,9 @@ fn getting_started_sequence_over_one_keep_alive_connection() {
             .0,
         204
     );
+    // Start on request: each machine change asked the VMM to prepare that size ahead.
+    let prepared = running.vmm.calls.lock().unwrap().prepared.clone();
+    assert_eq!(prepared, [(2, 256), (2, 512)]);
     let started = running.vmm.calls.lock().unwrap().started.clone().unwrap();
     assert_eq!(started.machine.vcpu_count, 2);
     assert_eq!(started.machine.mem_size_mib, 512);

@@ -433,3 +433,25 @@ fn vm_config_reports_the_logger_and_metrics_set_by_flags() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+#[test]
+fn machine_changes_before_instance_start_rebuild_the_prepared_vm_and_still_boot() {
+    if !common::kvm_available("machine_changes_before_instance_start") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fc.sock");
+    let child = spawn(&go_sdk(&sock), &sock);
+    let mut c = Client::connect(&sock);
+    // More changes than squib prepares shells for (MAX_SHELLS): each discards the one before,
+    // the last ones are built at InstanceStart; the API answers at once throughout.
+    for (vcpus, mib) in [(2, 256), (1, 64), (2, 128), (1, 512), (2, 64), (1, 256)] {
+        let body = format!(r#"{{"vcpu_count":{vcpus},"mem_size_mib":{mib}}}"#);
+        let started = Instant::now();
+        assert_eq!(c.call("PUT", "/machine-config", &body).0, 204);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    let patch = r#"{"mem_size_mib":96}"#;
+    assert_eq!(c.call("PATCH", "/machine-config", patch).0, 204);
+    boot_test_guest(&mut c, child, dir.path(), "after machine changes");
+}

@@ -139,11 +139,13 @@ impl<V: VmmControl> ApiController<V> {
             R::PutMachineConfig(body) => {
                 self.pre_boot("PUT /machine-config")?;
                 self.store.put_machine_config(&body)?;
+                self.prepare_ahead();
                 done
             }
             R::PatchMachineConfig(body) => {
                 self.pre_boot("PATCH /machine-config")?;
                 self.store.patch_machine_config(&body)?;
+                self.prepare_ahead();
                 done
             }
             R::PutDrive(id, body) => {
@@ -203,6 +205,14 @@ impl<V: VmmControl> ApiController<V> {
             Ok(())
         } else {
             Err(ApiError::BeforeBoot(what))
+        }
+    }
+
+    /// Lets the VMM build ahead what the machine size in force determines (see
+    /// [`VmmControl::prepare`]); called at start and after every change of the machine config.
+    pub fn prepare_ahead(&mut self) {
+        if !self.started {
+            self.vmm.prepare(self.store.machine());
         }
     }
 

@@ -381,8 +381,11 @@ fn serve(args: &ProcessArgs, logger: Option<Logger>, vmm: KvmVmm) -> Result<i32,
             .configure_metrics(path)
             .map_err(|e| host_err("--metrics-path", &e))?;
     }
-    if let Some(path) = &args.config_file {
-        boot_from_file(&mut controller, path)?;
+    match &args.config_file {
+        Some(path) => boot_from_file(&mut controller, path)?,
+        // Start on request: build what the (default) machine size determines while the client
+        // configures the rest.
+        None => controller.prepare_ahead(),
     }
     match &mut server {
         Some(server) => server
