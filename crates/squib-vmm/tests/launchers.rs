@@ -455,3 +455,20 @@ fn machine_changes_before_instance_start_rebuild_the_prepared_vm_and_still_boot(
     assert_eq!(c.call("PATCH", "/machine-config", patch).0, 204);
     boot_test_guest(&mut c, child, dir.path(), "after machine changes");
 }
+
+#[test]
+fn signals_exit_with_firecrackers_statuses() {
+    for (signal, status) in [("-TERM", 0), ("-INT", 0), ("-HUP", 156), ("-XCPU", 154)] {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fc.sock");
+        let child = spawn(&go_sdk(&sock), &sock);
+        let killed = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = common::wait_with_timeout(child, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(status), "{signal}");
+        assert!(!sock.exists(), "{signal}: the socket is removed");
+    }
+}
