@@ -12,7 +12,7 @@
 //! | 6 | the guest put a vCPU where KVM cannot run it (emulation failure, failed entry, unexpected exit) | 1 |
 //! | odd `(v << 1) \| 1` | the guest wrote `v` to the debug-exit port `0x501` (QEMU's `isa-debug-exit` convention, for test guests) | no such device |
 //! | 151, 154, 156 | SIGXFSZ, SIGXCPU, SIGHUP | same |
-//! | 152 | bad configuration (`--config-file`, `--level`) | `BadConfiguration` |
+//! | 152 | bad configuration: a `--config-file` that does not parse, validate or build, a bad `--level` | `BadConfiguration` |
 //! | 153 | bad command-line arguments, or a flag whose feature squib lacks | `ArgParsing` |
 
 use std::sync::mpsc::Sender;

@@ -364,4 +364,23 @@ fn config_file_boots_the_test_guest_with_and_without_the_api() {
     );
     assert_eq!(output.status.code(), Some(152), "bad configuration");
     assert!(common::stderr(&output).contains("squib does not support `vsock`"));
+    // One that validates but whose microVM cannot be built: Firecracker's 152 too.
+    let not_elf = dir.path().join("not-elf");
+    std::fs::write(&not_elf, b"not a kernel").unwrap();
+    let config = format!(
+        r#"{{"boot-source":{{"kernel_image_path":"{}"}}}}"#,
+        not_elf.display()
+    );
+    std::fs::write(&bad, config).unwrap();
+    let output = common::run_squib(
+        &["--no-api", "--config-file", bad.to_str().unwrap()],
+        TIMEOUT,
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(152),
+        "{}",
+        common::stderr(&output)
+    );
+    assert!(common::stderr(&output).contains("cannot start the microVM"));
 }

@@ -326,8 +326,9 @@ pub fn run(args: &[OsString], process_start: Instant) -> i32 {
     let logger = match Logger::install(&args.logger, &args.id) {
         Ok(l) => l,
         Err(e) => {
+            // Firecracker's status for a logger it cannot set up (a bad level is 152, above).
             eprintln!("squib: {e}");
-            return i32::from(STATUS_BAD_CONFIGURATION);
+            return i32::from(STATUS_GENERIC_ERROR);
         }
     };
     info!("Running {}", crate::version::version_line());
@@ -409,9 +410,10 @@ fn boot_from_file<V: VmmControl>(
     controller
         .apply_config_file(&config)
         .map_err(|e| fail(&e))?;
+    // As Firecracker: a config file whose microVM cannot be built is a bad configuration too.
     controller.start().map_err(|e| {
-        error!("cannot start the microVM: {e}");
-        i32::from(STATUS_GENERIC_ERROR)
+        error!("cannot start the microVM from {}: {e}", path.display());
+        i32::from(STATUS_BAD_CONFIGURATION)
     })?;
     info!("microVM started from {}", path.display());
     Ok(())
