@@ -203,6 +203,12 @@ pub fn parse_args(args: &[OsString]) -> Result<ProcessCommand, ArgsError> {
         let arg = arg
             .to_str()
             .ok_or_else(|| usage(format!("argument {arg:?} is not valid UTF-8")))?;
+        // squib's short forms of the two informational flags.
+        let arg = match arg {
+            "-h" => "--help",
+            "-V" => "--version",
+            other => other,
+        };
         if !arg.starts_with("--") {
             return Err(usage(format!("unexpected argument {arg:?}")));
         }
@@ -551,6 +557,8 @@ mod tests {
             Ok(ProcessCommand::Version)
         );
         assert_eq!(parse_args(&args(&["--help"])), Ok(ProcessCommand::Help));
+        assert_eq!(parse_args(&args(&["-h"])), Ok(ProcessCommand::Help));
+        assert_eq!(parse_args(&args(&["-V"])), Ok(ProcessCommand::Version));
         assert!(help_text().starts_with("Firecracker v1.16.0 (squib "));
     }
 
