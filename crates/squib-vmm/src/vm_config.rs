@@ -140,24 +140,66 @@ pub enum IoEngine {
     Async,
 }
 
-/// One token bucket: `size` tokens, refilled completely every `refill_time_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Longest `refill_time` (ms) whose nanoseconds fit in 64 bits.
+pub const MAX_REFILL_TIME_MS: u64 = u64::MAX / 1_000_000;
+
+/// One token bucket: `size` tokens, refilled completely every `refill_time_ms`. Also the API's
+/// and the config file's `TokenBucket` (Firecracker's names on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenBucketConfig {
     /// Bucket capacity (bytes or operations).
     pub size: u64,
-    /// Extra tokens available once, at start.
+    /// Extra tokens available once, at start (0: none; omitted on the wire when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub one_time_burst: u64,
     /// Time for an empty bucket to fill, in milliseconds.
+    #[serde(rename = "refill_time")]
     pub refill_time_ms: u64,
 }
 
-/// Firecracker's rate limiter: a bandwidth bucket and an operations bucket.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Firecracker's rate limiter: a bandwidth bucket and an operations bucket. Also the API's and
+/// the config file's `RateLimiter`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimiterConfig {
     /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<TokenBucketConfig>,
     /// Requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<TokenBucketConfig>,
+}
+
+/// A token bucket that cannot be represented; the text is the API's `fault_message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate_limiter.{bucket}.refill_time {ms} ms is too large (at most {MAX_REFILL_TIME_MS})")]
+pub struct RateLimiterError {
+    /// `bandwidth` or `ops`.
+    pub bucket: &'static str,
+    /// The value given.
+    pub ms: u64,
+}
+
+impl RateLimiterConfig {
+    /// Checks that every bucket can be represented (its refill time in nanoseconds fits).
+    pub fn check(&self) -> Result<(), RateLimiterError> {
+        for (bucket, b) in [("bandwidth", &self.bandwidth), ("ops", &self.ops)] {
+            if let Some(b) = b
+                && b.refill_time_ms > MAX_REFILL_TIME_MS
+            {
+                return Err(RateLimiterError {
+                    bucket,
+                    ms: b.refill_time_ms,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One virtio-blk drive.

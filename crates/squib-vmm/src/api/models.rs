@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use crate::vm_config::{CacheType, IoEngine};
+pub use crate::vm_config::{CacheType, IoEngine, RateLimiterConfig, TokenBucketConfig};
 
 /// `PUT /boot-source`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,31 +72,6 @@ pub struct MachineConfigBody {
     pub huge_pages: Option<HugePages>,
 }
 
-/// `TokenBucket`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBucketBody {
-    /// Capacity in tokens.
-    pub size: u64,
-    /// Extra tokens, spent first, once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub one_time_burst: Option<u64>,
-    /// Milliseconds for an empty bucket to fill.
-    pub refill_time: u64,
-}
-
-/// `RateLimiter`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimiterBody {
-    /// Bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth: Option<TokenBucketBody>,
-    /// Operations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ops: Option<TokenBucketBody>,
-}
-
 /// `PUT /drives/{drive_id}` (`Drive`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,7 +97,7 @@ pub struct DriveBody {
     pub io_engine: Option<IoEngine>,
     /// Throttle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<RateLimiterBody>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// vhost-user-block socket (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
@@ -139,7 +114,7 @@ pub struct PartialDriveBody {
     pub path_on_host: Option<String>,
     /// New throttle.
     #[serde(default)]
-    pub rate_limiter: Option<RateLimiterBody>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `InstanceActionInfo.action_type`.

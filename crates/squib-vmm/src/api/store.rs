@@ -8,18 +8,12 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
-use super::models::{
-    BootSourceBody, CpuTemplate, DriveBody, HugePages, MachineConfigBody, RateLimiterBody,
-    TokenBucketBody,
-};
+use super::models::{BootSourceBody, CpuTemplate, DriveBody, HugePages, MachineConfigBody};
 use crate::ids::{IdError, check_resource_id};
 use crate::vm_config::{
-    BootSource, DriveConfig, MachineConfig, MachineLimitError, RateLimiterConfig,
-    TokenBucketConfig, VmConfig, check_mem_size_mib, check_vcpu_count,
+    BootSource, DriveConfig, MachineConfig, MachineLimitError, RateLimiterConfig, RateLimiterError,
+    VmConfig, check_mem_size_mib, check_vcpu_count,
 };
-
-/// Longest `refill_time` (ms) whose nanoseconds fit in 64 bits.
-pub const MAX_REFILL_TIME_MS: u64 = u64::MAX / 1_000_000;
 
 /// Why a configuration request was refused; the text is the API's `fault_message`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,15 +64,8 @@ pub enum ConfigError {
     #[error("boot_args must not contain NUL bytes")]
     BootArgsNul,
     /// A token bucket that cannot be represented.
-    #[error(
-        "rate_limiter.{bucket}.refill_time {ms} ms is too large (at most {MAX_REFILL_TIME_MS})"
-    )]
-    RefillTime {
-        /// `bandwidth` or `ops`.
-        bucket: &'static str,
-        /// The value given.
-        ms: u64,
-    },
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
     /// `InstanceStart` before `PUT /boot-source`.
     #[error("cannot start the microVM without a kernel: PUT /boot-source first")]
     NoBootSource,
@@ -109,30 +96,10 @@ fn check_file(what: &'static str, path: &str, writable: bool) -> Result<PathBuf,
     Ok(path)
 }
 
-fn bucket(name: &'static str, b: &TokenBucketBody) -> Result<TokenBucketConfig, ConfigError> {
-    if b.refill_time > MAX_REFILL_TIME_MS {
-        return Err(ConfigError::RefillTime {
-            bucket: name,
-            ms: b.refill_time,
-        });
-    }
-    Ok(TokenBucketConfig {
-        size: b.size,
-        one_time_burst: b.one_time_burst.unwrap_or(0),
-        refill_time_ms: b.refill_time,
-    })
-}
-
-/// Validates a `RateLimiter` body.
-pub fn rate_limiter(body: &RateLimiterBody) -> Result<RateLimiterConfig, ConfigError> {
-    Ok(RateLimiterConfig {
-        bandwidth: body
-            .bandwidth
-            .as_ref()
-            .map(|b| bucket("bandwidth", b))
-            .transpose()?,
-        ops: body.ops.as_ref().map(|b| bucket("ops", b)).transpose()?,
-    })
+/// Validates a `RateLimiter` body (the one check lives with the type).
+pub fn rate_limiter(body: &RateLimiterConfig) -> Result<RateLimiterConfig, ConfigError> {
+    body.check()?;
+    Ok(*body)
 }
 
 /// Opens a drive's backing file the way the guest will use it, so permission errors show now.
@@ -348,14 +315,6 @@ fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn bucket_body(b: &TokenBucketConfig) -> TokenBucketBody {
-    TokenBucketBody {
-        size: b.size,
-        one_time_burst: Some(b.one_time_burst).filter(|&n| n != 0),
-        refill_time: b.refill_time_ms,
-    }
-}
-
 fn drive_body(d: &DriveConfig) -> DriveBody {
     DriveBody {
         drive_id: d.drive_id.clone(),
@@ -365,10 +324,7 @@ fn drive_body(d: &DriveConfig) -> DriveBody {
         partuuid: d.partuuid.clone(),
         cache_type: Some(d.cache_type),
         io_engine: Some(d.io_engine),
-        rate_limiter: d.rate_limiter.map(|r| RateLimiterBody {
-            bandwidth: r.bandwidth.as_ref().map(bucket_body),
-            ops: r.ops.as_ref().map(bucket_body),
-        }),
+        rate_limiter: d.rate_limiter,
         socket: None,
     }
 }
@@ -378,7 +334,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::vm_config::{CacheType, IoEngine};
+    use crate::vm_config::{CacheType, IoEngine, TokenBucketConfig};
 
     fn temp_file() -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -530,17 +486,20 @@ mod tests {
             Err(ConfigError::VhostUser(_))
         ));
         body.socket = None;
-        body.rate_limiter = Some(RateLimiterBody {
+        body.rate_limiter = Some(RateLimiterConfig {
             bandwidth: None,
-            ops: Some(TokenBucketBody {
+            ops: Some(TokenBucketConfig {
                 size: 1,
-                one_time_burst: None,
-                refill_time: u64::MAX,
+                one_time_burst: 0,
+                refill_time_ms: u64::MAX,
             }),
         });
         assert!(matches!(
             s.put_drive("a", &body),
-            Err(ConfigError::RefillTime { .. })
+            Err(ConfigError::RateLimiter(RateLimiterError {
+                bucket: "ops",
+                ..
+            }))
         ));
     }
 
@@ -552,11 +511,11 @@ mod tests {
         body.is_read_only = Some(true);
         body.cache_type = Some(CacheType::Writeback);
         body.io_engine = Some(IoEngine::Async);
-        body.rate_limiter = Some(RateLimiterBody {
-            bandwidth: Some(TokenBucketBody {
+        body.rate_limiter = Some(RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
                 size: 1000,
-                one_time_burst: Some(5),
-                refill_time: 100,
+                one_time_burst: 5,
+                refill_time_ms: 100,
             }),
             ops: None,
         });
