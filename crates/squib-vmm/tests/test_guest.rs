@@ -39,6 +39,27 @@ fn report(stdout: &str) -> Report {
     }
 }
 
+/// The boot-timer line reads as Firecracker's test suite reads it:
+/// `Guest-boot-time = <us> us <ms> ms, <cpu us> CPU us <cpu ms> CPU ms`.
+fn assert_firecracker_boot_time_line(stderr: &str) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("Guest-boot-time"))
+        .unwrap();
+    let tail = line.split_once("Guest-boot-time =").unwrap().1;
+    let words: Vec<&str> = tail.split_whitespace().collect();
+    let us: u64 = words[0].parse().unwrap();
+    let ms: u64 = words[2].trim_end_matches(',').parse().unwrap();
+    let cpu_us: u64 = words[4].parse().unwrap();
+    assert_eq!(
+        (words[1], words[3], words[5], words[6]),
+        ("us", "ms,", "CPU", "us"),
+        "{line}"
+    );
+    assert_eq!(ms, us / 1000, "{line}");
+    assert!(us > 0 && cpu_us <= us * 4, "{line}");
+}
+
 #[test]
 fn guest_passes_every_check_with_a_writable_and_a_read_only_disk() {
     if !common::kvm_available("guest_passes_every_check") {
@@ -84,11 +105,11 @@ fn guest_passes_every_check_with_a_writable_and_a_read_only_disk() {
     );
     assert!(report.passed >= 1);
     assert!(
-        stdout.contains("virtio_mmio.device=4K@0xd0001000:5"),
+        stdout.contains("virtio_mmio.device=4K@0xc0001000:5"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("virtio_mmio.device=4K@0xd0002000:6"),
+        stdout.contains("virtio_mmio.device=4K@0xc0002000:6"),
         "{stdout}"
     );
     assert_eq!(
@@ -100,6 +121,7 @@ fn guest_passes_every_check_with_a_writable_and_a_read_only_disk() {
         stderr.contains("Guest-boot-time"),
         "the boot timer did not log: {stderr}"
     );
+    assert_firecracker_boot_time_line(&stderr);
     assert!(stderr.contains("i8042"), "{stderr}");
 }
 
