@@ -9,17 +9,23 @@ use std::io;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemory;
-use crate::interrupt::Interrupt;
-use crate::queue::{QueueError, VirtQueue};
+use crate::interrupt::VirtioInterrupt;
+use crate::persist::{DeviceState, StateError};
+use crate::queue::{QueueError, QueueSnapshot, VirtQueue};
 
 /// The feature bit every device offers and every driver of a version-2 transport must accept.
 pub const FEATURE_VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
 /// `used_event`/`avail_event` notification suppression (virtio 1.2 §2.7.10).
 pub const FEATURE_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
+/// Indirect descriptor tables (virtio 1.2 §2.7.5.3): more requests in flight on a small queue.
+pub const FEATURE_INDIRECT_DESC: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC;
+/// What the transport and the virtqueues give every device, so every device offers them: include
+/// them in [`VirtioDevice::offered_features`].
+pub const COMMON_FEATURES: u64 = FEATURE_VERSION_1 | FEATURE_EVENT_IDX | FEATURE_INDIRECT_DESC;
 
 /// Why the driver's feature selection was refused at FEATURES_OK.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -72,8 +78,8 @@ pub struct Activation {
     /// One notification `EventFd` per queue (duplicates of the transport's, which the VMM
     /// registers as ioeventfds).
     pub queue_events: Vec<EventFd>,
-    /// The device's interrupt line.
-    pub interrupt: Arc<Interrupt>,
+    /// The device's interrupt.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
     /// The features the driver accepted (validated with [`VirtioDevice::validate_features`]).
     pub acked_features: u64,
 }
@@ -86,7 +92,7 @@ pub trait VirtioDevice: Send + Debug {
     /// The maximum size of each queue, in index order; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
 
-    /// The feature bits the device offers.
+    /// The feature bits the device offers: [`COMMON_FEATURES`] and the device's own.
     fn offered_features(&self) -> u64;
 
     /// Checks the driver's feature selection; called when the driver sets FEATURES_OK.
@@ -115,6 +121,33 @@ pub trait VirtioDevice: Send + Debug {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
 
     /// Stops the device and returns it to its pre-activation state (the driver wrote 0 to
-    /// Status). Must not return before the device stopped touching guest memory.
+    /// Status). Must not return before the device stopped touching guest memory, and must return
+    /// within one request's time whatever the guest keeps queueing.
     fn reset(&mut self);
+
+    /// The driver stopped queue `index` (QueueReady = 0 after DRIVER_OK): once this returns the
+    /// device no longer touches that queue.
+    fn disable_queue(&mut self, index: usize);
+
+    /// Stops serving after the requests in flight are published (VM pause, snapshot). A no-op
+    /// unless active.
+    fn pause(&mut self);
+
+    /// Serves again after [`pause`](Self::pause) or [`restore`](Self::restore).
+    fn resume(&mut self) -> Result<(), ActivateError>;
+
+    /// The queues' state while paused (`None` while running or inactive).
+    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>>;
+
+    /// The device's own state for a snapshot: only while paused or inactive.
+    fn save_state(&self) -> Result<DeviceState, StateError>;
+
+    /// Restores the device's own state; with `activation` (the snapshot was taken while the
+    /// device was active), the device is active and paused afterwards: [`resume`](Self::resume)
+    /// starts it.
+    fn restore_state(
+        &mut self,
+        state: &DeviceState,
+        activation: Option<Activation>,
+    ) -> Result<(), StateError>;
 }

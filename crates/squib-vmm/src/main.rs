@@ -8,9 +8,12 @@ use std::time::Instant;
 
 use squib_host::{signals, terminal};
 use squib_vmm::cli::{self, Command};
-use squib_vmm::devices::serial::Stdout;
+use squib_vmm::devices::serial::{self, Stdout};
 use squib_vmm::exit::{ExitReason, STATUS_ARG_PARSING, STATUS_GENERIC_ERROR};
 use squib_vmm::vmm::{StartOptions, Vmm};
+
+/// How long guest output still queued for stdout may delay the exit.
+const CONSOLE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
@@ -23,7 +26,9 @@ fn main() -> ExitCode {
     // Without --kernel, squib runs the Firecracker way (API socket and/or --config-file), and
     // answers --help and --version as Firecracker does.
     if !squib_vmm::api::process::is_cli_mode(&args) {
-        std::process::exit(squib_vmm::api::process::run(&args, process_start));
+        let status = squib_vmm::api::process::run(&args, process_start);
+        serial::flush_stdout(CONSOLE_FLUSH_TIMEOUT);
+        std::process::exit(status);
     }
     let config = match cli::parse(args) {
         Ok(Command::Run(config)) => config,
@@ -90,5 +95,6 @@ fn main() -> ExitCode {
     terminal::restore();
     // Exit without tearing the VM down: the kernel does it faster at process exit (closing a
     // VM fd alone can take ~15 ms here).
+    serial::flush_stdout(CONSOLE_FLUSH_TIMEOUT);
     std::process::exit(i32::from(reason.status()));
 }

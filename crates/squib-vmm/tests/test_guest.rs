@@ -152,3 +152,74 @@ fn guest_without_its_disks_fails_and_squib_exits_non_zero() {
         common::stderr(&output)
     );
 }
+
+/// The guest's `guest.mode=durable` pattern: 64 KiB at sector 1024, byte at disk offset `o` is
+/// `(o / 512 * 7 + o) as u8 ^ 0xa5` (see `crates/squib-test-guest/src/durable.rs`).
+const DURABLE_SECTOR: u64 = 1024;
+const DURABLE_BYTES: usize = 64 * 1024;
+
+fn durable_byte(offset: u64) -> u8 {
+    (offset / 512 * 7 + offset) as u8 ^ 0xa5
+}
+
+/// A write the guest FLUSHed on a Writeback drive is in the file even when squib is SIGKILLed
+/// right after the FLUSH completed, with either engine.
+#[test]
+fn data_flushed_by_the_guest_survives_sigkill() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::FileExt;
+    use std::process::Stdio;
+
+    if !common::kvm_available("data_flushed_by_the_guest_survives_sigkill") {
+        return;
+    }
+    for engine in ["sync", "async"] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = common::sparse_disk(dir.path(), "disk.img", DISK_BYTES);
+        let mut child = common::squib()
+            .args([
+                "--kernel",
+                common::test_guest().to_str().unwrap(),
+                "--cmdline",
+                "guest.mode=durable",
+                "--disk",
+                &format!("{disk},cache=writeback,engine={engine}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("DURABLE flushed") || line.starts_with("FAIL") {
+                    let _ = tx.send(line);
+                    break;
+                }
+            }
+        });
+        let line = rx.recv_timeout(TIMEOUT);
+        // SIGKILL: no shutdown path, no flush at exit.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let line = line.unwrap_or_else(|_| panic!("{engine}: the guest never reported its FLUSH"));
+        assert_eq!(
+            line,
+            format!("DURABLE flushed sector={DURABLE_SECTOR} bytes={DURABLE_BYTES}"),
+            "{engine}"
+        );
+        let file = std::fs::File::open(&disk).unwrap();
+        let mut data = vec![0u8; DURABLE_BYTES];
+        let base = DURABLE_SECTOR * 512;
+        file.read_exact_at(&mut data, base).unwrap();
+        let wrong = (0..DURABLE_BYTES)
+            .filter(|&i| data[i] != durable_byte(base + i as u64))
+            .count();
+        assert_eq!(
+            wrong, 0,
+            "{engine}: {wrong} bytes of the flushed write are missing"
+        );
+    }
+}

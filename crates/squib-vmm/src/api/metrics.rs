@@ -4,9 +4,12 @@
 //! Every line carries every field, zeros included. As in Firecracker, counters are *deltas*
 //! since the previous line (a consumer sums lines), while `api_server.*` and
 //! `block*.latency_max_us` are values. Groups: `utc_timestamp_ms`, `api_server`,
-//! `get_api_requests`, `put_api_requests`, `patch_api_requests`, `logger`, `block` (all drives)
-//! and `block_{drive_id}`. Lines go through a [`LineSink`]: a full pipe drops the line and counts
-//! it in `logger.missed_metrics_count`, never blocking the API thread.
+//! `get_api_requests`, `put_api_requests`, `patch_api_requests`, `logger`, `uart`, `block` (all
+//! drives) and `block_{drive_id}`. `logger.missed_log_count` counts log lines lost: dropped by a
+//! full log pipe, or guest-triggered lines the rate limit suppressed;
+//! `uart.missed_write_count` counts guest console bytes dropped because stdout did not keep up.
+//! Lines go through a [`LineSink`]: a full pipe drops the line and counts it in
+//! `logger.missed_metrics_count`, never blocking the API thread.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -156,6 +159,8 @@ pub struct Metrics {
     missed_log_written: u64,
     /// Drive counters at the last line, to write deltas.
     last_drives: BTreeMap<String, DriveCounters>,
+    /// Guest console bytes dropped, at the last line written.
+    missed_console_written: u64,
 }
 
 impl Metrics {
@@ -217,7 +222,11 @@ impl Metrics {
         if self.sink.is_none() {
             return Ok(());
         }
-        let (missed_metrics, missed_log) = (self.missed_metrics_count, self.missed_log());
+        let (missed_metrics, missed_log, missed_console) = (
+            self.missed_metrics_count,
+            self.missed_log(),
+            crate::devices::serial::dropped_output_bytes(),
+        );
         let line = self.line(drives);
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
         bytes.push(b'\n');
@@ -230,6 +239,7 @@ impl Metrics {
                 // Only a line that went out has reported these drops.
                 self.missed_metrics_written = missed_metrics;
                 self.missed_log_written = missed_log;
+                self.missed_console_written = missed_console;
                 Ok(())
             }
             LineOutcome::Dropped => {
@@ -239,10 +249,14 @@ impl Metrics {
         }
     }
 
+    /// Log lines lost since start: dropped by a full log pipe, or guest-triggered lines the
+    /// rate limit suppressed.
     fn missed_log(&self) -> u64 {
-        self.log_counters
+        let dropped = self
+            .log_counters
             .as_ref()
-            .map_or(0, |c| c.missed_log_count())
+            .map_or(0, |c| c.missed_log_count());
+        dropped.saturating_add(squib_virtio::guest_log::suppressed_total())
     }
 
     /// Builds the next line and resets the deltas (drop counts reset once a line is written).
@@ -282,6 +296,13 @@ impl Metrics {
                 "missed_metrics_count": self.missed_metrics_count - self.missed_metrics_written,
                 "metrics_fails": 0,
                 "missed_log_count": missed_log.saturating_sub(self.missed_log_written),
+            }),
+        );
+        let missed_console = crate::devices::serial::dropped_output_bytes();
+        root.insert(
+            "uart".into(),
+            json!({
+                "missed_write_count": missed_console.saturating_sub(self.missed_console_written),
             }),
         );
         let mut total = DriveCounters::default();
@@ -357,6 +378,7 @@ pub fn field_names(drive_ids: &[&str]) -> Vec<String> {
         "logger.missed_metrics_count".to_owned(),
         "logger.metrics_fails".to_owned(),
         "logger.missed_log_count".to_owned(),
+        "uart.missed_write_count".to_owned(),
     ];
     for c in &COUNTED {
         names.push(format!("{}.{}_count", c.group, c.field));
@@ -446,6 +468,8 @@ mod tests {
         assert_eq!(l[0]["block_root"]["rate_limiter_throttled_events"], 2);
         assert_eq!(l[1]["block"]["rate_limiter_throttled_events"], 1);
         assert_eq!(l[1]["put_api_requests"]["drive_count"], 0);
+        assert!(l[0]["logger"]["missed_log_count"].is_u64());
+        assert!(l[0]["uart"]["missed_write_count"].is_u64());
     }
 
     #[test]

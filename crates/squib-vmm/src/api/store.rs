@@ -5,10 +5,10 @@
 //! configuration time, as Firecracker does, so a wrong path is reported by the request that named
 //! it rather than by `InstanceStart`.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use super::models::{BootSourceBody, CpuTemplate, DriveBody, HugePages, MachineConfigBody};
+use crate::host_file::{self, Accept};
 use crate::ids::{IdError, check_resource_id};
 use crate::vm_config::{
     BootSource, DriveConfig, MachineConfig, MachineLimitError, RateLimiterConfig, RateLimiterError,
@@ -74,7 +74,12 @@ pub enum ConfigError {
     UnknownDrive(String),
 }
 
-fn check_file(what: &'static str, path: &str, writable: bool) -> Result<PathBuf, ConfigError> {
+fn check_file(
+    what: &'static str,
+    path: &str,
+    writable: bool,
+    accept: Accept,
+) -> Result<PathBuf, ConfigError> {
     let path = PathBuf::from(path);
     let fail = |reason: String| ConfigError::File {
         what,
@@ -84,15 +89,7 @@ fn check_file(what: &'static str, path: &str, writable: bool) -> Result<PathBuf,
     if path.as_os_str().is_empty() {
         return Err(fail("the path is empty".into()));
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(&path)
-        .map_err(|e| fail(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-    if meta.is_dir() {
-        return Err(fail("it is a directory".into()));
-    }
+    host_file::open(&path, writable, accept).map_err(|e| fail(e.to_string()))?;
     Ok(path)
 }
 
@@ -104,7 +101,12 @@ pub fn rate_limiter(body: &RateLimiterConfig) -> Result<RateLimiterConfig, Confi
 
 /// Opens a drive's backing file the way the guest will use it, so permission errors show now.
 pub fn check_drive_path(path: &str, read_only: bool) -> Result<PathBuf, ConfigError> {
-    check_file("path_on_host", path, !read_only)
+    check_file(
+        "path_on_host",
+        path,
+        !read_only,
+        Accept::RegularFileOrBlockDevice,
+    )
 }
 
 fn check_partuuid(p: &str) -> Result<(), ConfigError> {
@@ -130,11 +132,16 @@ pub struct ConfigStore {
 impl ConfigStore {
     /// `PUT /boot-source`.
     pub fn set_boot_source(&mut self, body: &BootSourceBody) -> Result<(), ConfigError> {
-        let kernel_image_path = check_file("kernel_image_path", &body.kernel_image_path, false)?;
+        let kernel_image_path = check_file(
+            "kernel_image_path",
+            &body.kernel_image_path,
+            false,
+            Accept::RegularFile,
+        )?;
         let initrd_path = body
             .initrd_path
             .as_deref()
-            .map(|p| check_file("initrd_path", p, false))
+            .map(|p| check_file("initrd_path", p, false, Accept::RegularFile))
             .transpose()?;
         if body.boot_args.as_deref().is_some_and(|a| a.contains('\0')) {
             return Err(ConfigError::BootArgsNul);

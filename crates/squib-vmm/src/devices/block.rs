@@ -1,10 +1,10 @@
-//! Drives: each `DriveConfig` becomes a backend (its engine, optionally bypassing the host page
-//! cache), a virtio-blk device, and a virtio-mmio slot. Block I/O runs on the device's worker
-//! thread, which squib-virtio starts when the driver activates the device — never on a vCPU.
+//! The virtio-blk builder: each `DriveConfig` becomes a backend (its engine, optionally bypassing
+//! the host page cache), a virtio-blk device behind a virtio-mmio transport, and the
+//! [`DriveHandle`] the API keeps. Block I/O runs on the device's worker thread (squib-virtio's
+//! runtime), started when the driver activates the device — never on a vCPU.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 use squib_virtio::block::backend::{BackendError, BlockBackend};
@@ -13,10 +13,11 @@ use squib_virtio::block::{BlockConfig, BlockDevice, BlockHandle, BlockMetricsSna
 use squib_virtio::mmio::MmioTransport;
 use squib_virtio::rate_limiter::{BucketSpec, RateLimiterSpec};
 
+use super::DeviceError;
+use super::bus::Bus;
+use super::manager::{DeviceKind, DeviceManager, RuntimeHandle};
 use crate::GuestMemory;
-use crate::devices::DeviceError;
-use crate::devices::bus::Bus;
-use crate::devices::virtio_mmio::VirtioMmioManager;
+use crate::host_file::{self, Accept};
 use crate::vm_config::{CacheType, DriveConfig, IoEngine, RateLimiterConfig, TokenBucketConfig};
 
 /// Why a drive could not be set up.
@@ -60,12 +61,11 @@ pub enum DriveError {
     },
 }
 
-/// A drive of the running microVM: its device's runtime handle, and the backend it serves.
+/// A drive of the running microVM: its device's runtime handle.
 #[derive(Debug)]
 pub struct DriveHandle {
     id: String,
     block: BlockHandle,
-    backend: Mutex<Arc<dyn BlockBackend>>,
 }
 
 impl DriveHandle {
@@ -86,24 +86,13 @@ impl DriveHandle {
 
     /// Replaces the backing file (the guest is notified of a capacity change).
     pub fn swap_backend(&self, backend: Arc<dyn BlockBackend>) -> Result<(), SwapError> {
-        let mut current = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
-        self.block.swap_backend(backend.clone())?;
-        *current = backend;
-        Ok(())
+        self.block.swap_backend(backend)
     }
 
-    /// Makes completed writes durable.
+    /// Makes every write the drive ever acknowledged durable, on its current backend and on
+    /// those swapped out before it.
     pub fn flush(&self) -> Result<(), BackendError> {
-        let backend = self
-            .backend
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if backend.is_read_only() {
-            Ok(())
-        } else {
-            backend.flush()
-        }
+        self.block.flush_all()
     }
 }
 
@@ -114,11 +103,12 @@ pub fn open_backend(drive: &DriveConfig) -> Result<Arc<dyn BlockBackend>, DriveE
         path: drive.path_on_host.clone(),
         source,
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!drive.is_read_only)
-        .open(&drive.path_on_host)
-        .map_err(open_err)?;
+    let file = host_file::open(
+        &drive.path_on_host,
+        !drive.is_read_only,
+        Accept::RegularFileOrBlockDevice,
+    )
+    .map_err(|e| open_err(e.into_io()))?;
     if drive.direct {
         squib_host::block_io::set_f_nocache(&file).map_err(|source| DriveError::Direct {
             id: drive.drive_id.clone(),
@@ -160,19 +150,19 @@ pub fn rate_limiter_spec(config: &RateLimiterConfig) -> RateLimiterSpec {
     }
 }
 
-/// Opens every drive and attaches it, in order, to the next virtio-mmio slot.
+/// Opens every drive and attaches it, in order, to the next virtio-mmio slot (drives come
+/// first, so the n-th drive is the guest's n-th virtio disk).
 pub fn attach_all(
     vm: &VmFd,
     mem: &GuestMemory,
     mmio: &mut Bus,
-    virtio: &mut VirtioMmioManager,
+    devices: &mut DeviceManager,
     drives: &[DriveConfig],
-) -> Result<Vec<DriveHandle>, DriveError> {
-    let mut handles = Vec::with_capacity(drives.len());
+) -> Result<(), DriveError> {
     for drive in drives {
         let id = || drive.drive_id.clone();
         let backend = open_backend(drive)?;
-        let device = BlockDevice::new(backend.clone(), block_config(drive))
+        let device = BlockDevice::new(backend, block_config(drive))
             .map_err(|source| DriveError::Device { id: id(), source })?;
         let block = device.handle();
         let transport = MmioTransport::new(Box::new(device), mem.clone()).map_err(|source| {
@@ -184,14 +174,17 @@ pub fn attach_all(
                 },
             }
         })?;
-        virtio
-            .attach(vm, mmio, &drive.drive_id, transport)
+        let handle = DriveHandle { id: id(), block };
+        devices
+            .attach(
+                vm,
+                mmio,
+                DeviceKind::Block,
+                &drive.drive_id,
+                transport,
+                RuntimeHandle::Block(handle),
+            )
             .map_err(|source| DriveError::Attach { id: id(), source })?;
-        handles.push(DriveHandle {
-            id: id(),
-            block,
-            backend: Mutex::new(backend),
-        });
     }
-    Ok(handles)
+    Ok(())
 }
