@@ -4,12 +4,12 @@
 //! Every line carries every field, zeros included. As in Firecracker, counters are *deltas*
 //! since the previous line (a consumer sums lines), while `api_server.*` and
 //! `block*.latency_max_us` are values. Groups: `utc_timestamp_ms`, `api_server`,
-//! `get_api_requests`, `put_api_requests`, `patch_api_requests`, `logger`, `block` (all drives)
-//! and `block_{drive_id}`, `uart`. Lines go through a [`LineSink`]: a full pipe drops the line
-//! and counts it in `logger.missed_metrics_count`, never blocking the API thread.
-//! `logger.missed_log_count` counts log lines not written: those the logger's sink dropped and
-//! the guest-triggered lines the rate limit suppressed (`squib_virtio::guest_log`);
+//! `get_api_requests`, `put_api_requests`, `patch_api_requests`, `logger`, `uart`, `block` (all
+//! drives) and `block_{drive_id}`. `logger.missed_log_count` counts log lines lost: dropped by a
+//! full log pipe, or guest-triggered lines the rate limit suppressed;
 //! `uart.missed_write_count` counts guest console bytes dropped because stdout did not keep up.
+//! Lines go through a [`LineSink`]: a full pipe drops the line and counts it in
+//! `logger.missed_metrics_count`, never blocking the API thread.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -157,10 +157,10 @@ pub struct Metrics {
     /// The logger's drop counter (absent when the logger is not squib's).
     log_counters: Option<Arc<LogCounters>>,
     missed_log_written: u64,
-    /// Console bytes dropped, at the last line written.
-    missed_console_written: u64,
     /// Drive counters at the last line, to write deltas.
     last_drives: BTreeMap<String, DriveCounters>,
+    /// Guest console bytes dropped, at the last line written.
+    missed_console_written: u64,
 }
 
 impl Metrics {
@@ -222,8 +222,11 @@ impl Metrics {
         if self.sink.is_none() {
             return Ok(());
         }
-        let (missed_metrics, missed_log) = (self.missed_metrics_count, self.missed_log());
-        let missed_console = crate::devices::serial::dropped_output_bytes();
+        let (missed_metrics, missed_log, missed_console) = (
+            self.missed_metrics_count,
+            self.missed_log(),
+            crate::devices::serial::dropped_output_bytes(),
+        );
         let line = self.line(drives);
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
         bytes.push(b'\n');
@@ -246,12 +249,14 @@ impl Metrics {
         }
     }
 
+    /// Log lines lost since start: dropped by a full log pipe, or guest-triggered lines the
+    /// rate limit suppressed.
     fn missed_log(&self) -> u64 {
-        let sink_drops = self
+        let dropped = self
             .log_counters
             .as_ref()
             .map_or(0, |c| c.missed_log_count());
-        sink_drops.saturating_add(squib_virtio::guest_log::suppressed_total())
+        dropped.saturating_add(squib_virtio::guest_log::suppressed_total())
     }
 
     /// Builds the next line and resets the deltas (drop counts reset once a line is written).
@@ -293,6 +298,13 @@ impl Metrics {
                 "missed_log_count": missed_log.saturating_sub(self.missed_log_written),
             }),
         );
+        let missed_console = crate::devices::serial::dropped_output_bytes();
+        root.insert(
+            "uart".into(),
+            json!({
+                "missed_write_count": missed_console.saturating_sub(self.missed_console_written),
+            }),
+        );
         let mut total = DriveCounters::default();
         for (id, now) in drives {
             let before = self
@@ -304,13 +316,6 @@ impl Metrics {
             root.insert(format!("block_{id}"), block_group(&delta));
         }
         root.insert("block".into(), block_group(&total));
-        let missed_console = crate::devices::serial::dropped_output_bytes();
-        root.insert(
-            "uart".into(),
-            json!({
-                "missed_write_count": missed_console.saturating_sub(self.missed_console_written),
-            }),
-        );
         Value::Object(root)
     }
 }
@@ -463,6 +468,8 @@ mod tests {
         assert_eq!(l[0]["block_root"]["rate_limiter_throttled_events"], 2);
         assert_eq!(l[1]["block"]["rate_limiter_throttled_events"], 1);
         assert_eq!(l[1]["put_api_requests"]["drive_count"], 0);
+        assert!(l[0]["logger"]["missed_log_count"].is_u64());
+        assert!(l[0]["uart"]["missed_write_count"].is_u64());
     }
 
     #[test]
