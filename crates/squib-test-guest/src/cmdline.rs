@@ -27,6 +27,9 @@ pub enum Mode {
     Test,
     /// `guest.bench=<workload>`: a benchmark, see `BenchOptions`.
     Bench,
+    /// `guest.mode=virtio-drivers`: the same devices driven by the third-party `virtio-drivers`
+    /// crate instead of this guest's own driver.
+    VirtioDrivers,
 }
 
 /// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
@@ -225,7 +228,8 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "boot" => Mode::Boot,
                     "test" => Mode::Test,
                     "bench" => Mode::Bench,
-                    _ => return Err(error("expected boot, test or bench")),
+                    "virtio-drivers" => Mode::VirtioDrivers,
+                    _ => return Err(error("expected boot, test, bench or virtio-drivers")),
                 });
             }
             "guest.bench" => {

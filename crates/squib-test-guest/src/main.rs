@@ -3,7 +3,9 @@
 //!
 //! Layout: `boot` (entries), `cpu`/`paging`/`interrupts` (CPL0 tables and handlers), `apic`,
 //! `port`/`serial`/`power`, `cmdline`, `dma`, `virtio_mmio`/`virtqueue`/`virtio_blk` (the
-//! driver), `checks`/`bench` (the two workloads) and `report` (verdict and exit).
+//! driver), `checks`/`bench` (the two workloads), `third_party` (the same devices through the
+//! `virtio-drivers` crate, with `heap` for its allocations), `pattern` (the data written) and
+//! `report` (verdict and exit).
 #![no_std]
 #![no_main]
 
@@ -14,12 +16,15 @@ mod checks;
 mod cmdline;
 mod cpu;
 mod dma;
+mod heap;
 mod interrupts;
 mod paging;
+mod pattern;
 mod port;
 mod power;
 mod report;
 mod serial;
+mod third_party;
 mod time;
 mod virtio_blk;
 mod virtio_mmio;
@@ -48,6 +53,7 @@ extern "C" fn user_main(entry: u32, info: u64) -> ! {
     match options.mode {
         Mode::Boot | Mode::Test => checks::run(&options),
         Mode::Bench => bench::run(&options),
+        Mode::VirtioDrivers => third_party::run(&options),
     }
 }
 
