@@ -21,6 +21,7 @@ use crate::dma::{DmaBuf, OutOfDmaMemory};
 use crate::interrupts;
 use crate::pattern::{self, Mismatch};
 use crate::report;
+use crate::serial::println;
 use crate::time::Deadline;
 
 type Blk = VirtIOBlk<GuestHal, MmioTransport<'static>>;
@@ -614,6 +615,8 @@ fn reinitialise(disk: Disk<'_>, mut blk: Blk, scratch: &mut Scratch) -> Outcome 
     let before = blk.capacity();
     let expected = scratch.expected.as_mut_slice();
     blk.read_blocks(RW_SECTOR as usize, expected)?;
+    // The crate spins until QueueReady reads 0: a device that ignores the write hangs here.
+    println!("# virtio-drivers blk {}: dropping the driver", disk.name);
     drop(blk);
     let (transport, _) = super::open(disk.device).map_err(CheckError::Open)?;
     let mut blk = Blk::new(transport)?;
