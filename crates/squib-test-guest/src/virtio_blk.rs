@@ -262,8 +262,8 @@ impl BlockDevice {
             });
         }
         let capacity = transport.config_u64(CONFIG_CAPACITY);
-        let seg_max =
-            (features & feature::SEG_MAX != 0).then(|| transport.config_u32(CONFIG_SEG_MAX));
+        let seg_max = (features & feature::SEG_MAX != 0)
+            .then(|| transport.config_u32(CONFIG_SEG_MAX));
         let mut device = Self {
             base: device.base,
             gsi: device.gsi,
