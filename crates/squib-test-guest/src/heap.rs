@@ -1,7 +1,8 @@
 //! The global allocator, for the third-party driver only (it boxes indirect descriptor tables;
 //! this guest's own code never allocates). A bump allocator over a region of the DMA arena, so
-//! everything it hands out is identity-mapped RAM a device may read; when the last live
-//! allocation is freed it starts over, which keeps a request-per-allocation pattern bounded.
+//! everything it hands out is identity-mapped RAM a device may read. Freeing the most recent
+//! allocation gives its bytes back, and freeing the last live one starts over, so the crate's
+//! allocate-per-request pattern (a table boxed, used, freed) runs in constant memory.
 //!
 //! One CPU, and the CPL0 interrupt handlers never allocate, so the atomics only need to be
 //! consistent with themselves. Before `init` every allocation fails (null).
@@ -43,7 +44,8 @@ struct BumpHeap {
 
 // SAFETY: `alloc` hands out disjoint ranges of a region owned by the heap alone (taken from the
 // arena with `into_raw`), each aligned as asked and inside the region; a range is handed out
-// again only after every allocation has been freed (`live` back to 0).
+// again only once it is free: every allocation has been freed (`live` back to 0), or it was the
+// most recent allocation and has been freed (`next` moves back to its start).
 unsafe impl GlobalAlloc for BumpHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let start = self.start.load(Ordering::Relaxed);
@@ -66,10 +68,16 @@ unsafe impl GlobalAlloc for BumpHeap {
         addr as *mut u8
     }
 
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if self.live.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.next
                 .store(self.start.load(Ordering::Relaxed), Ordering::Relaxed);
+            return;
         }
+        // The most recent allocation: its bytes are free again (the alignment gap stays used).
+        let end = ptr as u64 + layout.size() as u64;
+        let _ = self
+            .next
+            .compare_exchange(end, ptr as u64, Ordering::Relaxed, Ordering::Relaxed);
     }
 }

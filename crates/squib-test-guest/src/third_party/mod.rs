@@ -4,13 +4,13 @@
 //! device) would not: multi-bit status writes, QueueReady = 0 to stop a queue, indirect
 //! descriptors. Output and verdict as in the checks mode (`report`).
 //!
-//! One module per device type the crate drives (`blk`, `rng`). Adding one (virtio-net with
-//! `VirtIONet`, vsock with `VirtIOSocket`) is a module with a `check` function and an arm in
-//! `run`'s match.
+//! One module per device type the crate drives (`blk`, `rng`, `vsock`). Adding one (virtio-net
+//! with `VirtIONet`) is a module with a `check` function and an arm in `run`'s match.
 
 mod blk;
 mod hal;
 mod rng;
+mod vsock;
 
 use core::fmt;
 use core::ptr::NonNull;
@@ -69,6 +69,7 @@ pub fn run(options: &Options) -> ! {
                 seed,
             ),
             DeviceType::EntropySource => rng::check(device, transport),
+            DeviceType::Socket => vsock::check(device, transport, seed),
             other => println!(
                 "# virtio-drivers {name}: a {other:?} device at {:#x}, not covered yet",
                 device.base
