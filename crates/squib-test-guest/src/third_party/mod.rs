@@ -4,11 +4,13 @@
 //! device) would not: multi-bit status writes, QueueReady = 0 to stop a queue, indirect
 //! descriptors. Output and verdict as in the checks mode (`report`).
 //!
-//! One module per device type the crate drives (`blk`, `rng`, `vsock`). Adding one (virtio-net
-//! with `VirtIONet`) is a module with a `check` function and an arm in `run`'s match.
+//! One module per device type the crate drives (`blk`, `net`, `rng`, `vsock`); another (the
+//! crate's console, GPU, input, sound) would be a module with a `check` function and an arm in
+//! `run`'s match.
 
 mod blk;
 mod hal;
+mod net;
 mod rng;
 mod vsock;
 
@@ -68,6 +70,7 @@ pub fn run(options: &Options) -> ! {
                 &mut blk_scratch,
                 seed,
             ),
+            DeviceType::Network => net::check(device, transport, seed),
             DeviceType::EntropySource => rng::check(device, transport),
             DeviceType::Socket => vsock::check(device, transport, seed),
             other => println!(
