@@ -1,5 +1,5 @@
-//! The global allocator, for the third-party driver only (it boxes indirect descriptor tables;
-//! this guest's own code never allocates). A bump allocator over a region of the DMA arena, so
+//! The global allocator, for the third-party driver only (indirect descriptor tables, network
+//! buffers, vsock connections; this guest's own code never allocates). A bump allocator over a region of the DMA arena, so
 //! everything it hands out is identity-mapped RAM a device may read. Freeing the most recent
 //! allocation gives its bytes back, and freeing the last live one starts over, so the crate's
 //! allocate-per-request pattern (a table boxed, used, freed) runs in constant memory.
