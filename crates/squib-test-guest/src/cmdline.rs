@@ -32,6 +32,9 @@ pub enum Mode {
     ResetStorm,
     /// `guest.mode=durable`: write a known pattern to vda, FLUSH, print a line, wait to be killed.
     Durable,
+    /// `guest.mode=virtio-drivers`: the same devices driven by the third-party `virtio-drivers`
+    /// crate instead of this guest's own driver.
+    VirtioDrivers,
 }
 
 /// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
@@ -232,7 +235,12 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "bench" => Mode::Bench,
                     "reset-storm" => Mode::ResetStorm,
                     "durable" => Mode::Durable,
-                    _ => return Err(error("expected boot, test, bench, reset-storm or durable")),
+                    "virtio-drivers" => Mode::VirtioDrivers,
+                    _ => {
+                        return Err(error(
+                            "expected boot, test, bench, reset-storm, durable or virtio-drivers",
+                        ));
+                    }
                 });
             }
             "guest.bench" => {

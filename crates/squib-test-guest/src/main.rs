@@ -3,8 +3,9 @@
 //!
 //! Layout: `boot` (entries), `cpu`/`paging`/`interrupts` (CPL0 tables and handlers), `apic`,
 //! `port`/`serial`/`power`, `cmdline`, `dma`, `virtio_mmio`/`virtqueue`/`virtio_blk` (the
-//! driver), `checks`/`bench`/`reset_storm`/`durable` (the workloads) and `report` (verdict and
-//! exit).
+//! driver), `checks`/`bench`/`reset_storm`/`durable` (the workloads), `third_party` (the same
+//! devices through the `virtio-drivers` crate, with `heap` for its allocations), `pattern` (the
+//! data written) and `report` (verdict and exit).
 #![no_std]
 #![no_main]
 
@@ -16,13 +17,16 @@ mod cmdline;
 mod cpu;
 mod dma;
 mod durable;
+mod heap;
 mod interrupts;
 mod paging;
+mod pattern;
 mod port;
 mod power;
 mod report;
 mod reset_storm;
 mod serial;
+mod third_party;
 mod time;
 mod virtio_blk;
 mod virtio_mmio;
@@ -53,6 +57,7 @@ extern "C" fn user_main(entry: u32, info: u64) -> ! {
         Mode::Bench => bench::run(&options),
         Mode::ResetStorm => reset_storm::run(&options),
         Mode::Durable => durable::run(&options),
+        Mode::VirtioDrivers => third_party::run(&options),
     }
 }
 

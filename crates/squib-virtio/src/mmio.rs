@@ -186,12 +186,13 @@ impl MmioTransport {
             return;
         }
         let Ok(word) = <&mut [u8; 4]>::try_from(&mut *data) else {
-            self.bad_accesses.record("read", offset, data.len());
+            self.bad_accesses
+                .record("read of other than 4 bytes", offset, data.len());
             data.fill(0);
             return;
         };
         if !offset.is_multiple_of(4) {
-            self.bad_accesses.record("read", offset, 4);
+            self.bad_accesses.record("misaligned read", offset, 4);
             *word = [0; 4];
             return;
         }
@@ -228,11 +229,12 @@ impl MmioTransport {
             return;
         }
         let Ok(word) = <[u8; 4]>::try_from(data) else {
-            self.bad_accesses.record("write", offset, data.len());
+            self.bad_accesses
+                .record("write of other than 4 bytes", offset, data.len());
             return;
         };
         if !offset.is_multiple_of(4) {
-            self.bad_accesses.record("write", offset, 4);
+            self.bad_accesses.record("misaligned write", offset, 4);
             return;
         }
         let value = u32::from_le_bytes(word);
@@ -287,27 +289,23 @@ impl MmioTransport {
 
     fn write_queue_config(&mut self, offset: u64, value: u32) {
         if self.status & STATUS_DRIVER_OK != 0 {
-            if offset == reg::QUEUE_READY && value == 0 {
-                self.stop_queue();
-            } else {
-                guest_warn!(offset, "queue configured after DRIVER_OK; ignored");
-            }
+            self.write_live_queue_config(offset, value);
             return;
         }
-        let select = self.queue_select;
-        let Some(queue) = usize::try_from(select)
+        let Some(queue) = usize::try_from(self.queue_select)
             .ok()
             .and_then(|i| self.queues.get_mut(i))
         else {
-            guest_warn!(
-                select,
+            self.bad_accesses.record(
+                "queue configured through QueueSel of a missing queue",
                 offset,
-                "queue configured through QueueSel of a queue that does not exist"
+                4,
             );
             return;
         };
         if queue.ready && offset != reg::QUEUE_READY {
-            guest_warn!(select, offset, "queue reconfigured while ready; ignored");
+            self.bad_accesses
+                .record("queue reconfigured while ready", offset, 4);
             return;
         }
         let value64 = u64::from(value);
@@ -323,6 +321,28 @@ impl MmioTransport {
             reg::QUEUE_DEVICE_LOW => queue.used_ring = set_low(queue.used_ring, value64),
             reg::QUEUE_DEVICE_HIGH => queue.used_ring = set_high(queue.used_ring, value64),
             _ => {}
+        }
+    }
+
+    /// Queue registers written while the device runs. QueueReady = 0 stops the queue. A stopped
+    /// queue's other registers may be written (virtio 1.2 §4.2.2.3 forbids it only while
+    /// QueueReady is not 0, and a driver tearing a queue down clears them, as the
+    /// `virtio-drivers` crate does) but change nothing: without VIRTIO_F_RING_RESET a queue is
+    /// not enabled again before a reset. Anything else is a driver error, ignored.
+    fn write_live_queue_config(&mut self, offset: u64, value: u32) {
+        let ready = self.selected_queue().map(|queue| queue.ready);
+        match (offset, ready) {
+            (reg::QUEUE_READY, _) if value == 0 => self.stop_queue(),
+            (_, None) => self.bad_accesses.record(
+                "queue configured through QueueSel of a missing queue",
+                offset,
+                4,
+            ),
+            (reg::QUEUE_READY, Some(_)) | (_, Some(true)) => {
+                self.bad_accesses
+                    .record("queue configured after DRIVER_OK", offset, 4);
+            }
+            (_, Some(false)) => debug!(offset, "register of a stopped queue written; no effect"),
         }
     }
 
@@ -603,7 +623,8 @@ fn set_high(current: u64, high: u64) -> u64 {
     (current & 0xffff_ffff) | (high << 32)
 }
 
-/// Malformed register accesses, logged through the guest log limiter with their running count.
+/// Register accesses the transport ignores (malformed, or not allowed in the device's state),
+/// logged through the guest log limiter with their running count.
 #[derive(Debug, Default)]
 struct BadAccessLog {
     count: u64,
@@ -617,7 +638,7 @@ impl BadAccessLog {
             offset,
             len,
             total = self.count,
-            "ignored virtio-mmio access (registers take aligned 4-byte accesses)"
+            "ignored virtio-mmio access"
         );
     }
 }

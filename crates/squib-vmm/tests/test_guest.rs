@@ -223,3 +223,98 @@ fn data_flushed_by_the_guest_survives_sigkill() {
         );
     }
 }
+
+/// The same disks driven by a third-party driver, the `virtio-drivers` crate built into the
+/// test guest (`guest.mode=virtio-drivers`): squib must work for drivers it was not written
+/// alongside (multi-bit status writes, QueueReady = 0 to stop a queue, a reset and a second
+/// initialisation, requests in flight through the crate's non-blocking API).
+#[test]
+fn third_party_virtio_drivers_pass_every_check_on_a_writable_and_a_read_only_disk() {
+    if !common::kvm_available("third_party_virtio_drivers_pass_every_check") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = common::sparse_disk(dir.path(), "disk.img", DISK_BYTES);
+    let ro_disk = common::sparse_disk(dir.path(), "ro.img", READ_ONLY_DISK_BYTES);
+    let output = common::run_squib(
+        &[
+            "--kernel",
+            common::test_guest().to_str().unwrap(),
+            "--disk",
+            &disk,
+            "--disk",
+            &format!("{ro_disk},ro"),
+            "--cmdline",
+            "guest.mode=virtio-drivers guest.expect_ro=vdb",
+        ],
+        TIMEOUT,
+    );
+    let stdout = common::stdout(&output);
+    let stderr = common::stderr(&output);
+    let report = report(&stdout);
+    let checks: Vec<&String> = report
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("ok - ") || l.starts_with("FAIL - "))
+        .collect();
+    assert!(
+        checks.iter().all(|l| l.starts_with("ok - ")),
+        "failed checks:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert_eq!(report.failed, 0, "{stdout}");
+    assert_eq!(report.passed, checks.len(), "{stdout}");
+    // Every check ran on the disk it applies to (a check that silently did not run fails here).
+    let writable = [
+        "VirtIOBlk::new on MmioTransport",
+        "capacity() 131072 sectors",
+        "readonly() false",
+        "first request (read_blocks_nb, polled) completes",
+        "device_id \"",
+        "write_blocks 1 sector",
+        "write_blocks 128 sectors in one request",
+        "flush, then read back",
+        "writes, then as many reads in flight at once",
+        "completions by interrupt (GSI 5)",
+        "a write at the end get IoError",
+        "re-initialised; capacity and data unchanged",
+    ];
+    let read_only = [
+        "VirtIOBlk::new on MmioTransport",
+        "capacity() 16384 sectors",
+        "readonly() true",
+        "first request (read_blocks_nb, polled) completes",
+        "device_id \"",
+        "reads in flight at once",
+        "completions by interrupt (GSI 6)",
+        "reads at and across the end get IoError",
+        "write_blocks refused with IoError, data unchanged",
+        "re-initialised; capacity and data unchanged",
+    ];
+    for (disk, expected) in [("vda", &writable[..]), ("vdb", &read_only[..])] {
+        let prefix = format!("ok - virtio-drivers blk {disk}: ");
+        for what in expected {
+            assert!(
+                checks
+                    .iter()
+                    .any(|l| l.starts_with(&prefix) && l.contains(what)),
+                "no passed check `{what}` on {disk}:\n{stdout}"
+            );
+        }
+        let ran = checks.iter().filter(|l| l.starts_with(&prefix)).count();
+        assert_eq!(ran, expected.len(), "checks on {disk}:\n{stdout}");
+    }
+    assert!(
+        !stderr.contains("invalid device status transition"),
+        "the driver's status writes were refused:\n{stderr}"
+    );
+    // Dropping the driver clears its stopped queue's registers, which the spec allows.
+    assert!(
+        !stderr.contains("queue configured after DRIVER_OK"),
+        "a conforming queue teardown was warned about:\n{stderr}"
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}
