@@ -5,6 +5,7 @@
 //! argues why it is sound. `cargo xtask lint-unsafe` enforces this in CI.
 
 pub mod alloc_counter;
+pub mod bad_syscall;
 pub mod block_io;
 pub mod guest_io;
 pub mod kvm_memory;

@@ -19,6 +19,7 @@ pub mod queue;
 pub mod rate_limiter;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod threads;
 
 pub use block::engine::{AsyncFileBackend, SyncFileBackend};
 

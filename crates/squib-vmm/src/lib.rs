@@ -14,6 +14,7 @@ pub mod devices;
 pub mod drives;
 pub mod exit;
 pub mod kvm;
+pub mod seccomp;
 pub mod vm_config;
 pub mod vmm;
 

@@ -10,6 +10,7 @@ use squib_host::{signals, terminal};
 use squib_vmm::cli::{self, Command};
 use squib_vmm::devices::serial::Stdout;
 use squib_vmm::exit::{ExitReason, STATUS_HOST_ERROR, STATUS_USAGE};
+use squib_vmm::seccomp::{self, ThreadKind};
 use squib_vmm::vmm::{StartOptions, Vmm};
 
 fn main() -> ExitCode {
@@ -19,7 +20,19 @@ fn main() -> ExitCode {
         eprintln!("squib: cannot block signals: {err}");
         return ExitCode::from(STATUS_HOST_ERROR);
     }
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // Both modes: load the filters before any thread starts; each thread installs its own.
+    let filters = match seccomp::take_flags(&mut args) {
+        Ok(source) => source,
+        Err(err) => {
+            eprintln!("squib: {err}");
+            return ExitCode::from(STATUS_USAGE);
+        }
+    };
+    if let Err(err) = seccomp::init(&filters) {
+        eprintln!("squib: {err}");
+        return ExitCode::from(STATUS_USAGE);
+    }
     // Without --kernel, squib runs the Firecracker way (API socket and/or --config-file).
     if !squib_vmm::api::process::is_cli_mode(&args) {
         std::process::exit(squib_vmm::api::process::run(&args, process_start));
@@ -62,6 +75,7 @@ fn main() -> ExitCode {
         process_start,
         console_out: Box::new(Stdout),
         console_in: Some(Box::new(stdin)),
+        caller: ThreadKind::Vmm,
     };
     let vmm = match Vmm::start(&config, options) {
         Ok(vmm) => vmm,
@@ -76,12 +90,13 @@ fn main() -> ExitCode {
     let waiter = std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 << 10)
-        .spawn(
-            move || match signals::wait(&squib_vmm::TERMINATION_SIGNALS) {
+        .spawn(move || {
+            seccomp::enter_or_exit(ThreadKind::Vmm);
+            match signals::wait(&squib_vmm::TERMINATION_SIGNALS) {
                 Ok(signal) => handle.request_exit(ExitReason::Signal(signal)),
                 Err(err) => tracing::warn!("not waiting for SIGTERM/SIGINT: {err}"),
-            },
-        );
+            }
+        });
     if let Err(err) = waiter {
         tracing::warn!("SIGTERM/SIGINT will not stop the microVM in order: {err}");
     }

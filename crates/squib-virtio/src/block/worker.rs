@@ -515,6 +515,7 @@ impl WorkerHandle {
         let thread = thread::Builder::new()
             .name("squib-blk".into())
             .spawn(move || {
+                crate::threads::on_thread_start(crate::threads::WorkerThread::Device);
                 if let Err(error) = worker.run(&stop_for_thread) {
                     error!(%error, "virtio-blk worker cannot wait for events; it stopped");
                 }

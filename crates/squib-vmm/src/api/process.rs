@@ -264,12 +264,13 @@ fn spawn_signal_waiter(stopper: super::kvm_vmm::Stopper) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 << 10)
-        .spawn(
-            move || match squib_host::signals::wait(&crate::TERMINATION_SIGNALS) {
+        .spawn(move || {
+            crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vmm);
+            match squib_host::signals::wait(&crate::TERMINATION_SIGNALS) {
                 Ok(signal) => stopper.stop(signal),
                 Err(e) => warn!("not waiting for SIGTERM/SIGINT: {e}"),
-            },
-        );
+            }
+        });
     if let Err(e) = spawned {
         warn!("SIGTERM/SIGINT will not stop squib in order: {e}");
     }
