@@ -5,6 +5,7 @@
 //! `x86_64-unknown-linux-gnu.json` defines every thread category and its actions. Any other
 //! `*.json` there is a fragment that only adds rules to existing categories (an engine's own
 //! syscalls, e.g. `io_uring.json`): its entries are appended to the base file's before compiling.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::path::Path;

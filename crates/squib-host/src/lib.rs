@@ -9,5 +9,6 @@ pub mod bad_syscall;
 pub mod block_io;
 pub mod guest_io;
 pub mod kvm_memory;
+pub mod malloc_arenas;
 pub mod signals;
 pub mod terminal;

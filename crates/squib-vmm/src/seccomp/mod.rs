@@ -128,6 +128,9 @@ pub enum SeccompError {
     /// The SIGSYS handler could not be installed.
     #[error("cannot install the SIGSYS handler: {0}")]
     Handler(std::io::Error),
+    /// glibc's arena limit could not be fixed (see `squib_host::malloc_arenas`).
+    #[error("cannot fix the allocator's arena limit before filtering: {0}")]
+    Allocator(std::io::Error),
     /// The kernel refused a filter.
     #[error("cannot install the `{category}` seccomp filter: {source}")]
     Install {
@@ -226,6 +229,9 @@ pub fn init(source: &FilterSource) -> Result<(), SeccompError> {
     if filters.is_some() {
         squib_host::bad_syscall::install_handler(STATUS_BAD_SYSCALL)
             .map_err(SeccompError::Handler)?;
+        // glibc's default (8 per CPU), fixed now: computing it later opens a /sys file.
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        squib_host::malloc_arenas::set_arena_limit(8 * cpus).map_err(SeccompError::Allocator)?;
     }
     let _ = FILTERS.set(filters.map(|programs| Filters {
         programs,
@@ -267,6 +273,11 @@ fn test_trigger() -> Option<ThreadKind> {
 #[cfg(not(debug_assertions))]
 fn test_trigger() -> Option<ThreadKind> {
     None
+}
+
+/// squib's built-in filters in Firecracker's compiled format (what `--seccomp-filter` reads).
+pub fn built_in_filters() -> &'static [u8] {
+    EMBEDDED
 }
 
 /// Whether filters are installed (not `--no-seccomp`, and [`init`] was called).
