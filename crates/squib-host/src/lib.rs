@@ -8,6 +8,7 @@ pub mod alloc_counter;
 pub mod bad_syscall;
 pub mod block_io;
 pub mod guest_io;
+pub mod jail;
 pub mod kvm_memory;
 pub mod malloc_arenas;
 pub mod signals;

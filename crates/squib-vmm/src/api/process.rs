@@ -134,6 +134,13 @@ pub fn parse_args(args: &[OsString]) -> Result<ProcessArgs, ArgsError> {
                     ))
                 })?;
             }
+            // The jailer's timing flags: accepted (checked to be numbers) so that the jailer's
+            // exec line starts squib; issue 9 feeds them into the start-up metrics.
+            "--start-time-us" | "--start-time-cpu-us" | "--parent-cpu-time-us" => {
+                let v = value()?;
+                v.parse::<u64>()
+                    .map_err(|_| err(format!("{name} {v:?}: expected a number")))?;
+            }
             other => return Err(err(format!("unknown option {other:?}"))),
         }
     }
