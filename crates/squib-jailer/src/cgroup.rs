@@ -110,7 +110,7 @@ pub fn place(
                 let hierarchy = mounts
                     .iter()
                     .find(|(_, fstype, options)| {
-                        fstype == "cgroup" && options.iter().any(|o| *o == setting.controller)
+                        fstype == "cgroup" && options.contains(&setting.controller)
                     })
                     .map(|(mount, _, _)| mount.clone())
                     .ok_or_else(|| CgroupError::NoController(setting.controller.clone()))?;

@@ -159,6 +159,23 @@ fn build_and_exec(
         None
     };
 
+    // The new PID namespace's first process is forked here, before the chroot rather than
+    // after it as in Firecracker (`fork` checks the process is single-threaded through /proc,
+    // which the jail does not have); the child builds the jail. Nothing else differs.
+    let mut parent_cpu_us = None;
+    if args.new_pid_ns {
+        jail::unshare(libc::CLONE_NEWPID).map_err(step("unshare(CLONE_NEWPID)"))?;
+        let cpu_us = jail::process_cpu_time_us().map_err(step("clock_gettime"))?;
+        match jail::fork().map_err(step("fork"))? {
+            Forked::Parent(pid) => {
+                let pid_file = chroot.join(format!("{}.pid", args.exec_name));
+                fs::write(&pid_file, format!("{pid}\n")).map_err(at("write", &pid_file))?;
+                std::process::exit(0);
+            }
+            Forked::Child => parent_cpu_us = Some(cpu_us),
+        }
+    }
+
     enter_chroot(&chroot)?;
     make_devices(args)?;
     // The VMM creates its API socket in the jail: `/` and `/run` belong to it.
@@ -182,20 +199,6 @@ fn build_and_exec(
         jail::setsid().map_err(step("setsid"))?;
         for target in 0..=2 {
             jail::redirect_stdio(dev_null.as_fd(), target).map_err(step("redirect stdio"))?;
-        }
-    }
-
-    let mut parent_cpu_us = None;
-    if args.new_pid_ns {
-        jail::unshare(libc::CLONE_NEWPID).map_err(step("unshare(CLONE_NEWPID)"))?;
-        let cpu_us = jail::process_cpu_time_us().map_err(step("clock_gettime"))?;
-        match jail::fork().map_err(step("fork"))? {
-            Forked::Parent(pid) => {
-                let pid_file = PathBuf::from(format!("/{}.pid", args.exec_name));
-                fs::write(&pid_file, format!("{pid}\n")).map_err(at("write", &pid_file))?;
-                std::process::exit(0);
-            }
-            Forked::Child => parent_cpu_us = Some(cpu_us),
         }
     }
 
