@@ -4,7 +4,10 @@
 //! ```text
 //! squib [--api-sock PATH] [--config-file PATH] [--no-api] [--id ID] [--log-path PATH]
 //!       [--level LEVEL] [--metrics-path PATH] [--boot-timer] [--http-api-max-payload-size N]
+//!       [--start-time-us N] [--start-time-cpu-us N] [--parent-cpu-time-us N]
 //! ```
+//!
+//! (`--no-seccomp` and `--seccomp-filter` are taken out before, in `main`: both modes have them.)
 //!
 //! `main` picks this mode whenever `--kernel` is absent: the command-line mode boots from
 //! `--kernel`, Firecracker mode from the API or the config file.
@@ -37,7 +40,8 @@ pub const DEFAULT_ID: &str = "anonymous-instance";
 /// The usage text of this mode.
 pub const USAGE: &str = "usage: squib [--api-sock PATH] [--config-file PATH] [--no-api] [--id ID]
              [--log-path PATH] [--level Error|Warning|Info|Debug|Trace|Off]
-             [--metrics-path PATH] [--boot-timer] [--http-api-max-payload-size BYTES]";
+             [--metrics-path PATH] [--boot-timer] [--http-api-max-payload-size BYTES]
+             [--no-seccomp | --seccomp-filter FILE]";
 
 /// Firecracker-mode flags.
 #[derive(Clone, Debug, PartialEq, Eq)]

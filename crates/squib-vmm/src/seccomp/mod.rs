@@ -386,6 +386,53 @@ mod tests {
         }
     }
 
+    /// The JSON spells ioctl requests as numbers: check them against their definitions.
+    #[test]
+    fn the_json_ioctl_numbers_are_the_requests_they_name() {
+        use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+        const KVMIO: u32 = 0xAE;
+        ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+        ioctl_iow_nr!(
+            KVM_SET_SIGNAL_MASK,
+            KVMIO,
+            0x8b,
+            kvm_bindings::kvm_signal_mask
+        );
+        ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
+        let expected = [
+            ("KVM_RUN", u64::from(KVM_RUN())),
+            ("KVM_SET_SIGNAL_MASK", u64::from(KVM_SET_SIGNAL_MASK())),
+            ("KVM_GET_REGS", u64::from(KVM_GET_REGS())),
+            ("TCGETS", libc::TCGETS),
+            ("TCSETS", libc::TCSETS),
+            ("PR_SET_NAME", libc::PR_SET_NAME as u64),
+            ("PR_SET_NO_NEW_PRIVS", libc::PR_SET_NO_NEW_PRIVS as u64),
+            (
+                "SECCOMP_SET_MODE_FILTER",
+                u64::from(libc::SECCOMP_SET_MODE_FILTER),
+            ),
+        ];
+        let json: serde_json::Value = serde_json::from_str(include_str!(
+            "../../resources/seccomp/x86_64-unknown-linux-gnu.json"
+        ))
+        .unwrap();
+        let mut checked = 0;
+        for filter in json.as_object().unwrap().values() {
+            for rule in filter["filter"].as_array().unwrap() {
+                for arg in rule["args"].as_array().into_iter().flatten() {
+                    let name = arg["comment"].as_str().unwrap();
+                    let (_, want) = expected
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .unwrap_or_else(|| panic!("no definition to check {name} against"));
+                    assert_eq!(arg["val"].as_u64(), Some(*want), "{name}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 8, "only {checked} arguments checked");
+    }
+
     #[test]
     fn names_are_lower_cased_as_firecracker_does() {
         let mut map = bpf_file::BpfMap::new();
