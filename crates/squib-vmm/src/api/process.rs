@@ -347,6 +347,22 @@ mod tests {
     }
 
     #[test]
+    fn the_jailer_exec_line_parses() {
+        let a = parse_args(&args(&[
+            "--id=vm1",
+            "--start-time-us=1875026170",
+            "--start-time-cpu-us=1833",
+            "--parent-cpu-time-us=12",
+            "--api-sock",
+            "/run/firecracker.socket",
+        ]))
+        .unwrap();
+        assert_eq!(a.id, "vm1");
+        let e = parse_args(&args(&["--start-time-us", "soon"])).unwrap_err();
+        assert!(e.to_string().contains("expected a number"), "{e}");
+    }
+
+    #[test]
     fn kernel_flag_selects_the_command_line_mode() {
         assert!(is_cli_mode(&args(&["--kernel", "k"])));
         assert!(is_cli_mode(&args(&["--kernel=k"])));
