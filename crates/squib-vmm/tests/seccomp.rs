@@ -130,6 +130,29 @@ fn stop(child: Child) -> std::process::Output {
     common::wait_with_timeout(child, TIMEOUT)
 }
 
+/// `PATCH /vm` through `curl --unix-socket`; returns the HTTP status.
+fn patch_vm(sock: &Path, body: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(sock)
+        .args(["-X", "PATCH", "-d", body, "http://localhost/vm"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The threads each mode runs while the guest runs.
 const CLI_THREADS: &[&str] = &["squib", "signals", "vcpu0", "squib-blk", "squib-blk-io"];
 const API_THREADS: &[&str] = &[
@@ -155,7 +178,17 @@ fn every_thread_is_filtered_while_the_guest_runs() {
         };
         let mut child = spawn(&args, None);
         let threads = wait_for_threads(&mut child, wanted);
-        let unfiltered: Vec<_> = threads.iter().filter(|(_, m)| m != "2").collect();
+        let mut unfiltered: Vec<_> = threads.into_iter().filter(|(_, m)| m != "2").collect();
+        if mode == "api" {
+            // Pause stops the device workers; resume restarts them from the API thread.
+            let sock = dir.path().join("api.sock");
+            for state in ["Paused", "Resumed"] {
+                let body = format!(r#"{{"state":"{state}"}}"#);
+                assert_eq!(patch_vm(&sock, &body), "204", "{state}");
+            }
+            let threads = wait_for_threads(&mut child, wanted);
+            unfiltered.extend(threads.into_iter().filter(|(_, m)| m != "2"));
+        }
         let output = stop(child);
         assert!(
             unfiltered.is_empty(),
