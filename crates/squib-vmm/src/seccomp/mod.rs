@@ -400,9 +400,9 @@ mod tests {
         );
         ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
         let expected = [
-            ("KVM_RUN", u64::from(KVM_RUN())),
-            ("KVM_SET_SIGNAL_MASK", u64::from(KVM_SET_SIGNAL_MASK())),
-            ("KVM_GET_REGS", u64::from(KVM_GET_REGS())),
+            ("KVM_RUN", KVM_RUN()),
+            ("KVM_SET_SIGNAL_MASK", KVM_SET_SIGNAL_MASK()),
+            ("KVM_GET_REGS", KVM_GET_REGS()),
             ("TCGETS", libc::TCGETS),
             ("TCSETS", libc::TCSETS),
             ("PR_SET_NAME", libc::PR_SET_NAME as u64),
