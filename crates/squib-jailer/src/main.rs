@@ -22,7 +22,8 @@ use squib_host::jail::{self, Forked};
 
 use args::{JailerArgs, Parsed};
 
-/// Exit status for any failure (Firecracker's jailer exits 1 on error).
+/// Exit status for any failure (Firecracker's jailer exits 1 on bad arguments, panics on a failed
+/// step; one status and one line for both is easier to handle).
 const STATUS_ERROR: u8 = 1;
 
 /// The device nodes created in the jail: path, major, minor (fixed kernel numbers).
