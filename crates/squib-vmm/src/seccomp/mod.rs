@@ -12,9 +12,10 @@
 //!
 //! A filter is inherited by the threads its thread creates afterwards, and a thread can only
 //! narrow it. So a thread kind that starts others must allow what they need: the vCPU thread
-//! starts the virtio workers (a driver's DRIVER_OK write runs on it), and a worker starts its
-//! block I/O threads; each of those installs its own, narrower list first thing, through the
-//! hook this module gives `squib_virtio::threads`. See docs/security.md.
+//! starts the virtio workers (a driver's DRIVER_OK write runs on it), the API thread restarts
+//! them when a paused VM resumes, and a worker starts its block I/O threads; each of those
+//! installs its own, narrower list first thing, through the hook this module gives
+//! `squib_virtio::threads`. See docs/security.md.
 
 pub mod bpf_file;
 
