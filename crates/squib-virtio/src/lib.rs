@@ -23,6 +23,7 @@ pub mod rate_limiter;
 pub mod runtime;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod threads;
 
 pub use block::engine::{AsyncFileBackend, SyncFileBackend};
 

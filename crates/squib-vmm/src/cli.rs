@@ -5,6 +5,7 @@
 //!       [--disk PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]]...
 //!       [--boot-timer] [--boot-protocol auto|pvh|linux64]
 //!       [--no-acpi] [--no-mptable] [--no-cmdline-devices]
+//!       [--no-seccomp | --seccomp-filter FILE]   (taken out by `seccomp::take_flags` in `main`)
 //! ```
 //!
 //! Every option also accepts `--name=value`. Errors are one line naming the problem.
@@ -23,7 +24,8 @@ pub const USAGE: &str =
     "usage: squib --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N]
              [--disk PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]]...
              [--boot-timer] [--boot-protocol auto|pvh|linux64]
-             [--no-acpi] [--no-mptable] [--no-cmdline-devices]";
+             [--no-acpi] [--no-mptable] [--no-cmdline-devices]
+             [--no-seccomp | --seccomp-filter FILE]";
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]

@@ -15,6 +15,7 @@ pub mod exit;
 pub mod host_file;
 pub mod ids;
 pub mod kvm;
+pub mod seccomp;
 pub mod version;
 pub mod vm_config;
 pub mod vmm;

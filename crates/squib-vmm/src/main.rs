@@ -10,6 +10,7 @@ use squib_host::{signals, terminal};
 use squib_vmm::cli::{self, Command};
 use squib_vmm::devices::serial::{self, Stdout};
 use squib_vmm::exit::{ExitReason, STATUS_ARG_PARSING, STATUS_GENERIC_ERROR};
+use squib_vmm::seccomp::{self, ThreadKind};
 use squib_vmm::vmm::{StartOptions, Vmm};
 
 /// How long guest output still queued for stdout may delay the exit.
@@ -22,7 +23,19 @@ fn main() -> ExitCode {
         eprintln!("squib: cannot block signals: {err}");
         return ExitCode::from(STATUS_GENERIC_ERROR);
     }
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // Both modes: load the filters before any thread starts; each thread installs its own.
+    let filters = match seccomp::take_flags(&mut args) {
+        Ok(source) => source,
+        Err(err) => {
+            eprintln!("squib: {err}");
+            return ExitCode::from(STATUS_ARG_PARSING);
+        }
+    };
+    if let Err(err) = seccomp::init(&filters) {
+        eprintln!("squib: {err}");
+        return ExitCode::from(STATUS_ARG_PARSING);
+    }
     // Without --kernel, squib runs the Firecracker way (API socket and/or --config-file), and
     // answers --help and --version as Firecracker does.
     if !squib_vmm::api::process::is_cli_mode(&args) {
@@ -67,6 +80,7 @@ fn main() -> ExitCode {
         process_start,
         console_out: Box::new(Stdout),
         console_in: Some(Box::new(stdin)),
+        caller: ThreadKind::Vmm,
     };
     let vmm = match Vmm::start(&config, options) {
         Ok(vmm) => vmm,
@@ -81,12 +95,13 @@ fn main() -> ExitCode {
     let waiter = std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 << 10)
-        .spawn(
-            move || match signals::wait(&squib_vmm::TERMINATION_SIGNALS) {
+        .spawn(move || {
+            seccomp::enter_or_exit(ThreadKind::Vmm);
+            match signals::wait(&squib_vmm::TERMINATION_SIGNALS) {
                 Ok(signal) => handle.request_exit(ExitReason::Signal(signal)),
                 Err(err) => tracing::warn!("not waiting for SIGTERM/SIGINT: {err}"),
-            },
-        );
+            }
+        });
     if let Err(err) = waiter {
         tracing::warn!("SIGTERM/SIGINT will not stop the microVM in order: {err}");
     }

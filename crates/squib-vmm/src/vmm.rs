@@ -37,6 +37,7 @@ use crate::devices::{self, DeviceError, LegacyDevices};
 use crate::exit::{ExitReason, ExitSender};
 use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
+use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::vm_config::{MachineConfig, VmConfig, check_mem_size_mib, check_vcpu_count};
 
 /// The machine limits, defined with the KVM-free model that checks them.
@@ -91,6 +92,9 @@ pub enum VmmError {
     /// The vCPU kick signal could not be set up.
     #[error("cannot set up the vCPU kick signal: {0}")]
     KickSignal(std::io::Error),
+    /// A seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// The VM is stopping: it can no longer be paused or resumed.
     #[error("the microVM is stopping")]
     Stopping,
@@ -110,6 +114,9 @@ pub struct StartOptions {
     pub console_out: SerialOutput,
     /// Guest console input, forwarded on its own thread (`None`: no input).
     pub console_in: Option<Box<dyn Read + Send>>,
+    /// The calling thread's kind: [`Vmm::start`] installs its seccomp filter on the calling
+    /// thread after starting every other thread and before the vCPUs enter the guest.
+    pub caller: ThreadKind,
 }
 
 impl std::fmt::Debug for StartOptions {
@@ -117,6 +124,7 @@ impl std::fmt::Debug for StartOptions {
         f.debug_struct("StartOptions")
             .field("process_start", &self.process_start)
             .field("console_in", &self.console_in.is_some())
+            .field("caller", &self.caller)
             .finish_non_exhaustive()
     }
 }
@@ -355,7 +363,8 @@ impl Vmm {
 
         // 7.
         let shared = Arc::new(RunningVm {
-            control: RunControl::new(vcpus.len()),
+            // Held until every thread, this one included, has its seccomp filter.
+            control: RunControl::new_held(vcpus.len()),
             vcpu_threads: Mutex::new(Vec::with_capacity(vcpus.len())),
             exit,
             legacy,
@@ -391,6 +400,16 @@ impl Vmm {
                 tracing::warn!("guest console input disabled: cannot start its thread: {err}");
             }
         }
+        // Last: the threads started above installed their own filters; the guest runs only
+        // once this thread has its own too.
+        if let Err(err) = seccomp::enter(options.caller) {
+            shutdown(&shared);
+            return Err(err.into());
+        }
+        if !seccomp::enabled() {
+            tracing::info!("seccomp: no filter installed");
+        }
+        shared.control.resume();
         tracing::debug!(
             vcpus = vcpu_count,
             mem_mib = config.machine.mem_size_mib,
@@ -451,10 +470,17 @@ fn shutdown(shared: &RunningVm) {
 
 /// A vCPU thread: run the guest until told to stop or the guest stops the VM.
 fn run_vcpu(mut vcpu: Vcpu, shared: &RunningVm, pio: &Bus, mmio: &Bus) {
+    // Before anything the guest can influence.
+    let filtered = seccomp::enter(ThreadKind::Vcpu);
     // Blocked outside KVM_RUN, unblocked inside: see `squib_host::signals`.
     let kick_setup = signals::block(&[signals::kick_signal()])
         .and_then(|()| signals::unblock_kick_during_run(vcpu.fd()));
-    if let Err(err) = kick_setup {
+    if let Err(err) = filtered {
+        shared.exit.request(ExitReason::HostError(format!(
+            "vCPU {}: {err}",
+            vcpu.index()
+        )));
+    } else if let Err(err) = kick_setup {
         shared.exit.request(ExitReason::HostError(format!(
             "vCPU {}: KVM_SET_SIGNAL_MASK: {err}",
             vcpu.index()

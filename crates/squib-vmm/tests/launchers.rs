@@ -272,8 +272,7 @@ fn the_default_socket_is_firecrackers() {
 #[test]
 fn refused_features_exit_153_naming_them() {
     for (args, feature) in [
-        (&["--seccomp-filter", "/tmp/f.bpf"][..], "seccomp"),
-        (&["--mmds-size-limit", "1024"], "MMDS"),
+        (&["--mmds-size-limit", "1024"][..], "MMDS"),
         (&["--metadata", "/tmp/m.json"], "MMDS"),
         (&["--enable-pci"], "PCI"),
         (&["--describe-snapshot", "/tmp/s"], "snapshots"),

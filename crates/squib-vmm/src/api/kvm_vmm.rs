@@ -181,6 +181,7 @@ impl VmmControl for KvmVmm {
             console_in: self
                 .console_in
                 .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+            caller: crate::seccomp::ThreadKind::Api,
         };
         let vmm = match self.take_shell(&config.machine) {
             Some(shell) => Vmm::start_on(shell, config, options),
@@ -198,6 +199,7 @@ impl VmmControl for KvmVmm {
             .name("vmm-wait".into())
             .stack_size(64 << 10)
             .spawn(move || {
+                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vmm);
                 let reason = vmm.wait();
                 let _ = shared.exit_status.set(i32::from(reason.status()));
                 exit.notify();

@@ -2,9 +2,10 @@
 //! a `--config-file`, until the microVM stops.
 //!
 //! Every flag of Firecracker's binary is accepted with Firecracker's meaning; those whose
-//! feature squib lacks (MMDS, PCI, snapshots, custom seccomp filters) stop squib at start with
-//! one line naming the feature and Firecracker's bad-arguments status (153), never a silent
-//! ignore. `main` picks this mode whenever `--kernel` is absent.
+//! feature squib lacks (MMDS, PCI, snapshots) stop squib at start with one line naming the
+//! feature and Firecracker's bad-arguments status (153), never a silent ignore. `--no-seccomp`
+//! and `--seccomp-filter` are taken out before, in `main` (`seccomp::take_flags`): both modes
+//! have them. `main` picks this mode whenever `--kernel` is absent.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -37,10 +38,10 @@ pub const DEFAULT_ID: &str = "anonymous-instance";
 pub const USAGE: &str = "usage: squib [--api-sock PATH] [--id ID] [--config-file PATH] [--no-api]
              [--log-path PATH] [--level Off|Error|Warning|Info|Debug|Trace] [--module PATH]
              [--show-level] [--show-log-origin] [--metrics-path PATH] [--boot-timer]
-             [--http-api-max-payload-size BYTES] [--no-seccomp]
+             [--http-api-max-payload-size BYTES] [--no-seccomp | --seccomp-filter FILE]
              [--start-time-us N] [--start-time-cpu-us N] [--parent-cpu-time-us N]
              [--version] [--help]
-       refused until squib has the feature: --seccomp-filter, --mmds-size-limit, --metadata,
+       refused until squib has the feature: --mmds-size-limit, --metadata,
              --enable-pci, --describe-snapshot, --snapshot-version";
 
 /// What the jailer measured before exec'ing squib (`--start-time-us`, `--start-time-cpu-us`,
@@ -101,8 +102,6 @@ pub struct ProcessArgs {
     pub boot_timer: bool,
     /// `--http-api-max-payload-size`.
     pub max_payload: usize,
-    /// `--no-seccomp`.
-    pub no_seccomp: bool,
     /// The jailer's timing flags.
     pub start_times: StartTimes,
 }
@@ -171,13 +170,11 @@ const FLAGS: &[(&str, bool, Option<&str>)] = &[
     ("--metrics-path", true, None),
     ("--boot-timer", false, None),
     ("--http-api-max-payload-size", true, None),
-    ("--no-seccomp", false, None),
     ("--start-time-us", true, None),
     ("--start-time-cpu-us", true, None),
     ("--parent-cpu-time-us", true, None),
     ("--version", false, None),
     ("--help", false, None),
-    ("--seccomp-filter", true, Some("custom seccomp filters")),
     (
         "--mmds-size-limit",
         true,
@@ -289,7 +286,6 @@ pub fn parse_args(args: &[OsString]) -> Result<ProcessCommand, ArgsError> {
         metrics_path: value("--metrics-path").map(PathBuf::from),
         boot_timer: flag("--boot-timer"),
         max_payload,
-        no_seccomp: flag("--no-seccomp"),
         start_times: StartTimes {
             start_time_us: number("--start-time-us")?,
             start_time_cpu_us: number("--start-time-cpu-us")?,
@@ -338,10 +334,8 @@ pub fn run(args: &[OsString], process_start: Instant) -> i32 {
         }
     };
     info!("Running {}", crate::version::version_line());
-    if args.no_seccomp {
+    if !crate::seccomp::enabled() {
         warn!("--no-seccomp: no seccomp filter is installed");
-    } else {
-        warn!("squib installs no seccomp filter yet: the process runs unfiltered");
     }
     let console_in = std::io::stdin().is_terminal()
         && squib_host::terminal::enter_raw_mode(std::io::stdin().as_fd()).unwrap_or(false);
@@ -460,12 +454,13 @@ fn spawn_signal_waiter(stopper: super::kvm_vmm::Stopper) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 << 10)
-        .spawn(
-            move || match squib_host::signals::wait(&crate::TERMINATION_SIGNALS) {
+        .spawn(move || {
+            crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vmm);
+            match squib_host::signals::wait(&crate::TERMINATION_SIGNALS) {
                 Ok(signal) => stopper.stop(signal),
                 Err(e) => warn!("not waiting for termination signals: {e}"),
-            },
-        );
+            }
+        });
     if let Err(e) = spawned {
         warn!("SIGTERM/SIGINT will not stop squib in order: {e}");
     }
@@ -491,8 +486,8 @@ mod tests {
         let d = run_args(&[]);
         assert_eq!(d.api_sock, Path::new("/run/firecracker.socket"));
         assert_eq!(
-            (d.id.as_str(), d.max_payload, d.no_api, d.no_seccomp),
-            (DEFAULT_ID, 51_200, false, false)
+            (d.id.as_str(), d.max_payload, d.no_api),
+            (DEFAULT_ID, 51_200, false)
         );
         assert_eq!(d.logger, LoggerBody::default());
         assert_eq!(d.start_times, StartTimes::default());
@@ -516,7 +511,6 @@ mod tests {
             "--boot-timer",
             "--http-api-max-payload-size",
             "100",
-            "--no-seccomp",
             "--start-time-us",
             "123",
             "--start-time-cpu-us=45",
@@ -525,7 +519,7 @@ mod tests {
         ]);
         assert_eq!(a.api_sock, Path::new("/tmp/a.sock"));
         assert_eq!(a.config_file.as_deref(), Some(Path::new("/tmp/c.json")));
-        assert!(a.no_api && a.boot_timer && a.no_seccomp);
+        assert!(a.no_api && a.boot_timer);
         assert_eq!(
             (a.id.as_str(), a.max_payload),
             ("5f0f8e4a-3c1b-4c47-9a5e-1d2f3a4b5c6d", 100)
@@ -575,21 +569,12 @@ mod tests {
                 153,
             ),
             (&["--api-sock"], "--api-sock needs a value", 153),
-            (
-                &["--api-sock", "--no-seccomp"],
-                "--api-sock needs a value",
-                153,
-            ),
+            (&["--api-sock", "--no-api"], "--api-sock needs a value", 153),
             (&["--bogus"], "unknown option --bogus", 153),
             (&["--no-api=1", "--config-file", "x"], "takes no value", 153),
             (&["--id", "a", "--id", "b"], "more than once", 153),
             (&["stray"], "unexpected argument", 153),
             (&["--start-time-us", "-1"], "non-negative integer", 153),
-            (
-                &["--seccomp-filter", "f"],
-                "--seccomp-filter: squib does not support custom seccomp",
-                153,
-            ),
             (&["--mmds-size-limit", "10"], "MMDS", 153),
             (&["--metadata", "m.json"], "MMDS", 153),
             (

@@ -113,7 +113,10 @@ impl ConsoleBuffer {
         std::thread::Builder::new()
             .name("serial-out".into())
             .stack_size(64 << 10)
-            .spawn(move || shared.write_loop(out))?;
+            .spawn(move || {
+                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vmm);
+                shared.write_loop(out)
+            })?;
         Ok(buffer)
     }
 
@@ -219,6 +222,7 @@ pub fn spawn_input_forwarder(
         .name("serial-in".into())
         .stack_size(64 << 10)
         .spawn(move || {
+            crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vmm);
             let mut buf = [0u8; 64];
             loop {
                 let len = match input.read(&mut buf) {
