@@ -299,7 +299,11 @@ fn seccomp_filter_loads_a_compiled_file_and_refuses_a_bad_one() {
     map.retain(|name, _| matches!(name.as_str(), "vmm" | "api" | "vcpu"));
     std::fs::write(&file, squib_vmm::seccomp::bpf_file::encode(&map)).unwrap();
     let output = common::wait_with_timeout(spawn(&args, None), TIMEOUT);
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        output.status.code(),
+        Some(153),
+        "bad arguments: Firecracker's status"
+    );
     assert!(
         common::stderr(&output).contains("no filter for the `device` thread category"),
         "{}",
@@ -307,6 +311,10 @@ fn seccomp_filter_loads_a_compiled_file_and_refuses_a_bad_one() {
     );
     std::fs::write(&file, b"not a filter").unwrap();
     let output = common::wait_with_timeout(spawn(&args, None), TIMEOUT);
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        output.status.code(),
+        Some(153),
+        "bad arguments: Firecracker's status"
+    );
     assert!(common::stderr(&output).contains("ends early"));
 }

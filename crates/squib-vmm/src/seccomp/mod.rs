@@ -406,6 +406,7 @@ mod tests {
             ("KVM_GET_REGS", KVM_GET_REGS()),
             ("TCGETS", libc::TCGETS),
             ("TCSETS", libc::TCSETS),
+            ("FIONBIO", libc::FIONBIO),
             ("PR_SET_NAME", libc::PR_SET_NAME as u64),
             ("PR_SET_NO_NEW_PRIVS", libc::PR_SET_NO_NEW_PRIVS as u64),
             (
