@@ -9,4 +9,5 @@ pub mod block_io;
 pub mod guest_io;
 pub mod kvm_memory;
 pub mod signals;
+pub mod tap;
 pub mod terminal;
