@@ -15,6 +15,7 @@ pub mod block;
 pub mod device;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rate_limiter;
 #[cfg(feature = "test-util")]
