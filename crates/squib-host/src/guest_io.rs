@@ -382,7 +382,6 @@ mod tests {
         b.set_nonblocking(true).unwrap();
         let err = readv_volatile(&b, &into).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-        drop(into);
         assert_eq!(&x, b"hea");
         assert_eq!(&y[..11], b"d:one frame");
     }
