@@ -28,6 +28,7 @@ use crate::boot::{self, BootError};
 use crate::control::{RunControl, VmState};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::Bus;
+use crate::devices::net::NetInterfaceHandle;
 use crate::devices::serial::{self, SerialOutput};
 use crate::devices::virtio_mmio::VirtioMmioManager;
 use crate::devices::{self, DeviceError, LegacyDevices};
@@ -79,6 +80,9 @@ pub enum VmmError {
     /// A drive could not be opened.
     #[error(transparent)]
     Drive(#[from] DriveError),
+    /// A network interface could not be set up.
+    #[error(transparent)]
+    Net(#[from] crate::devices::net::NetError),
     /// The guest could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
@@ -125,6 +129,7 @@ struct Shared {
     exit: ExitSender,
     legacy: LegacyDevices,
     drives: Vec<DriveHandle>,
+    nets: Vec<NetInterfaceHandle>,
 }
 
 impl Shared {
@@ -195,6 +200,11 @@ impl VmmHandle {
     pub fn drives(&self) -> &[DriveHandle] {
         &self.0.drives
     }
+
+    /// The network interfaces, in the order configured.
+    pub fn network_interfaces(&self) -> &[NetInterfaceHandle] {
+        &self.0.nets
+    }
 }
 
 /// A running microVM.
@@ -240,7 +250,7 @@ impl Vmm {
         let exit = ExitSender::new(exit_tx);
         let vcpus_start = Arc::new(OnceLock::new());
 
-        let (vcpus, pio, mmio, legacy, drives) = std::thread::scope(|scope| {
+        let (vcpus, pio, mmio, legacy, drives, nets) = std::thread::scope(|scope| {
             // 4. Registration, overlapped with everything up to 7.
             let registration = std::thread::Builder::new()
                 .name("mem-register".into())
@@ -278,6 +288,13 @@ impl Vmm {
             }
             let mut virtio = VirtioMmioManager::new();
             let drives = drives::attach_all(&vm, &mem, &mut mmio, &mut virtio, &config.drives)?;
+            let nets = devices::net::attach_all(
+                &vm,
+                &mem,
+                &mut mmio,
+                &mut virtio,
+                &config.network_interfaces,
+            )?;
 
             // 6.
             let machine = boot::Machine {
@@ -294,7 +311,7 @@ impl Vmm {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, drives))
+            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, drives, nets))
         })?;
 
         let shared = Arc::new(Shared {
@@ -303,6 +320,7 @@ impl Vmm {
             exit,
             legacy,
             drives,
+            nets,
         });
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let _ = vcpus_start.set(Instant::now());

@@ -33,6 +33,13 @@ macro_rules! net_metrics {
                 [$((stringify!($name), self.$name),)*]
             }
 
+            /// What each counter gained since `before` (the metrics file writes deltas).
+            pub fn since(&self, before: &Self) -> Self {
+                Self {
+                    $($name: self.$name.saturating_sub(before.$name),)*
+                }
+            }
+
             /// The field-wise sum, for the aggregate `net` metric over every interface.
             pub fn add(&self, other: &Self) -> Self {
                 Self {

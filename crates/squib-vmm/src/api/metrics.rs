@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
+use squib_virtio::net::NetMetricsSnapshot;
+
 use super::vmm_control::DriveCounters;
 
 /// How often a line is written without being asked (Firecracker's period).
@@ -56,6 +58,8 @@ pub struct Metrics {
     requests: BTreeMap<(String, &'static str), RequestCount>,
     /// Drive counters at the last line, to write deltas.
     last_drives: BTreeMap<String, DriveCounters>,
+    /// Network interface counters at the last line.
+    last_nets: BTreeMap<String, NetMetricsSnapshot>,
 }
 
 impl Metrics {
@@ -96,8 +100,12 @@ impl Metrics {
     }
 
     /// Writes one line with everything counted since the previous one.
-    pub fn flush(&mut self, drives: &[(String, DriveCounters)]) -> Result<(), MetricsError> {
-        let line = self.line(drives);
+    pub fn flush(
+        &mut self,
+        drives: &[(String, DriveCounters)],
+        nets: &[(String, NetMetricsSnapshot)],
+    ) -> Result<(), MetricsError> {
+        let line = self.line(drives, nets);
         let Some((_, file)) = self.sink.as_mut() else {
             return Err(MetricsError::NotConfigured);
         };
@@ -107,7 +115,11 @@ impl Metrics {
     }
 
     /// Builds the next line and resets the deltas.
-    fn line(&mut self, drives: &[(String, DriveCounters)]) -> Value {
+    fn line(
+        &mut self,
+        drives: &[(String, DriveCounters)],
+        nets: &[(String, NetMetricsSnapshot)],
+    ) -> Value {
         let mut root = Map::new();
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -137,8 +149,26 @@ impl Metrics {
             root.insert(format!("block_{id}"), json!(delta));
         }
         root.insert("block".into(), json!(total));
+        // Firecracker's `net` (every interface) and `net_{iface_id}`, with its field names.
+        let mut total = NetMetricsSnapshot::default();
+        for (id, now) in nets {
+            let before = self.last_nets.insert(id.clone(), *now).unwrap_or_default();
+            let delta = now.since(&before);
+            total = total.add(&delta);
+            root.insert(format!("net_{id}"), net_json(&delta));
+        }
+        root.insert("net".into(), net_json(&total));
         Value::Object(root)
     }
+}
+
+fn net_json(m: &NetMetricsSnapshot) -> Value {
+    Value::Object(
+        m.fields()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), json!(value)))
+            .collect(),
+    )
 }
 
 fn delta(now: &DriveCounters, before: &DriveCounters) -> DriveCounters {
@@ -190,7 +220,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.json");
         let mut m = Metrics::default();
-        assert!(matches!(m.flush(&[]), Err(MetricsError::NotConfigured)));
+        assert!(matches!(
+            m.flush(&[], &[]),
+            Err(MetricsError::NotConfigured)
+        ));
         m.configure(&path).unwrap();
         assert!(matches!(
             m.configure(&path),
@@ -206,10 +239,16 @@ mod tests {
             rate_limiter_throttled_events: reads / 5,
             ..Default::default()
         };
-        m.flush(&[("root".into(), c(10, 40960)), ("data".into(), c(1, 512))])
-            .unwrap();
-        m.flush(&[("root".into(), c(15, 61440)), ("data".into(), c(1, 512))])
-            .unwrap();
+        m.flush(
+            &[("root".into(), c(10, 40960)), ("data".into(), c(1, 512))],
+            &[],
+        )
+        .unwrap();
+        m.flush(
+            &[("root".into(), c(15, 61440)), ("data".into(), c(1, 512))],
+            &[],
+        )
+        .unwrap();
         let l = lines(&path);
         assert_eq!(l.len(), 2);
         assert_eq!(l[0]["put_api_requests"]["drives_count"], 2);
