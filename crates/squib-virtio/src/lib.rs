@@ -6,9 +6,10 @@
 //!
 //! The pieces, from the guest inward: [`mmio::MmioTransport`] decodes register accesses and runs
 //! the device status state machine; it drives a [`device::VirtioDevice`] such as
-//! [`block::BlockDevice`], which at activation hands its [`queue::VirtQueue`] to a worker thread;
-//! the worker serves requests on a [`block::backend::BlockBackend`] and signals the
-//! [`interrupt::Interrupt`].
+//! [`block::BlockDevice`], which at activation hands its [`queue::VirtQueue`]s to the shared
+//! [`runtime`]: a worker thread running the device's handler, which serves requests (on a
+//! [`block::backend::BlockBackend`] for virtio-blk) and signals the
+//! [`interrupt::VirtioInterrupt`]. [`persist`] is what a snapshot records of all of it.
 #![forbid(unsafe_code)]
 
 pub mod block;
@@ -16,8 +17,10 @@ pub mod device;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod queue;
 pub mod rate_limiter;
+pub mod runtime;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

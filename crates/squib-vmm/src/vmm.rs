@@ -26,13 +26,12 @@ use crate::GuestMemory;
 use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_DEVICE_SIZE};
 use crate::boot::{self, BootError};
 use crate::control::{RunControl, VmState};
+use crate::devices::block::{self, DriveError};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::Bus;
-use crate::devices::net::NetInterfaceHandle;
+use crate::devices::manager::DeviceManager;
 use crate::devices::serial::{self, SerialOutput};
-use crate::devices::virtio_mmio::VirtioMmioManager;
 use crate::devices::{self, DeviceError, LegacyDevices};
-use crate::drives::{self, DriveError, DriveHandle};
 use crate::exit::{ExitReason, ExitSender};
 use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
@@ -97,6 +96,9 @@ pub enum VmmError {
     /// The vCPU kick signal could not be set up.
     #[error("cannot set up the vCPU kick signal: {0}")]
     KickSignal(std::io::Error),
+    /// A device could not restart its worker after a pause.
+    #[error("resuming the devices: {0}")]
+    DeviceResume(squib_virtio::device::ActivateError),
     /// The VM is stopping: it can no longer be paused or resumed.
     #[error("the microVM is stopping")]
     Stopping,
@@ -121,18 +123,17 @@ impl std::fmt::Debug for StartOptions {
     }
 }
 
-/// What the handle, the vCPU threads and the main loop share.
+/// The running machine, as the handle, the vCPU threads and the main loop share it.
 #[derive(Debug)]
-struct Shared {
+struct RunningVm {
     control: RunControl,
     vcpu_threads: Mutex<Vec<JoinHandle<()>>>,
     exit: ExitSender,
     legacy: LegacyDevices,
-    drives: Vec<DriveHandle>,
-    nets: Vec<NetInterfaceHandle>,
+    devices: DeviceManager,
 }
 
-impl Shared {
+impl RunningVm {
     fn kick_vcpus(&self) {
         let threads = self
             .vcpu_threads
@@ -148,22 +149,27 @@ impl Shared {
 
 /// A cloneable, thread-safe control handle on a running microVM.
 #[derive(Clone, Debug)]
-pub struct VmmHandle(Arc<Shared>);
+pub struct VmmHandle(Arc<RunningVm>);
 
 impl VmmHandle {
-    /// Parks every vCPU outside `KVM_RUN`; returns once all are parked.
+    /// Parks every vCPU outside `KVM_RUN`, then stops every device once its requests in
+    /// flight are published: nothing changes guest memory or device state until
+    /// [`resume`](Self::resume). Returns once all are stopped — within one request per device
+    /// and one exit per vCPU, whatever the guest does.
     pub fn pause(&self) -> Result<(), VmmError> {
         if !self.0.control.request_pause() {
             return Err(VmmError::Stopping);
         }
         self.0.kick_vcpus();
         self.0.control.wait_parked();
+        self.0.devices.pause();
         tracing::info!("microVM paused");
         Ok(())
     }
 
-    /// Lets parked vCPUs run again.
+    /// Starts the devices, then lets the parked vCPUs run again.
     pub fn resume(&self) -> Result<(), VmmError> {
+        self.0.devices.resume().map_err(VmmError::DeviceResume)?;
         if !self.0.control.resume() {
             return Err(VmmError::Stopping);
         }
@@ -196,21 +202,16 @@ impl VmmHandle {
         self.0.control.state()
     }
 
-    /// The drives, in guest order (`/dev/vda` first).
-    pub fn drives(&self) -> &[DriveHandle] {
-        &self.0.drives
-    }
-
-    /// The network interfaces, in the order configured.
-    pub fn network_interfaces(&self) -> &[NetInterfaceHandle] {
-        &self.0.nets
+    /// The virtio devices.
+    pub fn devices(&self) -> &DeviceManager {
+        &self.0.devices
     }
 }
 
 /// A running microVM.
 #[derive(Debug)]
 pub struct Vmm {
-    shared: Arc<Shared>,
+    shared: Arc<RunningVm>,
     exit_rx: Receiver<ExitReason>,
     // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
     _vm: VmFd,
@@ -250,7 +251,7 @@ impl Vmm {
         let exit = ExitSender::new(exit_tx);
         let vcpus_start = Arc::new(OnceLock::new());
 
-        let (vcpus, pio, mmio, legacy, drives, nets) = std::thread::scope(|scope| {
+        let (vcpus, pio, mmio, legacy, devices) = std::thread::scope(|scope| {
             // 4. Registration, overlapped with everything up to 7.
             let registration = std::thread::Builder::new()
                 .name("mem-register".into())
@@ -286,13 +287,13 @@ impl Vmm {
                 )
                 .map_err(DeviceError::from)?;
             }
-            let mut virtio = VirtioMmioManager::new();
-            let drives = drives::attach_all(&vm, &mem, &mut mmio, &mut virtio, &config.drives)?;
-            let nets = devices::net::attach_all(
+            let mut devices = DeviceManager::new();
+            block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
+            devices::net::attach_all(
                 &vm,
                 &mem,
                 &mut mmio,
-                &mut virtio,
+                &mut devices,
                 &config.network_interfaces,
             )?;
 
@@ -300,7 +301,7 @@ impl Vmm {
             let machine = boot::Machine {
                 mem_bytes,
                 vcpu_count,
-                virtio_slots: virtio.slots(),
+                virtio_slots: devices.slots(),
                 options: config.boot_options,
             };
             let entry = boot::load(&mem, &machine, source, &config.drives)?;
@@ -311,16 +312,15 @@ impl Vmm {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, drives, nets))
+            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, devices))
         })?;
 
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(RunningVm {
             control: RunControl::new(vcpus.len()),
             vcpu_threads: Mutex::new(Vec::with_capacity(vcpus.len())),
             exit,
             legacy,
-            drives,
-            nets,
+            devices,
         });
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let _ = vcpus_start.set(Instant::now());
@@ -391,7 +391,7 @@ impl Vmm {
 }
 
 /// Stops and joins every vCPU thread, then flushes the drives.
-fn shutdown(shared: &Shared) {
+fn shutdown(shared: &RunningVm) {
     shared.control.request_stop();
     shared.kick_vcpus();
     let threads = std::mem::take(
@@ -405,15 +405,13 @@ fn shutdown(shared: &Shared) {
             tracing::error!("a vCPU thread panicked");
         }
     }
-    for drive in &shared.drives {
-        if let Err(err) = drive.flush() {
-            tracing::error!("drive {}: flush at shutdown failed: {err}", drive.id());
-        }
+    for (id, err) in shared.devices.flush_drives() {
+        tracing::error!("drive {id}: flush at shutdown failed: {err}");
     }
 }
 
 /// A vCPU thread: run the guest until told to stop or the guest stops the VM.
-fn run_vcpu(mut vcpu: Vcpu, shared: &Shared, pio: &Bus, mmio: &Bus) {
+fn run_vcpu(mut vcpu: Vcpu, shared: &RunningVm, pio: &Bus, mmio: &Bus) {
     // Blocked outside KVM_RUN, unblocked inside: see `squib_host::signals`.
     let kick_setup = signals::block(&[signals::kick_signal()])
         .and_then(|()| signals::unblock_kick_during_run(vcpu.fd()));

@@ -21,11 +21,13 @@ use super::handle::{Limiters, NetHandle, Shared};
 use super::handler::{Negotiated, NetHandler};
 use super::header::{MAX_OFFLOAD_FRAME, MAX_PLAIN_FRAME, VNET_HDR_LEN};
 use super::metrics::Counter;
-use super::worker::{Worker, WorkerHandle};
 use crate::device::{
     ActivateError, Activation, FEATURE_EVENT_IDX, FEATURE_VERSION_1, VirtioDevice,
 };
+use crate::persist::{DeviceState, StateError};
+use crate::queue::QueueSnapshot;
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
+use crate::runtime::{DeviceRuntime, QueueParts};
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -126,7 +128,7 @@ pub struct NetDevice {
     shared: Arc<Shared>,
     guest_mac: Option<MacAddr>,
     offered_features: u64,
-    worker: Option<WorkerHandle>,
+    runtime: DeviceRuntime<NetHandler>,
 }
 
 impl NetDevice {
@@ -162,7 +164,7 @@ impl NetDevice {
             shared: Arc::new(shared),
             guest_mac: config.guest_mac,
             offered_features,
-            worker: None,
+            runtime: DeviceRuntime::new("squib-net"),
         })
     }
 
@@ -171,9 +173,54 @@ impl NetDevice {
         NetHandle::new(Arc::clone(&self.shared))
     }
 
-    /// Whether a worker is serving the queues.
+    /// Whether the driver activated the device (and did not reset it since).
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.runtime.is_active()
+    }
+
+    /// The handler and queues for an activation: matches the TAP's offloads to the driver's
+    /// choice.
+    fn prepare(&self, activation: Activation) -> Result<(NetHandler, QueueParts), ActivateError> {
+        let Activation {
+            mem,
+            queues,
+            queue_events,
+            interrupt,
+            acked_features,
+        } = activation;
+        if queues.len() != 2 || queue_events.len() != 2 {
+            return Err(ActivateError::QueueCount {
+                expected: 2,
+                got: queues.len().min(queue_events.len()),
+            });
+        }
+        let acked = |f: u64| acked_features & f != 0;
+        let offloads = TapOffloads {
+            csum: acked(F_GUEST_CSUM),
+            tso4: acked(F_GUEST_TSO4),
+            tso6: acked(F_GUEST_TSO6),
+            ufo: acked(F_GUEST_UFO),
+        };
+        let segmented = offloads.csum && (offloads.tso4 || offloads.tso6 || offloads.ufo);
+        let negotiated = Negotiated {
+            mergeable: acked(F_MRG_RXBUF),
+            rx_frame_max: if segmented {
+                RX_BUFFER_MIN_OFFLOADS
+            } else {
+                RX_BUFFER_MIN
+            },
+        };
+        self.shared.backend.set_offloads(offloads)?;
+        let handler = NetHandler::new(Arc::clone(&self.shared), negotiated);
+        Ok((
+            handler,
+            QueueParts {
+                mem,
+                queues,
+                queue_events,
+                interrupt,
+            },
+        ))
     }
 }
 
@@ -222,66 +269,51 @@ impl VirtioDevice for NetDevice {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
+        if self.runtime.is_active() {
             return Err(ActivateError::AlreadyActive);
         }
-        let Activation {
-            mem,
-            queues,
-            queue_events,
-            interrupt,
-            acked_features,
-        } = activation;
-        let got = queues.len().min(queue_events.len());
-        if got != 2 || queues.len() != queue_events.len() {
+        let activated = self
+            .prepare(activation)
+            .and_then(|(handler, parts)| self.runtime.activate(handler, parts));
+        if activated.is_err() {
             self.shared.metrics.count(Counter::ActivateFails);
-            return Err(ActivateError::QueueCount { expected: 2, got });
         }
-        let acked = |f: u64| acked_features & f != 0;
-        let offloads = TapOffloads {
-            csum: acked(F_GUEST_CSUM),
-            tso4: acked(F_GUEST_TSO4),
-            tso6: acked(F_GUEST_TSO6),
-            ufo: acked(F_GUEST_UFO),
-        };
-        let segmented = offloads.csum && (offloads.tso4 || offloads.tso6 || offloads.ufo);
-        let negotiated = Negotiated {
-            mergeable: acked(F_MRG_RXBUF),
-            rx_frame_max: if segmented {
-                RX_BUFFER_MIN_OFFLOADS
-            } else {
-                RX_BUFFER_MIN
-            },
-        };
-        let backend = &self.shared.backend;
-        if let Err(error) = backend.set_offloads(offloads) {
-            self.shared.metrics.count(Counter::ActivateFails);
-            return Err(ActivateError::Host(error));
-        }
-        let worker = Worker {
-            backend_fd: backend.raw_fd(),
-            limiter_event_fd: std::os::fd::AsRawFd::as_raw_fd(self.shared.limiter_event()),
-            handler: NetHandler::new(Arc::clone(&self.shared), negotiated),
-            mem,
-            queues,
-            queue_events,
-            interrupt,
-        };
-        match WorkerHandle::spawn(worker) {
-            Ok(handle) => {
-                self.worker = Some(handle);
-                Ok(())
-            }
-            Err(error) => {
-                self.shared.metrics.count(Counter::ActivateFails);
-                Err(ActivateError::Host(error))
-            }
-        }
+        activated
     }
 
     fn reset(&mut self) {
-        // Dropping the handle stops and joins the worker; the handler parks the limiters.
-        self.worker = None;
+        // Dropping the handler parks the rate limiters for the next activation.
+        drop(self.runtime.reset());
+    }
+
+    fn disable_queue(&mut self, index: usize) {
+        if let Err(error) = self.runtime.disable_queue(index) {
+            tracing::error!(%error, "virtio-net: cannot restart the worker after stopping a queue");
+        }
+    }
+
+    fn pause(&mut self) {
+        self.runtime.pause();
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        Ok(self.runtime.resume()?)
+    }
+
+    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
+        self.runtime.queue_snapshots()
+    }
+
+    fn save_state(&self) -> Result<DeviceState, StateError> {
+        Err(StateError::Unsupported("virtio-net"))
+    }
+
+    fn restore_state(
+        &mut self,
+        _state: &DeviceState,
+        _activation: Option<Activation>,
+    ) -> Result<(), StateError> {
+        Err(StateError::Unsupported("virtio-net"))
     }
 }
 

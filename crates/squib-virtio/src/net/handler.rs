@@ -20,19 +20,21 @@
 //! `size` descriptors) and by [`IOVECS_PER_CALL`] segments per frame.
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use squib_host::guest_io::IOVECS_PER_CALL;
 use tracing::{debug, error, warn};
 use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
+use vmm_sys_util::epoll::EventSet;
 
 use super::handle::{Limiters, Shared};
-use super::header::{NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
+use super::header::{MAX_OFFLOAD_FRAME, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
 use super::metrics::Counter;
-use super::worker::WorkerContext;
 use crate::GuestMemory;
 use crate::queue::{Chain, QueueError, VirtQueue};
 use crate::rate_limiter::RateLimiter;
-use std::sync::Arc;
+use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
 
 /// The receive queue's index.
 pub(crate) const RX_QUEUE: usize = 0;
@@ -40,10 +42,10 @@ pub(crate) const RX_QUEUE: usize = 0;
 pub(crate) const TX_QUEUE: usize = 1;
 
 /// Handler-owned epoll tokens.
-pub(crate) const TOKEN_BACKEND: u32 = 0;
-pub(crate) const TOKEN_RX_LIMITER: u32 = 1;
-pub(crate) const TOKEN_TX_LIMITER: u32 = 2;
-pub(crate) const TOKEN_LIMITER_UPDATE: u32 = 3;
+const TOKEN_BACKEND: u32 = 0;
+const TOKEN_RX_LIMITER: u32 = 1;
+const TOKEN_TX_LIMITER: u32 = 2;
+const TOKEN_LIMITER_UPDATE: u32 = 3;
 
 /// Most chains one received frame may span (each needs at least one segment).
 const MAX_RX_CHAINS: usize = IOVECS_PER_CALL;
@@ -66,8 +68,6 @@ pub(crate) struct NetHandler {
     limiters: Limiters,
     /// Stopped reading the backend until the driver posts rx buffers.
     rx_waiting_for_buffers: bool,
-    /// The driver broke a ring: serve nothing until reset.
-    broken: bool,
 }
 
 /// How one attempt to receive a frame ended.
@@ -92,66 +92,6 @@ impl NetHandler {
             negotiated,
             limiters,
             rx_waiting_for_buffers: false,
-            broken: false,
-        }
-    }
-
-    /// The limiters, to watch their timers.
-    pub(crate) fn limiters(&self) -> &Limiters {
-        &self.limiters
-    }
-
-    /// A queue's notification: the driver posted rx buffers or tx frames.
-    pub(crate) fn process_queue(&mut self, queue: usize, cx: &mut WorkerContext<'_>) {
-        let metrics = &self.shared.metrics;
-        match queue {
-            RX_QUEUE => {
-                metrics.count(Counter::RxQueueEvent);
-                self.serve_rx(cx);
-            }
-            TX_QUEUE => {
-                metrics.count(Counter::TxQueueEvent);
-                self.serve_tx(cx);
-            }
-            other => warn!(
-                queue = other,
-                "notification for a queue virtio-net does not have"
-            ),
-        }
-    }
-
-    /// One of the handler's own descriptors fired. Returns the new limiter if an update created
-    /// one (its timer must be watched).
-    pub(crate) fn process_event(&mut self, token: u32, cx: &mut WorkerContext<'_>) {
-        match token {
-            TOKEN_BACKEND => {
-                self.shared.metrics.count(Counter::RxTapEvent);
-                self.serve_rx(cx);
-            }
-            TOKEN_RX_LIMITER => {
-                if let Some(limiter) = self.limiters.rx.as_mut() {
-                    on_timer(limiter);
-                }
-                self.shared.metrics.count(Counter::RxLimiterEvent);
-                self.serve_rx(cx);
-            }
-            TOKEN_TX_LIMITER => {
-                if let Some(limiter) = self.limiters.tx.as_mut() {
-                    on_timer(limiter);
-                }
-                self.shared.metrics.count(Counter::TxLimiterEvent);
-                self.serve_tx(cx);
-            }
-            TOKEN_LIMITER_UPDATE => {
-                let _ = self.shared.limiter_event().read();
-                self.apply_limiter_update(cx);
-                self.serve_rx(cx);
-                self.serve_tx(cx);
-            }
-            other => warn!(
-                token = other,
-                "unexpected epoll token in the virtio-net worker"
-            ),
         }
     }
 
@@ -169,7 +109,7 @@ impl NetHandler {
             let applied = match slot.as_mut() {
                 Some(limiter) => limiter.update(spec.bandwidth, spec.ops),
                 None => RateLimiter::from_spec(spec).and_then(|limiter| {
-                    cx.watch(&limiter, token)?;
+                    cx.events.add(limiter.as_raw_fd(), token, EventSet::IN)?;
                     *slot = Some(limiter);
                     Ok(())
                 }),
@@ -181,30 +121,17 @@ impl NetHandler {
         }
     }
 
-    fn fail(&mut self, cx: &mut WorkerContext<'_>, error: &QueueError) {
-        error!(%error, "virtio-net queue stopped; the device needs a reset");
-        self.broken = true;
-        cx.interrupt.signal_needs_reset();
-    }
-
     // ---- receive ----
 
-    fn serve_rx(&mut self, cx: &mut WorkerContext<'_>) {
-        if self.broken {
-            return;
-        }
+    /// Receives frames until the backend is empty, the driver has no buffers, the limiter
+    /// refuses or the worker must stop; interrupts the driver if it asked for it.
+    fn serve_rx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
         let mut delivered = false;
         let result = self.drain_rx(cx, &mut delivered);
-        let result = result.and_then(|()| {
-            let queue = &mut cx.queues[RX_QUEUE];
-            if delivered && queue.needs_notification(cx.mem)? {
-                cx.interrupt.signal_used_buffer();
-            }
-            Ok(())
-        });
-        if let Err(error) = result {
-            self.fail(cx, &error);
+        if delivered {
+            cx.notify_used(RX_QUEUE)?;
         }
+        result.map(|()| Pending::NONE)
     }
 
     fn drain_rx(
@@ -213,10 +140,13 @@ impl NetHandler {
         delivered: &mut bool,
     ) -> Result<(), QueueError> {
         let mem = cx.mem;
-        let queue = &mut cx.queues[RX_QUEUE];
+        let stop = cx.stop_signal();
+        let Some(queue) = cx.queues.get_mut(RX_QUEUE) else {
+            return Ok(());
+        };
         queue.disable_notification(mem)?;
         loop {
-            if cx.stop.should_stop() {
+            if stop.is_set() {
                 return Ok(());
             }
             if self
@@ -260,21 +190,15 @@ impl NetHandler {
 
     // ---- transmit ----
 
-    fn serve_tx(&mut self, cx: &mut WorkerContext<'_>) {
-        if self.broken {
-            return;
-        }
+    /// Sends frames until the ring is empty, the limiter refuses or the worker must stop;
+    /// interrupts the driver if it asked for it.
+    fn serve_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
         let mut completed = false;
-        let result = self.drain_tx(cx, &mut completed).and_then(|()| {
-            let queue = &mut cx.queues[TX_QUEUE];
-            if completed && queue.needs_notification(cx.mem)? {
-                cx.interrupt.signal_used_buffer();
-            }
-            Ok(())
-        });
-        if let Err(error) = result {
-            self.fail(cx, &error);
+        let result = self.drain_tx(cx, &mut completed);
+        if completed {
+            cx.notify_used(TX_QUEUE)?;
         }
+        result.map(|()| Pending::NONE)
     }
 
     fn drain_tx(
@@ -283,13 +207,16 @@ impl NetHandler {
         completed: &mut bool,
     ) -> Result<(), QueueError> {
         let mem = cx.mem;
-        let queue = &mut cx.queues[TX_QUEUE];
+        let stop = cx.stop_signal();
+        let Some(queue) = cx.queues.get_mut(TX_QUEUE) else {
+            return Ok(());
+        };
         let metrics = &self.shared.metrics;
         queue.disable_notification(mem)?;
         let empty: &'static mut [u8] = &mut [];
         let mut slices = [VolatileSlice::from(empty); IOVECS_PER_CALL];
         loop {
-            if cx.stop.should_stop() {
+            if stop.is_set() {
                 return Ok(());
             }
             if self
@@ -310,7 +237,7 @@ impl NetHandler {
             };
             let head = chain.head_index();
             let frame = gather(mem, chain, Access::DeviceReads, &mut slices).filter(|&(_, len)| {
-                (VNET_HDR_LEN..=VNET_HDR_LEN + super::header::MAX_OFFLOAD_FRAME).contains(&len)
+                (VNET_HDR_LEN..=VNET_HDR_LEN + MAX_OFFLOAD_FRAME).contains(&len)
             });
             let Some((count, len)) = frame else {
                 metrics.count(Counter::TxMalformed);
@@ -338,17 +265,105 @@ impl NetHandler {
             *completed = true;
         }
     }
+}
 
-    /// Hands the limiters back for the next activation.
-    pub(crate) fn park(&mut self) {
-        self.shared
-            .park_limiters(std::mem::take(&mut self.limiters));
+impl DeviceHandler for NetHandler {
+    fn register(&mut self, events: &mut EventRegistry<'_>) -> io::Result<()> {
+        // Edge-triggered: the handler reads until the TAP is empty, or stops on purpose (no
+        // buffers, throttled) and is resumed by the rx kick or the limiter's timer.
+        events.add(
+            self.shared.backend.raw_fd(),
+            TOKEN_BACKEND,
+            EventSet::IN | EventSet::EDGE_TRIGGERED,
+        )?;
+        events.add(
+            self.shared.limiter_event().as_raw_fd(),
+            TOKEN_LIMITER_UPDATE,
+            EventSet::IN,
+        )?;
+        for (limiter, token) in [
+            (&self.limiters.rx, TOKEN_RX_LIMITER),
+            (&self.limiters.tx, TOKEN_TX_LIMITER),
+        ] {
+            if let Some(limiter) = limiter {
+                events.add(limiter.as_raw_fd(), token, EventSet::IN)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn process_queue(
+        &mut self,
+        index: usize,
+        cx: &mut WorkerContext<'_>,
+    ) -> Result<Pending, QueueError> {
+        let metrics = &self.shared.metrics;
+        match index {
+            RX_QUEUE => {
+                metrics.count(Counter::RxQueueEvent);
+                self.serve_rx(cx)
+            }
+            TX_QUEUE => {
+                metrics.count(Counter::TxQueueEvent);
+                self.serve_tx(cx)
+            }
+            other => {
+                warn!(
+                    queue = other,
+                    "notification for a queue virtio-net does not have"
+                );
+                Ok(Pending::NONE)
+            }
+        }
+    }
+
+    fn process_event(
+        &mut self,
+        token: u32,
+        _events: EventSet,
+        cx: &mut WorkerContext<'_>,
+    ) -> Result<Pending, QueueError> {
+        match token {
+            TOKEN_BACKEND => {
+                self.shared.metrics.count(Counter::RxTapEvent);
+                self.serve_rx(cx)
+            }
+            TOKEN_RX_LIMITER => {
+                if let Some(limiter) = self.limiters.rx.as_mut() {
+                    on_timer(limiter);
+                }
+                self.shared.metrics.count(Counter::RxLimiterEvent);
+                self.serve_rx(cx)
+            }
+            TOKEN_TX_LIMITER => {
+                if let Some(limiter) = self.limiters.tx.as_mut() {
+                    on_timer(limiter);
+                }
+                self.shared.metrics.count(Counter::TxLimiterEvent);
+                self.serve_tx(cx)
+            }
+            TOKEN_LIMITER_UPDATE => {
+                let _ = self.shared.limiter_event().read();
+                self.apply_limiter_update(cx);
+                // A lifted limit lets waiting frames go at once.
+                Ok(Pending::queue(RX_QUEUE) | Pending::queue(TX_QUEUE))
+            }
+            other => {
+                warn!(
+                    token = other,
+                    "unexpected epoll token in the virtio-net worker"
+                );
+                Ok(Pending::NONE)
+            }
+        }
     }
 }
 
 impl Drop for NetHandler {
     fn drop(&mut self) {
-        self.park();
+        // The buckets belong to the interface, not to one activation.
+        self.shared
+            .park_limiters(std::mem::take(&mut self.limiters));
     }
 }
 

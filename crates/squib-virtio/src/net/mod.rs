@@ -11,7 +11,6 @@ mod handle;
 mod handler;
 mod header;
 mod metrics;
-mod worker;
 
 pub use device::{
     MacAddr, NetConfig, NetDevice, NetError, QUEUE_SIZE, RX_BUFFER_MIN, RX_BUFFER_MIN_OFFLOADS,

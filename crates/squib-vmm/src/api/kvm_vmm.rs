@@ -8,15 +8,16 @@ use std::time::Instant;
 
 use super::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
 use crate::control::VmState;
+use crate::devices::block::{DriveHandle, open_backend, rate_limiter_spec};
 use crate::devices::serial::Stdout;
-use crate::drives::{open_backend, rate_limiter_spec};
 use crate::exit::ExitReason;
 use crate::vm_config::{RateLimiterConfig, VmConfig};
 use crate::vmm::{StartOptions, Vmm, VmmHandle};
 
-/// What the waiter thread, a signal thread and the API share.
+/// The running VM (once started) and the exit status: what the waiter thread, a signal thread
+/// and the API share.
 #[derive(Debug, Default)]
-struct Shared {
+struct VmSlot {
     handle: Mutex<Option<VmmHandle>>,
     /// Set once, by whichever stops the process first.
     exit_status: OnceLock<i32>,
@@ -26,7 +27,7 @@ struct Shared {
 #[derive(Debug)]
 pub struct KvmVmm {
     process_start: Instant,
-    shared: Arc<Shared>,
+    shared: Arc<VmSlot>,
     /// The running VM's handle (a clone of the one in `shared`, without the lock).
     handle: Option<VmmHandle>,
     /// Drive configurations as booted, for re-opening a swapped backend with the same engine.
@@ -38,7 +39,7 @@ pub struct KvmVmm {
 /// Stops the process from another thread (a signal): the VM if it runs, else the server.
 #[derive(Debug)]
 pub struct Stopper {
-    shared: Arc<Shared>,
+    shared: Arc<VmSlot>,
     wake: ExitNotice,
 }
 
@@ -90,11 +91,10 @@ impl KvmVmm {
             .ok_or_else(|| ControlError::new("the microVM is not running"))
     }
 
-    fn drive(&self, id: &str) -> Result<&crate::drives::DriveHandle, ControlError> {
+    fn drive(&self, id: &str) -> Result<&DriveHandle, ControlError> {
         self.running()?
-            .drives()
-            .iter()
-            .find(|d| d.id() == id)
+            .devices()
+            .drive(id)
             .ok_or_else(|| ControlError::new(format!("drive `{id}` does not exist")))
     }
 }
@@ -205,8 +205,8 @@ impl VmmControl for KvmVmm {
             return Vec::new();
         };
         handle
+            .devices()
             .drives()
-            .iter()
             .map(|d| {
                 let m = d.metrics();
                 let counters = DriveCounters {
@@ -234,9 +234,8 @@ impl VmmControl for KvmVmm {
     ) -> Result<(), ControlError> {
         // Queued for the interface's worker, which applies it at once.
         self.running()?
-            .network_interfaces()
-            .iter()
-            .find(|n| n.id() == iface_id)
+            .devices()
+            .network_interface(iface_id)
             .ok_or_else(|| {
                 ControlError::new(format!("network interface `{iface_id}` does not exist"))
             })?
@@ -249,8 +248,8 @@ impl VmmControl for KvmVmm {
             return Vec::new();
         };
         handle
+            .devices()
             .network_interfaces()
-            .iter()
             .map(|n| (n.id().to_owned(), n.metrics()))
             .collect()
     }

@@ -11,10 +11,10 @@ use squib_virtio::net::{NetConfig, NetDevice, NetHandle, NetMetricsSnapshot};
 use squib_virtio::rate_limiter::RateLimiterError;
 
 use super::DeviceError;
+use super::block::rate_limiter_spec;
 use super::bus::Bus;
-use super::virtio_mmio::VirtioMmioManager;
+use super::manager::{DeviceKind, DeviceManager, RuntimeHandle};
 use crate::GuestMemory;
-use crate::drives::rate_limiter_spec;
 use crate::vm_config::{NetworkInterfaceConfig, RateLimiterConfig};
 
 /// Why an interface could not be set up.
@@ -82,10 +82,9 @@ pub fn attach_all(
     vm: &VmFd,
     mem: &GuestMemory,
     mmio: &mut Bus,
-    virtio: &mut VirtioMmioManager,
+    devices: &mut DeviceManager,
     ifaces: &[NetworkInterfaceConfig],
-) -> Result<Vec<NetInterfaceHandle>, NetError> {
-    let mut handles = Vec::with_capacity(ifaces.len());
+) -> Result<(), NetError> {
     for iface in ifaces {
         let id = || iface.iface_id.clone();
         let tap = Tap::open(&iface.host_dev_name).map_err(|source| NetError::Tap {
@@ -110,10 +109,16 @@ pub fn attach_all(
                 },
             }
         })?;
-        virtio
-            .attach(vm, mmio, &iface.iface_id, transport)
+        devices
+            .attach(
+                vm,
+                mmio,
+                DeviceKind::Net,
+                &iface.iface_id,
+                transport,
+                RuntimeHandle::Net(NetInterfaceHandle { id: id(), net }),
+            )
             .map_err(|source| NetError::Attach { id: id(), source })?;
-        handles.push(NetInterfaceHandle { id: id(), net });
     }
-    Ok(handles)
+    Ok(())
 }
