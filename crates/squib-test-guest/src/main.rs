@@ -15,6 +15,7 @@ mod cmdline;
 mod cpu;
 mod dma;
 mod interrupts;
+mod net_checks;
 mod paging;
 mod port;
 mod power;
@@ -23,6 +24,7 @@ mod serial;
 mod time;
 mod virtio_blk;
 mod virtio_mmio;
+mod virtio_net;
 mod virtqueue;
 
 use cmdline::Mode;
