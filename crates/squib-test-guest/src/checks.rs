@@ -57,7 +57,7 @@ pub fn run(options: &Options) -> ! {
 
 /// Whether the device at that slot says it is a network device (id 1); anything else goes to
 /// the block checks, which report a wrong id.
-fn is_network_device(device: &MmioDevice) -> bool {
+pub fn is_network_device(device: &MmioDevice) -> bool {
     crate::virtio_mmio::Transport::probe(device.base, device.size)
         .is_ok_and(|t| t.device_id() == 1)
 }

@@ -58,6 +58,18 @@ impl fmt::Display for Completion {
 pub enum Workload {
     /// 4 KiB reads at random sector-aligned offsets over the whole disk.
     RandRead,
+    /// virtio-net: `guest.ops` 64-byte UDP round trips to the echo server, one at a time.
+    UdpRoundTrip,
+    /// virtio-net: `guest.ops` 1472-byte datagrams to the sink port, as fast as they go.
+    UdpSend,
+    /// virtio-net: `guest.ops` datagrams received from a host that keeps sending.
+    UdpReceive,
+}
+
+impl Workload {
+    pub fn is_network(self) -> bool {
+        !matches!(self, Self::RandRead)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -246,7 +258,10 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
             "guest.bench" => {
                 options.bench.workload = match value {
                     "randread" => Workload::RandRead,
-                    _ => return Err(error("the only workload is randread")),
+                    "udp-rr" => Workload::UdpRoundTrip,
+                    "udp-tx" => Workload::UdpSend,
+                    "udp-rx" => Workload::UdpReceive,
+                    _ => return Err(error("expected randread, udp-rr, udp-tx or udp-rx")),
                 };
                 options.mode = Mode::Bench;
             }

@@ -4,7 +4,7 @@
 
 use core::fmt;
 
-use crate::cmdline::NetOptions;
+use crate::cmdline::{NetOptions, Options, Workload};
 use crate::report;
 use crate::serial::println;
 use crate::time::{self, Deadline};
@@ -259,6 +259,87 @@ impl Cx {
         }
         self.dev.flush_tx()?;
         println!("# sent {count} datagrams to the sink");
+        Ok(())
+    }
+}
+
+/// The network benchmark (`guest.bench=udp-rr|udp-tx|udp-rx`) on the first network device;
+/// the host times the `BENCH start` and `BENCH done ops=<n>` lines. Ends the run.
+pub fn bench(options: &Options) -> ! {
+    let workload = options.bench.workload;
+    let ops = options.bench.ops;
+    let Some(net) = options.net else {
+        report::abort(format_args!("bench: no guest.net= on the command line"));
+    };
+    let Some(device) = options.devices().find(|d| crate::checks::is_network_device(d)) else {
+        report::abort(format_args!("bench: no network device on the command line"));
+    };
+    let mut dev = NetDevice::init(device.base, device.size)
+        .unwrap_or_else(|e| report::abort(format_args!("bench: init: {e}")));
+    let mut host_mac = BROADCAST;
+    if let Err(e) = rx_before_buffers(&mut dev, &net, &mut host_mac) {
+        report::abort(format_args!("bench: ARP: {e}"));
+    }
+    let mut cx = Cx {
+        dev,
+        net,
+        host_mac,
+        buf: [0; MAX_FRAME],
+    };
+    let outcome = match workload {
+        Workload::UdpRoundTrip => {
+            println!("BENCH start");
+            (0..ops as usize).try_for_each(|seq| {
+                cx.send_datagram(net.echo_port, 64, seq)?;
+                cx.receive_echo(Deadline::standard())?
+                    .map(|_| ())
+                    .ok_or(CheckError::NoReply("echo"))
+            })
+        }
+        Workload::UdpSend => {
+            let port = net.sink.map_or(9, |(port, _)| port);
+            println!("BENCH start");
+            (0..ops as usize)
+                .try_for_each(|seq| cx.send_datagram(port, MTU_PAYLOAD, seq))
+                .and_then(|()| cx.dev.flush_tx())
+                .map_err(CheckError::from)
+        }
+        Workload::UdpReceive => cx.count_received(ops),
+        Workload::RandRead => Ok(()),
+    };
+    match outcome {
+        Ok(()) => {
+            println!("BENCH done ops={ops}");
+            report::pass(format_args!("virtio-net bench"));
+        }
+        Err(e) => report::fail(format_args!("virtio-net bench"), &e),
+    }
+    report::finish()
+}
+
+impl Cx {
+    /// Counts UDP datagrams addressed to us (any source port) until `ops`; `BENCH start` at
+    /// the first one.
+    fn count_received(&mut self, ops: u64) -> Outcome {
+        let mut seen = 0;
+        while seen < ops {
+            let rx = self
+                .dev
+                .receive(Deadline::standard())?
+                .ok_or(CheckError::NoReply("datagrams from the host"))?;
+            let f = self.dev.frame(&rx);
+            let ours = f.len() >= 42
+                && u16::from_be_bytes([f[12], f[13]]) == ETH_IPV4
+                && f[23] == 17
+                && u16::from_be_bytes([f[36], f[37]]) == GUEST_PORT;
+            self.dev.recycle(rx)?;
+            if ours {
+                if seen == 0 {
+                    println!("BENCH start");
+                }
+                seen += 1;
+            }
+        }
         Ok(())
     }
 }

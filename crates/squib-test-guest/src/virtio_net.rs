@@ -205,7 +205,9 @@ impl NetDevice {
             device_writes: false,
         }])?;
         self.tx_in_flight += 1;
-        self.transport.notify(TX);
+        if self.tx.should_notify() {
+            self.transport.notify(TX);
+        }
         Ok(())
     }
 
