@@ -19,9 +19,11 @@
 //! dropped (counted). Descriptor loops are bounded by the queue (virtio-queue ends a chain after
 //! `size` descriptors) and by [`IOVECS_PER_CALL`] segments per frame.
 
+use std::hint;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use squib_host::guest_io::IOVECS_PER_CALL;
 use tracing::{debug, error, warn};
@@ -34,6 +36,7 @@ use super::metrics::Counter;
 use crate::GuestMemory;
 use crate::queue::{Chain, QueueError, VirtQueue};
 use crate::rate_limiter::RateLimiter;
+use crate::runtime::poll::PollWindow;
 use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
 
 /// The receive queue's index.
@@ -49,6 +52,9 @@ const TOKEN_LIMITER_UPDATE: u32 = 3;
 
 /// Most chains one received frame may span (each needs at least one segment).
 const MAX_RX_CHAINS: usize = IOVECS_PER_CALL;
+/// Frames moved per call before the worker looks at its other events (the other queue, stop,
+/// pause): a guest that keeps one direction busy cannot starve the other.
+const BATCH: usize = 256;
 
 /// What the driver negotiated that changes how frames move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +74,10 @@ pub(crate) struct NetHandler {
     limiters: Limiters,
     /// Stopped reading the backend until the driver posts rx buffers.
     rx_waiting_for_buffers: bool,
+    /// How long to poll the tx ring after a batch (as virtio-blk does, see [`PollWindow`]).
+    tx_poll: PollWindow,
+    /// When the last tx poll that expired empty began: the next kick tells how late it was.
+    tx_missed_poll: Option<Instant>,
 }
 
 /// How one attempt to receive a frame ended.
@@ -92,6 +102,8 @@ impl NetHandler {
             negotiated,
             limiters,
             rx_waiting_for_buffers: false,
+            tx_poll: PollWindow::new(),
+            tx_missed_poll: None,
         }
     }
 
@@ -124,38 +136,42 @@ impl NetHandler {
     // ---- receive ----
 
     /// Receives frames until the backend is empty, the driver has no buffers, the limiter
-    /// refuses or the worker must stop; interrupts the driver if it asked for it.
+    /// refuses, a batch is done or the worker must stop; interrupts the driver if it asked.
     fn serve_rx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
         let mut delivered = false;
         let result = self.drain_rx(cx, &mut delivered);
         if delivered {
             cx.notify_used(RX_QUEUE)?;
         }
-        result.map(|()| Pending::NONE)
+        // After a full batch more may wait in the backend, which no new edge will announce.
+        Ok(if result? {
+            Pending::queue(RX_QUEUE)
+        } else {
+            Pending::NONE
+        })
     }
 
+    /// Returns whether to come back at once (a full batch).
     fn drain_rx(
         &mut self,
         cx: &mut WorkerContext<'_>,
         delivered: &mut bool,
-    ) -> Result<(), QueueError> {
+    ) -> Result<bool, QueueError> {
         let mem = cx.mem;
         let stop = cx.stop_signal();
         let Some(queue) = cx.queues.get_mut(RX_QUEUE) else {
-            return Ok(());
+            return Ok(false);
         };
         queue.disable_notification(mem)?;
-        loop {
-            if stop.is_set() {
-                return Ok(());
-            }
-            if self
-                .limiters
-                .rx
-                .as_ref()
-                .is_some_and(RateLimiter::is_blocked)
+        for _ in 0..BATCH {
+            if stop.is_set()
+                || self
+                    .limiters
+                    .rx
+                    .as_ref()
+                    .is_some_and(RateLimiter::is_blocked)
             {
-                return Ok(());
+                return Ok(false);
             }
             let rx = receive_frame(
                 mem,
@@ -170,7 +186,7 @@ impl NetHandler {
                     self.rx_waiting_for_buffers = false;
                 }
                 Rx::Dropped => {}
-                Rx::BackendEmpty | Rx::Throttled => return Ok(()),
+                Rx::BackendEmpty | Rx::Throttled => return Ok(false),
                 Rx::NoBuffers => {
                     // Re-check after re-enabling: buffers posted in between would otherwise
                     // never be kicked.
@@ -182,58 +198,99 @@ impl NetHandler {
                         self.shared.metrics.count(Counter::NoRxAvailBuffer);
                         self.rx_waiting_for_buffers = true;
                     }
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
+        Ok(true)
     }
 
     // ---- transmit ----
 
-    /// Sends frames until the ring is empty, the limiter refuses or the worker must stop;
-    /// interrupts the driver if it asked for it.
+    /// Sends frames until the ring is empty, the limiter refuses, a batch is done or the worker
+    /// must stop; interrupts the driver if it asked; then polls the ring for a while (after
+    /// work, never while throttled) before re-enabling notifications.
     fn serve_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
         let mut completed = false;
         let result = self.drain_tx(cx, &mut completed);
         if completed {
             cx.notify_used(TX_QUEUE)?;
         }
-        result.map(|()| Pending::NONE)
+        if result? {
+            return Ok(Pending::queue(TX_QUEUE));
+        }
+        if self
+            .limiters
+            .tx
+            .as_ref()
+            .is_some_and(RateLimiter::is_blocked)
+        {
+            // Notifications stay off: only the timer can make the frame go sooner.
+            return Ok(Pending::NONE);
+        }
+        if completed && self.poll_tx(cx)? {
+            return Ok(Pending::queue(TX_QUEUE));
+        }
+        // Re-check after re-enabling: a frame queued in between would otherwise wait forever.
+        Ok(if cx.rearm(TX_QUEUE)? {
+            Pending::queue(TX_QUEUE)
+        } else {
+            Pending::NONE
+        })
     }
 
+    /// Spins on the tx ring for the adaptive window with notifications still off; true when a
+    /// frame arrived. A driver that sends again at once pays neither a notification nor the
+    /// worker's wake-up.
+    fn poll_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<bool, QueueError> {
+        let window = self.tx_poll.window();
+        let start = Instant::now();
+        self.tx_missed_poll = None;
+        let stop = cx.stop_signal();
+        let Some(queue) = cx.queues.get(TX_QUEUE) else {
+            return Ok(false);
+        };
+        loop {
+            if queue.has_available(cx.mem)? {
+                self.tx_poll.hit();
+                return Ok(true);
+            }
+            if start.elapsed() >= window || stop.is_set() {
+                self.tx_missed_poll = Some(start);
+                return Ok(false);
+            }
+            hint::spin_loop();
+        }
+    }
+
+    /// Sends up to a batch of frames with notifications off; returns whether to come back at
+    /// once (a full batch).
     fn drain_tx(
         &mut self,
         cx: &mut WorkerContext<'_>,
         completed: &mut bool,
-    ) -> Result<(), QueueError> {
+    ) -> Result<bool, QueueError> {
         let mem = cx.mem;
         let stop = cx.stop_signal();
         let Some(queue) = cx.queues.get_mut(TX_QUEUE) else {
-            return Ok(());
+            return Ok(false);
         };
         let metrics = &self.shared.metrics;
         queue.disable_notification(mem)?;
         let empty: &'static mut [u8] = &mut [];
         let mut slices = [VolatileSlice::from(empty); IOVECS_PER_CALL];
-        loop {
-            if stop.is_set() {
-                return Ok(());
-            }
-            if self
-                .limiters
-                .tx
-                .as_ref()
-                .is_some_and(RateLimiter::is_blocked)
+        for _ in 0..BATCH {
+            if stop.is_set()
+                || self
+                    .limiters
+                    .tx
+                    .as_ref()
+                    .is_some_and(RateLimiter::is_blocked)
             {
-                // Notifications stay off: only the timer can make the frame go sooner.
-                return Ok(());
+                return Ok(false);
             }
             let Some(chain) = queue.pop(mem)? else {
-                if queue.enable_notification(mem)? {
-                    queue.disable_notification(mem)?;
-                    continue;
-                }
-                return Ok(());
+                return Ok(false);
             };
             let head = chain.head_index();
             let frame = gather(mem, chain, Access::DeviceReads, &mut slices).filter(|&(_, len)| {
@@ -251,7 +308,7 @@ impl NetHandler {
             {
                 queue.undo_pop();
                 metrics.count(Counter::TxThrottled);
-                return Ok(());
+                return Ok(false);
             }
             match self.shared.backend.write_frame(&slices[..count]) {
                 Ok(_) => metrics.tx_sent(bytes),
@@ -264,6 +321,7 @@ impl NetHandler {
             queue.complete(mem, head, 0)?;
             *completed = true;
         }
+        Ok(true)
     }
 }
 
@@ -305,6 +363,9 @@ impl DeviceHandler for NetHandler {
             }
             TX_QUEUE => {
                 metrics.count(Counter::TxQueueEvent);
+                if let Some(start) = self.tx_missed_poll.take() {
+                    self.tx_poll.woke_after_miss(start.elapsed());
+                }
                 self.serve_tx(cx)
             }
             other => {
