@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: squib measured against the limit and a peer, in one run.
 //!
-//! Five levels, from the block engine up to the whole VMM; each compares against a baseline
-//! measured in the same run (raw host I/O, QEMU microvm, an idle guest), because the machines
+//! Six levels, from the block engine up to the whole VMM and its network path; each compares
+//! against a baseline measured in the same run (raw host I/O, QEMU microvm, an idle guest), because the machines
 //! are shared and noisy. Every figure is a median with min–max over several runs. The result
 //! is a table on stdout and a markdown report in `docs/perf/report-<date>.md`;
 //! `--compare <report>` checks the ratios against a stored report.
