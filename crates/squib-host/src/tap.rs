@@ -220,7 +220,8 @@ mod tests {
             csum: true,
             tso4: true,
             tso6: true,
-            ufo: false,
+            // Removed from the kernel in 4.14 but still accepted: Linux guests negotiate it.
+            ufo: true,
         })
         .unwrap();
         let mut buf = [0u8; 64];
