@@ -6,6 +6,7 @@
 
 pub mod alloc_counter;
 pub mod block_io;
+pub mod clock;
 pub mod guest_io;
 pub mod kvm_memory;
 pub mod signals;

@@ -27,6 +27,11 @@ pub enum Mode {
     Test,
     /// `guest.bench=<workload>`: a benchmark, see `BenchOptions`.
     Bench,
+    /// `guest.mode=reset-storm`: fill the first disk's queue with large reads and reset the
+    /// device, forever (the host checks that stop and pause stay prompt).
+    ResetStorm,
+    /// `guest.mode=durable`: write a known pattern to vda, FLUSH, print a line, wait to be killed.
+    Durable,
 }
 
 /// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
@@ -252,7 +257,9 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "boot" => Mode::Boot,
                     "test" => Mode::Test,
                     "bench" => Mode::Bench,
-                    _ => return Err(error("expected boot, test or bench")),
+                    "reset-storm" => Mode::ResetStorm,
+                    "durable" => Mode::Durable,
+                    _ => return Err(error("expected boot, test, bench, reset-storm or durable")),
                 });
             }
             "guest.bench" => {

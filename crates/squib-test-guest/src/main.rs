@@ -3,7 +3,8 @@
 //!
 //! Layout: `boot` (entries), `cpu`/`paging`/`interrupts` (CPL0 tables and handlers), `apic`,
 //! `port`/`serial`/`power`, `cmdline`, `dma`, `virtio_mmio`/`virtqueue`/`virtio_blk` (the
-//! driver), `checks`/`bench` (the two workloads) and `report` (verdict and exit).
+//! driver), `checks`/`bench`/`reset_storm`/`durable` (the workloads) and `report` (verdict and
+//! exit).
 #![no_std]
 #![no_main]
 
@@ -14,12 +15,14 @@ mod checks;
 mod cmdline;
 mod cpu;
 mod dma;
+mod durable;
 mod interrupts;
 mod net_checks;
 mod paging;
 mod port;
 mod power;
 mod report;
+mod reset_storm;
 mod serial;
 mod time;
 mod virtio_blk;
@@ -50,6 +53,8 @@ extern "C" fn user_main(entry: u32, info: u64) -> ! {
     match options.mode {
         Mode::Boot | Mode::Test => checks::run(&options),
         Mode::Bench => bench::run(&options),
+        Mode::ResetStorm => reset_storm::run(&options),
+        Mode::Durable => durable::run(&options),
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod block;
 pub mod device;
+pub mod guest_log;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;

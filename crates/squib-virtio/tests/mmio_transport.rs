@@ -12,7 +12,9 @@ use squib_virtio::block::{BlockConfig, BlockDevice, CacheType, QUEUE_SIZE, SEG_M
 use squib_virtio::mmio::reg::STATUS;
 use squib_virtio::testing::{BlockSlot, Buf, GuestDriver, MemDisk};
 
-use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
 
 const NEEDS_RESET: u32 = 0x40;
 const FEATURES_OK: u32 = 0x08;
@@ -84,7 +86,7 @@ fn unaligned_or_odd_sized_register_accesses_are_ignored() {
 fn device_features_depend_on_cache_type_and_read_only() {
     let mut d = idle_driver();
     let features = d.device_features();
-    assert_eq!(features, ALL_RW);
+    assert_eq!(features, ALL_RW | F_INDIRECT);
     d.write_reg(0x014, 2);
     assert_eq!(d.read_reg(0x010), 0, "selector beyond 64 bits");
 
@@ -362,5 +364,53 @@ fn backend_swap_changes_capacity_bumps_generation_and_interrupts() {
     assert!(
         rig.handle.swap_backend(read_only).is_err(),
         "read-only flag changed"
+    );
+}
+
+/// A FLUSH completed after a swap covers the writes acknowledged on the old disk: the old
+/// backend is flushed before the device serves anything on the new one, and while the device is
+/// inactive the handle's `flush` (shutdown) reaches every backend the drive has had.
+#[test]
+fn a_swap_flushes_the_old_backend_before_later_requests_and_at_shutdown() {
+    let old = Arc::new(MemDisk::with_contents(pattern(DISK_SIZE), false));
+    let mut rig = rig_with(old.clone(), CacheType::Writeback, ALL_RW);
+    let slot = BlockSlot::alloc(&mut rig.driver);
+    let buf = rig.driver.alloc(512);
+    rig.driver.write_bytes(buf, &[0xab; 512]);
+    slot.submit(
+        &mut rig.driver,
+        VIRTIO_BLK_T_OUT,
+        3,
+        &[Buf::readable(buf, 512)],
+    );
+    rig.driver.kick();
+    assert_eq!(rig.driver.wait_used().unwrap().len, 1);
+    let old_flushes = old.flushes();
+
+    let new = Arc::new(MemDisk::with_contents(pattern(DISK_SIZE), false));
+    rig.handle.swap_backend(new.clone()).unwrap();
+    let flush = BlockSlot::alloc(&mut rig.driver);
+    flush.submit(&mut rig.driver, VIRTIO_BLK_T_FLUSH, 0, &[]);
+    rig.driver.kick();
+    assert_eq!(rig.driver.wait_used().unwrap().len, 1);
+    assert_eq!(flush.status(&rig.driver), VIRTIO_BLK_S_OK as u8);
+    assert!(
+        old.flushes() > old_flushes,
+        "the write acknowledged on the old disk was never flushed"
+    );
+
+    // Inactive device: a swap, then shutdown's flush reaches the old and the new backend.
+    rig.driver.write_reg(STATUS, 0);
+    let third = Arc::new(MemDisk::with_contents(pattern(DISK_SIZE), false));
+    rig.handle.swap_backend(third.clone()).unwrap();
+    let new_flushes = new.flushes();
+    rig.handle.flush_all().unwrap();
+    assert!(
+        new.flushes() > new_flushes,
+        "the retired backend was not flushed at shutdown"
+    );
+    assert!(
+        third.flushes() > 0,
+        "the current backend was not flushed at shutdown"
     );
 }

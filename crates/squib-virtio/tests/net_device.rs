@@ -99,6 +99,11 @@ fn offers_firecrackers_features_and_the_mac() {
         assert_ne!(features & (1 << bit), 0, "feature {bit} not offered");
     }
     assert_ne!(features & VERSION_1, 0);
+    assert_ne!(
+        features & (1 << 28),
+        0,
+        "INDIRECT_DESC, as every squib device"
+    );
     let mut config = [0u8; 6];
     d.transport().read(0x100, &mut config);
     assert_eq!(config, [6, 0, 0xac, 0x10, 0, 2]);

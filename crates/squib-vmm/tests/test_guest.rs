@@ -39,6 +39,27 @@ fn report(stdout: &str) -> Report {
     }
 }
 
+/// The boot-timer line reads as Firecracker's test suite reads it:
+/// `Guest-boot-time = <us> us <ms> ms, <cpu us> CPU us <cpu ms> CPU ms`.
+fn assert_firecracker_boot_time_line(stderr: &str) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("Guest-boot-time"))
+        .unwrap();
+    let tail = line.split_once("Guest-boot-time =").unwrap().1;
+    let words: Vec<&str> = tail.split_whitespace().collect();
+    let us: u64 = words[0].parse().unwrap();
+    let ms: u64 = words[2].trim_end_matches(',').parse().unwrap();
+    let cpu_us: u64 = words[4].parse().unwrap();
+    assert_eq!(
+        (words[1], words[3], words[5], words[6]),
+        ("us", "ms,", "CPU", "us"),
+        "{line}"
+    );
+    assert_eq!(ms, us / 1000, "{line}");
+    assert!(us > 0 && cpu_us <= us * 4, "{line}");
+}
+
 #[test]
 fn guest_passes_every_check_with_a_writable_and_a_read_only_disk() {
     if !common::kvm_available("guest_passes_every_check") {
@@ -84,11 +105,11 @@ fn guest_passes_every_check_with_a_writable_and_a_read_only_disk() {
     );
     assert!(report.passed >= 1);
     assert!(
-        stdout.contains("virtio_mmio.device=4K@0xd0001000:5"),
+        stdout.contains("virtio_mmio.device=4K@0xc0001000:5"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("virtio_mmio.device=4K@0xd0002000:6"),
+        stdout.contains("virtio_mmio.device=4K@0xc0002000:6"),
         "{stdout}"
     );
     assert_eq!(
@@ -100,6 +121,7 @@ fn guest_passes_every_check_with_a_writable_and_a_read_only_disk() {
         stderr.contains("Guest-boot-time"),
         "the boot timer did not log: {stderr}"
     );
+    assert_firecracker_boot_time_line(&stderr);
     assert!(stderr.contains("i8042"), "{stderr}");
 }
 
@@ -129,4 +151,75 @@ fn guest_without_its_disks_fails_and_squib_exits_non_zero() {
         "stdout:\n{stdout}\nstderr:\n{}",
         common::stderr(&output)
     );
+}
+
+/// The guest's `guest.mode=durable` pattern: 64 KiB at sector 1024, byte at disk offset `o` is
+/// `(o / 512 * 7 + o) as u8 ^ 0xa5` (see `crates/squib-test-guest/src/durable.rs`).
+const DURABLE_SECTOR: u64 = 1024;
+const DURABLE_BYTES: usize = 64 * 1024;
+
+fn durable_byte(offset: u64) -> u8 {
+    (offset / 512 * 7 + offset) as u8 ^ 0xa5
+}
+
+/// A write the guest FLUSHed on a Writeback drive is in the file even when squib is SIGKILLed
+/// right after the FLUSH completed, with either engine.
+#[test]
+fn data_flushed_by_the_guest_survives_sigkill() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::FileExt;
+    use std::process::Stdio;
+
+    if !common::kvm_available("data_flushed_by_the_guest_survives_sigkill") {
+        return;
+    }
+    for engine in ["sync", "async"] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = common::sparse_disk(dir.path(), "disk.img", DISK_BYTES);
+        let mut child = common::squib()
+            .args([
+                "--kernel",
+                common::test_guest().to_str().unwrap(),
+                "--cmdline",
+                "guest.mode=durable",
+                "--disk",
+                &format!("{disk},cache=writeback,engine={engine}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("DURABLE flushed") || line.starts_with("FAIL") {
+                    let _ = tx.send(line);
+                    break;
+                }
+            }
+        });
+        let line = rx.recv_timeout(TIMEOUT);
+        // SIGKILL: no shutdown path, no flush at exit.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let line = line.unwrap_or_else(|_| panic!("{engine}: the guest never reported its FLUSH"));
+        assert_eq!(
+            line,
+            format!("DURABLE flushed sector={DURABLE_SECTOR} bytes={DURABLE_BYTES}"),
+            "{engine}"
+        );
+        let file = std::fs::File::open(&disk).unwrap();
+        let mut data = vec![0u8; DURABLE_BYTES];
+        let base = DURABLE_SECTOR * 512;
+        file.read_exact_at(&mut data, base).unwrap();
+        let wrong = (0..DURABLE_BYTES)
+            .filter(|&i| data[i] != durable_byte(base + i as u64))
+            .count();
+        assert_eq!(
+            wrong, 0,
+            "{engine}: {wrong} bytes of the flushed write are missing"
+        );
+    }
 }

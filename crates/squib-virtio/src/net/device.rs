@@ -21,9 +21,7 @@ use super::handle::{Limiters, NetHandle, Shared};
 use super::handler::{Negotiated, NetHandler};
 use super::header::{MAX_OFFLOAD_FRAME, MAX_PLAIN_FRAME, VNET_HDR_LEN};
 use super::metrics::Counter;
-use crate::device::{
-    ActivateError, Activation, FEATURE_EVENT_IDX, FEATURE_VERSION_1, VirtioDevice,
-};
+use crate::device::{ActivateError, Activation, COMMON_FEATURES, VirtioDevice};
 use crate::persist::{DeviceState, StateError};
 use crate::queue::QueueSnapshot;
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
@@ -145,8 +143,7 @@ impl NetDevice {
             rx: limiter(config.rx_rate_limiter)?,
             tx: limiter(config.tx_rate_limiter)?,
         };
-        let mut offered_features = FEATURE_VERSION_1
-            | FEATURE_EVENT_IDX
+        let mut offered_features = COMMON_FEATURES
             | F_CSUM
             | F_GUEST_CSUM
             | F_GUEST_TSO4

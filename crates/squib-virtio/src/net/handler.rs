@@ -593,15 +593,16 @@ enum Access {
 }
 
 /// The chain's buffers as host slices in `out`: `(slices, bytes)`, or `None` when a descriptor
-/// has the wrong direction, lies outside guest memory, or the chain needs more than `out` holds.
+/// has the wrong direction, lies outside guest memory, the chain breaks a ring rule, or it needs
+/// more than `out` holds.
 fn gather<'m>(
     mem: &'m GuestMemory,
-    chain: Chain<'m>,
+    mut chain: Chain<'m>,
     access: Access,
     out: &mut [VolatileSlice<'m>],
 ) -> Option<(usize, usize)> {
     let (mut count, mut total) = (0usize, 0usize);
-    for desc in chain {
+    for desc in chain.by_ref() {
         if desc.is_write_only() != (access == Access::DeviceWrites) {
             return None;
         }
@@ -611,6 +612,10 @@ fn gather<'m>(
             count += 1;
             total = total.checked_add(slice.len())?;
         }
+    }
+    // A chain the walker cut short (a loop, a bad index or indirect table) is malformed.
+    if chain.error().is_some() {
+        return None;
     }
     Some((count, total))
 }
