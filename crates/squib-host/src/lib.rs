@@ -13,4 +13,5 @@ pub mod jail;
 pub mod kvm_memory;
 pub mod malloc_arenas;
 pub mod signals;
+pub mod tap;
 pub mod terminal;

@@ -43,10 +43,23 @@ pub fn run(options: &Options) -> ! {
         Ok(scratch) => scratch,
         Err(error) => report::abort(format_args!("scratch buffers: {error}")),
     };
+    let mut nets = 0;
     for (index, device) in options.devices().enumerate() {
-        check_disk(options, DiskName(index), device, &mut scratch, seed);
+        if is_network_device(device) {
+            crate::net_checks::check(nets, device.base, device.size, options.net.as_ref());
+            nets += 1;
+        } else {
+            check_disk(options, DiskName(index), device, &mut scratch, seed);
+        }
     }
     report::finish()
+}
+
+/// Whether the device at that slot says it is a network device (id 1); anything else goes to
+/// the block checks, which report a wrong id.
+pub fn is_network_device(device: &MmioDevice) -> bool {
+    crate::virtio_mmio::Transport::probe(device.base, device.size)
+        .is_ok_and(|t| t.device_id() == 1)
 }
 
 /// Two 64 KiB buffers: what is written (or expected) and what is read.

@@ -19,6 +19,7 @@ mod dma;
 mod durable;
 mod heap;
 mod interrupts;
+mod net_checks;
 mod paging;
 mod pattern;
 mod port;
@@ -30,6 +31,7 @@ mod third_party;
 mod time;
 mod virtio_blk;
 mod virtio_mmio;
+mod virtio_net;
 mod virtqueue;
 
 use cmdline::Mode;

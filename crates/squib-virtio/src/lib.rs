@@ -17,6 +17,7 @@ pub mod device;
 pub mod guest_log;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod persist;
 pub mod queue;
 pub mod rate_limiter;

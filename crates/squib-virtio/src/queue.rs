@@ -430,6 +430,14 @@ impl VirtQueue {
         self.queue.go_to_previous_position();
     }
 
+    /// Puts the last `count` chains [`pop`](Self::pop) returned back at the head of the ring, in
+    /// order (an rx frame that needed fewer buffers than were gathered for it, or none at all).
+    /// `count` must not exceed the chains popped since the last completion.
+    pub fn undo_pops(&mut self, count: u16) {
+        let next = self.queue.next_avail().wrapping_sub(count);
+        self.queue.set_next_avail(next);
+    }
+
     /// Returns a chain to the driver with `len` bytes written into its buffers.
     pub fn complete(
         &mut self,

@@ -21,6 +21,8 @@ pub struct VmConfig {
     pub machine: MachineConfig,
     /// Block devices, in the order they appear to the guest (`/dev/vda`, `/dev/vdb`, …).
     pub drives: Vec<DriveConfig>,
+    /// virtio-net interfaces, in the order they were configured.
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
     /// Whether the boot-timer device logs the guest's boot-complete write.
     pub boot_timer: bool,
     /// Boot protocol and how the guest discovers the machine.
@@ -173,6 +175,21 @@ pub struct RateLimiterConfig {
     /// Requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<TokenBucketConfig>,
+}
+
+/// One virtio-net interface on a TAP device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkInterfaceConfig {
+    /// The API's `iface_id`.
+    pub iface_id: String,
+    /// The TAP device to attach to (it must exist, or squib must be allowed to create it).
+    pub host_dev_name: String,
+    /// The MAC the guest reads; `None` lets the guest choose.
+    pub guest_mac: Option<squib_virtio::net::MacAddr>,
+    /// Receive throttle.
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Transmit throttle.
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// A token bucket that cannot be represented; the text is the API's `fault_message`.

@@ -78,6 +78,9 @@ pub enum VmmError {
     /// A drive could not be opened.
     #[error(transparent)]
     Drive(#[from] DriveError),
+    /// A network interface could not be set up.
+    #[error(transparent)]
+    Net(#[from] crate::devices::net::NetError),
     /// The guest could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
@@ -350,6 +353,13 @@ impl Vmm {
         }
         let mut devices = DeviceManager::new();
         block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
+        devices::net::attach_all(
+            &vm,
+            &mem,
+            &mut mmio,
+            &mut devices,
+            &config.network_interfaces,
+        )?;
 
         // 6.
         let machine = boot::Machine {

@@ -100,6 +100,23 @@ impl VmmControl for FakeVmm {
         };
         vec![("rootfs".into(), c)]
     }
+    fn update_net_rate_limiters(
+        &mut self,
+        id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), ControlError> {
+        self.log(format!("net limit {id} rx={rx:?} tx={tx:?}"));
+        Ok(())
+    }
+    fn net_counters(&self) -> Vec<(String, squib_virtio::net::NetMetricsSnapshot)> {
+        let m = squib_virtio::net::NetMetricsSnapshot {
+            rx_packets_count: 2,
+            rx_bytes_count: 300,
+            ..Default::default()
+        };
+        vec![("eth0".into(), m)]
+    }
     fn exit_status(&self) -> Option<i32> {
         self.calls.lock().unwrap().exit_status
     }
@@ -560,12 +577,6 @@ fn bad_input_table_gets_400_with_a_reason_and_the_server_keeps_serving() {
             r#"{"metrics_path":"/nonexistent/dir/m"}"#.into(),
             "cannot open metrics_path",
         ),
-        (
-            "PUT",
-            "/network-interfaces/eth0",
-            r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#.into(),
-            "squib does not support network interfaces",
-        ),
         ("PUT", "/vsock", "{}".into(), "squib does not support vsock"),
         (
             "PUT",
@@ -820,6 +831,105 @@ fn a_slow_client_does_not_block_others_and_is_timed_out() {
 }
 
 #[test]
+fn network_interfaces_are_configured_before_boot_and_throttled_after() {
+    let running = Running::start(51_200);
+    let kernel = running.file("vmlinux", 4096);
+    let mut c = running.connect();
+    let eth0 = r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:AC:10:00:02","tx_rate_limiter":{"bandwidth":{"size":1000,"refill_time":100}}}"#;
+    assert_eq!(
+        c.call("PUT", "/network-interfaces/eth0", eth0),
+        (204, String::new())
+    );
+    for (path, body, why) in [
+        (
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth1","host_dev_name":"tap0"}"#,
+            "already used",
+        ),
+        (
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth2","host_dev_name":"tap1"}"#,
+            "does not match",
+        ),
+        (
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth1","host_dev_name":"tap1","guest_mac":"zz"}"#,
+            "MAC",
+        ),
+        (
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth1"}"#,
+            "host_dev_name",
+        ),
+    ] {
+        let (code, body) = c.call("PUT", path, body);
+        assert_eq!(code, 400, "{path}");
+        assert!(fault(&body).contains(why), "{}", fault(&body));
+    }
+    let patch = r#"{"iface_id":"eth0","rx_rate_limiter":{"ops":{"size":10,"refill_time":100}}}"#;
+    let (code, body) = c.call("PATCH", "/network-interfaces/eth0", patch);
+    assert_eq!(code, 400);
+    assert!(fault(&body).contains("before starting"), "{body}");
+    let config = json(&c.call("GET", "/vm/config", "").1);
+    let ifaces = &config["network-interfaces"];
+    assert_eq!(ifaces[0]["iface_id"], "eth0");
+    assert_eq!(ifaces[0]["guest_mac"], "06:00:ac:10:00:02");
+    assert_eq!(ifaces[0]["tx_rate_limiter"]["bandwidth"]["size"], 1000);
+
+    let boot = format!(r#"{{"kernel_image_path":"{kernel}"}}"#);
+    assert_eq!(c.call("PUT", "/boot-source", &boot).0, 204);
+    assert_eq!(
+        c.call("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)
+            .0,
+        204
+    );
+    let started = running.vmm.calls.lock().unwrap().started.clone().unwrap();
+    assert_eq!(started.network_interfaces.len(), 1);
+    assert_eq!(started.network_interfaces[0].host_dev_name, "tap0");
+
+    assert_eq!(
+        c.call(
+            "PUT",
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth1","host_dev_name":"tap1"}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        c.call("PATCH", "/network-interfaces/eth0", patch),
+        (204, String::new())
+    );
+    assert_eq!(
+        c.call(
+            "PATCH",
+            "/network-interfaces/eth9",
+            r#"{"iface_id":"eth9"}"#
+        )
+        .0,
+        400
+    );
+    assert!(
+        running
+            .vmm
+            .calls
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .any(|l| l.starts_with("net limit eth0 rx=Some"))
+    );
+    let config = json(&c.call("GET", "/vm/config", "").1);
+    let eth0 = &config["network-interfaces"][0];
+    assert_eq!(eth0["rx_rate_limiter"]["ops"]["size"], 10);
+    assert_eq!(
+        eth0["tx_rate_limiter"]["bandwidth"]["size"], 1000,
+        "PATCH keeps what it omits"
+    );
+    drop(running);
+}
+
+#[test]
 fn flush_metrics_writes_a_json_line() {
     let running = Running::start(51_200);
     let metrics = running.dir.path().join("metrics.json");
@@ -851,6 +961,9 @@ fn flush_metrics_writes_a_json_line() {
     assert_eq!(line["get_api_requests"]["instance_info_count"], 0);
     assert_eq!(line["block_rootfs"]["read_count"], 3);
     assert_eq!(line["block"]["read_bytes"], 1536);
+    assert_eq!(line["net_eth0"]["rx_packets_count"], 2);
+    assert_eq!(line["net"]["rx_bytes_count"], 300);
+    assert_eq!(line["net"]["tx_malformed_frames"], 0);
     let config = json(&c.call("GET", "/vm/config", "").1);
     assert_eq!(
         config["metrics"]["metrics_path"],

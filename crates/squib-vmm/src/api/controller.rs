@@ -13,8 +13,8 @@ use super::http::{Request, Response, Status};
 use super::logger::{LogConfigError, Logger};
 use super::metrics::{FLUSH_INTERVAL, Metrics, MetricsError};
 use super::models::{
-    ActionType, FullVmConfig, InstanceInfo, LoggerBody, PartialDriveBody, VersionInfo,
-    VmStateRequest,
+    ActionType, FullVmConfig, InstanceInfo, LoggerBody, PartialDriveBody,
+    PartialNetworkInterfaceBody, VersionInfo, VmStateRequest,
 };
 use super::router::{ApiRequest, RouteError, route};
 use super::store::{ConfigError, ConfigStore, check_drive_path, rate_limiter};
@@ -158,6 +158,16 @@ impl<V: VmmControl> ApiController<V> {
                 self.patch_drive(&id, &body)?;
                 done
             }
+            R::PutNetworkInterface(id, body) => {
+                self.pre_boot("PUT /network-interfaces")?;
+                self.store.put_network_interface(&id, &body)?;
+                done
+            }
+            R::PatchNetworkInterface(id, body) => {
+                self.post_boot("PATCH /network-interfaces")?;
+                self.patch_network_interface(&id, &body)?;
+                done
+            }
             R::PutLogger(body) => {
                 self.pre_boot("PUT /logger")?;
                 self.configure_logger(body)?;
@@ -270,6 +280,53 @@ impl<V: VmmControl> ApiController<V> {
         Ok(())
     }
 
+    /// `PATCH /network-interfaces/{id}`: new rate limiters for a running interface.
+    fn patch_network_interface(
+        &mut self,
+        id: &str,
+        body: &PartialNetworkInterfaceBody,
+    ) -> Result<(), ApiError> {
+        check_resource_id(id).map_err(ConfigError::from)?;
+        if body.iface_id != id {
+            return Err(ConfigError::IdMismatch {
+                path: id.into(),
+                body: body.iface_id.clone(),
+            }
+            .into());
+        }
+        if self.store.network_interface_mut(id).is_none() {
+            return Err(ConfigError::UnknownNetworkInterface(id.into()).into());
+        }
+        let rx = body
+            .rx_rate_limiter
+            .as_ref()
+            .map(rate_limiter)
+            .transpose()?;
+        let tx = body
+            .tx_rate_limiter
+            .as_ref()
+            .map(rate_limiter)
+            .transpose()?;
+        self.vmm
+            .update_net_rate_limiters(id, rx.as_ref(), tx.as_ref())?;
+        if let Some(iface) = self.store.network_interface_mut(id) {
+            // As applied: a bucket the PATCH leaves out keeps its configuration.
+            let merge = |old: Option<RateLimiterConfig>, new: Option<RateLimiterConfig>| match new {
+                None => old,
+                Some(new) => {
+                    let old = old.unwrap_or_default();
+                    Some(RateLimiterConfig {
+                        bandwidth: new.bandwidth.or(old.bandwidth),
+                        ops: new.ops.or(old.ops),
+                    })
+                }
+            };
+            iface.rx_rate_limiter = merge(iface.rx_rate_limiter, rx);
+            iface.tx_rate_limiter = merge(iface.tx_rate_limiter, tx);
+        }
+        Ok(())
+    }
+
     /// `PUT /metrics` (or the config file's `metrics`).
     pub fn configure_metrics(&mut self, path: &Path) -> Result<(), ApiError> {
         self.metrics.configure(path)?;
@@ -293,7 +350,8 @@ impl<V: VmmControl> ApiController<V> {
 
     fn flush_metrics(&mut self) -> Result<(), ApiError> {
         let drives = self.vmm.drive_counters();
-        self.metrics.flush(&drives)?;
+        let nets = self.vmm.net_counters();
+        self.metrics.flush(&drives, &nets)?;
         Ok(())
     }
 
@@ -318,6 +376,7 @@ impl<V: VmmControl> ApiController<V> {
         FullVmConfig {
             boot_source: self.store.boot_source_body(),
             drives: self.store.drive_bodies(),
+            network_interfaces: self.store.network_interface_bodies(),
             machine_config: Some(self.store.machine_body()),
             logger: self.logger.as_ref().map(Logger::settings),
             metrics: self.metrics.path().map(|p| super::models::MetricsBody {
@@ -346,6 +405,9 @@ impl<V: VmmControl> ApiController<V> {
         }
         for drive in &config.drives {
             self.store.put_drive(&drive.drive_id, drive)?;
+        }
+        for iface in &config.network_interfaces {
+            self.store.put_network_interface(&iface.iface_id, iface)?;
         }
         Ok(())
     }

@@ -306,6 +306,34 @@ impl VmmControl for KvmVmm {
             .collect()
     }
 
+    fn update_net_rate_limiters(
+        &mut self,
+        iface_id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), ControlError> {
+        // Queued for the interface's worker, which applies it at once.
+        self.running()?
+            .devices()
+            .network_interface(iface_id)
+            .ok_or_else(|| {
+                ControlError::new(format!("network interface `{iface_id}` does not exist"))
+            })?
+            .update_rate_limiters(rx, tx)
+            .map_err(|e| ControlError::new(format!("network interface `{iface_id}`: {e}")))
+    }
+
+    fn net_counters(&self) -> Vec<(String, squib_virtio::net::NetMetricsSnapshot)> {
+        let Some(handle) = &self.handle else {
+            return Vec::new();
+        };
+        handle
+            .devices()
+            .network_interfaces()
+            .map(|n| (n.id().to_owned(), n.metrics()))
+            .collect()
+    }
+
     fn exit_status(&self) -> Option<i32> {
         self.shared.exit_status.get().copied()
     }

@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
+use squib_virtio::net::NetMetricsSnapshot;
+
 use super::logger::LogCounters;
 use super::sink::{LineOutcome, LineSink};
 use super::vmm_control::DriveCounters;
@@ -56,7 +58,7 @@ struct Counted {
 }
 
 /// The requests squib serves that Firecracker counts, with Firecracker's names.
-const COUNTED: [Counted; 11] = [
+const COUNTED: [Counted; 13] = [
     Counted {
         method: "GET",
         segment: "",
@@ -121,6 +123,20 @@ const COUNTED: [Counted; 11] = [
         fails: true,
     },
     Counted {
+        method: "PUT",
+        segment: "network-interfaces",
+        group: "put_api_requests",
+        field: "network",
+        fails: true,
+    },
+    Counted {
+        method: "PATCH",
+        segment: "network-interfaces",
+        group: "patch_api_requests",
+        field: "network",
+        fails: true,
+    },
+    Counted {
         method: "PATCH",
         segment: "drives",
         group: "patch_api_requests",
@@ -159,6 +175,8 @@ pub struct Metrics {
     missed_log_written: u64,
     /// Drive counters at the last line, to write deltas.
     last_drives: BTreeMap<String, DriveCounters>,
+    /// Network interface counters at the last line.
+    last_nets: BTreeMap<String, NetMetricsSnapshot>,
     /// Guest console bytes dropped, at the last line written.
     missed_console_written: u64,
 }
@@ -218,7 +236,11 @@ impl Metrics {
 
     /// Writes one line with everything counted since the previous one. Not configured: nothing
     /// to do (as Firecracker).
-    pub fn flush(&mut self, drives: &[(String, DriveCounters)]) -> Result<(), MetricsError> {
+    pub fn flush(
+        &mut self,
+        drives: &[(String, DriveCounters)],
+        nets: &[(String, NetMetricsSnapshot)],
+    ) -> Result<(), MetricsError> {
         if self.sink.is_none() {
             return Ok(());
         }
@@ -227,7 +249,7 @@ impl Metrics {
             self.missed_log(),
             crate::devices::serial::dropped_output_bytes(),
         );
-        let line = self.line(drives);
+        let line = self.line(drives, nets);
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
         bytes.push(b'\n');
         let outcome = match self.sink.as_mut() {
@@ -260,7 +282,11 @@ impl Metrics {
     }
 
     /// Builds the next line and resets the deltas (drop counts reset once a line is written).
-    fn line(&mut self, drives: &[(String, DriveCounters)]) -> Value {
+    fn line(
+        &mut self,
+        drives: &[(String, DriveCounters)],
+        nets: &[(String, NetMetricsSnapshot)],
+    ) -> Value {
         let mut root = Map::new();
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -316,8 +342,26 @@ impl Metrics {
             root.insert(format!("block_{id}"), block_group(&delta));
         }
         root.insert("block".into(), block_group(&total));
+        // Firecracker's `net` (every interface) and `net_{iface_id}`, with its field names.
+        let mut total = NetMetricsSnapshot::default();
+        for (id, now) in nets {
+            let before = self.last_nets.insert(id.clone(), *now).unwrap_or_default();
+            let delta = now.since(&before);
+            total = total.add(&delta);
+            root.insert(format!("net_{id}"), net_json(&delta));
+        }
+        root.insert("net".into(), net_json(&total));
         Value::Object(root)
     }
+}
+
+fn net_json(m: &NetMetricsSnapshot) -> Value {
+    Value::Object(
+        m.fields()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), json!(value)))
+            .collect(),
+    )
 }
 
 /// A drive's counters under Firecracker's names (`execute_fails` is squib's `io_errors`);
@@ -397,6 +441,9 @@ pub fn field_names(drive_ids: &[&str]) -> Vec<String> {
             names.push(format!("{group}.{f}"));
         }
     }
+    for (f, _) in NetMetricsSnapshot::default().fields() {
+        names.push(format!("net.{f}"));
+    }
     names
 }
 
@@ -421,7 +468,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.json");
         let mut m = Metrics::default();
-        assert!(m.flush(&[]).is_ok(), "not configured: nothing to do");
+        assert!(m.flush(&[], &[]).is_ok(), "not configured: nothing to do");
         m.configure(&path).unwrap();
         assert!(matches!(
             m.configure(&path),
@@ -441,10 +488,16 @@ mod tests {
             rate_limiter_throttled_events: reads / 5,
             ..Default::default()
         };
-        m.flush(&[("root".into(), c(10, 40960)), ("data".into(), c(1, 512))])
-            .unwrap();
-        m.flush(&[("root".into(), c(15, 61440)), ("data".into(), c(1, 512))])
-            .unwrap();
+        m.flush(
+            &[("root".into(), c(10, 40960)), ("data".into(), c(1, 512))],
+            &[],
+        )
+        .unwrap();
+        m.flush(
+            &[("root".into(), c(15, 61440)), ("data".into(), c(1, 512))],
+            &[],
+        )
+        .unwrap();
         let l = lines(&path);
         assert_eq!(l.len(), 2);
         for line in &l {

@@ -103,6 +103,39 @@ pub struct DriveBody {
     pub socket: Option<String>,
 }
 
+/// `PUT /network-interfaces/{iface_id}` (`NetworkInterface`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceBody {
+    /// Must equal the path's `iface_id`.
+    pub iface_id: String,
+    /// The host TAP device.
+    pub host_dev_name: String,
+    /// `aa:bb:cc:dd:ee:ff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// Receive throttle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Transmit throttle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}` (`PartialNetworkInterface`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialNetworkInterfaceBody {
+    /// Must equal the path's `iface_id`.
+    pub iface_id: String,
+    /// New receive throttle.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// New transmit throttle.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
 /// `PATCH /drives/{drive_id}` (`PartialDrive`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -278,10 +311,10 @@ pub struct FullVmConfig {
     /// Metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsBody>,
+    /// virtio-net interfaces.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterfaceBody>,
     /// Unsupported Firecracker resources, accepted only when empty.
-    #[serde(rename = "network-interfaces", default, skip_serializing)]
-    pub network_interfaces: Option<serde_json::Value>,
-    #[allow(missing_docs)]
     #[serde(default, skip_serializing)]
     pub vsock: Option<serde_json::Value>,
     #[allow(missing_docs)]
@@ -316,7 +349,6 @@ impl FullVmConfig {
             Some(_) => true,
         };
         [
-            ("network-interfaces", &self.network_interfaces),
             ("vsock", &self.vsock),
             ("balloon", &self.balloon),
             ("mmds-config", &self.mmds_config),

@@ -7,12 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
-use super::models::{BootSourceBody, CpuTemplate, DriveBody, HugePages, MachineConfigBody};
+use super::models::{
+    BootSourceBody, CpuTemplate, DriveBody, HugePages, MachineConfigBody, NetworkInterfaceBody,
+};
 use crate::host_file::{self, Accept};
 use crate::ids::{IdError, check_resource_id};
 use crate::vm_config::{
-    BootSource, DriveConfig, MachineConfig, MachineLimitError, RateLimiterConfig, RateLimiterError,
-    VmConfig, check_mem_size_mib, check_vcpu_count,
+    BootSource, DriveConfig, MachineConfig, MachineLimitError, NetworkInterfaceConfig,
+    RateLimiterConfig, RateLimiterError, VmConfig, check_mem_size_mib, check_vcpu_count,
 };
 
 /// Why a configuration request was refused; the text is the API's `fault_message`.
@@ -72,6 +74,34 @@ pub enum ConfigError {
     /// A `PATCH` naming a drive that was never configured.
     #[error("drive `{0}` does not exist")]
     UnknownDrive(String),
+    /// A `PATCH` naming an interface that was never configured.
+    #[error("network interface `{0}` does not exist")]
+    UnknownNetworkInterface(String),
+    /// `guest_mac` is not a MAC address.
+    #[error("network interface `{iface}`: {reason}")]
+    GuestMac {
+        /// The interface.
+        iface: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `host_dev_name` is not a Linux interface name.
+    #[error(
+        "network interface `{0}`: host_dev_name must be 1 to 15 bytes, without `/`, NUL or whitespace"
+    )]
+    HostDevName(String),
+    /// Two interfaces on one TAP device or with one MAC (Firecracker refuses both).
+    #[error("network interface `{iface}`: {what} `{value}` is already used by interface `{other}`")]
+    NetworkInterfaceClash {
+        /// The interface being configured.
+        iface: String,
+        /// `host_dev_name` or `guest_mac`.
+        what: &'static str,
+        /// The shared value.
+        value: String,
+        /// The interface that has it.
+        other: String,
+    },
 }
 
 fn check_file(
@@ -127,6 +157,8 @@ pub struct ConfigStore {
     machine: MachineConfig,
     /// In the order configured; [`vm_config`](Self::vm_config) moves the root device first.
     drives: Vec<DriveConfig>,
+    /// In the order configured.
+    network_interfaces: Vec<NetworkInterfaceConfig>,
 }
 
 impl ConfigStore {
@@ -258,6 +290,105 @@ impl ConfigStore {
         })
     }
 
+    /// `PUT /network-interfaces/{path_id}`: creates the interface or replaces its configuration.
+    /// As in Firecracker, no two interfaces share a TAP device or a MAC.
+    pub fn put_network_interface(
+        &mut self,
+        path_id: &str,
+        body: &NetworkInterfaceBody,
+    ) -> Result<(), ConfigError> {
+        check_resource_id(path_id)?;
+        if body.iface_id != path_id {
+            return Err(ConfigError::IdMismatch {
+                path: path_id.to_owned(),
+                body: body.iface_id.clone(),
+            });
+        }
+        let name = &body.host_dev_name;
+        if name.is_empty()
+            || name.len() > 15
+            || name
+                .bytes()
+                .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace())
+        {
+            return Err(ConfigError::HostDevName(path_id.to_owned()));
+        }
+        let guest_mac = body
+            .guest_mac
+            .as_deref()
+            .map(|m| {
+                m.parse::<squib_virtio::net::MacAddr>()
+                    .map_err(|e| ConfigError::GuestMac {
+                        iface: path_id.to_owned(),
+                        reason: e.to_string(),
+                    })
+            })
+            .transpose()?;
+        for other in self
+            .network_interfaces
+            .iter()
+            .filter(|i| i.iface_id != path_id)
+        {
+            let clash = |what, value: String| ConfigError::NetworkInterfaceClash {
+                iface: path_id.to_owned(),
+                what,
+                value,
+                other: other.iface_id.clone(),
+            };
+            if other.host_dev_name == *name {
+                return Err(clash("host_dev_name", name.clone()));
+            }
+            if let Some(mac) = guest_mac.filter(|m| other.guest_mac == Some(*m)) {
+                return Err(clash("guest_mac", mac.to_string()));
+            }
+        }
+        let iface = NetworkInterfaceConfig {
+            iface_id: path_id.to_owned(),
+            host_dev_name: name.clone(),
+            guest_mac,
+            rx_rate_limiter: body
+                .rx_rate_limiter
+                .as_ref()
+                .map(rate_limiter)
+                .transpose()?,
+            tx_rate_limiter: body
+                .tx_rate_limiter
+                .as_ref()
+                .map(rate_limiter)
+                .transpose()?,
+        };
+        match self
+            .network_interfaces
+            .iter_mut()
+            .find(|i| i.iface_id == path_id)
+        {
+            Some(existing) => *existing = iface,
+            None => self.network_interfaces.push(iface),
+        }
+        Ok(())
+    }
+
+    /// A configured interface, for post-boot changes to record what the guest has now.
+    pub fn network_interface_mut(&mut self, iface_id: &str) -> Option<&mut NetworkInterfaceConfig> {
+        self.network_interfaces
+            .iter_mut()
+            .find(|i| i.iface_id == iface_id)
+    }
+
+    /// The interfaces in API form, in the order configured.
+    pub fn network_interface_bodies(&self) -> Vec<NetworkInterfaceBody> {
+        self.network_interfaces
+            .iter()
+            .map(|i| NetworkInterfaceBody {
+                iface_id: i.iface_id.clone(),
+                host_dev_name: i.host_dev_name.clone(),
+                guest_mac: i.guest_mac.map(|m| m.to_string()),
+                rx_rate_limiter: i.rx_rate_limiter,
+                tx_rate_limiter: i.tx_rate_limiter,
+            })
+            .collect()
+    }
+
     /// A configured drive.
     pub fn drive_config(&self, drive_id: &str) -> Option<&DriveConfig> {
         self.drives.iter().find(|d| d.drive_id == drive_id)
@@ -281,6 +412,7 @@ impl ConfigStore {
             boot: Some(boot),
             machine: self.machine.clone(),
             drives: self.ordered_drives().cloned().collect(),
+            network_interfaces: self.network_interfaces.clone(),
             boot_timer,
             boot_options: Default::default(),
         })
@@ -528,5 +660,84 @@ mod tests {
         });
         s.put_drive("rootfs", &body).unwrap();
         assert_eq!(s.drive_bodies(), vec![body]);
+    }
+
+    fn iface(id: &str, tap: &str, mac: Option<&str>) -> NetworkInterfaceBody {
+        NetworkInterfaceBody {
+            iface_id: id.into(),
+            host_dev_name: tap.into(),
+            guest_mac: mac.map(Into::into),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        }
+    }
+
+    #[test]
+    fn network_interfaces_follow_firecrackers_rules() {
+        let mut s = ConfigStore::default();
+        let mut eth0 = iface("eth0", "tap0", Some("06:00:00:00:00:01"));
+        eth0.tx_rate_limiter = Some(RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(crate::vm_config::TokenBucketConfig {
+                size: 10,
+                one_time_burst: 0,
+                refill_time_ms: 100,
+            }),
+        });
+        s.put_network_interface("eth0", &eth0).unwrap();
+        assert_eq!(s.network_interface_bodies(), vec![eth0.clone()]);
+        // Replacing by id is fine; sharing a TAP or a MAC with another interface is not.
+        s.put_network_interface("eth0", &eth0).unwrap();
+        let tap = s.put_network_interface("eth1", &iface("eth1", "tap0", None));
+        assert!(matches!(
+            tap,
+            Err(ConfigError::NetworkInterfaceClash {
+                what: "host_dev_name",
+                ..
+            })
+        ));
+        let mac =
+            s.put_network_interface("eth1", &iface("eth1", "tap1", Some("06:00:00:00:00:01")));
+        assert!(matches!(
+            mac,
+            Err(ConfigError::NetworkInterfaceClash {
+                what: "guest_mac",
+                ..
+            })
+        ));
+        for (id, body) in [
+            ("eth1", iface("eth2", "tap1", None)),
+            ("eth-1", iface("eth-1", "tap1", None)),
+            ("eth1", iface("eth1", "", None)),
+            ("eth1", iface("eth1", "a_very_long_tap_name", None)),
+            ("eth1", iface("eth1", "tap/1", None)),
+            ("eth1", iface("eth1", "tap1", Some("06:00:00:00:00"))),
+        ] {
+            assert!(s.put_network_interface(id, &body).is_err(), "{id} {body:?}");
+        }
+        s.put_network_interface("eth1", &iface("eth1", "tap1", None))
+            .unwrap();
+        let boot = BootSourceBody {
+            kernel_image_path: temp_file().path().display().to_string(),
+            boot_args: None,
+            initrd_path: None,
+        };
+        let f = temp_file();
+        let boot = BootSourceBody {
+            kernel_image_path: f.path().display().to_string(),
+            ..boot
+        };
+        s.set_boot_source(&boot).unwrap();
+        let cfg = s.vm_config(false).unwrap();
+        let ids: Vec<_> = cfg
+            .network_interfaces
+            .iter()
+            .map(|i| i.iface_id.as_str())
+            .collect();
+        assert_eq!(ids, ["eth0", "eth1"]);
+        assert_eq!(
+            cfg.network_interfaces[0].guest_mac.unwrap().bytes(),
+            [6, 0, 0, 0, 0, 1]
+        );
     }
 }

@@ -118,6 +118,23 @@ pub trait VmmControl: Send {
     ) -> Result<(), ControlError>;
     /// Every drive's counters, by drive id.
     fn drive_counters(&self) -> Vec<(String, DriveCounters)>;
+    /// Changes a running interface's receive and/or transmit throttle, bucket by bucket as
+    /// [`update_rate_limiter`](Self::update_rate_limiter) does for drives.
+    fn update_net_rate_limiters(
+        &mut self,
+        iface_id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), ControlError> {
+        let _ = (rx, tx);
+        Err(ControlError::new(format!(
+            "network interface `{iface_id}`: this VMM has no network devices"
+        )))
+    }
+    /// Every network interface's counters, by interface id.
+    fn net_counters(&self) -> Vec<(String, squib_virtio::net::NetMetricsSnapshot)> {
+        Vec::new()
+    }
     /// The process exit status once the microVM has stopped.
     fn exit_status(&self) -> Option<i32>;
 }

@@ -407,6 +407,7 @@ mod tests {
             ("TCGETS", libc::TCGETS),
             ("TCSETS", libc::TCSETS),
             ("FIONBIO", libc::FIONBIO),
+            ("TUNSETOFFLOAD", libc::TUNSETOFFLOAD),
             ("PR_SET_NAME", libc::PR_SET_NAME as u64),
             ("PR_SET_NO_NEW_PRIVS", libc::PR_SET_NO_NEW_PRIVS as u64),
             (
