@@ -4,6 +4,7 @@
 mod bench;
 mod bzimage;
 mod demo;
+mod fuzz;
 mod guest_kernel;
 mod lint_unsafe;
 mod setup;
@@ -23,7 +24,8 @@ tasks:
   guest-kernel   fetch Debian's cloud kernel and build an initramfs; prints their paths last
   bench          run the benchmark suite and write a report to docs/perf/
   snapshot-merge BASE DIFF   apply a Diff snapshot's memory file onto its base's, in place
-  snapshot-uffd-handler SOCKET MEM_FILE   example page-fault handler for Uffd snapshot loads";
+  snapshot-uffd-handler SOCKET MEM_FILE   example page-fault handler for Uffd snapshot loads
+  fuzz           run the cargo-fuzz targets (nightly): --smoke, --seconds N, [TARGET...]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(rest),
         "snapshot-merge" => snapshot::merge(rest),
         "snapshot-uffd-handler" => snapshot::uffd_handler(rest),
+        "fuzz" => fuzz::run(rest),
         other => Err(format!("unknown task `{other}`\n{USAGE}")),
     };
     match result {

@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use vm_memory::VolatileSlice;
 use vm_memory::bitmap::BitmapSlice;
@@ -37,7 +37,7 @@ pub fn read_volatile_at<B: BitmapSlice>(
     bufs: &[VolatileSlice<'_, B>],
     offset: u64,
 ) -> io::Result<usize> {
-    transfer_once(file, bufs, 0, offset, Direction::Read)
+    transfer_once(file.as_fd(), bufs, 0, Some(offset), Direction::Read)
 }
 
 /// Writes `bufs`, in order, to `file` at `offset` with one `pwritev` covering the first
@@ -50,7 +50,7 @@ pub fn write_volatile_at<B: BitmapSlice>(
     bufs: &[VolatileSlice<'_, B>],
     offset: u64,
 ) -> io::Result<usize> {
-    transfer_once(file, bufs, 0, offset, Direction::Write)
+    transfer_once(file.as_fd(), bufs, 0, Some(offset), Direction::Write)
 }
 
 /// Fills every byte of `bufs` from `file` at `offset`, retrying short reads and `EINTR`.
@@ -78,6 +78,31 @@ pub fn write_all_volatile_at<B: BitmapSlice>(
     transfer_all(file, bufs, offset, Direction::Write)
 }
 
+/// Reads from `fd` at its current position (a TAP device, a socket) into `bufs`, in order, with
+/// one `readv` covering the first [`IOVECS_PER_CALL`] buffers. Returns what `readv` returned: for
+/// a TAP device that is the frame's full length even when `bufs` were too short to hold it.
+///
+/// # Errors
+/// The `readv` error (`WouldBlock` on an empty non-blocking descriptor).
+pub fn readv_volatile<B: BitmapSlice>(
+    fd: &impl AsFd,
+    bufs: &[VolatileSlice<'_, B>],
+) -> io::Result<usize> {
+    transfer_once(fd.as_fd(), bufs, 0, None, Direction::Read)
+}
+
+/// Writes `bufs`, in order, to `fd` at its current position with one `writev` covering the first
+/// [`IOVECS_PER_CALL`] buffers (one frame, for a TAP device). Returns the bytes written.
+///
+/// # Errors
+/// The `writev` error.
+pub fn writev_volatile<B: BitmapSlice>(
+    fd: &impl AsFd,
+    bufs: &[VolatileSlice<'_, B>],
+) -> io::Result<usize> {
+    transfer_once(fd.as_fd(), bufs, 0, None, Direction::Write)
+}
+
 fn transfer_all<B: BitmapSlice>(
     file: &File,
     bufs: &[VolatileSlice<'_, B>],
@@ -90,7 +115,7 @@ fn transfer_all<B: BitmapSlice>(
         let position = offset
             .checked_add(done as u64)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
-        match transfer_once(file, bufs, done, position, direction) {
+        match transfer_once(file.as_fd(), bufs, done, Some(position), direction) {
             Ok(0) => {
                 return Err(match direction {
                     Direction::Read => io::ErrorKind::UnexpectedEof.into(),
@@ -105,20 +130,23 @@ fn transfer_all<B: BitmapSlice>(
     Ok(())
 }
 
-/// One system call moving the bytes of `bufs` that follow the first `skip` bytes.
+/// One system call moving the bytes of `bufs` that follow the first `skip` bytes: positioned at
+/// `offset`, or at the descriptor's current position (`readv`/`writev`) when it is `None`.
 fn transfer_once<B: BitmapSlice>(
-    file: &File,
+    fd: BorrowedFd<'_>,
     bufs: &[VolatileSlice<'_, B>],
     skip: usize,
-    offset: u64,
+    offset: Option<u64>,
     direction: Direction,
 ) -> io::Result<usize> {
-    let offset = libc::off_t::try_from(offset)
+    let offset = offset
+        .map(libc::off_t::try_from)
+        .transpose()
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset exceeds off_t"))?;
     if let [only] = bufs
         && skip < only.len()
     {
-        return transfer_one(file, only, skip, offset, direction);
+        return transfer_one(fd, only, skip, offset, direction);
     }
 
     // The guards keep each slice's host pointer valid until the call returns (vm-memory may map
@@ -158,22 +186,32 @@ fn transfer_once<B: BitmapSlice>(
     // `count` <= IOVECS_PER_CALL = 64, which fits a c_int.
     let iovcnt = count as libc::c_int;
 
-    let fd = file.as_raw_fd();
-    let rc = match direction {
+    let fd = fd.as_raw_fd();
+    let rc = match (direction, offset) {
         // SAFETY: each of the `count` iovecs points at `iov_len` bytes inside a VolatileSlice,
         // which guarantees its memory stays valid for `len` bytes while borrowed (`bufs` is
         // borrowed for this whole call) and whose pointer guard is alive in `guards`. The kernel
         // writes only within those ranges. No Rust reference to guest memory exists: vm-memory
         // only ever accesses it through raw pointers, so the guest (or another vCPU) changing it
-        // concurrently is not a data race in the language's sense. `fd` is kept open by `file`.
-        Direction::Read => unsafe { libc::preadv(fd, iovecs.as_ptr(), iovcnt, offset) },
-        // SAFETY: as for the read, with the kernel only reading the iovecs' ranges.
-        Direction::Write => unsafe { libc::pwritev(fd, iovecs.as_ptr(), iovcnt, offset) },
+        // concurrently is not a data race in the language's sense. `fd` is kept open by the
+        // `BorrowedFd` this function holds.
+        (Direction::Read, Some(offset)) => unsafe {
+            libc::preadv(fd, iovecs.as_ptr(), iovcnt, offset)
+        },
+        // SAFETY: as for `preadv` above, at the descriptor's own position.
+        (Direction::Read, None) => unsafe { libc::readv(fd, iovecs.as_ptr(), iovcnt) },
+        // SAFETY: as for the reads, with the kernel only reading the iovecs' ranges.
+        (Direction::Write, Some(offset)) => unsafe {
+            libc::pwritev(fd, iovecs.as_ptr(), iovcnt, offset)
+        },
+        // SAFETY: as for the reads, with the kernel only reading the iovecs' ranges.
+        (Direction::Write, None) => unsafe { libc::writev(fd, iovecs.as_ptr(), iovcnt) },
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    // `rc` is non-negative here and at most the sum of the iovec lengths.
+    // `rc` is non-negative here. It is at most the sum of the iovec lengths, except for a TAP
+    // read, which reports a truncated frame's full length: `mark_dirty` stops at the iovecs' end.
     let transferred = rc as usize;
     if direction == Direction::Read {
         mark_dirty(bufs, &spans[..count], &iovecs[..count], transferred);
@@ -183,33 +221,38 @@ fn transfer_once<B: BitmapSlice>(
 
 /// The common one-buffer case as a plain `pread`/`pwrite`: no iovec arrays to set up.
 fn transfer_one<B: BitmapSlice>(
-    file: &File,
+    fd: BorrowedFd<'_>,
     buf: &VolatileSlice<'_, B>,
     start: usize,
-    offset: libc::off_t,
+    offset: Option<libc::off_t>,
     direction: Direction,
 ) -> io::Result<usize> {
     let guard = buf.ptr_guard_mut();
     // `start < guard.len()` (checked by the caller), so the pointer stays inside the slice.
     let ptr = guard.as_ptr().wrapping_add(start).cast::<libc::c_void>();
     let len = guard.len() - start;
-    let fd = file.as_raw_fd();
-    let rc = match direction {
+    let fd = fd.as_raw_fd();
+    let rc = match (direction, offset) {
         // SAFETY: `ptr` points at `len` bytes inside a VolatileSlice, whose memory stays valid
         // while it is borrowed (for this whole call) and whose pointer guard is alive; the kernel
         // writes only there. No Rust reference to that memory exists (vm-memory reaches guest
-        // memory through raw pointers only). `fd` is kept open by `file`.
-        Direction::Read => unsafe { libc::pread(fd, ptr, len, offset) },
-        // SAFETY: as for the read, with the kernel only reading the range.
-        Direction::Write => unsafe { libc::pwrite(fd, ptr, len, offset) },
+        // memory through raw pointers only). `fd` is kept open by the `BorrowedFd` held here.
+        (Direction::Read, Some(offset)) => unsafe { libc::pread(fd, ptr, len, offset) },
+        // SAFETY: as for `pread` above, at the descriptor's own position.
+        (Direction::Read, None) => unsafe { libc::read(fd, ptr, len) },
+        // SAFETY: as for the reads, with the kernel only reading the range.
+        (Direction::Write, Some(offset)) => unsafe { libc::pwrite(fd, ptr, len, offset) },
+        // SAFETY: as for the reads, with the kernel only reading the range.
+        (Direction::Write, None) => unsafe { libc::write(fd, ptr, len) },
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    // Non-negative here and at most `len`.
+    // Non-negative here; at most `len` except for a TAP read of a truncated frame, which reports
+    // the frame's full length (only `len` bytes were written, so only those are marked).
     let transferred = rc as usize;
     if direction == Direction::Read {
-        buf.bitmap().mark_dirty(start, transferred);
+        buf.bitmap().mark_dirty(start, transferred.min(len));
     }
     Ok(transferred)
 }
@@ -317,6 +360,30 @@ mod tests {
         let bufs = [VolatileSlice::from(&mut buf[..])];
         let err = read_volatile_at(&file, &bufs, u64::MAX).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn datagrams_gather_and_scatter_at_the_descriptor_position() {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let mut head = *b"head:";
+        let mut body = *b"one frame";
+        let out = [
+            VolatileSlice::from(&mut head[..]),
+            VolatileSlice::from(&mut body[..]),
+        ];
+        assert_eq!(writev_volatile(&a, &out).unwrap(), 14);
+        let mut x = [0u8; 3];
+        let mut y = [0u8; 20];
+        let into = [
+            VolatileSlice::from(&mut x[..]),
+            VolatileSlice::from(&mut y[..]),
+        ];
+        assert_eq!(readv_volatile(&b, &into).unwrap(), 14);
+        b.set_nonblocking(true).unwrap();
+        let err = readv_volatile(&b, &into).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(&x, b"hea");
+        assert_eq!(&y[..11], b"d:one frame");
     }
 
     #[test]

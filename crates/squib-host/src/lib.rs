@@ -5,11 +5,16 @@
 //! argues why it is sound. `cargo xtask lint-unsafe` enforces this in CI.
 
 pub mod alloc_counter;
+pub mod bad_syscall;
 pub mod block_io;
+pub mod clock;
 pub mod guest_io;
+pub mod jail;
 pub mod kvm_memory;
 pub mod kvm_xsave;
+pub mod malloc_arenas;
 pub mod signals;
 pub mod sparse;
+pub mod tap;
 pub mod terminal;
 pub mod uffd;

@@ -4,7 +4,7 @@
 //! The host timestamps the `BENCH start` and `BENCH done ops=<n>` lines; the guest's clock is not
 //! trusted. Between them the loop runs at CPL3 with no serial output.
 
-use crate::cmdline::{BenchOptions, DiskName, Options, Workload};
+use crate::cmdline::{BenchOptions, DiskName, Options};
 use crate::dma::DmaBuf;
 use crate::report;
 use crate::serial::println;
@@ -18,6 +18,9 @@ const BLOCK_SECTORS: u64 = (BLOCK / SECTOR_BYTES) as u64;
 /// Runs the benchmark and ends the run (reset when every request succeeded).
 pub fn run(options: &Options) -> ! {
     let bench = options.bench;
+    if bench.workload.is_network() {
+        crate::net_checks::bench(options);
+    }
     let name = DiskName(options.bench_disk);
     let Some(device) = options.devices().nth(options.bench_disk) else {
         report::abort(format_args!("bench: no disk {name} on the command line"));
@@ -43,7 +46,7 @@ pub fn run(options: &Options) -> ! {
         Ok(buffers) => buffers,
         Err(error) => report::abort(format_args!("bench: {error}")),
     };
-    let Workload::RandRead = bench.workload;
+
     println!(
         "# bench randread {name} qd={} ops={} completion={} capacity={} sectors",
         bench.queue_depth,

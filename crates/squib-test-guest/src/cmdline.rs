@@ -33,6 +33,11 @@ pub enum Mode {
     /// `guest.mode=reset-storm`: fill the first disk's queue with large reads and reset the
     /// device, forever (the host checks that stop and pause stay prompt).
     ResetStorm,
+    /// `guest.mode=durable`: write a known pattern to vda, FLUSH, print a line, wait to be killed.
+    Durable,
+    /// `guest.mode=virtio-drivers`: the same devices driven by the third-party `virtio-drivers`
+    /// crate instead of this guest's own driver.
+    VirtioDrivers,
 }
 
 /// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
@@ -64,6 +69,18 @@ impl fmt::Display for Completion {
 pub enum Workload {
     /// 4 KiB reads at random sector-aligned offsets over the whole disk.
     RandRead,
+    /// virtio-net: `guest.ops` 64-byte UDP round trips to the echo server, one at a time.
+    UdpRoundTrip,
+    /// virtio-net: `guest.ops` 1472-byte datagrams to the sink port, as fast as they go.
+    UdpSend,
+    /// virtio-net: `guest.ops` datagrams received from a host that keeps sending.
+    UdpReceive,
+}
+
+impl Workload {
+    pub fn is_network(self) -> bool {
+        !matches!(self, Self::RandRead)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -171,6 +188,20 @@ pub struct Options {
     /// `guest.pace=fast`: snapshot mode ticks back to back instead of every ~25 ms, so the
     /// first line after a restore marks the moment the guest runs again (benchmarks).
     pub fast_ticks: bool,
+    /// `guest.net=<guest ip>,<host ip>,<echo port>[,<sink port>,<count>]`: what the virtio-net
+    /// checks talk to.
+    pub net: Option<NetOptions>,
+}
+
+/// The network the virtio-net checks run on.
+#[derive(Debug, Clone, Copy)]
+pub struct NetOptions {
+    pub guest_ip: [u8; 4],
+    pub host_ip: [u8; 4],
+    /// A UDP echo server on the host.
+    pub echo_port: u16,
+    /// A UDP sink on the host and how many 1000-byte datagrams to blast at it.
+    pub sink: Option<(u16, u32)>,
 }
 
 impl Options {
@@ -203,6 +234,7 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
         mode: Mode::Test,
         devices: [None; MAX_DEVICES],
         checks: Checks::all(),
+        net: None,
         expect_read_only: None,
         bench_disk: 0,
         bench: BenchOptions {
@@ -237,15 +269,23 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "bench" => Mode::Bench,
                     "snapshot" => Mode::Snapshot,
                     "reset-storm" => Mode::ResetStorm,
+                    "durable" => Mode::Durable,
+                    "virtio-drivers" => Mode::VirtioDrivers,
                     _ => {
-                        return Err(error("expected boot, test, bench, reset-storm or snapshot"));
+                        return Err(error(
+                            "expected boot, test, bench, reset-storm, durable, virtio-drivers \
+                             or snapshot",
+                        ));
                     }
                 });
             }
             "guest.bench" => {
                 options.bench.workload = match value {
                     "randread" => Workload::RandRead,
-                    _ => return Err(error("the only workload is randread")),
+                    "udp-rr" => Workload::UdpRoundTrip,
+                    "udp-tx" => Workload::UdpSend,
+                    "udp-rx" => Workload::UdpReceive,
+                    _ => return Err(error("expected randread, udp-rr, udp-tx or udp-rx")),
                 };
                 options.mode = Mode::Bench;
             }
@@ -287,6 +327,11 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     _ => return Err(error("expected fast or tsc")),
                 };
             }
+            "guest.net" => {
+                options.net = Some(parse_net(value).ok_or(error(
+                    "expected <guest ip>,<host ip>,<echo port>[,<sink port>,<count>]",
+                ))?);
+            }
             "guest.fault" => {
                 options.fault = Some(match value {
                     "ud" => Fault::InvalidOpcode,
@@ -302,6 +347,36 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
         options.mode = mode;
     }
     Ok(options)
+}
+
+fn parse_net(value: &str) -> Option<NetOptions> {
+    let mut parts = value.split(',');
+    let guest_ip = parse_ip(parts.next()?)?;
+    let host_ip = parse_ip(parts.next()?)?;
+    let echo_port = parts.next()?.parse().ok()?;
+    let sink = match (parts.next(), parts.next()) {
+        (None, _) => None,
+        (Some(port), Some(count)) => Some((port.parse().ok()?, count.parse().ok()?)),
+        (Some(_), None) => return None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(NetOptions {
+        guest_ip,
+        host_ip,
+        echo_port,
+        sink,
+    })
+}
+
+fn parse_ip(text: &str) -> Option<[u8; 4]> {
+    let mut ip = [0u8; 4];
+    let mut parts = text.split('.');
+    for byte in &mut ip {
+        *byte = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(ip)
 }
 
 /// `<size>[K|M|G]@<base>:<gsi>[:<id>]`, numbers decimal or `0x` hex (as Linux accepts them).

@@ -3,7 +3,9 @@
 //!
 //! Layout: `boot` (entries), `cpu`/`paging`/`interrupts` (CPL0 tables and handlers), `apic`,
 //! `port`/`serial`/`power`, `cmdline`, `dma`, `virtio_mmio`/`virtqueue`/`virtio_blk` (the
-//! driver), `checks`/`bench`/`reset_storm`/`snapshot` (the workloads) and `report` (verdict and exit).
+//! driver), `checks`/`bench`/`reset_storm`/`durable`/`snapshot` (the workloads), `third_party`
+//! (the same devices through the `virtio-drivers` crate, with `heap` for its allocations),
+//! `pattern` (the data written) and `report` (verdict and exit).
 #![no_std]
 #![no_main]
 
@@ -14,17 +16,23 @@ mod checks;
 mod cmdline;
 mod cpu;
 mod dma;
+mod durable;
+mod heap;
 mod interrupts;
+mod net_checks;
 mod paging;
+mod pattern;
 mod port;
 mod power;
 mod report;
 mod reset_storm;
 mod serial;
 mod snapshot;
+mod third_party;
 mod time;
 mod virtio_blk;
 mod virtio_mmio;
+mod virtio_net;
 mod virtqueue;
 
 use cmdline::Mode;
@@ -52,6 +60,8 @@ extern "C" fn user_main(entry: u32, info: u64) -> ! {
         Mode::Bench => bench::run(&options),
         Mode::Snapshot => snapshot::run(&options),
         Mode::ResetStorm => reset_storm::run(&options),
+        Mode::Durable => durable::run(&options),
+        Mode::VirtioDrivers => third_party::run(&options),
     }
 }
 

@@ -14,14 +14,17 @@
 
 pub mod block;
 pub mod device;
+pub mod guest_log;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod persist;
 pub mod queue;
 pub mod rate_limiter;
 pub mod runtime;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod threads;
 
 pub use block::engine::{AsyncFileBackend, SyncFileBackend};
 

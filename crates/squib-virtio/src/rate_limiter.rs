@@ -185,6 +185,17 @@ impl TokenBucket {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
+    /// Takes `tokens` unconditionally: from the burst, then the budget, the rest as debt.
+    pub fn charge(&mut self, tokens: u64, now: Duration) {
+        self.refill(now);
+        let from_burst = tokens.min(self.burst);
+        self.burst -= from_burst;
+        let scaled = self.scaled(tokens - from_burst);
+        let from_budget = scaled.min(self.budget);
+        self.budget -= from_budget;
+        self.debt = self.debt.saturating_add(scaled - from_budget);
+    }
+
     /// Takes `tokens` if [`wait_for`](Self::wait_for) says they are available now.
     pub fn try_consume(&mut self, tokens: u64, now: Duration) -> bool {
         if !self.wait_for(tokens, now).is_zero() {
@@ -285,6 +296,17 @@ impl RateLimiter {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Takes `bytes` from the bandwidth bucket after the fact, going into debt if they are not
+    /// there: for a transfer whose size is known only once it happened (a received frame, which
+    /// was admitted with [`consume`](Self::consume) for one byte). Later requests repay the debt
+    /// first, so the long-run rate holds.
+    pub fn charge(&mut self, bytes: u64) {
+        let now = self.clock.now();
+        if let Some(bucket) = self.bandwidth.as_mut() {
+            bucket.charge(bytes, now);
+        }
     }
 
     /// Handles the timer's expiry (its fd became readable): clears it and unblocks.
@@ -511,6 +533,23 @@ mod tests {
             RateLimiter::with_clock(bw, ops, Box::new(clock.clone())).unwrap(),
             clock,
         )
+    }
+
+    #[test]
+    fn a_charge_after_the_fact_leaves_a_debt_the_next_request_waits_for() {
+        let (mut rl, clock) = limiter(Some(spec(1000, 0, 1000)), None);
+        assert_eq!(rl.consume(1).unwrap(), Ok(()));
+        // A 1499-byte frame arrived: 999 tokens were left, 500 become debt.
+        rl.charge(1499);
+        let Err(t) = rl.consume(1).unwrap() else {
+            panic!("expected throttling")
+        };
+        // Repay 500, then one token: 501 ms.
+        assert_eq!(t.wait, 501 * MS);
+        clock.advance(501 * MS);
+        rl.on_timer().unwrap_or(());
+        rl.blocked = false;
+        assert_eq!(rl.consume(1).unwrap(), Ok(()));
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! The microVM monitor: builds a machine from a [`VmConfig`], runs its vCPUs, and stops it in
 //! order. [`VmmHandle`] is the control surface the API and the signal thread use.
 //!
-//! Start-up sequence ([`Vmm::start`]); KVM's memory-slot registration costs milliseconds here,
-//! so it runs on its own thread, overlapped with steps 4–7:
+//! Start-up sequence ([`Vmm::start`]). Steps 1–4 depend only on the machine size, so they form
+//! a [`VmShell`] that the API builds ahead of `InstanceStart`, off its thread
+//! ([`Vmm::start_on`] finishes from one); KVM's memory-slot registration costs milliseconds
+//! here, so it runs on its own thread, overlapped with the vCPU set-up:
 //!
 //! 1. validate the machine; open `/dev/kvm`;
 //! 2. create the VM: irqchip, PIT, KVM's private pages;
 //! 3. map guest RAM (lazily: no page is touched);
-//! 4. (thread) register RAM with KVM — meanwhile: create and configure the vCPUs;
+//! 4. (thread) register RAM with KVM — meanwhile: create and configure the vCPUs; join;
 //! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio drives;
 //! 6. load the guest (`boot::load`) and set the boot vCPU's entry state;
-//! 7. join the registration; start one thread per vCPU, then stdin forwarding.
+//! 7. start one thread per vCPU, then stdin forwarding.
 
 use std::io::Read;
 use std::sync::mpsc::{self, Receiver};
@@ -23,11 +25,11 @@ use kvm_ioctls::{Kvm, VmFd};
 use squib_host::signals;
 
 use crate::GuestMemory;
-use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_DEVICE_SIZE};
+use crate::arch::x86_64::layout::{BOOT_TIMER_START, LEGACY_BOOT_TIMER_START, MMIO_DEVICE_SIZE};
 use crate::boot::{self, BootError};
 use crate::control::{RunControl, VmState};
 use crate::devices::block::{self, DriveError};
-use crate::devices::boot_timer::BootTimer;
+use crate::devices::boot_timer::{BootTimer, BuildStart};
 use crate::devices::bus::Bus;
 use crate::devices::manager::DeviceManager;
 use crate::devices::serial::{self, SerialOutput};
@@ -36,17 +38,16 @@ use crate::exit::{ExitReason, ExitSender};
 use crate::kvm::state::{self as kvm_state, VcpuState, VmDevicesState};
 use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
+use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::snapshot::memory::{self as snapshot_memory, MemoryBacking, Pages};
 use crate::snapshot::state::{MachineState, MicrovmState, memory_layout};
 use crate::snapshot::{CreateRequest, SnapshotError, SnapshotType, format as snapshot_format};
-use crate::vm_config::{DriveConfig, VmConfig};
+use crate::vm_config::{
+    DriveConfig, MachineConfig, VmConfig, check_mem_size_mib, check_vcpu_count,
+};
 
-/// Most vCPUs a microVM may have.
-pub const MAX_VCPUS: u8 = 32;
-/// Least guest RAM: room for the boot structures below 1 MiB and a small kernel above.
-pub const MIN_MEM_MIB: usize = 8;
-/// Most guest RAM (1 TiB): far beyond any microVM, well within every address computation.
-pub const MAX_MEM_MIB: usize = 1 << 20;
+/// The machine limits, defined with the KVM-free model that checks them.
+pub use crate::vm_config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 /// vCPU thread stack: the run loop and device emulation need little.
 const VCPU_STACK_SIZE: usize = 256 << 10;
 
@@ -83,6 +84,9 @@ pub enum VmmError {
     /// A drive could not be opened.
     #[error(transparent)]
     Drive(#[from] DriveError),
+    /// A network interface could not be set up.
+    #[error(transparent)]
+    Net(#[from] crate::devices::net::NetError),
     /// The guest could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
@@ -97,15 +101,21 @@ pub enum VmmError {
     /// The vCPU kick signal could not be set up.
     #[error("cannot set up the vCPU kick signal: {0}")]
     KickSignal(std::io::Error),
-    /// A device could not restart its worker after a pause.
-    #[error("resuming the devices: {0}")]
-    DeviceResume(squib_virtio::device::ActivateError),
+    /// A seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// The VM is stopping: it can no longer be paused or resumed.
     #[error("the microVM is stopping")]
     Stopping,
     /// A snapshot could not be created or loaded.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A shell built for another machine size.
+    #[error("the prepared VM has another machine size")]
+    ShellMismatch,
+    /// A device could not restart its worker after a pause.
+    #[error("resuming the devices: {0}")]
+    DeviceResume(squib_virtio::device::ActivateError),
 }
 
 /// Where the guest console goes, and where the process started.
@@ -116,6 +126,9 @@ pub struct StartOptions {
     pub console_out: SerialOutput,
     /// Guest console input, forwarded on its own thread (`None`: no input).
     pub console_in: Option<Box<dyn Read + Send>>,
+    /// The calling thread's kind: [`Vmm::start`] installs its seccomp filter on the calling
+    /// thread after starting every other thread and before the vCPUs enter the guest.
+    pub caller: ThreadKind,
 }
 
 impl std::fmt::Debug for StartOptions {
@@ -123,6 +136,7 @@ impl std::fmt::Debug for StartOptions {
         f.debug_struct("StartOptions")
             .field("process_start", &self.process_start)
             .field("console_in", &self.console_in.is_some())
+            .field("caller", &self.caller)
             .finish_non_exhaustive()
     }
 }
@@ -147,6 +161,9 @@ struct RunningVm {
     track_dirty_pages: bool,
     /// Where untouched guest pages are (a Full snapshot of a loaded microVM needs them).
     backing: MemoryBacking,
+    /// The MSRs a snapshot saves, listed at build time: a snapshot runs on the API thread
+    /// under its seccomp filter, which has no `/dev/kvm` system ioctls.
+    msrs: Option<Vec<u32>>,
 }
 
 impl RunningVm {
@@ -250,12 +267,13 @@ impl VmmHandle {
                 .into());
             }
         }
-        let kvm = Kvm::new().map_err(VmmError::Kvm)?;
-        let msrs = kvm_state::saveable_msrs(&kvm).map_err(SnapshotError::from)?;
+        let msrs = shared.msrs.as_deref().ok_or(SnapshotError::WrongState(
+            "KVM could not list the MSRs to save when this microVM was built",
+        ))?;
         let mut vcpus = Vec::with_capacity(shared.vcpus.len());
         for vcpu in &shared.vcpus {
             let vcpu = vcpu.lock().unwrap_or_else(PoisonError::into_inner);
-            vcpus.push(VcpuState::save(vcpu.fd(), &msrs).map_err(SnapshotError::from)?);
+            vcpus.push(VcpuState::save(vcpu.fd(), msrs).map_err(SnapshotError::from)?);
         }
         let state = MicrovmState {
             machine: shared.machine.clone(),
@@ -315,54 +333,54 @@ struct Machine {
     machine: MachineState,
     track_dirty_pages: bool,
     backing: MemoryBacking,
+    msrs: Option<Vec<u32>>,
 }
 
-fn validate(config: &VmConfig) -> Result<(), VmmError> {
-    let machine = &config.machine;
-    if !(1..=MAX_VCPUS).contains(&machine.vcpu_count) {
-        return Err(VmmError::VcpuCount(machine.vcpu_count));
-    }
-    if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&machine.mem_size_mib) {
-        return Err(VmmError::MemSize(machine.mem_size_mib));
-    }
+fn validate(machine: &MachineConfig) -> Result<(), VmmError> {
+    check_vcpu_count(u64::from(machine.vcpu_count))
+        .map_err(|_| VmmError::VcpuCount(machine.vcpu_count))?;
+    check_mem_size_mib(machine.mem_size_mib as u64)
+        .map_err(|_| VmmError::MemSize(machine.mem_size_mib))?;
     if machine.smt {
         return Err(VmmError::Smt);
     }
     Ok(())
 }
 
-impl Vmm {
-    /// Builds the microVM described by `config` and starts its vCPUs (see the module docs for
-    /// the sequence). A process that waits for SIGTERM/SIGINT blocks them first thing in
-    /// `main` ([`crate::block_signals`]).
-    pub fn start(config: &VmConfig, options: StartOptions) -> Result<Self, VmmError> {
+/// The part of a microVM that depends only on its machine size (steps 1–4): the KVM VM, guest
+/// RAM registered with it, the vCPUs created and configured. Nothing of the guest is in it yet.
+#[derive(Debug)]
+pub struct VmShell {
+    machine: MachineConfig,
+    vm: VmFd,
+    mem: GuestMemory,
+    vcpus: Vec<Vcpu>,
+    msrs: Option<Vec<u32>>,
+}
+
+impl VmShell {
+    /// Steps 1–4 for `machine`.
+    pub fn build(machine: &MachineConfig) -> Result<Self, VmmError> {
         // 1.
-        validate(config)?;
-        let source = config.boot.as_ref().ok_or(VmmError::NoBootSource)?;
-        let vcpu_count = config.machine.vcpu_count;
-        let mem_bytes = (config.machine.mem_size_mib as u64) << 20;
+        validate(machine)?;
+        let vcpu_count = machine.vcpu_count;
         signals::install_kick_handler().map_err(VmmError::KickSignal)?;
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         // 2., 3.
         let vm = vm::create(&kvm)?;
-        let mem = vm::create_memory(config.machine.mem_size_mib)?;
-        let (exit_tx, exit_rx) = mpsc::channel();
-        let exit = ExitSender::new(exit_tx);
-        let vcpus_start = Arc::new(OnceLock::new());
-
-        let (vcpus, pio, mmio, legacy, devices) = std::thread::scope(|scope| {
-            // 4. Registration, overlapped with everything up to 7.
+        let mem = vm::create_memory(machine.mem_size_mib)?;
+        let vcpus = std::thread::scope(|scope| {
+            // 4. Registration, overlapped with the vCPUs' set-up.
             let registration = std::thread::Builder::new()
                 .name("mem-register".into())
                 .stack_size(64 << 10)
                 .spawn_scoped(scope, || {
-                    vm::register_memory(&vm, &mem, config.machine.track_dirty_pages)
+                    vm::register_memory(&vm, &mem, machine.track_dirty_pages)
                 })
                 .map_err(|source| VmmError::Thread {
                     what: "memory registration",
                     source,
                 })?;
-
             let supported_cpuid = kvm
                 .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
                 .map_err(VmmError::Cpuid)?;
@@ -372,41 +390,102 @@ impl Vmm {
                 vcpu.configure(&supported_cpuid, vcpu_count)?;
                 vcpus.push(vcpu);
             }
-
-            // 5.
-            let mut pio = Bus::new("pio");
-            let mut mmio = Bus::new("mmio");
-            let legacy = devices::attach_legacy(&vm, &mut pio, &exit, options.console_out, None)?;
-            if config.boot_timer {
-                let timer = BootTimer::new(options.process_start, vcpus_start.clone());
-                mmio.insert(
-                    BOOT_TIMER_START,
-                    MMIO_DEVICE_SIZE,
-                    Arc::new(Mutex::new(timer)),
-                )
-                .map_err(DeviceError::from)?;
-            }
-            let mut devices = DeviceManager::new();
-            block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
-
-            // 6.
-            let machine = boot::Machine {
-                mem_bytes,
-                vcpu_count,
-                virtio_slots: devices.slots(),
-                options: config.boot_options,
-            };
-            let entry = boot::load(&mem, &machine, source, &config.drives)?;
-            vcpus[0].set_entry(&entry)?;
-
-            // 7.
             match registration.join() {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, devices))
+            Ok::<_, VmmError>(vcpus)
         })?;
+        Ok(Self {
+            machine: machine.clone(),
+            vm,
+            mem,
+            vcpus,
+            msrs: snapshot_msrs(&kvm),
+        })
+    }
 
+    /// Whether this shell is what `machine` asks for.
+    pub fn fits(&self, machine: &MachineConfig) -> bool {
+        self.machine == *machine
+    }
+}
+
+impl Vmm {
+    /// Builds the microVM described by `config` and starts its vCPUs (see the module docs for
+    /// the sequence). A process that waits for SIGTERM/SIGINT blocks them first thing in
+    /// `main` ([`crate::block_signals`]).
+    pub fn start(config: &VmConfig, options: StartOptions) -> Result<Self, VmmError> {
+        let build_start = BuildStart::now();
+        let shell = VmShell::build(&config.machine)?;
+        Self::finish(shell, config, options, build_start)
+    }
+
+    /// Steps 5–7 on a shell built ahead of time for `config`'s machine: what is left to do
+    /// when `InstanceStart` arrives.
+    pub fn start_on(
+        shell: VmShell,
+        config: &VmConfig,
+        options: StartOptions,
+    ) -> Result<Self, VmmError> {
+        let build_start = BuildStart::now();
+        if !shell.fits(&config.machine) {
+            return Err(VmmError::ShellMismatch);
+        }
+        Self::finish(shell, config, options, build_start)
+    }
+
+    fn finish(
+        shell: VmShell,
+        config: &VmConfig,
+        options: StartOptions,
+        build_start: BuildStart,
+    ) -> Result<Self, VmmError> {
+        let source = config.boot.as_ref().ok_or(VmmError::NoBootSource)?;
+        let VmShell {
+            vm,
+            mem,
+            vcpus,
+            msrs,
+            ..
+        } = shell;
+        let vcpu_count = config.machine.vcpu_count;
+        let mem_bytes = (config.machine.mem_size_mib as u64) << 20;
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let exit = ExitSender::new(exit_tx);
+        let vcpus_start = Arc::new(OnceLock::new());
+
+        // 5.
+        let mut pio = Bus::new("pio");
+        let mut mmio = Bus::new("mmio");
+        let legacy = devices::attach_legacy(&vm, &mut pio, &exit, options.console_out, None)?;
+        if config.boot_timer {
+            attach_boot_timer(
+                &mut mmio,
+                BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
+            )?;
+        }
+        let mut devices = DeviceManager::new();
+        block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
+        devices::net::attach_all(
+            &vm,
+            &mem,
+            &mut mmio,
+            &mut devices,
+            &config.network_interfaces,
+        )?;
+
+        // 6.
+        let machine = boot::Machine {
+            mem_bytes,
+            vcpu_count,
+            virtio_slots: devices.slots(),
+            options: config.boot_options,
+        };
+        let entry = boot::load(&mem, &machine, source, &config.drives)?;
+        vcpus[0].set_entry(&entry)?;
+
+        // 7.
         let built = Machine {
             vm,
             mem,
@@ -425,15 +504,17 @@ impl Vmm {
             },
             track_dirty_pages: config.machine.track_dirty_pages,
             backing: MemoryBacking::Anonymous,
+            msrs,
         };
         let _ = vcpus_start.set(Instant::now());
-        Self::launch(built, options.console_in, false)
+        Self::launch(built, options.console_in, options.caller, false)
     }
 
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
     /// memory file, or registered with a page-fault handler: `backing`), then starts its
     /// vCPU threads — parked unless `resume`. Nothing runs before every piece of state is
-    /// restored.
+    /// restored. A restore builds its own VM: a prepared [`VmShell`] has fresh anonymous
+    /// memory, where a restored guest's memory comes from the snapshot.
     pub fn restore(
         state: &MicrovmState,
         mem: GuestMemory,
@@ -442,6 +523,7 @@ impl Vmm {
         resume: bool,
         options: StartOptions,
     ) -> Result<Self, VmmError> {
+        let build_start = BuildStart::now();
         state.validate()?;
         signals::install_kick_handler().map_err(VmmError::KickSignal)?;
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
@@ -476,13 +558,10 @@ impl Vmm {
                 Some(&state.legacy),
             )?;
             if state.machine.boot_timer {
-                let timer = BootTimer::new(options.process_start, vcpus_start.clone());
-                mmio.insert(
-                    BOOT_TIMER_START,
-                    MMIO_DEVICE_SIZE,
-                    Arc::new(Mutex::new(timer)),
-                )
-                .map_err(DeviceError::from)?;
+                attach_boot_timer(
+                    &mut mmio,
+                    BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
+                )?;
             }
             // The devices check their rings against guest memory: after registration, so
             // that a Uffd handler is the only thing a fault can wait on.
@@ -511,15 +590,18 @@ impl Vmm {
             machine: state.machine.clone(),
             track_dirty_pages,
             backing,
+            msrs: snapshot_msrs(&kvm),
         };
         let _ = vcpus_start.set(Instant::now());
-        Self::launch(built, options.console_in, !resume)
+        Self::launch(built, options.console_in, options.caller, !resume)
     }
 
-    /// Starts one thread per vCPU (parked at once if `paused`), then stdin forwarding.
+    /// Starts one thread per vCPU (held until every thread has its seccomp filter, and parked
+    /// after that if `paused`), then stdin forwarding; installs `caller`'s filter last.
     fn launch(
         built: Machine,
         console_in: Option<Box<dyn Read + Send>>,
+        caller: ThreadKind,
         paused: bool,
     ) -> Result<Self, VmmError> {
         let Machine {
@@ -536,11 +618,13 @@ impl Vmm {
             machine,
             track_dirty_pages,
             backing,
+            msrs,
         } = built;
         let vcpus: Vec<Arc<Mutex<Vcpu>>> =
             vcpus.into_iter().map(|v| Arc::new(Mutex::new(v))).collect();
         let shared = Arc::new(RunningVm {
-            control: RunControl::new(vcpus.len()),
+            // Held until every thread, this one included, has its seccomp filter.
+            control: RunControl::new_held(vcpus.len()),
             vcpu_threads: Mutex::new(Vec::with_capacity(vcpus.len())),
             vcpus: vcpus.clone(),
             exit,
@@ -552,14 +636,11 @@ impl Vmm {
             machine,
             track_dirty_pages,
             backing,
+            msrs,
         });
-        if paused {
-            // Before any thread runs: each parks at its first check. Restored devices are
-            // paused already; `resume` starts them.
-            shared.control.request_pause();
-        } else {
+        if !paused {
             // Restored devices come back paused; freshly booted ones are idle, and resuming
-            // them is a no-op.
+            // them is a no-op. A paused restore leaves them to `VmmHandle::resume`.
             shared.devices.resume().map_err(VmmError::DeviceResume)?;
         }
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
@@ -591,6 +672,19 @@ impl Vmm {
             if let Err(err) = serial::spawn_input_forwarder(shared.legacy.serial.clone(), input) {
                 tracing::warn!("guest console input disabled: cannot start its thread: {err}");
             }
+        }
+        // Last: the threads started above installed their own filters; the guest runs only
+        // once this thread has its own too.
+        if let Err(err) = seccomp::enter(caller) {
+            shutdown(&shared);
+            return Err(err.into());
+        }
+        if !seccomp::enabled() {
+            tracing::info!("seccomp: no filter installed");
+        }
+        if !paused {
+            // A paused restore stays held: its vCPUs park at their first check.
+            shared.control.resume();
         }
         tracing::debug!(
             vcpus = shared.vcpus.len(),
@@ -626,6 +720,24 @@ impl Vmm {
     }
 }
 
+/// The MSRs KVM can save, for later snapshots; `None` (said once) if KVM cannot list them.
+fn snapshot_msrs(kvm: &Kvm) -> Option<Vec<u32>> {
+    kvm_state::saveable_msrs(kvm)
+        .inspect_err(|err| tracing::warn!("snapshots of this microVM will fail: {err}"))
+        .ok()
+}
+
+/// Maps the boot timer at Firecracker's address, and at the one images built before
+/// Firecracker 1.13 write.
+fn attach_boot_timer(mmio: &mut Bus, timer: BootTimer) -> Result<(), VmmError> {
+    let timer = Arc::new(Mutex::new(timer));
+    for base in [BOOT_TIMER_START, LEGACY_BOOT_TIMER_START] {
+        mmio.insert(base, MMIO_DEVICE_SIZE, timer.clone())
+            .map_err(DeviceError::from)?;
+    }
+    Ok(())
+}
+
 /// Stops and joins every vCPU thread, then flushes the drives.
 fn shutdown(shared: &RunningVm) {
     shared.control.request_stop();
@@ -648,12 +760,18 @@ fn shutdown(shared: &RunningVm) {
 
 /// A vCPU thread: run the guest until told to stop or the guest stops the VM.
 fn run_vcpu(vcpu: &Mutex<Vcpu>, shared: &RunningVm, pio: &Bus, mmio: &Bus) {
+    // Before anything the guest can influence.
+    let filtered = seccomp::enter(ThreadKind::Vcpu);
     let lock = || vcpu.lock().unwrap_or_else(PoisonError::into_inner);
     let index = lock().index();
     // Blocked outside KVM_RUN, unblocked inside: see `squib_host::signals`.
     let kick_setup = signals::block(&[signals::kick_signal()])
         .and_then(|()| signals::unblock_kick_during_run(lock().fd()));
-    if let Err(err) = kick_setup {
+    if let Err(err) = filtered {
+        shared
+            .exit
+            .request(ExitReason::HostError(format!("vCPU {index}: {err}")));
+    } else if let Err(err) = kick_setup {
         shared.exit.request(ExitReason::HostError(format!(
             "vCPU {index}: KVM_SET_SIGNAL_MASK: {err}"
         )));

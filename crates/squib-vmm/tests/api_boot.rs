@@ -238,7 +238,7 @@ fn runtime_control_with_curl_ends_with_ctrl_alt_del() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(line["patch_api_requests"]["drives_count"], 2);
+    assert_eq!(line["patch_api_requests"]["drive_count"], 2);
     assert!(line.get("block_rootfs").is_some(), "{line}");
 }
 
@@ -272,7 +272,7 @@ fn rust_client_controls_a_running_guest_on_one_connection() {
     let info = json(&c.call("GET", "/", "").1);
     assert_eq!(
         (info["id"].as_str(), info["state"].as_str()),
-        (Some("api_test"), Some("Running"))
+        (Some("api-test"), Some("Running"))
     );
     let (code, body) = c.call("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
     assert_eq!(
@@ -337,13 +337,32 @@ fn config_file_boots_the_test_guest_with_and_without_the_api() {
         &["--no-api", "--config-file", bad.to_str().unwrap()],
         TIMEOUT,
     );
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(152), "bad configuration");
     assert!(common::stderr(&output).contains("vcpu_count must be between 1 and 32"));
     std::fs::write(&bad, r#"{"vsock":{"guest_cid":3,"uds_path":"/tmp/v"}}"#).unwrap();
     let output = common::run_squib(
         &["--no-api", "--config-file", bad.to_str().unwrap()],
         TIMEOUT,
     );
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(152), "bad configuration");
     assert!(common::stderr(&output).contains("squib does not support `vsock`"));
+    // One that validates but whose microVM cannot be built: Firecracker's 152 too.
+    let not_elf = dir.path().join("not-elf");
+    std::fs::write(&not_elf, b"not a kernel").unwrap();
+    let config = format!(
+        r#"{{"boot-source":{{"kernel_image_path":"{}"}}}}"#,
+        not_elf.display()
+    );
+    std::fs::write(&bad, config).unwrap();
+    let output = common::run_squib(
+        &["--no-api", "--config-file", bad.to_str().unwrap()],
+        TIMEOUT,
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(152),
+        "{}",
+        common::stderr(&output)
+    );
+    assert!(common::stderr(&output).contains("cannot start the microVM"));
 }

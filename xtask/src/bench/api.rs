@@ -200,6 +200,11 @@ impl<'a> Client<'a> {
         if self.stream.read_line(&mut status)? == 0 || !status.starts_with("HTTP/1.") {
             return Err(std::io::Error::other(format!("bad status line {status:?}")));
         }
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         let (mut length, mut keep_alive) = (0usize, true);
         loop {
             let mut header = String::new();
@@ -215,11 +220,6 @@ impl<'a> Client<'a> {
                 _ => {}
             }
         }
-        let code = status
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
         let mut body = vec![0; length];
         self.stream.read_exact(&mut body)?;
         Ok((

@@ -1,6 +1,8 @@
-//! `GuestDriver`: plays the guest side of a virtio-mmio device with one split virtqueue (queue 0).
+//! `GuestDriver`: plays the guest side of a virtio-mmio device with split virtqueues. Ring
+//! operations act on the selected queue ([`GuestDriver::select_queue`]; queue 0 at first).
 //!
-//! Guest memory layout (the queue uses the device's maximum size, at most 256 entries):
+//! Guest memory layout (each queue uses the device's maximum size, at most 256 entries; queue
+//! `q`'s rings are `q * QUEUE_STRIDE` above queue 0's, for at most [`MAX_QUEUES`] queues):
 //!
 //! | address   | what |
 //! |-----------|------|
@@ -20,7 +22,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -38,6 +40,20 @@ pub const USED_RING: u64 = 0x2000;
 pub const HEAP_START: u64 = 0x10000;
 
 const MAX_DRIVER_QUEUE: u16 = 256;
+/// Distance between two queues' ring sets.
+pub const QUEUE_STRIDE: u64 = 0x4000;
+/// Queues the fixed layout holds below [`HEAP_START`].
+pub const MAX_QUEUES: usize = (HEAP_START / QUEUE_STRIDE) as usize;
+
+/// The driver's side of one queue.
+#[derive(Clone, Copy, Debug, Default)]
+struct QueueState {
+    size: u16,
+    next_desc: u16,
+    avail_idx: u16,
+    published_idx: u16,
+    last_used: u16,
+}
 
 /// One buffer of a descriptor chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,17 +95,17 @@ pub struct Used {
     pub len: u32,
 }
 
-/// A simulated guest driver for queue 0 of one device.
+/// A simulated guest driver for the queues of one device.
 #[derive(Debug)]
 pub struct GuestDriver {
     transport: MmioTransport,
     mem: GuestMemory,
-    queue_size: u16,
     event_idx: bool,
-    next_desc: u16,
-    avail_idx: u16,
-    published_idx: u16,
-    last_used: u16,
+    queues: [QueueState; MAX_QUEUES],
+    /// How many queues `activated` set up.
+    queue_count: usize,
+    /// The queue ring operations act on.
+    current: usize,
     heap_next: u64,
     mem_size: u64,
     interrupts: u64,
@@ -124,12 +140,10 @@ impl GuestDriver {
         Self {
             transport,
             mem,
-            queue_size: 0,
             event_idx: false,
-            next_desc: 0,
-            avail_idx: 0,
-            published_idx: 0,
-            last_used: 0,
+            queues: [QueueState::default(); MAX_QUEUES],
+            queue_count: 1,
+            current: 0,
             heap_next: HEAP_START,
             mem_size,
             interrupts: 0,
@@ -138,17 +152,26 @@ impl GuestDriver {
     }
 
     /// The whole probe sequence: reset, ACKNOWLEDGE, DRIVER, accept `features` (which must be
-    /// offered), FEATURES_OK, set up queue 0 at the device's maximum size (capped at 256),
-    /// DRIVER_OK.
+    /// offered), FEATURES_OK, set up every queue the device has at its maximum size (capped at
+    /// 256), DRIVER_OK. Queue 0 is selected.
     pub fn activated(device: Box<dyn VirtioDevice>, mem_size: usize, features: u64) -> Self {
         let mut driver = Self::new(device, mem_size);
         assert!(
             driver.negotiate(features),
             "the device refused features {features:#x}"
         );
-        let max = driver.read_reg(reg::QUEUE_NUM_MAX);
-        let size = u16::try_from(max).unwrap().min(MAX_DRIVER_QUEUE);
-        driver.setup_queue(size);
+        for index in 0..MAX_QUEUES {
+            driver.write_reg(reg::QUEUE_SEL, index as u32);
+            let max = driver.read_reg(reg::QUEUE_NUM_MAX);
+            if max == 0 {
+                break;
+            }
+            driver.current = index;
+            driver.setup_queue(u16::try_from(max).unwrap().min(MAX_DRIVER_QUEUE));
+            driver.queue_count = index + 1;
+        }
+        driver.current = 0;
+        driver.write_reg(reg::QUEUE_SEL, 0);
         driver.set_status_bit(VIRTIO_CONFIG_S_DRIVER_OK);
         assert_eq!(
             driver.read_reg(reg::STATUS) & 0x40,
@@ -165,16 +188,42 @@ impl GuestDriver {
         self.mem
             .write_slice(&[0; (HEAP_START - DESC_TABLE) as usize], GuestAddress(0))
             .unwrap();
-        self.next_desc = 0;
-        self.avail_idx = 0;
-        self.published_idx = 0;
-        self.last_used = 0;
         assert!(
             self.negotiate(features),
             "the device refused features {features:#x}"
         );
-        self.setup_queue(self.queue_size);
+        let selected = self.current;
+        for index in 0..self.queue_count {
+            self.current = index;
+            let size = self.queues[index].size;
+            self.queues[index] = QueueState::default();
+            self.setup_queue(size);
+        }
+        self.current = selected;
         self.set_status_bit(VIRTIO_CONFIG_S_DRIVER_OK);
+    }
+
+    /// Makes ring operations (chains, kicks, used entries) act on queue `index`.
+    pub fn select_queue(&mut self, index: usize) {
+        assert!(
+            index < MAX_QUEUES,
+            "the fixed layout holds {MAX_QUEUES} queues"
+        );
+        self.current = index;
+    }
+
+    /// The selected queue's descriptor table, available and used ring addresses.
+    pub fn ring_addresses(&self) -> (u64, u64, u64) {
+        let base = QUEUE_STRIDE * self.current as u64;
+        (DESC_TABLE + base, AVAIL_RING + base, USED_RING + base)
+    }
+
+    fn q(&self) -> &QueueState {
+        &self.queues[self.current]
+    }
+
+    fn q_mut(&mut self) -> &mut QueueState {
+        &mut self.queues[self.current]
     }
 
     /// The transport, for register-level tests.
@@ -229,20 +278,22 @@ impl GuestDriver {
         self.read_reg(reg::STATUS) & VIRTIO_CONFIG_S_FEATURES_OK != 0
     }
 
-    /// Programs queue 0 with `size` entries at the fixed ring addresses and marks it ready.
+    /// Programs the selected queue with `size` entries at its fixed ring addresses and marks it
+    /// ready.
     pub fn setup_queue(&mut self, size: u16) {
         assert!(
             size <= MAX_DRIVER_QUEUE,
             "the fixed ring layout holds 256 entries"
         );
-        self.write_reg(reg::QUEUE_SEL, 0);
+        self.write_reg(reg::QUEUE_SEL, self.current as u32);
         self.write_reg(reg::QUEUE_NUM, u32::from(size));
-        for (low, addr) in [(0x080, DESC_TABLE), (0x090, AVAIL_RING), (0x0a0, USED_RING)] {
+        let (desc, avail, used) = self.ring_addresses();
+        for (low, addr) in [(0x080, desc), (0x090, avail), (0x0a0, used)] {
             self.write_reg(low, addr as u32);
             self.write_reg(low + 4, (addr >> 32) as u32);
         }
         self.write_reg(reg::QUEUE_READY, 1);
-        self.queue_size = size;
+        self.q_mut().size = size;
     }
 
     /// `len` bytes of guest memory for buffers, 16-byte aligned (never freed).
@@ -268,8 +319,9 @@ impl GuestDriver {
         raw[8..12].copy_from_slice(&len.to_le_bytes());
         raw[12..14].copy_from_slice(&flags.to_le_bytes());
         raw[14..16].copy_from_slice(&next.to_le_bytes());
+        let (desc, _, _) = self.ring_addresses();
         self.mem
-            .write_slice(&raw, GuestAddress(DESC_TABLE + 16 * u64::from(index)))
+            .write_slice(&raw, GuestAddress(desc + 16 * u64::from(index)))
             .unwrap();
     }
 
@@ -277,12 +329,13 @@ impl GuestDriver {
     /// callers keep fewer than `size` descriptors in flight) and queues its head in the
     /// available ring (not yet published: see [`GuestDriver::kick`]). Returns the head index.
     pub fn add_chain(&mut self, bufs: impl IntoIterator<Item = Buf>) -> u16 {
-        let head = self.next_desc;
+        let head = self.q().next_desc;
         let mut bufs = bufs.into_iter().peekable();
         assert!(bufs.peek().is_some(), "a chain needs at least one buffer");
         while let Some(buf) = bufs.next() {
-            let index = self.next_desc;
-            self.next_desc = (self.next_desc + 1) % self.queue_size;
+            let index = self.q().next_desc;
+            let size = self.q().size;
+            self.q_mut().next_desc = (index + 1) % size;
             let mut flags = if buf.device_writes {
                 VRING_DESC_F_WRITE as u16
             } else {
@@ -291,8 +344,46 @@ impl GuestDriver {
             if bufs.peek().is_some() {
                 flags |= VRING_DESC_F_NEXT as u16;
             }
-            self.write_descriptor(index, buf.addr, buf.len, flags, self.next_desc);
+            self.write_descriptor(index, buf.addr, buf.len, flags, self.q().next_desc);
         }
+        self.push_avail(head);
+        head
+    }
+
+    /// Writes `bufs` as an indirect descriptor table in freshly allocated guest memory (each
+    /// entry's `next` is the following one) and returns its address and length in bytes.
+    pub fn write_indirect_table(&mut self, bufs: &[Buf]) -> (GuestAddress, u32) {
+        let len = u32::try_from(16 * bufs.len()).expect("indirect table too large");
+        let table = self.alloc(len);
+        for (i, buf) in bufs.iter().enumerate() {
+            let mut flags = if buf.device_writes {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            if i + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&buf.addr.0.to_le_bytes());
+            raw[8..12].copy_from_slice(&buf.len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&(i as u16).wrapping_add(1).to_le_bytes());
+            self.mem
+                .write_slice(&raw, GuestAddress(table.0 + 16 * i as u64))
+                .unwrap();
+        }
+        (table, len)
+    }
+
+    /// Queues `bufs` as one indirect descriptor (`VRING_DESC_F_INDIRECT`) pointing at a table of
+    /// them; returns the head index (call [`GuestDriver::kick`] to publish).
+    pub fn add_indirect_chain(&mut self, bufs: &[Buf]) -> u16 {
+        let (table, len) = self.write_indirect_table(bufs);
+        let head = self.q().next_desc;
+        let q = self.q_mut();
+        q.next_desc = (head + 1) % q.size;
+        self.write_descriptor(head, table, len, VRING_DESC_F_INDIRECT as u16, 0);
         self.push_avail(head);
         head
     }
@@ -300,23 +391,26 @@ impl GuestDriver {
     /// Moves the descriptor cursor past `count` descriptors, e.g. ones a test wrote by hand with
     /// [`GuestDriver::write_descriptor`].
     pub fn skip_descriptors(&mut self, count: u16) {
-        self.next_desc = (self.next_desc + count) % self.queue_size;
+        let q = self.q_mut();
+        q.next_desc = (q.next_desc + count) % q.size;
     }
 
     /// Queues descriptor `head` in the available ring without publishing it.
     pub fn push_avail(&mut self, head: u16) {
-        let slot = u64::from(self.avail_idx % self.queue_size);
+        let slot = u64::from(self.q().avail_idx % self.q().size);
+        let (_, avail, _) = self.ring_addresses();
         self.mem
-            .write_obj(head.to_le(), GuestAddress(AVAIL_RING + 4 + 2 * slot))
+            .write_obj(head.to_le(), GuestAddress(avail + 4 + 2 * slot))
             .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
+        let q = self.q_mut();
+        q.avail_idx = q.avail_idx.wrapping_add(1);
     }
 
-    /// Publishes everything queued (`avail.idx`) and notifies queue 0 — with EVENT_IDX only if
+    /// Publishes everything queued (`avail.idx`) and notifies the selected queue — with EVENT_IDX only if
     /// the device's `avail_event` asks for it, as Linux's `virtqueue_kick_prepare` does. A device
     /// that forgets to re-check its ring after re-enabling notifications then misses requests.
     pub fn kick(&mut self) {
-        let (old, new) = (self.published_idx, self.avail_idx);
+        let (old, new) = (self.q().published_idx, self.q().avail_idx);
         self.publish_avail_idx(new);
         fence(Ordering::SeqCst);
         let event = self.avail_event();
@@ -326,17 +420,18 @@ impl GuestDriver {
         }
     }
 
-    /// Writes QueueNotify for queue 0 unconditionally.
+    /// Writes QueueNotify for the selected queue unconditionally.
     pub fn notify(&mut self) {
-        self.write_reg(reg::QUEUE_NOTIFY, 0);
+        self.write_reg(reg::QUEUE_NOTIFY, self.current as u32);
     }
 
     /// Stores `idx` in `avail.idx`, whatever the queued entries say (for broken-driver tests).
     pub fn publish_avail_idx(&mut self, idx: u16) {
-        self.published_idx = idx;
+        self.q_mut().published_idx = idx;
         fence(Ordering::SeqCst);
+        let (_, avail, _) = self.ring_addresses();
         self.mem
-            .store(idx.to_le(), GuestAddress(AVAIL_RING + 2), Ordering::Release)
+            .store(idx.to_le(), GuestAddress(avail + 2), Ordering::Release)
             .unwrap();
     }
 
@@ -344,14 +439,14 @@ impl GuestDriver {
     pub fn used_idx(&self) -> u16 {
         u16::from_le(
             self.mem
-                .load(GuestAddress(USED_RING + 2), Ordering::Acquire)
+                .load(GuestAddress(self.ring_addresses().2 + 2), Ordering::Acquire)
                 .unwrap(),
         )
     }
 
     /// `used_event`: the driver asks for an interrupt once the device passes this used index.
     pub fn set_used_event(&self, value: u16) {
-        let addr = AVAIL_RING + 4 + 2 * u64::from(self.queue_size);
+        let addr = self.ring_addresses().1 + 4 + 2 * u64::from(self.q().size);
         self.mem
             .store(value.to_le(), GuestAddress(addr), Ordering::Release)
             .unwrap();
@@ -359,7 +454,7 @@ impl GuestDriver {
 
     /// `avail_event`: the device asks for a notification once the driver passes this index.
     pub fn avail_event(&self) -> u16 {
-        let addr = USED_RING + 4 + 8 * u64::from(self.queue_size);
+        let addr = self.ring_addresses().2 + 4 + 8 * u64::from(self.q().size);
         u16::from_le(
             self.mem
                 .load(GuestAddress(addr), Ordering::Acquire)
@@ -369,15 +464,19 @@ impl GuestDriver {
 
     /// The next completed chain, if the device returned one.
     pub fn pop_used(&mut self) -> Option<Used> {
-        if self.used_idx() == self.last_used {
+        let last_used = self.q().last_used;
+        if self.used_idx() == last_used {
             return None;
         }
-        let slot = u64::from(self.last_used % self.queue_size);
+        let slot = u64::from(last_used % self.q().size);
         let mut raw = [0u8; 8];
         self.mem
-            .read_slice(&mut raw, GuestAddress(USED_RING + 4 + 8 * slot))
+            .read_slice(
+                &mut raw,
+                GuestAddress(self.ring_addresses().2 + 4 + 8 * slot),
+            )
             .unwrap();
-        self.last_used = self.last_used.wrapping_add(1);
+        self.q_mut().last_used = last_used.wrapping_add(1);
         let [i0, i1, _, _, l0, l1, l2, l3] = raw;
         Some(Used {
             head: u16::from_le_bytes([i0, i1]),
@@ -395,7 +494,7 @@ impl GuestDriver {
                 return Some(used);
             }
             if self.event_idx {
-                self.set_used_event(self.last_used);
+                self.set_used_event(self.q().last_used);
                 fence(Ordering::SeqCst);
                 if let Some(used) = self.pop_used() {
                     return Some(used);

@@ -8,7 +8,11 @@
 mod block;
 mod driver;
 mod mem_disk;
+mod net;
 
 pub use block::{BlockSlot, STATUS_UNTOUCHED, range_bytes};
-pub use driver::{AVAIL_RING, Buf, DESC_TABLE, GuestDriver, HEAP_START, USED_RING, Used};
+pub use driver::{
+    AVAIL_RING, Buf, DESC_TABLE, GuestDriver, HEAP_START, MAX_QUEUES, QUEUE_STRIDE, USED_RING, Used,
+};
 pub use mem_disk::MemDisk;
+pub use net::{FAKE_TAP_QUEUE, FakeTap};

@@ -14,16 +14,16 @@ use super::logger::{LogConfigError, Logger};
 use super::metrics::{FLUSH_INTERVAL, Metrics, MetricsError};
 use super::models::{
     ActionType, FullVmConfig, InstanceInfo, LoggerBody, MemBackendType, PartialDriveBody,
-    SnapshotCreateBody, SnapshotLoadBody, SnapshotTypeBody, VersionInfo, VmStateRequest,
+    PartialNetworkInterfaceBody, SnapshotCreateBody, SnapshotLoadBody, SnapshotTypeBody,
+    VersionInfo, VmStateRequest,
 };
 use super::router::{ApiRequest, RouteError, route};
-use super::store::{ConfigError, ConfigStore, check_drive_path, check_id, rate_limiter};
+use super::store::{ConfigError, ConfigStore, check_drive_path, rate_limiter};
 use super::vmm_control::{ControlError, ExitNotice, RunState, VmmControl};
+use crate::ids::check_resource_id;
 use crate::snapshot::{CreateRequest, LoadRequest, MemBackend, SnapshotType};
+use crate::version::FIRECRACKER_VERSION;
 use crate::vm_config::RateLimiterConfig;
-
-/// The Firecracker API version squib answers `GET /version` with: the swagger it implements.
-pub const FIRECRACKER_API_VERSION: &str = "1.16.0";
 
 /// Why a request was refused; every variant is a 400 with this text as `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,6 @@ pub struct ApiController<V: VmmControl> {
     metrics: Metrics,
     next_flush: Option<Instant>,
     logger: Option<Logger>,
-    logger_body: Option<LoggerBody>,
     /// Cloned into the VMM at start so that its exit wakes the server.
     exit_event: EventFd,
 }
@@ -94,10 +93,9 @@ impl<V: VmmControl> ApiController<V> {
             store: ConfigStore::default(),
             vmm,
             started: false,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(logger.as_ref().map(Logger::counters)),
             next_flush: None,
             logger,
-            logger_body: None,
             exit_event,
         }
     }
@@ -110,10 +108,9 @@ impl<V: VmmControl> ApiController<V> {
     /// Answers one HTTP request.
     pub fn handle_http(&mut self, request: &Request) -> Response {
         let routed = route(&request.method, &request.path, &request.body);
-        let resource = routed.as_ref().map_or("invalid", ApiRequest::name);
         let result = routed.map_err(ApiError::from).and_then(|r| self.handle(r));
         self.metrics
-            .record_request(&request.method, resource, result.is_ok());
+            .record_request(&request.method, &request.path, result.is_ok());
         match result {
             Ok(response) => response,
             Err(e) => {
@@ -132,10 +129,10 @@ impl<V: VmmControl> ApiController<V> {
                 app_name: "squib".into(),
                 id: self.settings.id.clone(),
                 state: self.vmm.state().as_api_str().into(),
-                vmm_version: env!("CARGO_PKG_VERSION").into(),
+                vmm_version: FIRECRACKER_VERSION.into(),
             })),
             R::GetVersion => Ok(Response::json(&VersionInfo {
-                firecracker_version: FIRECRACKER_API_VERSION.into(),
+                firecracker_version: FIRECRACKER_VERSION.into(),
             })),
             R::GetVmConfig => Ok(Response::json(&self.full_config())),
             R::GetMachineConfig => Ok(Response::json(&self.store.machine_body())),
@@ -147,11 +144,13 @@ impl<V: VmmControl> ApiController<V> {
             R::PutMachineConfig(body) => {
                 self.pre_boot("PUT /machine-config")?;
                 self.store.put_machine_config(&body)?;
+                self.prepare_ahead();
                 done
             }
             R::PatchMachineConfig(body) => {
                 self.pre_boot("PATCH /machine-config")?;
                 self.store.patch_machine_config(&body)?;
+                self.prepare_ahead();
                 done
             }
             R::PutDrive(id, body) => {
@@ -162,6 +161,16 @@ impl<V: VmmControl> ApiController<V> {
             R::PatchDrive(id, body) => {
                 self.post_boot("PATCH /drives")?;
                 self.patch_drive(&id, &body)?;
+                done
+            }
+            R::PutNetworkInterface(id, body) => {
+                self.pre_boot("PUT /network-interfaces")?;
+                self.store.put_network_interface(&id, &body)?;
+                done
+            }
+            R::PatchNetworkInterface(id, body) => {
+                self.post_boot("PATCH /network-interfaces")?;
+                self.patch_network_interface(&id, &body)?;
                 done
             }
             R::PutLogger(body) => {
@@ -261,6 +270,14 @@ impl<V: VmmControl> ApiController<V> {
         }
     }
 
+    /// Lets the VMM build ahead what the machine size in force determines (see
+    /// [`VmmControl::prepare`]); called at start and after every change of the machine config.
+    pub fn prepare_ahead(&mut self) {
+        if !self.started {
+            self.vmm.prepare(self.store.machine());
+        }
+    }
+
     /// Boots the configured microVM (`InstanceStart`, or at once in `--config-file` mode).
     pub fn start(&mut self) -> Result<(), ApiError> {
         if self.started {
@@ -275,7 +292,7 @@ impl<V: VmmControl> ApiController<V> {
     }
 
     fn patch_drive(&mut self, id: &str, body: &PartialDriveBody) -> Result<(), ApiError> {
-        check_id("drive_id", id)?;
+        check_resource_id(id).map_err(ConfigError::from)?;
         if body.drive_id != id {
             return Err(ConfigError::IdMismatch {
                 path: id.into(),
@@ -315,6 +332,53 @@ impl<V: VmmControl> ApiController<V> {
         Ok(())
     }
 
+    /// `PATCH /network-interfaces/{id}`: new rate limiters for a running interface.
+    fn patch_network_interface(
+        &mut self,
+        id: &str,
+        body: &PartialNetworkInterfaceBody,
+    ) -> Result<(), ApiError> {
+        check_resource_id(id).map_err(ConfigError::from)?;
+        if body.iface_id != id {
+            return Err(ConfigError::IdMismatch {
+                path: id.into(),
+                body: body.iface_id.clone(),
+            }
+            .into());
+        }
+        if self.store.network_interface_mut(id).is_none() {
+            return Err(ConfigError::UnknownNetworkInterface(id.into()).into());
+        }
+        let rx = body
+            .rx_rate_limiter
+            .as_ref()
+            .map(rate_limiter)
+            .transpose()?;
+        let tx = body
+            .tx_rate_limiter
+            .as_ref()
+            .map(rate_limiter)
+            .transpose()?;
+        self.vmm
+            .update_net_rate_limiters(id, rx.as_ref(), tx.as_ref())?;
+        if let Some(iface) = self.store.network_interface_mut(id) {
+            // As applied: a bucket the PATCH leaves out keeps its configuration.
+            let merge = |old: Option<RateLimiterConfig>, new: Option<RateLimiterConfig>| match new {
+                None => old,
+                Some(new) => {
+                    let old = old.unwrap_or_default();
+                    Some(RateLimiterConfig {
+                        bandwidth: new.bandwidth.or(old.bandwidth),
+                        ops: new.ops.or(old.ops),
+                    })
+                }
+            };
+            iface.rx_rate_limiter = merge(iface.rx_rate_limiter, rx);
+            iface.tx_rate_limiter = merge(iface.tx_rate_limiter, tx);
+        }
+        Ok(())
+    }
+
     /// `PUT /metrics` (or the config file's `metrics`).
     pub fn configure_metrics(&mut self, path: &Path) -> Result<(), ApiError> {
         self.metrics.configure(path)?;
@@ -328,13 +392,18 @@ impl<V: VmmControl> ApiController<V> {
             Some(logger) => logger.apply(&body)?,
             None => return Err(LogConfigError::NotInstalled.into()),
         }
-        self.logger_body = Some(body);
         Ok(())
+    }
+
+    /// The jailer's start-up measurements (`api_server.process_startup_time_us`, `_cpu_us`).
+    pub fn record_startup_times(&mut self, wall_us: Option<u64>, cpu_us: Option<u64>) {
+        self.metrics.set_startup_times(wall_us, cpu_us);
     }
 
     fn flush_metrics(&mut self) -> Result<(), ApiError> {
         let drives = self.vmm.drive_counters();
-        self.metrics.flush(&drives)?;
+        let nets = self.vmm.net_counters();
+        self.metrics.flush(&drives, &nets)?;
         Ok(())
     }
 
@@ -359,8 +428,9 @@ impl<V: VmmControl> ApiController<V> {
         FullVmConfig {
             boot_source: self.store.boot_source_body(),
             drives: self.store.drive_bodies(),
+            network_interfaces: self.store.network_interface_bodies(),
             machine_config: Some(self.store.machine_body()),
-            logger: self.logger_body.clone(),
+            logger: self.logger.as_ref().map(Logger::settings),
             metrics: self.metrics.path().map(|p| super::models::MetricsBody {
                 metrics_path: p.display().to_string(),
             }),
@@ -387,6 +457,9 @@ impl<V: VmmControl> ApiController<V> {
         }
         for drive in &config.drives {
             self.store.put_drive(&drive.drive_id, drive)?;
+        }
+        for iface in &config.network_interfaces {
+            self.store.put_network_interface(&iface.iface_id, iface)?;
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::vm_config::{CacheType, IoEngine, RateLimiterConfig, TokenBucketConfig};
+
 /// `PUT /boot-source`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,49 +72,6 @@ pub struct MachineConfigBody {
     pub huge_pages: Option<HugePages>,
 }
 
-/// `TokenBucket`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBucketBody {
-    /// Capacity in tokens.
-    pub size: u64,
-    /// Extra tokens, spent first, once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub one_time_burst: Option<u64>,
-    /// Milliseconds for an empty bucket to fill.
-    pub refill_time: u64,
-}
-
-/// `RateLimiter`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimiterBody {
-    /// Bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth: Option<TokenBucketBody>,
-    /// Operations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ops: Option<TokenBucketBody>,
-}
-
-/// `cache_type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CacheTypeBody {
-    /// No FLUSH offered.
-    Unsafe,
-    /// FLUSH offered and honoured.
-    Writeback,
-}
-
-/// `io_engine`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IoEngineBody {
-    /// `SyncFileBackend`.
-    Sync,
-    /// `AsyncFileBackend`.
-    Async,
-}
-
 /// `PUT /drives/{drive_id}` (`Drive`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,16 +91,49 @@ pub struct DriveBody {
     pub partuuid: Option<String>,
     /// Whether FLUSH is offered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_type: Option<CacheTypeBody>,
+    pub cache_type: Option<CacheType>,
     /// Which engine moves the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_engine: Option<IoEngineBody>,
+    pub io_engine: Option<IoEngine>,
     /// Throttle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<RateLimiterBody>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// vhost-user-block socket (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+}
+
+/// `PUT /network-interfaces/{iface_id}` (`NetworkInterface`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceBody {
+    /// Must equal the path's `iface_id`.
+    pub iface_id: String,
+    /// The host TAP device.
+    pub host_dev_name: String,
+    /// `aa:bb:cc:dd:ee:ff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// Receive throttle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Transmit throttle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}` (`PartialNetworkInterface`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialNetworkInterfaceBody {
+    /// Must equal the path's `iface_id`.
+    pub iface_id: String,
+    /// New receive throttle.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// New transmit throttle.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `PATCH /drives/{drive_id}` (`PartialDrive`).
@@ -155,7 +147,7 @@ pub struct PartialDriveBody {
     pub path_on_host: Option<String>,
     /// New throttle.
     #[serde(default)]
-    pub rate_limiter: Option<RateLimiterBody>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `InstanceActionInfo.action_type`.
@@ -319,10 +311,10 @@ pub struct FullVmConfig {
     /// Metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsBody>,
+    /// virtio-net interfaces.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterfaceBody>,
     /// Unsupported Firecracker resources, accepted only when empty.
-    #[serde(rename = "network-interfaces", default, skip_serializing)]
-    pub network_interfaces: Option<serde_json::Value>,
-    #[allow(missing_docs)]
     #[serde(default, skip_serializing)]
     pub vsock: Option<serde_json::Value>,
     #[allow(missing_docs)]
@@ -357,7 +349,6 @@ impl FullVmConfig {
             Some(_) => true,
         };
         [
-            ("network-interfaces", &self.network_interfaces),
             ("vsock", &self.vsock),
             ("balloon", &self.balloon),
             ("mmds-config", &self.mmds_config),

@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 
 use super::models::{
     ActionBody, ActionType, BootSourceBody, DriveBody, LoggerBody, MachineConfigBody, MetricsBody,
-    PartialDriveBody, SnapshotCreateBody, SnapshotLoadBody, VmBody,
+    NetworkInterfaceBody, PartialDriveBody, PartialNetworkInterfaceBody, SnapshotCreateBody,
+    SnapshotLoadBody, VmBody,
 };
 
 /// A request squib serves.
@@ -32,6 +33,10 @@ pub enum ApiRequest {
     PutDrive(String, DriveBody),
     /// `PATCH /drives/{id}`.
     PatchDrive(String, PartialDriveBody),
+    /// `PUT /network-interfaces/{id}`.
+    PutNetworkInterface(String, NetworkInterfaceBody),
+    /// `PATCH /network-interfaces/{id}`.
+    PatchNetworkInterface(String, PartialNetworkInterfaceBody),
     /// `PUT /actions`.
     Action(ActionType),
     /// `PATCH /vm`.
@@ -58,6 +63,8 @@ impl ApiRequest {
             }
             Self::PutBootSource(_) => "boot_source",
             Self::PutDrive(..) | Self::PatchDrive(..) => "drives",
+            // Firecracker's metric names: `network_count`, `network_fails`.
+            Self::PutNetworkInterface(..) | Self::PatchNetworkInterface(..) => "network",
             Self::Action(_) => "actions",
             Self::PatchVm(_) => "vm",
             Self::PutLogger(_) => "logger",
@@ -104,10 +111,6 @@ pub enum RouteError {
 
 /// The Firecracker resources squib does not implement, by first path segment.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "network-interfaces",
-        "network interfaces (/network-interfaces)",
-    ),
     ("vsock", "vsock devices (/vsock)"),
     ("mmds", "the microVM metadata service (/mmds)"),
     ("balloon", "balloon devices (/balloon)"),
@@ -140,6 +143,12 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, RouteE
         }
         ("PATCH", ["machine-config"]) => {
             ApiRequest::PatchMachineConfig(parse_body(method, path, body)?)
+        }
+        ("PUT", ["network-interfaces", id]) if !id.is_empty() => {
+            ApiRequest::PutNetworkInterface((*id).into(), parse_body(method, path, body)?)
+        }
+        ("PATCH", ["network-interfaces", id]) if !id.is_empty() => {
+            ApiRequest::PatchNetworkInterface((*id).into(), parse_body(method, path, body)?)
         }
         ("PUT", ["drives", id]) if !id.is_empty() => {
             ApiRequest::PutDrive((*id).into(), parse_body(method, path, body)?)
@@ -288,9 +297,30 @@ mod tests {
     }
 
     #[test]
+    fn routes_network_interfaces() {
+        let body = br#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:00:00:00:01"}"#;
+        assert!(matches!(
+            route("PUT", "/network-interfaces/eth0", body).unwrap(),
+            ApiRequest::PutNetworkInterface(id, b) if id == "eth0" && b.host_dev_name == "tap0"
+        ));
+        let patch = br#"{"iface_id":"eth0","rx_rate_limiter":{"ops":{"size":1,"refill_time":10}}}"#;
+        assert!(matches!(
+            route("PATCH", "/network-interfaces/eth0", patch).unwrap(),
+            ApiRequest::PatchNetworkInterface(id, b) if id == "eth0" && b.rx_rate_limiter.is_some()
+        ));
+        // Firecracker's PATCH takes only the limiters.
+        let bad = route(
+            "PATCH",
+            "/network-interfaces/eth0",
+            br#"{"iface_id":"eth0","host_dev_name":"x"}"#,
+        );
+        assert!(bad.is_err());
+        assert!(route("PUT", "/network-interfaces/", body).is_err());
+    }
+
+    #[test]
     fn names_unsupported_firecracker_resources() {
         for (method, path) in [
-            ("PUT", "/network-interfaces/eth0"),
             ("PUT", "/vsock"),
             ("GET", "/mmds"),
             ("PUT", "/mmds/config"),

@@ -7,7 +7,7 @@
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::snapshot::{CreateRequest, LoadRequest};
-use crate::vm_config::{RateLimiterConfig, VmConfig};
+use crate::vm_config::{MachineConfig, RateLimiterConfig, VmConfig};
 
 /// The state `GET /` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +88,10 @@ impl ExitNotice {
 
 /// The VMM as the API sees it.
 pub trait VmmControl: Send {
+    /// Starts, off the calling thread, whatever of the microVM `machine` already determines,
+    /// so that `start` has less to do; a later call with another machine replaces it. Only a
+    /// hint: `start` works without it.
+    fn prepare(&mut self, _machine: &MachineConfig) {}
     /// Builds and boots the microVM; `exit` is notified once it stops.
     fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError>;
     /// The current state.
@@ -125,6 +129,23 @@ pub trait VmmControl: Send {
     ) -> Result<VmConfig, ControlError>;
     /// Every drive's counters, by drive id.
     fn drive_counters(&self) -> Vec<(String, DriveCounters)>;
+    /// Changes a running interface's receive and/or transmit throttle, bucket by bucket as
+    /// [`update_rate_limiter`](Self::update_rate_limiter) does for drives.
+    fn update_net_rate_limiters(
+        &mut self,
+        iface_id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), ControlError> {
+        let _ = (rx, tx);
+        Err(ControlError::new(format!(
+            "network interface `{iface_id}`: this VMM has no network devices"
+        )))
+    }
+    /// Every network interface's counters, by interface id.
+    fn net_counters(&self) -> Vec<(String, squib_virtio::net::NetMetricsSnapshot)> {
+        Vec::new()
+    }
     /// The process exit status once the microVM has stopped.
     fn exit_status(&self) -> Option<i32>;
 }

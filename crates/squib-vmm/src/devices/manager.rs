@@ -18,6 +18,7 @@ use squib_virtio::persist::{StateError, TransportState};
 use super::DeviceError;
 use super::block::DriveHandle;
 use super::bus::Bus;
+use super::net::NetInterfaceHandle;
 use super::virtio_mmio;
 use crate::arch::x86_64::layout::{MAX_VIRTIO_MMIO_SLOTS, virtio_mmio_slot};
 
@@ -26,12 +27,15 @@ use crate::arch::x86_64::layout::{MAX_VIRTIO_MMIO_SLOTS, virtio_mmio_slot};
 pub enum DeviceKind {
     /// `drives`.
     Block,
+    /// `network-interfaces`.
+    Net,
 }
 
 impl DeviceKind {
     fn as_str(self) -> &'static str {
         match self {
             Self::Block => "drive",
+            Self::Net => "network interface",
         }
     }
 }
@@ -41,6 +45,8 @@ impl DeviceKind {
 pub enum RuntimeHandle {
     /// A drive: backend swap, rate limiter, metrics, flush.
     Block(DriveHandle),
+    /// A network interface: rate limiters, metrics.
+    Net(NetInterfaceHandle),
 }
 
 /// One virtio device of the microVM.
@@ -140,8 +146,22 @@ impl DeviceManager {
 
     /// Every drive, in guest order (`/dev/vda` first).
     pub fn drives(&self) -> impl Iterator<Item = &DriveHandle> {
-        self.devices.iter().map(|d| match &d.runtime {
-            RuntimeHandle::Block(drive) => drive,
+        self.devices.iter().filter_map(|d| match &d.runtime {
+            RuntimeHandle::Block(drive) => Some(drive),
+            RuntimeHandle::Net(_) => None,
+        })
+    }
+
+    /// The network interface called `id`.
+    pub fn network_interface(&self, id: &str) -> Option<&NetInterfaceHandle> {
+        self.network_interfaces().find(|n| n.id() == id)
+    }
+
+    /// Every network interface, in the order configured.
+    pub fn network_interfaces(&self) -> impl Iterator<Item = &NetInterfaceHandle> {
+        self.devices.iter().filter_map(|d| match &d.runtime {
+            RuntimeHandle::Net(net) => Some(net),
+            RuntimeHandle::Block(_) => None,
         })
     }
 

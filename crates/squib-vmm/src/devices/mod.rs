@@ -9,6 +9,7 @@ pub mod debug_exit;
 pub mod i8042;
 pub mod irq;
 pub mod manager;
+pub mod net;
 pub mod serial;
 pub mod virtio_mmio;
 

@@ -153,17 +153,18 @@ pub struct LoadRequest {
     pub resume_vm: bool,
 }
 
-/// `--describe-snapshot`: what the file's header says, after checking the whole file.
+/// `--describe-snapshot`: the file's format version as Firecracker prints it (`v1.0.0`), after
+/// checking the whole file (header, CRC, payload).
 pub fn describe(path: &Path) -> Result<String, SnapshotError> {
-    let (header, state) = format::read(path)?;
-    Ok(format!(
-        "squib snapshot format version {}, written by squib {}\n{} vCPUs, {} MiB of memory, \
-         payload {} bytes, CRC-64 {:#018x}",
-        header.format_version,
-        header.squib_version,
-        state.machine.vcpu_count,
-        state.machine.mem_size_mib,
-        header.payload_len,
-        header.crc,
-    ))
+    let (header, _state) = format::read(path)?;
+    Ok(version_text(header.format_version))
+}
+
+/// `--snapshot-version`: the format version squib writes and loads, as Firecracker prints it.
+pub fn supported_version() -> String {
+    version_text(format::FORMAT_VERSION)
+}
+
+fn version_text(format_version: u32) -> String {
+    format!("v{format_version}.0.0")
 }

@@ -187,7 +187,7 @@ pub fn stderr(output: &Output) -> String {
 /// squib in API mode, stdout/stderr captured.
 pub fn spawn_api(sock: &Path, extra: &[&str]) -> Child {
     let child = squib()
-        .args(["--api-sock", sock.to_str().unwrap(), "--id", "api_test"])
+        .args(["--api-sock", sock.to_str().unwrap(), "--id", "api-test"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -205,11 +205,16 @@ pub fn spawn_api(sock: &Path, extra: &[&str]) -> Child {
 pub struct Client(pub UnixStream, pub Vec<u8>);
 
 impl Client {
-    /// A client on `sock`.
+    /// Connects to the API socket, with a read timeout so a stalled server fails the test.
     pub fn connect(sock: &Path) -> Self {
-        Self(UnixStream::connect(sock).unwrap(), Vec::new())
+        let stream = UnixStream::connect(sock).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Self(stream, Vec::new())
     }
 
+    /// One request; returns the status and the body.
     pub fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",

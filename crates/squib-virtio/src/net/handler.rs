@@ -1,0 +1,640 @@
+//! The virtio-net queue handler: moves frames between the rx/tx queues and the backend, one
+//! frame per system call, straight between the backend's descriptor and guest memory.
+//!
+//! Rx is driven by the backend's descriptor (edge-triggered): on each event the handler reads
+//! frames until the backend is empty, the driver has posted no buffers, or the rx limiter
+//! refuses. Without buffers it stops reading — the frames wait in the TAP's kernel queue, which
+//! is bounded and drops (and counts, in the kernel) only when full — enables rx notifications,
+//! and resumes on the driver's kick. A frame larger than the buffers the driver posted, or
+//! shorter than a header, is dropped and counted, never written partially.
+//!
+//! Rx follows virtio 1.2 §5.1.6.3/§5.1.6.4: without MRG_RXBUF a frame goes into one chain, which
+//! needs only header + 1514 bytes when no guest offload was negotiated (so a 1526-byte buffer
+//! receives MTU-sized frames); with MRG_RXBUF it may span several chains, and `num_buffers` says
+//! how many. `num_buffers` is written on every frame (1 without MRG_RXBUF).
+//!
+//! Every chain is hostile: an rx chain with a device-readable descriptor, outside guest memory or
+//! too short for the header goes back unused (counted); a tx chain with a device-writable
+//! descriptor, outside guest memory, shorter than a header or longer than the largest frame is
+//! dropped (counted). Descriptor loops are bounded by the queue (virtio-queue ends a chain after
+//! `size` descriptors) and by [`IOVECS_PER_CALL`] segments per frame.
+
+use std::hint;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use squib_host::guest_io::IOVECS_PER_CALL;
+use tracing::{debug, error, warn};
+use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
+use vmm_sys_util::epoll::EventSet;
+
+use super::handle::{Limiters, Shared};
+use super::header::{MAX_OFFLOAD_FRAME, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
+use super::metrics::Counter;
+use crate::GuestMemory;
+use crate::queue::{Chain, QueueError, VirtQueue};
+use crate::rate_limiter::RateLimiter;
+use crate::runtime::poll::PollWindow;
+use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
+
+/// The receive queue's index.
+pub(crate) const RX_QUEUE: usize = 0;
+/// The transmit queue's index.
+pub(crate) const TX_QUEUE: usize = 1;
+
+/// Handler-owned epoll tokens.
+const TOKEN_BACKEND: u32 = 0;
+const TOKEN_RX_LIMITER: u32 = 1;
+const TOKEN_TX_LIMITER: u32 = 2;
+const TOKEN_LIMITER_UPDATE: u32 = 3;
+
+/// Most chains one received frame may span (each needs at least one segment).
+const MAX_RX_CHAINS: usize = IOVECS_PER_CALL;
+/// Frames moved per call before the worker looks at its other events (the other queue, stop,
+/// pause): a guest that keeps one direction busy cannot starve the other.
+const BATCH: usize = 256;
+
+/// What the driver negotiated that changes how frames move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Negotiated {
+    /// VIRTIO_NET_F_MRG_RXBUF: a frame may span several rx chains.
+    pub(crate) mergeable: bool,
+    /// The largest frame the backend may hand us, header included: it decides how many rx
+    /// buffers are gathered before a read.
+    pub(crate) rx_frame_max: usize,
+}
+
+/// Per-activation state of a virtio-net device.
+#[derive(Debug)]
+pub(crate) struct NetHandler {
+    shared: Arc<Shared>,
+    negotiated: Negotiated,
+    limiters: Limiters,
+    /// Stopped reading the backend until the driver posts rx buffers.
+    rx_waiting_for_buffers: bool,
+    /// How long to poll the tx ring after a batch (as virtio-blk does, see [`PollWindow`]).
+    tx_poll: PollWindow,
+    /// When the last tx poll that expired empty began: the next kick tells how late it was.
+    tx_missed_poll: Option<Instant>,
+}
+
+/// How one attempt to receive a frame ended.
+enum Rx {
+    /// A frame of this many bytes (header excluded) went to the guest.
+    Delivered(u64),
+    /// A frame was dropped (counted); try the next.
+    Dropped,
+    /// The backend has nothing more.
+    BackendEmpty,
+    /// The driver posted no usable buffer.
+    NoBuffers,
+    /// The rx limiter refused; its timer resumes us.
+    Throttled,
+}
+
+impl NetHandler {
+    pub(crate) fn new(shared: Arc<Shared>, negotiated: Negotiated) -> Self {
+        let limiters = shared.take_limiters();
+        Self {
+            shared,
+            negotiated,
+            limiters,
+            rx_waiting_for_buffers: false,
+            tx_poll: PollWindow::new(),
+            tx_missed_poll: None,
+        }
+    }
+
+    /// Applies a pending `update_rate_limiters`, creating a limiter (and watching its timer)
+    /// if the interface had none. A failure keeps the previous limits.
+    fn apply_limiter_update(&mut self, cx: &mut WorkerContext<'_>) {
+        let Some(update) = self.shared.take_limiter_update() else {
+            return;
+        };
+        for (spec, slot, token) in [
+            (update.rx, &mut self.limiters.rx, TOKEN_RX_LIMITER),
+            (update.tx, &mut self.limiters.tx, TOKEN_TX_LIMITER),
+        ] {
+            let Some(spec) = spec else { continue };
+            let applied = match slot.as_mut() {
+                Some(limiter) => limiter.update(spec.bandwidth, spec.ops),
+                None => RateLimiter::from_spec(spec).and_then(|limiter| {
+                    cx.events.add(limiter.as_raw_fd(), token, EventSet::IN)?;
+                    *slot = Some(limiter);
+                    Ok(())
+                }),
+            };
+            match applied {
+                Ok(()) => debug!(?spec, token, "virtio-net rate limiter updated"),
+                Err(error) => error!(%error, ?spec, "virtio-net rate limiter update failed"),
+            }
+        }
+    }
+
+    // ---- receive ----
+
+    /// Receives frames until the backend is empty, the driver has no buffers, the limiter
+    /// refuses, a batch is done or the worker must stop; interrupts the driver if it asked.
+    fn serve_rx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
+        let mut delivered = false;
+        let result = self.drain_rx(cx, &mut delivered);
+        if delivered {
+            cx.notify_used(RX_QUEUE)?;
+        }
+        // After a full batch more may wait in the backend, which no new edge will announce.
+        Ok(if result? {
+            Pending::queue(RX_QUEUE)
+        } else {
+            Pending::NONE
+        })
+    }
+
+    /// Returns whether to come back at once (a full batch).
+    fn drain_rx(
+        &mut self,
+        cx: &mut WorkerContext<'_>,
+        delivered: &mut bool,
+    ) -> Result<bool, QueueError> {
+        let mem = cx.mem;
+        let stop = cx.stop_signal();
+        let Some(queue) = cx.queues.get_mut(RX_QUEUE) else {
+            return Ok(false);
+        };
+        queue.disable_notification(mem)?;
+        for _ in 0..BATCH {
+            if stop.is_set()
+                || self
+                    .limiters
+                    .rx
+                    .as_ref()
+                    .is_some_and(RateLimiter::is_blocked)
+            {
+                return Ok(false);
+            }
+            let rx = receive_frame(
+                mem,
+                queue,
+                &self.shared,
+                self.negotiated,
+                self.limiters.rx.as_mut(),
+            )?;
+            match rx {
+                Rx::Delivered(_) => {
+                    *delivered = true;
+                    self.rx_waiting_for_buffers = false;
+                }
+                Rx::Dropped => {}
+                Rx::BackendEmpty | Rx::Throttled => return Ok(false),
+                Rx::NoBuffers => {
+                    // Re-check after re-enabling: buffers posted in between would otherwise
+                    // never be kicked.
+                    if queue.enable_notification(mem)? {
+                        queue.disable_notification(mem)?;
+                        continue;
+                    }
+                    if !self.rx_waiting_for_buffers {
+                        self.shared.metrics.count(Counter::NoRxAvailBuffer);
+                        self.rx_waiting_for_buffers = true;
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    // ---- transmit ----
+
+    /// Sends frames until the ring is empty, the limiter refuses, a batch is done or the worker
+    /// must stop; interrupts the driver if it asked; then polls the ring for a while (after
+    /// work, never while throttled) before re-enabling notifications.
+    fn serve_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
+        let mut completed = false;
+        let result = self.drain_tx(cx, &mut completed);
+        if completed {
+            cx.notify_used(TX_QUEUE)?;
+        }
+        if result? {
+            return Ok(Pending::queue(TX_QUEUE));
+        }
+        if self
+            .limiters
+            .tx
+            .as_ref()
+            .is_some_and(RateLimiter::is_blocked)
+        {
+            // Notifications stay off: only the timer can make the frame go sooner.
+            return Ok(Pending::NONE);
+        }
+        if completed && self.poll_tx(cx)? {
+            return Ok(Pending::queue(TX_QUEUE));
+        }
+        // Re-check after re-enabling: a frame queued in between would otherwise wait forever.
+        Ok(if cx.rearm(TX_QUEUE)? {
+            Pending::queue(TX_QUEUE)
+        } else {
+            Pending::NONE
+        })
+    }
+
+    /// Spins on the tx ring for the adaptive window with notifications still off; true when a
+    /// frame arrived. A driver that sends again at once pays neither a notification nor the
+    /// worker's wake-up.
+    fn poll_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<bool, QueueError> {
+        let window = self.tx_poll.window();
+        let start = Instant::now();
+        self.tx_missed_poll = None;
+        let stop = cx.stop_signal();
+        let Some(queue) = cx.queues.get(TX_QUEUE) else {
+            return Ok(false);
+        };
+        loop {
+            if queue.has_available(cx.mem)? {
+                self.tx_poll.hit();
+                return Ok(true);
+            }
+            if start.elapsed() >= window || stop.is_set() {
+                self.tx_missed_poll = Some(start);
+                return Ok(false);
+            }
+            hint::spin_loop();
+        }
+    }
+
+    /// Sends up to a batch of frames with notifications off; returns whether to come back at
+    /// once (a full batch).
+    fn drain_tx(
+        &mut self,
+        cx: &mut WorkerContext<'_>,
+        completed: &mut bool,
+    ) -> Result<bool, QueueError> {
+        let mem = cx.mem;
+        let stop = cx.stop_signal();
+        let Some(queue) = cx.queues.get_mut(TX_QUEUE) else {
+            return Ok(false);
+        };
+        let metrics = &self.shared.metrics;
+        queue.disable_notification(mem)?;
+        let empty: &'static mut [u8] = &mut [];
+        let mut slices = [VolatileSlice::from(empty); IOVECS_PER_CALL];
+        for _ in 0..BATCH {
+            if stop.is_set()
+                || self
+                    .limiters
+                    .tx
+                    .as_ref()
+                    .is_some_and(RateLimiter::is_blocked)
+            {
+                return Ok(false);
+            }
+            let Some(chain) = queue.pop(mem)? else {
+                return Ok(false);
+            };
+            let head = chain.head_index();
+            let frame = gather(mem, chain, Access::DeviceReads, &mut slices).filter(|&(_, len)| {
+                (VNET_HDR_LEN..=VNET_HDR_LEN + MAX_OFFLOAD_FRAME).contains(&len)
+            });
+            let Some((count, len)) = frame else {
+                metrics.count(Counter::TxMalformed);
+                queue.complete(mem, head, 0)?;
+                *completed = true;
+                continue;
+            };
+            let bytes = (len - VNET_HDR_LEN) as u64;
+            if let Some(limiter) = self.limiters.tx.as_mut()
+                && !admit(limiter, bytes)
+            {
+                queue.undo_pop();
+                metrics.count(Counter::TxThrottled);
+                return Ok(false);
+            }
+            match self.shared.backend.write_frame(&slices[..count]) {
+                Ok(_) => metrics.tx_sent(bytes),
+                Err(error) => {
+                    debug!(%error, "virtio-net: the TAP refused a frame");
+                    metrics.count(Counter::TapWriteFails);
+                    metrics.count(Counter::TxFails);
+                }
+            }
+            queue.complete(mem, head, 0)?;
+            *completed = true;
+        }
+        Ok(true)
+    }
+}
+
+impl DeviceHandler for NetHandler {
+    fn register(&mut self, events: &mut EventRegistry<'_>) -> io::Result<()> {
+        // Edge-triggered: the handler reads until the TAP is empty, or stops on purpose (no
+        // buffers, throttled) and is resumed by the rx kick or the limiter's timer.
+        events.add(
+            self.shared.backend.raw_fd(),
+            TOKEN_BACKEND,
+            EventSet::IN | EventSet::EDGE_TRIGGERED,
+        )?;
+        events.add(
+            self.shared.limiter_event().as_raw_fd(),
+            TOKEN_LIMITER_UPDATE,
+            EventSet::IN,
+        )?;
+        for (limiter, token) in [
+            (&self.limiters.rx, TOKEN_RX_LIMITER),
+            (&self.limiters.tx, TOKEN_TX_LIMITER),
+        ] {
+            if let Some(limiter) = limiter {
+                events.add(limiter.as_raw_fd(), token, EventSet::IN)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn process_queue(
+        &mut self,
+        index: usize,
+        cx: &mut WorkerContext<'_>,
+    ) -> Result<Pending, QueueError> {
+        let metrics = &self.shared.metrics;
+        match index {
+            RX_QUEUE => {
+                metrics.count(Counter::RxQueueEvent);
+                self.serve_rx(cx)
+            }
+            TX_QUEUE => {
+                metrics.count(Counter::TxQueueEvent);
+                if let Some(start) = self.tx_missed_poll.take() {
+                    self.tx_poll.woke_after_miss(start.elapsed());
+                }
+                self.serve_tx(cx)
+            }
+            other => {
+                warn!(
+                    queue = other,
+                    "notification for a queue virtio-net does not have"
+                );
+                Ok(Pending::NONE)
+            }
+        }
+    }
+
+    fn process_event(
+        &mut self,
+        token: u32,
+        _events: EventSet,
+        cx: &mut WorkerContext<'_>,
+    ) -> Result<Pending, QueueError> {
+        match token {
+            TOKEN_BACKEND => {
+                self.shared.metrics.count(Counter::RxTapEvent);
+                self.serve_rx(cx)
+            }
+            TOKEN_RX_LIMITER => {
+                if let Some(limiter) = self.limiters.rx.as_mut() {
+                    on_timer(limiter);
+                }
+                self.shared.metrics.count(Counter::RxLimiterEvent);
+                self.serve_rx(cx)
+            }
+            TOKEN_TX_LIMITER => {
+                if let Some(limiter) = self.limiters.tx.as_mut() {
+                    on_timer(limiter);
+                }
+                self.shared.metrics.count(Counter::TxLimiterEvent);
+                self.serve_tx(cx)
+            }
+            TOKEN_LIMITER_UPDATE => {
+                let _ = self.shared.limiter_event().read();
+                self.apply_limiter_update(cx);
+                // A lifted limit lets waiting frames go at once.
+                Ok(Pending::queue(RX_QUEUE) | Pending::queue(TX_QUEUE))
+            }
+            other => {
+                warn!(
+                    token = other,
+                    "unexpected epoll token in the virtio-net worker"
+                );
+                Ok(Pending::NONE)
+            }
+        }
+    }
+}
+
+impl Drop for NetHandler {
+    fn drop(&mut self) {
+        // The buckets belong to the interface, not to one activation.
+        self.shared
+            .park_limiters(std::mem::take(&mut self.limiters));
+    }
+}
+
+/// Receives one frame into the next rx chain(s).
+fn receive_frame(
+    mem: &GuestMemory,
+    queue: &mut VirtQueue,
+    shared: &Shared,
+    negotiated: Negotiated,
+    limiter: Option<&mut RateLimiter>,
+) -> Result<Rx, QueueError> {
+    let metrics = &shared.metrics;
+    let empty: &'static mut [u8] = &mut [];
+    let mut slices = [VolatileSlice::from(empty); IOVECS_PER_CALL];
+    // (head, capacity) of each gathered chain.
+    let mut chains = [(0u16, 0usize); MAX_RX_CHAINS];
+    let (mut nchains, mut nslices, mut total) = (0usize, 0usize, 0usize);
+    while total < negotiated.rx_frame_max && nchains < MAX_RX_CHAINS && nslices < IOVECS_PER_CALL {
+        let Some(chain) = queue.pop(mem)? else { break };
+        let head = chain.head_index();
+        let min_len = if nchains == 0 { VNET_HDR_LEN } else { 1 };
+        match gather(mem, chain, Access::DeviceWrites, &mut slices[nslices..])
+            .filter(|&(_, len)| len >= min_len)
+        {
+            Some((count, len)) => {
+                chains[nchains] = (head, len);
+                nchains += 1;
+                nslices += count;
+                total += len;
+            }
+            None if nchains == 0 => {
+                // Give it back unused: it is first in line, so nothing popped is skipped.
+                metrics.count(Counter::RxMalformed);
+                queue.complete(mem, head, 0)?;
+            }
+            None => {
+                // Leave it at the head of the ring; the next frame returns it.
+                queue.undo_pop();
+                break;
+            }
+        }
+        if !negotiated.mergeable {
+            break;
+        }
+    }
+    if nchains == 0 {
+        return Ok(Rx::NoBuffers);
+    }
+    let popped = nchains as u16;
+    if let Some(limiter) = limiter {
+        // One op and one byte now; the frame's other bytes are charged once its size is known.
+        if !admit(limiter, 1) {
+            queue.undo_pops(popped);
+            metrics.count(Counter::RxThrottled);
+            return Ok(Rx::Throttled);
+        }
+        return read_into(
+            mem,
+            queue,
+            shared,
+            &slices[..nslices],
+            &chains[..nchains],
+            total,
+        )
+        .map(|rx| {
+            if let Rx::Delivered(bytes) = rx {
+                limiter.charge(bytes.saturating_sub(1));
+            }
+            rx
+        });
+    }
+    read_into(
+        mem,
+        queue,
+        shared,
+        &slices[..nslices],
+        &chains[..nchains],
+        total,
+    )
+}
+
+/// Reads one frame from the backend into the gathered chains and completes the ones it used;
+/// the others go back to the ring.
+fn read_into(
+    mem: &GuestMemory,
+    queue: &mut VirtQueue,
+    shared: &Shared,
+    slices: &[VolatileSlice<'_>],
+    chains: &[(u16, usize)],
+    capacity: usize,
+) -> Result<Rx, QueueError> {
+    let metrics = &shared.metrics;
+    let popped = chains.len() as u16;
+    let len = match shared.backend.read_frame(slices) {
+        Ok(len) => len,
+        Err(error) => {
+            queue.undo_pops(popped);
+            return Ok(match error.kind() {
+                io::ErrorKind::WouldBlock => Rx::BackendEmpty,
+                io::ErrorKind::Interrupted => Rx::Dropped,
+                _ => {
+                    metrics.count(Counter::TapReadFails);
+                    warn!(%error, "virtio-net: reading the TAP failed");
+                    Rx::BackendEmpty
+                }
+            });
+        }
+    };
+    if len > capacity || len < VNET_HDR_LEN {
+        queue.undo_pops(popped);
+        metrics.count(Counter::RxFails);
+        debug!(
+            len,
+            capacity, "virtio-net: dropped a frame that does not fit the rx buffers"
+        );
+        return Ok(Rx::Dropped);
+    }
+    // How many chains the frame fills.
+    let mut left = len;
+    let mut used = 0;
+    for &(_, cap) in chains {
+        used += 1;
+        if left <= cap {
+            break;
+        }
+        left -= cap;
+    }
+    // `used` <= MAX_RX_CHAINS = 64.
+    write_at(slices, NUM_BUFFERS_OFFSET, &(used as u16).to_le_bytes());
+    queue.undo_pops(popped - used as u16);
+    let mut left = len;
+    for &(head, cap) in &chains[..used] {
+        let this = left.min(cap);
+        left -= this;
+        // `this` <= len, which the kernel returned as an `isize`-sized count of one frame.
+        queue.complete(mem, head, u32::try_from(this).unwrap_or(u32::MAX))?;
+    }
+    let bytes = (len - VNET_HDR_LEN) as u64;
+    metrics.rx_delivered(bytes);
+    Ok(Rx::Delivered(bytes))
+}
+
+/// Writes `bytes` at byte `offset` of the frame laid over `slices`.
+fn write_at(slices: &[VolatileSlice<'_>], mut offset: usize, mut bytes: &[u8]) {
+    for slice in slices {
+        if bytes.is_empty() {
+            return;
+        }
+        if offset >= slice.len() {
+            offset -= slice.len();
+            continue;
+        }
+        let n = bytes.len().min(slice.len() - offset);
+        // In bounds by construction: `offset + n <= slice.len()`.
+        let _ = slice.write_slice(&bytes[..n], offset);
+        bytes = &bytes[n..];
+        offset = 0;
+    }
+}
+
+/// Which descriptors a chain must consist of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    DeviceReads,
+    DeviceWrites,
+}
+
+/// The chain's buffers as host slices in `out`: `(slices, bytes)`, or `None` when a descriptor
+/// has the wrong direction, lies outside guest memory, the chain breaks a ring rule, or it needs
+/// more than `out` holds.
+fn gather<'m>(
+    mem: &'m GuestMemory,
+    mut chain: Chain<'m>,
+    access: Access,
+    out: &mut [VolatileSlice<'m>],
+) -> Option<(usize, usize)> {
+    let (mut count, mut total) = (0usize, 0usize);
+    for desc in chain.by_ref() {
+        if desc.is_write_only() != (access == Access::DeviceWrites) {
+            return None;
+        }
+        for slice in mem.get_slices(desc.addr(), desc.len() as usize) {
+            let slice = slice.ok()?;
+            *out.get_mut(count)? = slice;
+            count += 1;
+            total = total.checked_add(slice.len())?;
+        }
+    }
+    // A chain the walker cut short (a loop, a bad index or indirect table) is malformed.
+    if chain.error().is_some() {
+        return None;
+    }
+    Some((count, total))
+}
+
+/// Charges `limiter` for one operation moving `bytes`; false when it must wait. If the timer
+/// cannot be armed the frame goes through rather than being stranded.
+fn admit(limiter: &mut RateLimiter, bytes: u64) -> bool {
+    match limiter.consume(bytes) {
+        Ok(Ok(())) => true,
+        Ok(Err(_throttled)) => false,
+        Err(error) => {
+            error!(%error, "virtio-net rate limiter cannot arm its timer; not throttling");
+            true
+        }
+    }
+}
+
+fn on_timer(limiter: &mut RateLimiter) {
+    if let Err(error) = limiter.on_timer() {
+        error!(%error, "virtio-net rate limiter timer failed");
+    }
+}

@@ -1,0 +1,131 @@
+//! `FakeTap`: an in-memory TAP for virtio-net tests, with a TAP's semantics: one frame per read,
+//! the 12-byte header's first ten bytes written by the "kernel" and `num_buffers` left alone, a
+//! truncated frame reported at its full length, `WouldBlock` when empty, a bounded queue.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
+
+use squib_host::tap::TapOffloads;
+use vm_memory::{Bytes, VolatileSlice};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::net::VNET_HDR_LEN;
+use crate::net::backend::NetBackend;
+
+/// Frames the fake kernel queue holds before it drops (Linux's default `txqueuelen` is 1000).
+pub const FAKE_TAP_QUEUE: usize = 1000;
+
+/// An in-memory TAP.
+#[derive(Debug)]
+pub struct FakeTap {
+    inbound: Mutex<VecDeque<Vec<u8>>>,
+    sent: Mutex<Vec<Vec<u8>>>,
+    offloads: Mutex<TapOffloads>,
+    dropped: Mutex<u64>,
+    event: EventFd,
+}
+
+impl FakeTap {
+    /// An empty TAP.
+    pub fn new() -> Self {
+        Self {
+            inbound: Mutex::new(VecDeque::new()),
+            sent: Mutex::new(Vec::new()),
+            offloads: Mutex::new(TapOffloads::default()),
+            dropped: Mutex::new(0),
+            event: EventFd::new(EFD_NONBLOCK).unwrap(),
+        }
+    }
+
+    /// The host sends `frame` (an Ethernet frame, no header) to the guest. Returns false when
+    /// the queue was full and the frame was dropped, as the kernel would.
+    pub fn inject(&self, frame: &[u8]) -> bool {
+        let mut inbound = lock(&self.inbound);
+        if inbound.len() >= FAKE_TAP_QUEUE {
+            *lock(&self.dropped) += 1;
+            return false;
+        }
+        inbound.push_back(frame.to_vec());
+        drop(inbound);
+        self.event.write(1).unwrap();
+        true
+    }
+
+    /// Frames the guest sent, header included, in order; clears the list.
+    pub fn take_sent(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *lock(&self.sent))
+    }
+
+    /// Frames waiting for the guest.
+    pub fn pending(&self) -> usize {
+        lock(&self.inbound).len()
+    }
+
+    /// The offloads the device last set.
+    pub fn offloads(&self) -> TapOffloads {
+        *lock(&self.offloads)
+    }
+}
+
+impl Default for FakeTap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NetBackend for FakeTap {
+    fn read_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        let Some(frame) = lock(&self.inbound).pop_front() else {
+            let _ = self.event.read();
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        // Header: ten zero bytes (no offload), then two bytes the TAP skips.
+        let mut at = 0usize;
+        let mut put = |bytes: &[u8], skip: bool| {
+            for &byte in bytes {
+                let mut offset = at;
+                for buf in bufs {
+                    if offset < buf.len() {
+                        if !skip {
+                            let _ = buf.write_obj(byte, offset);
+                        }
+                        break;
+                    }
+                    offset -= buf.len();
+                }
+                at += 1;
+            }
+        };
+        put(&[0; 10], false);
+        put(&[0; 2], true);
+        put(&frame, false);
+        Ok(VNET_HDR_LEN + frame.len())
+    }
+
+    fn write_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        let mut frame = Vec::new();
+        for buf in bufs {
+            let mut chunk = vec![0u8; buf.len()];
+            buf.copy_to(&mut chunk[..]);
+            frame.extend_from_slice(&chunk);
+        }
+        let len = frame.len();
+        lock(&self.sent).push(frame);
+        Ok(len)
+    }
+
+    fn set_offloads(&self, offloads: TapOffloads) -> io::Result<()> {
+        *lock(&self.offloads) = offloads;
+        Ok(())
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.event.as_raw_fd()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap()
+}
