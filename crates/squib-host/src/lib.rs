@@ -8,5 +8,6 @@ pub mod alloc_counter;
 pub mod block_io;
 pub mod guest_io;
 pub mod kvm_memory;
+pub mod random;
 pub mod signals;
 pub mod terminal;

@@ -13,10 +13,12 @@
 
 pub mod block;
 pub mod device;
+mod handler_worker;
 pub mod interrupt;
 pub mod mmio;
 pub mod queue;
 pub mod rate_limiter;
+pub mod rng;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
