@@ -79,6 +79,9 @@ pub enum VmmError {
     /// A drive could not be opened.
     #[error(transparent)]
     Drive(#[from] DriveError),
+    /// The entropy device could not be set up.
+    #[error(transparent)]
+    Entropy(#[from] crate::devices::rng::EntropyError),
     /// The guest could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
@@ -93,6 +96,9 @@ pub enum VmmError {
     /// The vCPU kick signal could not be set up.
     #[error("cannot set up the vCPU kick signal: {0}")]
     KickSignal(std::io::Error),
+    /// The vsock device model is not wired into the VMM yet.
+    #[error("the vsock device is configured but this build of squib cannot start it yet")]
+    VsockNotBuilt,
     /// The VM is stopping: it can no longer be paused or resumed.
     #[error("the microVM is stopping")]
     Stopping,
@@ -125,6 +131,7 @@ struct Shared {
     exit: ExitSender,
     legacy: LegacyDevices,
     drives: Vec<DriveHandle>,
+    entropy: Option<Arc<squib_virtio::rng::RngMetrics>>,
 }
 
 impl Shared {
@@ -195,6 +202,11 @@ impl VmmHandle {
     pub fn drives(&self) -> &[DriveHandle] {
         &self.0.drives
     }
+
+    /// The entropy device's counters, if it has one.
+    pub fn entropy_metrics(&self) -> Option<squib_virtio::rng::RngMetricsSnapshot> {
+        self.0.entropy.as_ref().map(|m| m.snapshot())
+    }
 }
 
 /// A running microVM.
@@ -218,6 +230,9 @@ fn validate(config: &VmConfig) -> Result<(), VmmError> {
     if machine.smt {
         return Err(VmmError::Smt);
     }
+    if config.vsock.is_some() {
+        return Err(VmmError::VsockNotBuilt);
+    }
     Ok(())
 }
 
@@ -240,7 +255,7 @@ impl Vmm {
         let exit = ExitSender::new(exit_tx);
         let vcpus_start = Arc::new(OnceLock::new());
 
-        let (vcpus, pio, mmio, legacy, drives) = std::thread::scope(|scope| {
+        let (vcpus, pio, mmio, legacy, drives, entropy) = std::thread::scope(|scope| {
             // 4. Registration, overlapped with everything up to 7.
             let registration = std::thread::Builder::new()
                 .name("mem-register".into())
@@ -278,6 +293,11 @@ impl Vmm {
             }
             let mut virtio = VirtioMmioManager::new();
             let drives = drives::attach_all(&vm, &mem, &mut mmio, &mut virtio, &config.drives)?;
+            let entropy = config
+                .entropy
+                .as_ref()
+                .map(|entropy| devices::rng::attach(&vm, &mem, &mut mmio, &mut virtio, entropy))
+                .transpose()?;
 
             // 6.
             let machine = boot::Machine {
@@ -294,7 +314,7 @@ impl Vmm {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, drives))
+            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, drives, entropy))
         })?;
 
         let shared = Arc::new(Shared {
@@ -303,6 +323,7 @@ impl Vmm {
             exit,
             legacy,
             drives,
+            entropy,
         });
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let _ = vcpus_start.set(Instant::now());

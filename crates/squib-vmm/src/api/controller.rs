@@ -170,6 +170,16 @@ impl<V: VmmControl> ApiController<V> {
                 self.configure_metrics(Path::new(&body.metrics_path))?;
                 done
             }
+            R::PutEntropy(body) => {
+                self.pre_boot("PUT /entropy")?;
+                self.store.set_entropy(&body)?;
+                done
+            }
+            R::PutVsock(body) => {
+                self.pre_boot("PUT /vsock")?;
+                self.store.set_vsock(&body)?;
+                done
+            }
             R::Action(ActionType::InstanceStart) => {
                 self.start()?;
                 done
@@ -283,7 +293,8 @@ impl<V: VmmControl> ApiController<V> {
 
     fn flush_metrics(&mut self) -> Result<(), ApiError> {
         let drives = self.vmm.drive_counters();
-        self.metrics.flush(&drives)?;
+        let devices = self.vmm.device_counters();
+        self.metrics.flush(&drives, &devices)?;
         Ok(())
     }
 
@@ -308,6 +319,8 @@ impl<V: VmmControl> ApiController<V> {
         FullVmConfig {
             boot_source: self.store.boot_source_body(),
             drives: self.store.drive_bodies(),
+            entropy: self.store.entropy_body(),
+            vsock: self.store.vsock_body(),
             machine_config: Some(self.store.machine_body()),
             logger: self.logger_body.clone(),
             metrics: self.metrics.path().map(|p| super::models::MetricsBody {
@@ -336,6 +349,12 @@ impl<V: VmmControl> ApiController<V> {
         }
         for drive in &config.drives {
             self.store.put_drive(&drive.drive_id, drive)?;
+        }
+        if let Some(entropy) = &config.entropy {
+            self.store.set_entropy(entropy)?;
+        }
+        if let Some(vsock) = &config.vsock {
+            self.store.set_vsock(vsock)?;
         }
         Ok(())
     }

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
-use super::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
+use super::vmm_control::{
+    ControlError, DeviceCounters, DriveCounters, ExitNotice, RunState, VmmControl,
+};
 use crate::control::VmState;
 use crate::devices::serial::Stdout;
 use crate::drives::{open_backend, rate_limiter_spec};
@@ -198,6 +200,31 @@ impl VmmControl for KvmVmm {
             .block_handle()
             .update_rate_limiter(rate_limiter_spec(config))
             .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))
+    }
+
+    fn device_counters(&self) -> Vec<DeviceCounters> {
+        let Some(handle) = &self.handle else {
+            return Vec::new();
+        };
+        let mut devices = Vec::new();
+        if let Some(m) = handle.entropy_metrics() {
+            devices.push(DeviceCounters {
+                group: "entropy",
+                counters: vec![
+                    ("activate_fails", m.activate_fails),
+                    ("entropy_event_fails", m.entropy_event_fails),
+                    ("entropy_event_count", m.entropy_event_count),
+                    ("entropy_bytes", m.entropy_bytes),
+                    ("host_rng_fails", m.host_rng_fails),
+                    (
+                        "entropy_rate_limiter_throttled",
+                        m.entropy_rate_limiter_throttled,
+                    ),
+                    ("rate_limiter_event_count", m.rate_limiter_event_count),
+                ],
+            });
+        }
+        devices
     }
 
     fn drive_counters(&self) -> Vec<(String, DriveCounters)> {

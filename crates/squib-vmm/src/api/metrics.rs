@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::vmm_control::DriveCounters;
+use super::vmm_control::{DeviceCounters, DriveCounters};
 
 /// How often a line is written without being asked (Firecracker's period).
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(60);
@@ -56,6 +56,8 @@ pub struct Metrics {
     requests: BTreeMap<(String, &'static str), RequestCount>,
     /// Drive counters at the last line, to write deltas.
     last_drives: BTreeMap<String, DriveCounters>,
+    /// Other devices' counters at the last line, by `(group, field)`.
+    last_devices: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl Metrics {
@@ -96,8 +98,12 @@ impl Metrics {
     }
 
     /// Writes one line with everything counted since the previous one.
-    pub fn flush(&mut self, drives: &[(String, DriveCounters)]) -> Result<(), MetricsError> {
-        let line = self.line(drives);
+    pub fn flush(
+        &mut self,
+        drives: &[(String, DriveCounters)],
+        devices: &[DeviceCounters],
+    ) -> Result<(), MetricsError> {
+        let line = self.line(drives, devices);
         let Some((_, file)) = self.sink.as_mut() else {
             return Err(MetricsError::NotConfigured);
         };
@@ -107,7 +113,7 @@ impl Metrics {
     }
 
     /// Builds the next line and resets the deltas.
-    fn line(&mut self, drives: &[(String, DriveCounters)]) -> Value {
+    fn line(&mut self, drives: &[(String, DriveCounters)], devices: &[DeviceCounters]) -> Value {
         let mut root = Map::new();
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -137,6 +143,17 @@ impl Metrics {
             root.insert(format!("block_{id}"), json!(delta));
         }
         root.insert("block".into(), json!(total));
+        for device in devices {
+            let mut group = Map::new();
+            for &(field, now) in &device.counters {
+                let before = self
+                    .last_devices
+                    .insert((device.group, field), now)
+                    .unwrap_or(0);
+                group.insert(field.into(), json!(now.saturating_sub(before)));
+            }
+            root.insert(device.group.into(), Value::Object(group));
+        }
         Value::Object(root)
     }
 }
@@ -190,7 +207,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.json");
         let mut m = Metrics::default();
-        assert!(matches!(m.flush(&[]), Err(MetricsError::NotConfigured)));
+        assert!(matches!(
+            m.flush(&[], &[]),
+            Err(MetricsError::NotConfigured)
+        ));
         m.configure(&path).unwrap();
         assert!(matches!(
             m.configure(&path),
@@ -206,10 +226,16 @@ mod tests {
             rate_limiter_throttled_events: reads / 5,
             ..Default::default()
         };
-        m.flush(&[("root".into(), c(10, 40960)), ("data".into(), c(1, 512))])
-            .unwrap();
-        m.flush(&[("root".into(), c(15, 61440)), ("data".into(), c(1, 512))])
-            .unwrap();
+        m.flush(
+            &[("root".into(), c(10, 40960)), ("data".into(), c(1, 512))],
+            &[],
+        )
+        .unwrap();
+        m.flush(
+            &[("root".into(), c(15, 61440)), ("data".into(), c(1, 512))],
+            &[],
+        )
+        .unwrap();
         let l = lines(&path);
         assert_eq!(l.len(), 2);
         assert_eq!(l[0]["put_api_requests"]["drives_count"], 2);

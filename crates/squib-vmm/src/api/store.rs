@@ -9,12 +9,12 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use super::models::{
-    BootSourceBody, CacheTypeBody, CpuTemplate, DriveBody, HugePages, IoEngineBody,
-    MachineConfigBody, RateLimiterBody, TokenBucketBody,
+    BootSourceBody, CacheTypeBody, CpuTemplate, DriveBody, EntropyBody, HugePages, IoEngineBody,
+    MachineConfigBody, RateLimiterBody, TokenBucketBody, VsockBody,
 };
 use crate::vm_config::{
-    BootSource, CacheType, DriveConfig, IoEngine, MachineConfig, RateLimiterConfig,
-    TokenBucketConfig, VmConfig,
+    BootSource, CacheType, DriveConfig, EntropyConfig, IoEngine, MachineConfig, RateLimiterConfig,
+    TokenBucketConfig, VmConfig, VsockConfig,
 };
 use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 
@@ -94,6 +94,17 @@ pub enum ConfigError {
     /// `InstanceStart` before `PUT /boot-source`.
     #[error("cannot start the microVM without a kernel: PUT /boot-source first")]
     NoBootSource,
+    /// `guest_cid` 0, 1 and 2 are reserved (hypervisor, local, host).
+    #[error("guest_cid must be at least 3, got {0}")]
+    GuestCid(u32),
+    /// A `uds_path` squib cannot bind.
+    #[error("cannot use uds_path `{}`: {reason}", path.display())]
+    UdsPath {
+        /// The path as given.
+        path: PathBuf,
+        /// The problem.
+        reason: &'static str,
+    },
     /// A `PATCH` naming a drive that was never configured.
     #[error("drive `{0}` does not exist")]
     UnknownDrive(String),
@@ -185,6 +196,8 @@ pub struct ConfigStore {
     machine: MachineConfig,
     /// In the order configured; [`vm_config`](Self::vm_config) moves the root device first.
     drives: Vec<DriveConfig>,
+    entropy: Option<EntropyConfig>,
+    vsock: Option<VsockConfig>,
 }
 
 impl ConfigStore {
@@ -323,6 +336,46 @@ impl ConfigStore {
         })
     }
 
+    /// `PUT /entropy`: adds the entropy device or replaces its configuration.
+    pub fn set_entropy(&mut self, body: &EntropyBody) -> Result<(), ConfigError> {
+        self.entropy = Some(EntropyConfig {
+            rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
+        });
+        Ok(())
+    }
+
+    /// `PUT /vsock`: adds the vsock device or replaces its configuration. The socket is bound
+    /// at `InstanceStart`; a path that already exists is refused now, as Firecracker's bind
+    /// would refuse it. `vsock_id` is deprecated and ignored.
+    pub fn set_vsock(&mut self, body: &VsockBody) -> Result<(), ConfigError> {
+        if body.guest_cid < 3 {
+            return Err(ConfigError::GuestCid(body.guest_cid));
+        }
+        let path = PathBuf::from(&body.uds_path);
+        let fail = |reason| ConfigError::UdsPath {
+            path: path.clone(),
+            reason,
+        };
+        if body.uds_path.is_empty() {
+            return Err(fail("the path is empty"));
+        }
+        if body.uds_path.contains('\0') {
+            return Err(fail("the path contains a NUL byte"));
+        }
+        // sun_path holds 108 bytes with the NUL; guest-initiated sockets add `_<port>`.
+        if body.uds_path.len() > 96 {
+            return Err(fail("the path is longer than 96 bytes"));
+        }
+        if path.symlink_metadata().is_ok() {
+            return Err(fail("a file already exists there (address in use)"));
+        }
+        self.vsock = Some(VsockConfig {
+            guest_cid: body.guest_cid,
+            uds_path: path,
+        });
+        Ok(())
+    }
+
     /// A configured drive.
     pub fn drive_config(&self, drive_id: &str) -> Option<&DriveConfig> {
         self.drives.iter().find(|d| d.drive_id == drive_id)
@@ -348,6 +401,8 @@ impl ConfigStore {
             drives: self.ordered_drives().cloned().collect(),
             boot_timer,
             boot_options: Default::default(),
+            entropy: self.entropy,
+            vsock: self.vsock.clone(),
         })
     }
 
@@ -377,6 +432,22 @@ impl ConfigStore {
         }
     }
 
+    /// The entropy device in API form.
+    pub fn entropy_body(&self) -> Option<EntropyBody> {
+        self.entropy.map(|e| EntropyBody {
+            rate_limiter: e.rate_limiter.as_ref().map(rate_limiter_body),
+        })
+    }
+
+    /// The vsock device in API form.
+    pub fn vsock_body(&self) -> Option<VsockBody> {
+        self.vsock.as_ref().map(|v| VsockBody {
+            guest_cid: v.guest_cid,
+            uds_path: path_string(&v.uds_path),
+            vsock_id: None,
+        })
+    }
+
     /// The drives in API form, in guest order.
     pub fn drive_bodies(&self) -> Vec<DriveBody> {
         self.ordered_drives().map(drive_body).collect()
@@ -395,6 +466,13 @@ fn bucket_body(b: &TokenBucketConfig) -> TokenBucketBody {
     }
 }
 
+fn rate_limiter_body(r: &RateLimiterConfig) -> RateLimiterBody {
+    RateLimiterBody {
+        bandwidth: r.bandwidth.as_ref().map(bucket_body),
+        ops: r.ops.as_ref().map(bucket_body),
+    }
+}
+
 fn drive_body(d: &DriveConfig) -> DriveBody {
     DriveBody {
         drive_id: d.drive_id.clone(),
@@ -410,10 +488,7 @@ fn drive_body(d: &DriveConfig) -> DriveBody {
             IoEngine::Sync => IoEngineBody::Sync,
             IoEngine::Async => IoEngineBody::Async,
         }),
-        rate_limiter: d.rate_limiter.map(|r| RateLimiterBody {
-            bandwidth: r.bandwidth.as_ref().map(bucket_body),
-            ops: r.ops.as_ref().map(bucket_body),
-        }),
+        rate_limiter: d.rate_limiter.as_ref().map(rate_limiter_body),
         socket: None,
     }
 }

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
 pub mod irq;
+pub mod rng;
 pub mod serial;
 pub mod virtio_mmio;
 

@@ -41,6 +41,23 @@ impl VirtioMmioManager {
         &self.slots
     }
 
+    /// Wraps `device` in a virtio-mmio transport over `mem` and attaches it ([`Self::attach`]).
+    pub fn attach_device(
+        &mut self,
+        vm: &VmFd,
+        mmio: &mut Bus,
+        mem: &crate::GuestMemory,
+        name: &str,
+        device: Box<dyn squib_virtio::device::VirtioDevice>,
+    ) -> Result<Arc<Mutex<MmioTransport>>, DeviceError> {
+        let transport =
+            MmioTransport::new(device, mem.clone()).map_err(|source| DeviceError::Transport {
+                device: name.to_owned(),
+                source,
+            })?;
+        self.attach(vm, mmio, name, transport)
+    }
+
     /// Puts `transport` in the next free slot: registers its queue notifications as ioeventfds
     /// (datamatch = queue index) and its interrupt as an irqfd, and maps its registers.
     pub fn attach(
