@@ -10,6 +10,9 @@ use crate::cmdline::{Check, Completion, DiskName, MmioDevice, Options};
 use crate::dma::DmaBuf;
 use crate::interrupts;
 use crate::report;
+use crate::rng_checks;
+use crate::virtio_init;
+use crate::virtio_rng::DEVICE_ID_RNG;
 use crate::serial::println;
 use crate::time::{self, Deadline};
 use crate::virtio_blk::{
@@ -43,8 +46,16 @@ pub fn run(options: &Options) -> ! {
         Ok(scratch) => scratch,
         Err(error) => report::abort(format_args!("scratch buffers: {error}")),
     };
-    for (index, device) in options.devices().enumerate() {
-        check_disk(options, DiskName(index), device, &mut scratch, seed);
+    let mut disks = 0;
+    for device in options.devices() {
+        match virtio_init::device_id(device) {
+            Ok(DEVICE_ID_RNG) => rng_checks::check(options, device),
+            // Anything else is a disk to the block checks, which report a wrong device id.
+            _ => {
+                check_disk(options, DiskName(disks), device, &mut scratch, seed);
+                disks += 1;
+            }
+        }
     }
     report::finish()
 }

@@ -19,9 +19,12 @@ mod paging;
 mod port;
 mod power;
 mod report;
+mod rng_checks;
 mod serial;
 mod time;
 mod virtio_blk;
+mod virtio_init;
+mod virtio_rng;
 mod virtio_mmio;
 mod virtqueue;
 

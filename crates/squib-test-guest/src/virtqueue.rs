@@ -26,11 +26,12 @@ pub struct Segment {
     pub device_writes: bool,
 }
 
-/// A used-ring entry: which chain the device finished. (Its length field is not used: like
-/// Linux's virtio-blk, the driver relies on the status byte.)
+/// A used-ring entry: which chain the device finished, and how many bytes it wrote into it
+/// (virtio-blk ignores the length, like Linux's driver, and relies on the status byte).
 #[derive(Debug, Clone, Copy)]
 pub struct Used {
     pub head: u16,
+    pub len: u32,
 }
 
 /// Something wrong with a queue operation.
@@ -187,6 +188,7 @@ impl SplitQueue {
         fence(Ordering::Acquire);
         let slot = 4 + 8 * usize::from(self.last_used % self.size);
         let head = read_u32(&self.used, slot);
+        let len = read_u32(&self.used, slot + 4);
         let in_flight = u16::try_from(head)
             .ok()
             .filter(|&head| head < self.size)
@@ -197,7 +199,7 @@ impl SplitQueue {
         self.last_used = self.last_used.wrapping_add(1);
         self.in_flight[usize::from(head) / 64] &= !(1 << (head % 64));
         self.free_chain(head);
-        Ok(Some(Used { head }))
+        Ok(Some(Used { head, len }))
     }
 
     /// Asks for an interrupt at the next completion. Returns false if completions are already
