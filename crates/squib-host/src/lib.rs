@@ -11,3 +11,4 @@ pub mod kvm_memory;
 pub mod random;
 pub mod signals;
 pub mod terminal;
+pub mod unix_socket;

@@ -33,7 +33,7 @@ pub(crate) struct EventRegistry<'a> {
 
 impl EventRegistry<'_> {
     /// Watches `fd` for `events`, reported to [`DeviceHandler::process_event`] as `token`.
-    pub(crate) fn add(&mut self, fd: RawFd, events: EventSet, token: u32) -> io::Result<()> {
+    pub(crate) fn add(&mut self, fd: RawFd, token: u32, events: EventSet) -> io::Result<()> {
         self.epoll.ctl(
             ControlOperation::Add,
             fd,
@@ -42,7 +42,7 @@ impl EventRegistry<'_> {
     }
 
     /// Changes what `fd` is watched for.
-    pub(crate) fn modify(&mut self, fd: RawFd, events: EventSet, token: u32) -> io::Result<()> {
+    pub(crate) fn modify(&mut self, fd: RawFd, token: u32, events: EventSet) -> io::Result<()> {
         self.epoll.ctl(
             ControlOperation::Modify,
             fd,
@@ -66,8 +66,8 @@ pub(crate) struct WorkerContext<'a> {
     pub(crate) queues: &'a mut [VirtQueue],
     /// The device's interrupt line.
     pub(crate) interrupt: &'a Interrupt,
-    /// The handler's fds.
-    pub(crate) fds: EventRegistry<'a>,
+    /// The worker's epoll set, for the handler's own fds.
+    pub(crate) events: EventRegistry<'a>,
 }
 
 /// A device's queue and event processing, run by the worker thread.
@@ -143,7 +143,7 @@ impl HandlerWorker {
                         mem: &mem,
                         queues: &mut queues,
                         interrupt: &interrupt,
-                        fds: EventRegistry { epoll: &epoll },
+                        events: EventRegistry { epoll: &epoll },
                     };
                     let served = if data & QUEUE_BASE != 0 {
                         let index = (data & 0xffff_ffff) as usize;

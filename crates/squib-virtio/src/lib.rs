@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod block;
+mod counters;
 pub mod device;
 mod handler_worker;
 pub mod interrupt;
@@ -21,6 +22,7 @@ pub mod rate_limiter;
 pub mod rng;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod vsock;
 
 pub use block::engine::{AsyncFileBackend, SyncFileBackend};
 

@@ -161,7 +161,7 @@ fn admit(limiter: &mut RateLimiter, bytes: u64) -> bool {
 impl DeviceHandler for RngHandler {
     fn register(&mut self, fds: &mut EventRegistry<'_>) -> io::Result<()> {
         if let Some(limiter) = &self.limiter {
-            fds.add(limiter.as_raw_fd(), EventSet::IN, TOKEN_LIMITER)?;
+            fds.add(limiter.as_raw_fd(), TOKEN_LIMITER, EventSet::IN)?;
         }
         Ok(())
     }

@@ -8,7 +8,9 @@
 mod block;
 mod driver;
 mod mem_disk;
+mod vsock;
 
 pub use block::{BlockSlot, STATUS_UNTOUCHED, range_bytes};
 pub use driver::{AVAIL_RING, Buf, DESC_TABLE, GuestDriver, HEAP_START, USED_RING, Used};
 pub use mem_disk::MemDisk;
+pub use vsock::{HDR_LEN as VSOCK_HDR_LEN, RING_SIZE, RX_BUF_LEN, VsockGuest, VsockHdr, vsock_op};
