@@ -13,8 +13,9 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemory;
-use crate::interrupt::Interrupt;
-use crate::queue::{QueueError, VirtQueue};
+use crate::interrupt::VirtioInterrupt;
+use crate::persist::{DeviceState, StateError};
+use crate::queue::{QueueError, QueueSnapshot, VirtQueue};
 
 /// The feature bit every device offers and every driver of a version-2 transport must accept.
 pub const FEATURE_VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
@@ -72,8 +73,8 @@ pub struct Activation {
     /// One notification `EventFd` per queue (duplicates of the transport's, which the VMM
     /// registers as ioeventfds).
     pub queue_events: Vec<EventFd>,
-    /// The device's interrupt line.
-    pub interrupt: Arc<Interrupt>,
+    /// The device's interrupt.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
     /// The features the driver accepted (validated with [`VirtioDevice::validate_features`]).
     pub acked_features: u64,
 }
@@ -115,6 +116,33 @@ pub trait VirtioDevice: Send + Debug {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
 
     /// Stops the device and returns it to its pre-activation state (the driver wrote 0 to
-    /// Status). Must not return before the device stopped touching guest memory.
+    /// Status). Must not return before the device stopped touching guest memory, and must return
+    /// within one request's time whatever the guest keeps queueing.
     fn reset(&mut self);
+
+    /// The driver stopped queue `index` (QueueReady = 0 after DRIVER_OK): once this returns the
+    /// device no longer touches that queue.
+    fn disable_queue(&mut self, index: usize);
+
+    /// Stops serving after the requests in flight are published (VM pause, snapshot). A no-op
+    /// unless active.
+    fn pause(&mut self);
+
+    /// Serves again after [`pause`](Self::pause) or [`restore`](Self::restore).
+    fn resume(&mut self) -> Result<(), ActivateError>;
+
+    /// The queues' state while paused (`None` while running or inactive).
+    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>>;
+
+    /// The device's own state for a snapshot: only while paused or inactive.
+    fn save_state(&self) -> Result<DeviceState, StateError>;
+
+    /// Restores the device's own state; with `activation` (the snapshot was taken while the
+    /// device was active), the device is active and paused afterwards: [`resume`](Self::resume)
+    /// starts it.
+    fn restore_state(
+        &mut self,
+        state: &DeviceState,
+        activation: Option<Activation>,
+    ) -> Result<(), StateError>;
 }

@@ -6,20 +6,22 @@
 //!
 //! The pieces, from the guest inward: [`mmio::MmioTransport`] decodes register accesses and runs
 //! the device status state machine; it drives a [`device::VirtioDevice`] such as
-//! [`block::BlockDevice`], which at activation hands its [`queue::VirtQueue`] to a worker thread;
-//! the worker serves requests on a [`block::backend::BlockBackend`] and signals the
-//! [`interrupt::Interrupt`].
+//! [`block::BlockDevice`], which at activation hands its [`queue::VirtQueue`]s to the shared
+//! [`runtime`]: a worker thread running the device's handler, which serves requests (on a
+//! [`block::backend::BlockBackend`] for virtio-blk) and signals the
+//! [`interrupt::VirtioInterrupt`]. [`persist`] is what a snapshot records of all of it.
 #![forbid(unsafe_code)]
 
 pub mod block;
 mod counters;
 pub mod device;
-mod handler_worker;
 pub mod interrupt;
 pub mod mmio;
+pub mod persist;
 pub mod queue;
 pub mod rate_limiter;
 pub mod rng;
+pub mod runtime;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod vsock;

@@ -21,8 +21,9 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::GuestMemory;
 use crate::device::{ActivateError, Activation, FEATURE_EVENT_IDX, VirtioDevice};
-use crate::interrupt::Interrupt;
-use crate::queue::{QueueConfig, VirtQueue};
+use crate::interrupt::MmioInterrupt;
+use crate::persist::{StateError, TransportState};
+use crate::queue::{QueueConfig, QueueError, QueueSnapshot, VirtQueue};
 
 /// Register offsets inside the slot (virtio 1.2 §4.2.2, table "MMIO Device Register Layout"):
 /// public so that drivers written against this transport (tests, benches) use the same table.
@@ -74,6 +75,13 @@ const STATUS_FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
 const STATUS_DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
 const STATUS_FAILED: u32 = VIRTIO_CONFIG_S_FAILED;
 const STATUS_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
+/// The device status values a driver may reach, in order (FAILED aside).
+const INIT_SEQUENCE: [u32; 4] = [
+    STATUS_ACKNOWLEDGE,
+    STATUS_ACKNOWLEDGE | STATUS_DRIVER,
+    STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+];
 
 /// Why a transport could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +107,7 @@ pub enum TransportError {
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
     mem: GuestMemory,
-    interrupt: Arc<Interrupt>,
+    interrupt: Arc<MmioInterrupt>,
     queue_events: Vec<EventFd>,
     queues: Vec<QueueConfig>,
     queue_select: u32,
@@ -131,7 +139,7 @@ impl MmioTransport {
         Ok(Self {
             device,
             mem,
-            interrupt: Arc::new(Interrupt::new()?),
+            interrupt: Arc::new(MmioInterrupt::new()?),
             queue_events,
             queues,
             queue_select: 0,
@@ -276,7 +284,11 @@ impl MmioTransport {
 
     fn write_queue_config(&mut self, offset: u64, value: u32) {
         if self.status & STATUS_DRIVER_OK != 0 {
-            warn!(offset, "queue configured after DRIVER_OK; ignored");
+            if offset == reg::QUEUE_READY && value == 0 {
+                self.stop_queue();
+            } else {
+                warn!(offset, "queue configured after DRIVER_OK; ignored");
+            }
             return;
         }
         let select = self.queue_select;
@@ -310,6 +322,22 @@ impl MmioTransport {
         }
     }
 
+    /// The driver stops the selected queue of a running device (virtio 1.2 §4.2.2.2: it writes 0
+    /// to QueueReady and reads it back): the device no longer touches it once this returns.
+    fn stop_queue(&mut self) {
+        let select = self.queue_select;
+        let Some((index, queue)) = usize::try_from(select)
+            .ok()
+            .and_then(|i| self.queues.get_mut(i).map(|q| (i, q)))
+        else {
+            return;
+        };
+        if queue.ready {
+            queue.ready = false;
+            self.device.disable_queue(index);
+        }
+    }
+
     fn notify(&mut self, value: u32) {
         let Some(event) = usize::try_from(value)
             .ok()
@@ -327,7 +355,10 @@ impl MmioTransport {
         }
     }
 
-    /// The device status state machine (virtio 1.2 §3.1.1): each write adds one step; 0 resets.
+    /// The device status state machine (virtio 1.2 §3.1.1). A write may add several steps at
+    /// once (a driver may write ACKNOWLEDGE|DRIVER in one go) as long as the result is still a
+    /// prefix of ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK (FAILED may join at any time); 0
+    /// resets. Clearing bits without a reset is refused.
     fn write_status(&mut self, value: u32) {
         if value == 0 {
             self.reset();
@@ -342,39 +373,53 @@ impl MmioTransport {
             return;
         }
         let added = value & !self.status;
-        let current = self.status & !STATUS_FAILED;
-        match added {
-            0 => {}
-            STATUS_FAILED => {
-                warn!(
-                    status = self.status,
-                    "the driver gave up on the device (FAILED)"
-                );
-                self.status |= STATUS_FAILED;
-            }
-            STATUS_ACKNOWLEDGE if current == 0 => self.status |= added,
-            STATUS_DRIVER if current == STATUS_ACKNOWLEDGE => self.status |= added,
-            STATUS_FEATURES_OK if current == STATUS_ACKNOWLEDGE | STATUS_DRIVER => {
-                match self.device.validate_features(self.acked_features) {
-                    Ok(()) => self.status |= added,
-                    // The driver reads Status back and sees FEATURES_OK is not set.
-                    Err(error) => warn!(%error, "refusing FEATURES_OK"),
-                }
-            }
-            STATUS_DRIVER_OK
-                if current == STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK =>
-            {
-                self.status |= added;
-                if let Err(error) = self.activate() {
-                    warn!(%error, "device activation failed; it needs a reset");
-                    self.interrupt.signal_needs_reset();
-                }
-            }
-            _ => warn!(
+        if added == 0 {
+            return;
+        }
+        let steps = value & !STATUS_FAILED;
+        if !INIT_SEQUENCE.contains(&steps) {
+            warn!(
                 old = self.status,
                 new = value,
                 "invalid device status transition; ignored"
-            ),
+            );
+            return;
+        }
+        if added & STATUS_FAILED != 0 {
+            warn!(
+                status = self.status,
+                "the driver gave up on the device (FAILED)"
+            );
+            self.status |= STATUS_FAILED;
+        }
+        // Each step in order; a refused FEATURES_OK stops there, so DRIVER_OK cannot follow.
+        for step in [
+            STATUS_ACKNOWLEDGE,
+            STATUS_DRIVER,
+            STATUS_FEATURES_OK,
+            STATUS_DRIVER_OK,
+        ] {
+            if added & step == 0 {
+                continue;
+            }
+            match step {
+                STATUS_FEATURES_OK => {
+                    if let Err(error) = self.device.validate_features(self.acked_features) {
+                        // The driver reads Status back and sees FEATURES_OK is not set.
+                        warn!(%error, "refusing FEATURES_OK");
+                        return;
+                    }
+                    self.status |= step;
+                }
+                STATUS_DRIVER_OK => {
+                    self.status |= step;
+                    if let Err(error) = self.activate() {
+                        warn!(%error, "device activation failed; it needs a reset");
+                        self.interrupt.signal_needs_reset_now();
+                    }
+                }
+                _ => self.status |= step,
+            }
         }
     }
 
@@ -398,9 +443,124 @@ impl MmioTransport {
             mem: self.mem.clone(),
             queues,
             queue_events,
-            interrupt: Arc::clone(&self.interrupt),
+            interrupt: Arc::clone(&self.interrupt) as _,
             acked_features: self.acked_features,
         })
+    }
+
+    /// Stops the device's worker after the requests in flight are published (VM pause).
+    pub fn pause(&mut self) {
+        self.device.pause();
+    }
+
+    /// Starts the device's worker again after [`pause`](Self::pause) or a restore.
+    pub fn resume(&mut self) -> Result<(), ActivateError> {
+        self.device.resume()
+    }
+
+    /// The transport's registers, its queues and its device, for a snapshot (the VM and so the
+    /// device must be paused).
+    pub fn save_state(&self) -> Result<TransportState, StateError> {
+        let device = self.device.save_state()?;
+        let event_idx = self.acked_features & FEATURE_EVENT_IDX != 0;
+        let queues = self.device.queue_snapshots().unwrap_or_else(|| {
+            self.queues
+                .iter()
+                .map(|config| QueueSnapshot {
+                    max_size: config.max_size,
+                    size: config.size,
+                    ready: config.ready,
+                    desc_table: config.desc_table,
+                    avail_ring: config.avail_ring,
+                    used_ring: config.used_ring,
+                    next_avail: 0,
+                    next_used: 0,
+                    event_idx,
+                })
+                .collect()
+        });
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            needs_reset: self.interrupt.needs_reset(),
+            acked_features: self.acked_features,
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            interrupt_status: self.interrupt.status(),
+            queues,
+            device,
+        })
+    }
+
+    /// Puts the transport and its device back as `state` recorded them. A device that was active
+    /// comes back active and paused: [`resume`](Self::resume) starts it. Nothing is changed when
+    /// the state does not fit this device.
+    pub fn restore_state(&mut self, state: &TransportState) -> Result<(), StateError> {
+        let expected = self.device.device_type();
+        if state.device_type != expected {
+            return Err(StateError::DeviceType {
+                expected,
+                found: state.device_type,
+            });
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(StateError::QueueCount {
+                expected: self.queues.len(),
+                found: state.queues.len(),
+            });
+        }
+        let unoffered = state.acked_features & !self.device.offered_features();
+        if unoffered != 0 {
+            return Err(StateError::Features(unoffered));
+        }
+        for (index, (snapshot, config)) in state.queues.iter().zip(&self.queues).enumerate() {
+            if snapshot.max_size != config.max_size {
+                return Err(StateError::Queue {
+                    index,
+                    source: QueueError::InvalidSetup(virtio_queue::Error::InvalidMaxSize),
+                });
+            }
+        }
+        let active = state.status & STATUS_DRIVER_OK != 0 && !state.needs_reset;
+        let activation = if active {
+            let queues = state
+                .queues
+                .iter()
+                .enumerate()
+                .map(|(index, snapshot)| {
+                    VirtQueue::from_snapshot(snapshot, &self.mem)
+                        .map_err(|source| StateError::Queue { index, source })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let queue_events = self
+                .queue_events
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(|error| StateError::Activate(ActivateError::Host(error)))?;
+            Some(Activation {
+                mem: self.mem.clone(),
+                queues,
+                queue_events,
+                interrupt: Arc::clone(&self.interrupt) as _,
+                acked_features: state.acked_features,
+            })
+        } else {
+            None
+        };
+        self.device.restore_state(&state.device, activation)?;
+        for (config, snapshot) in self.queues.iter_mut().zip(&state.queues) {
+            *config = snapshot.config();
+        }
+        self.status = state.status;
+        self.acked_features = state.acked_features;
+        self.queue_select = state.queue_select;
+        self.device_features_select = state.device_features_select;
+        self.driver_features_select = state.driver_features_select;
+        self.interrupt
+            .restore(state.interrupt_status, state.needs_reset);
+        Ok(())
     }
 
     fn reset(&mut self) {

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::GuestAddress;
 
 use crate::GuestMemory;
@@ -75,6 +75,44 @@ pub enum QueueError {
     Broken(virtio_queue::Error),
 }
 
+/// Everything needed to rebuild a running queue: the driver's configuration and the device's
+/// progress through the rings (virtio-queue's `QueueState`, in a form a snapshot can store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    /// QueueNumMax.
+    pub max_size: u16,
+    /// QueueNum.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+    /// The next available-ring entry the device will read.
+    pub next_avail: u16,
+    /// The next used-ring entry the device will write.
+    pub next_used: u16,
+    /// Whether EVENT_IDX was negotiated.
+    pub event_idx: bool,
+}
+
+impl QueueSnapshot {
+    /// The driver's configuration of this queue, as the transport registers hold it.
+    pub fn config(&self) -> QueueConfig {
+        QueueConfig {
+            max_size: self.max_size,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+        }
+    }
+}
+
 /// The device side of one split virtqueue.
 #[derive(Debug)]
 pub struct VirtQueue {
@@ -116,6 +154,41 @@ impl VirtQueue {
             });
         }
         Ok(Self { queue })
+    }
+
+    /// Rebuilds a queue from a snapshot, with the same checks as [`VirtQueue::new`]: a snapshot
+    /// is as untrusted as the driver that wrote the registers it records.
+    pub fn from_snapshot(snapshot: &QueueSnapshot, mem: &GuestMemory) -> Result<Self, QueueError> {
+        let mut queue = Self::new(&snapshot.config(), mem, snapshot.event_idx)?;
+        queue.queue.set_next_avail(snapshot.next_avail);
+        queue.queue.set_next_used(snapshot.next_used);
+        Ok(queue)
+    }
+
+    /// The queue's configuration and progress, for a snapshot.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let QueueState {
+            max_size,
+            next_avail,
+            next_used,
+            event_idx_enabled,
+            size,
+            ready,
+            desc_table,
+            avail_ring,
+            used_ring,
+        } = self.queue.state();
+        QueueSnapshot {
+            max_size,
+            size,
+            ready,
+            desc_table,
+            avail_ring,
+            used_ring,
+            next_avail,
+            next_used,
+            event_idx: event_idx_enabled,
+        }
     }
 
     /// The size the driver chose: the longest possible chain.

@@ -11,7 +11,6 @@ pub mod boot;
 pub mod cli;
 pub mod control;
 pub mod devices;
-pub mod drives;
 pub mod exit;
 pub mod kvm;
 pub mod vm_config;

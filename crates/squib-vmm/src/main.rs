@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         std::process::exit(squib_vmm::api::process::run(&args, process_start));
     }
     let config = match cli::parse(args) {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             // Both modes: booting from the command line, or the Firecracker way.
             println!("{}\n{}", cli::USAGE, squib_vmm::api::process::USAGE);

@@ -26,12 +26,12 @@ use crate::GuestMemory;
 use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_DEVICE_SIZE};
 use crate::boot::{self, BootError};
 use crate::control::{RunControl, VmState};
+use crate::devices::block::{self, DriveError};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::Bus;
+use crate::devices::manager::DeviceManager;
 use crate::devices::serial::{self, SerialOutput};
-use crate::devices::virtio_mmio::VirtioMmioManager;
 use crate::devices::{self, DeviceError, LegacyDevices};
-use crate::drives::{self, DriveError, DriveHandle};
 use crate::exit::{ExitReason, ExitSender};
 use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
@@ -79,9 +79,6 @@ pub enum VmmError {
     /// A drive could not be opened.
     #[error(transparent)]
     Drive(#[from] DriveError),
-    /// The entropy device could not be set up.
-    #[error(transparent)]
-    Entropy(#[from] crate::devices::rng::EntropyError),
     /// The guest could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
@@ -96,9 +93,15 @@ pub enum VmmError {
     /// The vCPU kick signal could not be set up.
     #[error("cannot set up the vCPU kick signal: {0}")]
     KickSignal(std::io::Error),
-    /// The vsock device model is not wired into the VMM yet.
-    #[error("the vsock device is configured but this build of squib cannot start it yet")]
-    VsockNotBuilt,
+    /// A device could not restart its worker after a pause.
+    #[error("resuming the devices: {0}")]
+    DeviceResume(squib_virtio::device::ActivateError),
+    /// The entropy device could not be set up.
+    #[error(transparent)]
+    Entropy(#[from] crate::devices::rng::EntropyError),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::vsock::VsockBuildError),
     /// The VM is stopping: it can no longer be paused or resumed.
     #[error("the microVM is stopping")]
     Stopping,
@@ -123,18 +126,17 @@ impl std::fmt::Debug for StartOptions {
     }
 }
 
-/// What the handle, the vCPU threads and the main loop share.
+/// The running machine, as the handle, the vCPU threads and the main loop share it.
 #[derive(Debug)]
-struct Shared {
+struct RunningVm {
     control: RunControl,
     vcpu_threads: Mutex<Vec<JoinHandle<()>>>,
     exit: ExitSender,
     legacy: LegacyDevices,
-    drives: Vec<DriveHandle>,
-    entropy: Option<Arc<squib_virtio::rng::RngMetrics>>,
+    devices: DeviceManager,
 }
 
-impl Shared {
+impl RunningVm {
     fn kick_vcpus(&self) {
         let threads = self
             .vcpu_threads
@@ -150,22 +152,27 @@ impl Shared {
 
 /// A cloneable, thread-safe control handle on a running microVM.
 #[derive(Clone, Debug)]
-pub struct VmmHandle(Arc<Shared>);
+pub struct VmmHandle(Arc<RunningVm>);
 
 impl VmmHandle {
-    /// Parks every vCPU outside `KVM_RUN`; returns once all are parked.
+    /// Parks every vCPU outside `KVM_RUN`, then stops every device once its requests in
+    /// flight are published: nothing changes guest memory or device state until
+    /// [`resume`](Self::resume). Returns once all are stopped — within one request per device
+    /// and one exit per vCPU, whatever the guest does.
     pub fn pause(&self) -> Result<(), VmmError> {
         if !self.0.control.request_pause() {
             return Err(VmmError::Stopping);
         }
         self.0.kick_vcpus();
         self.0.control.wait_parked();
+        self.0.devices.pause();
         tracing::info!("microVM paused");
         Ok(())
     }
 
-    /// Lets parked vCPUs run again.
+    /// Starts the devices, then lets the parked vCPUs run again.
     pub fn resume(&self) -> Result<(), VmmError> {
+        self.0.devices.resume().map_err(VmmError::DeviceResume)?;
         if !self.0.control.resume() {
             return Err(VmmError::Stopping);
         }
@@ -198,21 +205,16 @@ impl VmmHandle {
         self.0.control.state()
     }
 
-    /// The drives, in guest order (`/dev/vda` first).
-    pub fn drives(&self) -> &[DriveHandle] {
-        &self.0.drives
-    }
-
-    /// The entropy device's counters, if it has one.
-    pub fn entropy_metrics(&self) -> Option<squib_virtio::rng::RngMetricsSnapshot> {
-        self.0.entropy.as_ref().map(|m| m.snapshot())
+    /// The virtio devices.
+    pub fn devices(&self) -> &DeviceManager {
+        &self.0.devices
     }
 }
 
 /// A running microVM.
 #[derive(Debug)]
 pub struct Vmm {
-    shared: Arc<Shared>,
+    shared: Arc<RunningVm>,
     exit_rx: Receiver<ExitReason>,
     // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
     _vm: VmFd,
@@ -229,9 +231,6 @@ fn validate(config: &VmConfig) -> Result<(), VmmError> {
     }
     if machine.smt {
         return Err(VmmError::Smt);
-    }
-    if config.vsock.is_some() {
-        return Err(VmmError::VsockNotBuilt);
     }
     Ok(())
 }
@@ -255,7 +254,7 @@ impl Vmm {
         let exit = ExitSender::new(exit_tx);
         let vcpus_start = Arc::new(OnceLock::new());
 
-        let (vcpus, pio, mmio, legacy, drives, entropy) = std::thread::scope(|scope| {
+        let (vcpus, pio, mmio, legacy, devices) = std::thread::scope(|scope| {
             // 4. Registration, overlapped with everything up to 7.
             let registration = std::thread::Builder::new()
                 .name("mem-register".into())
@@ -291,19 +290,20 @@ impl Vmm {
                 )
                 .map_err(DeviceError::from)?;
             }
-            let mut virtio = VirtioMmioManager::new();
-            let drives = drives::attach_all(&vm, &mem, &mut mmio, &mut virtio, &config.drives)?;
-            let entropy = config
-                .entropy
-                .as_ref()
-                .map(|entropy| devices::rng::attach(&vm, &mem, &mut mmio, &mut virtio, entropy))
-                .transpose()?;
+            let mut devices = DeviceManager::new();
+            block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
+            if let Some(entropy) = &config.entropy {
+                devices::rng::attach(&vm, &mem, &mut mmio, &mut devices, entropy)?;
+            }
+            if let Some(vsock) = &config.vsock {
+                devices::vsock::attach(&vm, &mem, &mut mmio, &mut devices, vsock)?;
+            }
 
             // 6.
             let machine = boot::Machine {
                 mem_bytes,
                 vcpu_count,
-                virtio_slots: virtio.slots(),
+                virtio_slots: devices.slots(),
                 options: config.boot_options,
             };
             let entry = boot::load(&mem, &machine, source, &config.drives)?;
@@ -314,16 +314,15 @@ impl Vmm {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, drives, entropy))
+            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, devices))
         })?;
 
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(RunningVm {
             control: RunControl::new(vcpus.len()),
             vcpu_threads: Mutex::new(Vec::with_capacity(vcpus.len())),
             exit,
             legacy,
-            drives,
-            entropy,
+            devices,
         });
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let _ = vcpus_start.set(Instant::now());
@@ -394,7 +393,7 @@ impl Vmm {
 }
 
 /// Stops and joins every vCPU thread, then flushes the drives.
-fn shutdown(shared: &Shared) {
+fn shutdown(shared: &RunningVm) {
     shared.control.request_stop();
     shared.kick_vcpus();
     let threads = std::mem::take(
@@ -408,15 +407,13 @@ fn shutdown(shared: &Shared) {
             tracing::error!("a vCPU thread panicked");
         }
     }
-    for drive in &shared.drives {
-        if let Err(err) = drive.flush() {
-            tracing::error!("drive {}: flush at shutdown failed: {err}", drive.id());
-        }
+    for (id, err) in shared.devices.flush_drives() {
+        tracing::error!("drive {id}: flush at shutdown failed: {err}");
     }
 }
 
 /// A vCPU thread: run the guest until told to stop or the guest stops the VM.
-fn run_vcpu(mut vcpu: Vcpu, shared: &Shared, pio: &Bus, mmio: &Bus) {
+fn run_vcpu(mut vcpu: Vcpu, shared: &RunningVm, pio: &Bus, mmio: &Bus) {
     // Blocked outside KVM_RUN, unblocked inside: see `squib_host::signals`.
     let kick_setup = signals::block(&[signals::kick_signal()])
         .and_then(|()| signals::unblock_kick_during_run(vcpu.fd()));

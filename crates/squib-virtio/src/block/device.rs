@@ -1,151 +1,44 @@
-//! The virtio-blk device: its configuration, the features it offers, its configuration space
-//! (virtio 1.2 §5.2.4) and activation, which hands the queue to a worker thread.
+//! The virtio-blk device: the features it offers, its configuration space (virtio 1.2 §5.2.4),
+//! and its life on the shared device runtime (activation, pause, reset, snapshot state).
 
-use std::io;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tracing::debug;
-use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
-};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
 use super::backend::{BlockBackend, SECTOR_SIZE};
-use super::handle::{BlockHandle, Shared};
-use super::worker::{Worker, WorkerHandle};
+use super::config::{
+    BlockConfig, BlockError, BlockLimits, CacheType, DriveSerial, FEATURE_BLK_SIZE,
+    FEATURE_DISCARD, FEATURE_FLUSH, FEATURE_RO, FEATURE_SEG_MAX, FEATURE_WRITE_ZEROES, Negotiated,
+    QUEUE_SIZE, SEG_MAX, ServeConfig,
+};
+use super::drive_state::{BlockHandle, DriveState};
+use super::handler::BlockHandler;
 use crate::device::{
     ActivateError, Activation, FEATURE_EVENT_IDX, FEATURE_VERSION_1, VirtioDevice,
 };
-use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
+use crate::persist::{DeviceState, StateError};
+use crate::queue::QueueSnapshot;
+use crate::rate_limiter::RateLimiter;
+use crate::runtime::{DeviceRuntime, QueueParts};
 
-/// Descriptors per queue the device supports.
-pub const QUEUE_SIZE: u16 = 256;
-/// Data descriptors per request (`seg_max`): a chain also needs a header and a status descriptor.
-pub const SEG_MAX: usize = QUEUE_SIZE as usize - 2;
-/// Bytes of the GET_ID answer (`VIRTIO_BLK_ID_BYTES`).
-pub const DRIVE_SERIAL_LEN: usize = 20;
-
-pub(crate) const FEATURE_RO: u64 = 1 << VIRTIO_BLK_F_RO;
-pub(crate) const FEATURE_FLUSH: u64 = 1 << VIRTIO_BLK_F_FLUSH;
-pub(crate) const FEATURE_DISCARD: u64 = 1 << VIRTIO_BLK_F_DISCARD;
-pub(crate) const FEATURE_WRITE_ZEROES: u64 = 1 << VIRTIO_BLK_F_WRITE_ZEROES;
-const FEATURE_SEG_MAX: u64 = 1 << VIRTIO_BLK_F_SEG_MAX;
-const FEATURE_BLK_SIZE: u64 = 1 << VIRTIO_BLK_F_BLK_SIZE;
-
-/// How the guest's writes reach the disk.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CacheType {
-    /// FLUSH is not offered; the host decides when data reaches the disk.
-    #[default]
-    Unsafe,
-    /// FLUSH is offered and forwarded to the backend.
-    Writeback,
-}
-
-/// Per-request limits advertised in configuration space and enforced on every request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockLimits {
-    /// Longest DISCARD range, in sectors.
-    pub max_discard_sectors: u32,
-    /// Longest WRITE_ZEROES range, in sectors.
-    pub max_write_zeroes_sectors: u32,
-}
-
-impl Default for BlockLimits {
-    fn default() -> Self {
-        // 2 GiB per range: large enough that Linux rarely splits, small enough that one request
-        // cannot occupy the worker for long.
-        Self {
-            max_discard_sectors: 1 << 22,
-            max_write_zeroes_sectors: 1 << 22,
-        }
-    }
-}
-
-/// How the VMM configures one drive.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlockConfig {
-    /// The API's `drive_id`; its first 20 bytes are the GET_ID serial.
-    pub drive_id: String,
-    /// Whether FLUSH is offered.
-    pub cache_type: CacheType,
-    /// Request limits.
-    pub limits: BlockLimits,
-    /// I/O throttling (Firecracker's `rate_limiter`); `None` does not limit.
-    pub rate_limiter: Option<RateLimiterSpec>,
-}
-
-impl BlockConfig {
-    /// A drive with default limits and no throttling.
-    pub fn new(drive_id: impl Into<String>, cache_type: CacheType) -> Self {
-        Self {
-            drive_id: drive_id.into(),
-            cache_type,
-            limits: BlockLimits::default(),
-            rate_limiter: None,
-        }
-    }
-}
-
-/// Why a block device could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum BlockError {
-    /// GET_ID would answer with nothing.
-    #[error("the drive id is empty")]
-    EmptyDriveId,
-    /// A zero limit would forbid every request of that type while advertising support for it.
-    #[error("{0} must be at least 1 sector")]
-    ZeroLimit(&'static str),
-    /// A token bucket that cannot be represented.
-    #[error("rate limiter: {0}")]
-    RateLimiter(#[from] RateLimiterError),
-    /// The host refused an eventfd or a timerfd.
-    #[error("cannot create the device's event or timer fd: {0}")]
-    Host(#[source] io::Error),
-}
-
-/// The GET_ID answer: the drive id's first 20 bytes, NUL-padded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct DriveSerial([u8; DRIVE_SERIAL_LEN]);
-
-impl DriveSerial {
-    fn new(drive_id: &str) -> Self {
-        let mut serial = [0; DRIVE_SERIAL_LEN];
-        let len = drive_id.len().min(DRIVE_SERIAL_LEN);
-        serial[..len].copy_from_slice(&drive_id.as_bytes()[..len]);
-        Self(serial)
-    }
-
-    pub(crate) fn as_bytes(&self) -> &[u8; DRIVE_SERIAL_LEN] {
-        &self.0
-    }
-}
-
-/// What the driver accepted that changes how requests are served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Negotiated {
-    pub(crate) flush: bool,
-    pub(crate) discard: bool,
-    pub(crate) write_zeroes: bool,
-}
-
-/// The settings a worker serves requests with.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ServeConfig {
-    pub(crate) serial: DriveSerial,
-    pub(crate) limits: BlockLimits,
-    pub(crate) negotiated: Negotiated,
+/// What a snapshot keeps of a virtio-blk device beyond its queues: the backend and its limits
+/// come from the configuration the restoring process is given, as in Firecracker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockState {
+    /// ConfigGeneration, so a driver comparing it across the snapshot sees no change.
+    pub config_generation: u32,
 }
 
 /// A virtio-blk device.
 #[derive(Debug)]
 pub struct BlockDevice {
-    shared: Arc<Shared>,
+    shared: Arc<DriveState>,
     serial: DriveSerial,
     limits: BlockLimits,
     offered_features: u64,
-    worker: Option<WorkerHandle>,
+    runtime: DeviceRuntime<BlockHandler>,
 }
 
 impl BlockDevice {
@@ -178,13 +71,13 @@ impl BlockDevice {
             }
             None => None,
         };
-        let shared = Shared::new(backend, limiter).map_err(BlockError::Host)?;
+        let shared = DriveState::new(backend, limiter).map_err(BlockError::Host)?;
         Ok(Self {
             shared: Arc::new(shared),
             serial: DriveSerial::new(&config.drive_id),
             limits: config.limits,
             offered_features,
-            worker: None,
+            runtime: DeviceRuntime::new("squib-blk"),
         })
     }
 
@@ -193,9 +86,46 @@ impl BlockDevice {
         BlockHandle::new(Arc::clone(&self.shared))
     }
 
-    /// Whether a worker is serving the queue.
+    /// Whether the driver activated the device (and did not reset it since).
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.runtime.is_active()
+    }
+
+    /// The handler and queues one activation serves (DRIVER_OK or a restored snapshot).
+    fn prepare(&self, activation: Activation) -> Result<(BlockHandler, QueueParts), ActivateError> {
+        let Activation {
+            mem,
+            queues,
+            queue_events,
+            interrupt,
+            acked_features,
+        } = activation;
+        if queues.len() != 1 || queue_events.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len().min(queue_events.len()),
+            });
+        }
+        let serve = ServeConfig {
+            serial: self.serial,
+            limits: self.limits,
+            negotiated: Negotiated {
+                flush: acked_features & FEATURE_FLUSH != 0,
+                discard: acked_features & FEATURE_DISCARD != 0,
+                write_zeroes: acked_features & FEATURE_WRITE_ZEROES != 0,
+            },
+        };
+        self.shared.set_interrupt(Some(Arc::clone(&interrupt)));
+        let handler = BlockHandler::new(mem.clone(), Arc::clone(&self.shared), serve);
+        Ok((
+            handler,
+            QueueParts {
+                mem,
+                queues,
+                queue_events,
+                interrupt,
+            },
+        ))
     }
 
     /// `struct virtio_blk_config` up to and including `write_zeroes_may_unmap` (virtio 1.2
@@ -272,57 +202,64 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
+        if self.runtime.is_active() {
             return Err(ActivateError::AlreadyActive);
         }
-        let Activation {
-            mem,
-            queues,
-            queue_events,
-            interrupt,
-            acked_features,
-        } = activation;
-        let got = queues.len().min(queue_events.len());
-        let (Some(queue), Some(queue_event), 1) = (
-            queues.into_iter().next(),
-            queue_events.into_iter().next(),
-            got,
-        ) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        let serve = ServeConfig {
-            serial: self.serial,
-            limits: self.limits,
-            negotiated: Negotiated {
-                flush: acked_features & FEATURE_FLUSH != 0,
-                discard: acked_features & FEATURE_DISCARD != 0,
-                write_zeroes: acked_features & FEATURE_WRITE_ZEROES != 0,
-            },
-        };
-        self.shared.set_interrupt(Some(Arc::clone(&interrupt)));
-        let worker = Worker::new(
-            mem,
-            queue,
-            queue_event,
-            interrupt,
-            Arc::clone(&self.shared),
-            serve,
-        );
-        match WorkerHandle::spawn(worker) {
-            Ok(handle) => {
-                self.worker = Some(handle);
-                Ok(())
-            }
-            Err(error) => {
-                self.shared.set_interrupt(None);
-                Err(ActivateError::Host(error))
-            }
-        }
+        let (handler, parts) = self.prepare(activation)?;
+        self.runtime.activate(handler, parts).inspect_err(|_| {
+            self.shared.set_interrupt(None);
+        })
     }
 
     fn reset(&mut self) {
-        // Dropping the handle stops and joins the worker.
-        self.worker = None;
+        // Dropping the handler joins its I/O threads after their requests; the rate limiter
+        // goes back to the drive state.
+        drop(self.runtime.reset());
         self.shared.set_interrupt(None);
+    }
+
+    fn disable_queue(&mut self, index: usize) {
+        if let Err(error) = self.runtime.disable_queue(index) {
+            tracing::error!(%error, "virtio-blk: cannot restart the worker after stopping a queue");
+        }
+    }
+
+    fn pause(&mut self) {
+        self.runtime.pause();
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        Ok(self.runtime.resume()?)
+    }
+
+    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
+        self.runtime.queue_snapshots()
+    }
+
+    fn save_state(&self) -> Result<DeviceState, StateError> {
+        if self.runtime.is_active() && !self.runtime.is_paused() {
+            return Err(StateError::Running);
+        }
+        Ok(DeviceState::Block(BlockState {
+            config_generation: self.shared.config_generation(),
+        }))
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &DeviceState,
+        activation: Option<Activation>,
+    ) -> Result<(), StateError> {
+        let DeviceState::Block(state) = state else {
+            return Err(StateError::StateMismatch("virtio-blk"));
+        };
+        self.shared
+            .restore_config_generation(state.config_generation);
+        drop(self.runtime.reset());
+        if let Some(activation) = activation {
+            let (handler, parts) = self.prepare(activation)?;
+            self.runtime.restore_paused(handler, parts);
+        }
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A backend that gains from concurrency ([`BlockBackend::concurrent_io`] above 1: a file that
 //! bypasses the page cache, where each request waits tens of µs for the disk) gets a pool of
-//! that many `squib-blk-io` threads, spawned and joined by the device's worker. The worker stays
+//! that many `squib-blk-io` threads, spawned and joined by the device's handler. The worker stays
 //! the only thread that touches the virtqueue: it pops, parses, validates and charges the rate
 //! limiter, then hands the request to an idle I/O thread, which executes it and writes its
 //! status byte; the worker puts the completion on the used ring and interrupts the driver.
@@ -28,8 +28,8 @@ use tracing::error;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::backend::BlockBackend;
-use super::device::ServeConfig;
-use super::handle::Shared;
+use super::config::ServeConfig;
+use super::drive_state::DriveState;
 use super::request::{Completion, ParsedRequest, RequestContext, SegmentBuf};
 use crate::GuestMemory;
 
@@ -82,7 +82,7 @@ impl IoPool {
         threads: usize,
         mem: &GuestMemory,
         serve: ServeConfig,
-        shared: &Arc<Shared>,
+        shared: &Arc<DriveState>,
     ) -> io::Result<Self> {
         let threads = threads.clamp(1, MAX_IO_THREADS);
         let (done_tx, done) = mpsc::sync_channel(threads);
@@ -179,6 +179,26 @@ impl IoPool {
         })
     }
 
+    /// Waits until every request in flight is done, passing each completion to `complete` (a
+    /// pause publishes everything before the queues are saved).
+    pub(crate) fn wait_all<E>(
+        &mut self,
+        mut complete: impl FnMut(Completion) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while self.in_flight() > 0 {
+            // The threads are alive while the pool is: a slot always comes back.
+            let Ok(slot) = self.done.recv() else {
+                break;
+            };
+            self.reaped += 1;
+            let completion = slot.completion;
+            self.free.push(slot);
+            complete(completion)?;
+        }
+        let _ = self.done_event.read();
+        Ok(())
+    }
+
     /// Takes back every finished request, passing each completion to `complete`.
     pub(crate) fn reap<E>(
         &mut self,
@@ -221,7 +241,7 @@ struct IoThread {
     completed: Arc<AtomicU64>,
     mem: GuestMemory,
     serve: ServeConfig,
-    shared: Arc<Shared>,
+    shared: Arc<DriveState>,
 }
 
 impl IoThread {

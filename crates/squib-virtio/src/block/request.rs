@@ -24,7 +24,7 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::backend::{BackendError, BlockBackend, SECTOR_SIZE, Segment};
-use super::device::{BlockLimits, SEG_MAX, ServeConfig};
+use super::config::{BlockLimits, SEG_MAX, ServeConfig};
 use super::metrics::{BlockMetrics, Completed};
 use crate::GuestMemory;
 use crate::queue::Chain;

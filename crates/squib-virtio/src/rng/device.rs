@@ -1,5 +1,5 @@
 //! The entropy device: no configuration space, one request queue, activation hands the queue to
-//! a worker running [`RngHandler`].
+//! the device runtime running [`RngHandler`].
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,8 +10,10 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use super::handler::RngHandler;
 use super::metrics::{RngMetrics, RngMetricsSnapshot};
 use crate::device::{ActivateError, Activation, FEATURE_VERSION_1, VirtioDevice};
-use crate::handler_worker::HandlerWorker;
+use crate::persist::{DeviceState, StateError};
+use crate::queue::QueueSnapshot;
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
+use crate::runtime::{DeviceRuntime, QueueParts};
 
 /// Descriptors in the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -41,7 +43,7 @@ pub struct RngDevice {
     /// The limiter between activations: its buckets belong to the device, so a guest cannot
     /// refill them by resetting it.
     limiter: Arc<Mutex<Option<RateLimiter>>>,
-    worker: Option<HandlerWorker>,
+    runtime: DeviceRuntime<RngHandler>,
 }
 
 impl RngDevice {
@@ -57,7 +59,7 @@ impl RngDevice {
         Ok(Self {
             metrics: Arc::default(),
             limiter: Arc::new(Mutex::new(limiter)),
-            worker: None,
+            runtime: DeviceRuntime::new("squib-rng"),
         })
     }
 
@@ -73,7 +75,43 @@ impl RngDevice {
 
     /// Whether a worker is serving the queue.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.runtime.is_active()
+    }
+
+    fn prepare(&self, activation: Activation) -> Result<(RngHandler, QueueParts), ActivateError> {
+        let Activation {
+            mem,
+            queues,
+            queue_events,
+            interrupt,
+            ..
+        } = activation;
+        if queues.len() != 1 || queue_events.len() != 1 {
+            self.metrics.activate_fails(1);
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len().min(queue_events.len()),
+            });
+        }
+        let limiter = self
+            .limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let handler = RngHandler::new(
+            Arc::clone(&self.metrics),
+            limiter,
+            Arc::clone(&self.limiter),
+        );
+        Ok((
+            handler,
+            QueueParts {
+                mem,
+                queues,
+                queue_events,
+                interrupt,
+            },
+        ))
     }
 }
 
@@ -109,45 +147,58 @@ impl VirtioDevice for RngDevice {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
+        if self.runtime.is_active() {
             return Err(ActivateError::AlreadyActive);
         }
-        let Activation {
-            mem,
-            queues,
-            queue_events,
-            interrupt,
-            ..
-        } = activation;
-        let got = queues.len().min(queue_events.len());
-        if got != 1 || queues.len() != queue_events.len() {
-            self.metrics.activate_fails(1);
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        }
-        let limiter = self
-            .limiter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let handler = RngHandler::new(
-            Arc::clone(&self.metrics),
-            limiter,
-            Arc::clone(&self.limiter),
-        );
-        match HandlerWorker::spawn("rng", handler, mem, queues, queue_events, interrupt) {
-            Ok(worker) => {
-                self.worker = Some(worker);
-                Ok(())
-            }
-            Err(error) => {
-                self.metrics.activate_fails(1);
-                Err(ActivateError::Host(error))
-            }
-        }
+        let (handler, parts) = self.prepare(activation)?;
+        self.runtime
+            .activate(handler, parts)
+            .inspect_err(|_| self.metrics.activate_fails(1))
     }
 
     fn reset(&mut self) {
-        // Dropping the worker stops and joins it; its handler parks the limiter again.
-        self.worker = None;
+        // Dropping the handler parks the limiter in the device again.
+        drop(self.runtime.reset());
+    }
+
+    fn disable_queue(&mut self, index: usize) {
+        if let Err(error) = self.runtime.disable_queue(index) {
+            tracing::error!(%error, "virtio-rng: cannot restart the worker after stopping a queue");
+        }
+    }
+
+    fn pause(&mut self) {
+        self.runtime.pause();
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        Ok(self.runtime.resume()?)
+    }
+
+    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
+        self.runtime.queue_snapshots()
+    }
+
+    fn save_state(&self) -> Result<DeviceState, StateError> {
+        if self.runtime.is_active() && !self.runtime.is_paused() {
+            return Err(StateError::Running);
+        }
+        Ok(DeviceState::Entropy)
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &DeviceState,
+        activation: Option<Activation>,
+    ) -> Result<(), StateError> {
+        if *state != DeviceState::Entropy {
+            return Err(StateError::StateMismatch("virtio-rng"));
+        }
+        drop(self.runtime.reset());
+        if let Some(activation) = activation {
+            let (handler, parts) = self.prepare(activation)?;
+            self.runtime.restore_paused(handler, parts);
+        }
+        Ok(())
     }
 }

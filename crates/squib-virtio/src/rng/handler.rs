@@ -15,9 +15,9 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::metrics::RngMetrics;
 use crate::GuestMemory;
-use crate::handler_worker::{DeviceHandler, EventRegistry, WorkerContext};
 use crate::queue::{Chain, QueueError};
 use crate::rate_limiter::RateLimiter;
+use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
 
 /// The most bytes one request gets: bounds the worker's time per request (and the limiter's
 /// charge) whatever length the guest claims. The used length tells the driver how many it got.
@@ -53,7 +53,11 @@ impl RngHandler {
             return Ok(());
         }
         let mut completed = false;
+        let stop = cx.stop_signal();
         while let Some(queue) = cx.queues.first_mut() {
+            if stop.is_set() {
+                break;
+            }
             let Some(chain) = queue.pop(cx.mem)? else {
                 break;
             };
@@ -77,7 +81,7 @@ impl RngHandler {
             completed = true;
         }
         if completed {
-            cx.interrupt.signal_used_buffer();
+            cx.notify_used(0)?;
         }
         Ok(())
     }
@@ -170,8 +174,9 @@ impl DeviceHandler for RngHandler {
         &mut self,
         _queue: usize,
         cx: &mut WorkerContext<'_>,
-    ) -> Result<(), QueueError> {
-        self.drain(cx)
+    ) -> Result<Pending, QueueError> {
+        self.drain(cx)?;
+        Ok(Pending::NONE)
     }
 
     fn process_event(
@@ -179,9 +184,9 @@ impl DeviceHandler for RngHandler {
         token: u32,
         _events: EventSet,
         cx: &mut WorkerContext<'_>,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Pending, QueueError> {
         if token != TOKEN_LIMITER {
-            return Ok(());
+            return Ok(Pending::NONE);
         }
         if let Some(limiter) = self.limiter.as_mut() {
             self.metrics.rate_limiter_event_count(1);
@@ -189,7 +194,8 @@ impl DeviceHandler for RngHandler {
                 error!(%error, "virtio-rng rate limiter timer failed");
             }
         }
-        self.drain(cx)
+        self.drain(cx)?;
+        Ok(Pending::NONE)
     }
 }
 

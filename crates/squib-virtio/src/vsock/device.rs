@@ -10,10 +10,14 @@ use tracing::{debug, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use serde::{Deserialize, Serialize};
+
 use super::handler::{HandlerConfig, VsockHandler};
 use super::metrics::{VsockMetrics, VsockMetricsSnapshot};
 use crate::device::{ActivateError, Activation, FEATURE_VERSION_1, VirtioDevice};
-use crate::handler_worker::HandlerWorker;
+use crate::persist::{DeviceState, StateError};
+use crate::queue::QueueSnapshot;
+use crate::runtime::{DeviceRuntime, QueueParts};
 
 /// Descriptors per queue (rx, tx, event).
 pub const QUEUE_SIZE: u16 = 256;
@@ -48,6 +52,14 @@ pub enum VsockError {
     Host(#[source] io::Error),
 }
 
+/// What a snapshot keeps of a vsock device: its CID, checked on restore. Connections are not
+/// kept: the guest learns of it from a TRANSPORT_RESET event when the device resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockState {
+    /// The guest's context id.
+    pub guest_cid: u64,
+}
+
 /// The API side of a vsock device: counters and the transport reset the snapshot code sends.
 #[derive(Clone, Debug)]
 pub struct VsockHandle {
@@ -76,7 +88,7 @@ pub struct VsockDevice {
     listener: UnixListener,
     metrics: Arc<VsockMetrics>,
     reset_request: Arc<EventFd>,
-    worker: Option<HandlerWorker>,
+    runtime: DeviceRuntime<VsockHandler>,
 }
 
 impl VsockDevice {
@@ -103,7 +115,7 @@ impl VsockDevice {
             listener,
             metrics: Arc::default(),
             reset_request: Arc::new(reset_request),
-            worker: None,
+            runtime: DeviceRuntime::new("squib-vsock"),
         })
     }
 
@@ -122,10 +134,10 @@ impl VsockDevice {
 
     /// Whether a worker is serving the queues.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.runtime.is_active()
     }
 
-    fn start(&mut self, activation: Activation) -> io::Result<HandlerWorker> {
+    fn prepare(&self, activation: Activation) -> Result<(VsockHandler, QueueParts), ActivateError> {
         let Activation {
             mem,
             queues,
@@ -133,6 +145,13 @@ impl VsockDevice {
             interrupt,
             ..
         } = activation;
+        if queues.len() != QUEUE_SIZES.len() || queue_events.len() != QUEUE_SIZES.len() {
+            self.metrics.activate_fails(1);
+            return Err(ActivateError::QueueCount {
+                expected: QUEUE_SIZES.len(),
+                got: queues.len().min(queue_events.len()),
+            });
+        }
         let handler = VsockHandler::new(HandlerConfig {
             guest_cid: self.guest_cid,
             uds_path: self.uds_path.clone(),
@@ -140,7 +159,15 @@ impl VsockDevice {
             reset_request: self.reset_request.try_clone()?,
             metrics: Arc::clone(&self.metrics),
         });
-        HandlerWorker::spawn("vsock", handler, mem, queues, queue_events, interrupt)
+        Ok((
+            handler,
+            QueueParts {
+                mem,
+                queues,
+                queue_events,
+                interrupt,
+            },
+        ))
     }
 }
 
@@ -187,32 +214,67 @@ impl VirtioDevice for VsockDevice {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
+        if self.runtime.is_active() {
             return Err(ActivateError::AlreadyActive);
         }
-        let got = activation.queues.len().min(activation.queue_events.len());
-        if got != QUEUE_SIZES.len() || activation.queues.len() != activation.queue_events.len() {
-            self.metrics.activate_fails(1);
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got,
-            });
-        }
-        match self.start(activation) {
-            Ok(worker) => {
-                self.worker = Some(worker);
-                Ok(())
-            }
-            Err(error) => {
-                self.metrics.activate_fails(1);
-                Err(ActivateError::Host(error))
-            }
-        }
+        let (handler, parts) = self.prepare(activation)?;
+        self.runtime
+            .activate(handler, parts)
+            .inspect_err(|_| self.metrics.activate_fails(1))
     }
 
     fn reset(&mut self) {
-        // Dropping the worker stops it and closes every connection's socket.
-        self.worker = None;
+        // Dropping the handler closes every connection's socket.
+        drop(self.runtime.reset());
+    }
+
+    fn disable_queue(&mut self, index: usize) {
+        if let Err(error) = self.runtime.disable_queue(index) {
+            tracing::error!(%error, "virtio-vsock: cannot restart the worker after stopping a queue");
+        }
+    }
+
+    fn pause(&mut self) {
+        // The handler, and with it every connection, waits for the resume.
+        self.runtime.pause();
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        Ok(self.runtime.resume()?)
+    }
+
+    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
+        self.runtime.queue_snapshots()
+    }
+
+    fn save_state(&self) -> Result<DeviceState, StateError> {
+        if self.runtime.is_active() && !self.runtime.is_paused() {
+            return Err(StateError::Running);
+        }
+        Ok(DeviceState::Vsock(VsockState {
+            guest_cid: self.guest_cid,
+        }))
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &DeviceState,
+        activation: Option<Activation>,
+    ) -> Result<(), StateError> {
+        match state {
+            DeviceState::Vsock(saved) if saved.guest_cid == self.guest_cid => {}
+            _ => return Err(StateError::StateMismatch("virtio-vsock (same guest_cid)")),
+        }
+        drop(self.runtime.reset());
+        if let Some(activation) = activation {
+            let (handler, parts) = self.prepare(activation)?;
+            self.runtime.restore_paused(handler, parts);
+            // The guest's connections died with the snapshot: tell it once the worker runs.
+            self.reset_request
+                .write(1)
+                .map_err(|e| StateError::Activate(ActivateError::Host(e)))?;
+        }
+        Ok(())
     }
 }
 

@@ -33,8 +33,8 @@ use super::connection::{Connection, Kill, State};
 use super::metrics::VsockMetrics;
 use super::packet::{HDR_LEN, HOST_CID, Header, Segments, TYPE_STREAM, op, shutdown};
 use crate::GuestMemory;
-use crate::handler_worker::{DeviceHandler, EventRegistry, WorkerContext};
 use crate::queue::QueueError;
+use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
 
 pub(crate) const RX: usize = 0;
 pub(crate) const TX: usize = 1;
@@ -161,10 +161,10 @@ impl VsockHandler {
     }
 
     fn send_pending_events(&mut self, cx: &mut WorkerContext<'_>) -> Result<(), QueueError> {
-        let Some(queue) = cx.queues.get_mut(EVENT) else {
-            return Ok(());
-        };
         while self.transport_reset_pending {
+            let Some(queue) = cx.queues.get_mut(EVENT) else {
+                return Ok(());
+            };
             let Some(chain) = queue.pop(cx.mem)? else {
                 break;
             };
@@ -184,7 +184,7 @@ impl VsockHandler {
                 self.metrics.ev_queue_event_fails(1);
             }
             queue.complete(cx.mem, head, written)?;
-            cx.interrupt.signal_used_buffer();
+            cx.notify_used(EVENT)?;
         }
         Ok(())
     }
@@ -299,7 +299,8 @@ impl VsockHandler {
 
     fn process_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<(), QueueError> {
         let mut completed = false;
-        loop {
+        let stop = cx.stop_signal();
+        while !stop.is_set() {
             let Some(queue) = cx.queues.get_mut(TX) else {
                 return Ok(());
             };
@@ -317,7 +318,7 @@ impl VsockHandler {
             completed = true;
         }
         if completed {
-            cx.interrupt.signal_used_buffer();
+            cx.notify_used(TX)?;
         }
         Ok(())
     }
@@ -569,7 +570,7 @@ impl VsockHandler {
             }
         }
         if completed {
-            cx.interrupt.signal_used_buffer();
+            cx.notify_used(RX)?;
         }
         Ok(())
     }
@@ -830,7 +831,7 @@ impl DeviceHandler for VsockHandler {
         &mut self,
         queue: usize,
         cx: &mut WorkerContext<'_>,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Pending, QueueError> {
         match queue {
             RX => self.metrics.rx_queue_event_count(1),
             TX => {
@@ -840,7 +841,8 @@ impl DeviceHandler for VsockHandler {
             EVENT => self.send_pending_events(cx)?,
             _ => {}
         }
-        self.fill_rx(cx)
+        self.fill_rx(cx)?;
+        Ok(Pending::NONE)
     }
 
     fn process_event(
@@ -848,7 +850,7 @@ impl DeviceHandler for VsockHandler {
         token: u32,
         ready: EventSet,
         cx: &mut WorkerContext<'_>,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Pending, QueueError> {
         match token {
             TOKEN_LISTENER => self.accept(&mut cx.events),
             TOKEN_RESET => {
@@ -864,6 +866,7 @@ impl DeviceHandler for VsockHandler {
                 }
             }
         }
-        self.fill_rx(cx)
+        self.fill_rx(cx)?;
+        Ok(Pending::NONE)
     }
 }

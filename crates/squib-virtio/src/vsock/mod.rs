@@ -7,6 +7,6 @@ mod handler;
 mod metrics;
 mod packet;
 
-pub use device::{QUEUE_SIZE, VsockConfig, VsockDevice, VsockError, VsockHandle};
+pub use device::{QUEUE_SIZE, VsockConfig, VsockDevice, VsockError, VsockHandle, VsockState};
 pub use handler::MAX_CONNECTIONS;
 pub use metrics::{VsockMetrics, VsockMetricsSnapshot};

@@ -10,15 +10,16 @@ use super::vmm_control::{
     ControlError, DeviceCounters, DriveCounters, ExitNotice, RunState, VmmControl,
 };
 use crate::control::VmState;
+use crate::devices::block::{DriveHandle, open_backend, rate_limiter_spec};
 use crate::devices::serial::Stdout;
-use crate::drives::{open_backend, rate_limiter_spec};
 use crate::exit::ExitReason;
 use crate::vm_config::{RateLimiterConfig, VmConfig};
 use crate::vmm::{StartOptions, Vmm, VmmHandle};
 
-/// What the waiter thread, a signal thread and the API share.
+/// The running VM (once started) and the exit status: what the waiter thread, a signal thread
+/// and the API share.
 #[derive(Debug, Default)]
-struct Shared {
+struct VmSlot {
     handle: Mutex<Option<VmmHandle>>,
     /// Set once, by whichever stops the process first.
     exit_status: OnceLock<i32>,
@@ -28,7 +29,7 @@ struct Shared {
 #[derive(Debug)]
 pub struct KvmVmm {
     process_start: Instant,
-    shared: Arc<Shared>,
+    shared: Arc<VmSlot>,
     /// The running VM's handle (a clone of the one in `shared`, without the lock).
     handle: Option<VmmHandle>,
     /// Drive configurations as booted, for re-opening a swapped backend with the same engine.
@@ -40,7 +41,7 @@ pub struct KvmVmm {
 /// Stops the process from another thread (a signal): the VM if it runs, else the server.
 #[derive(Debug)]
 pub struct Stopper {
-    shared: Arc<Shared>,
+    shared: Arc<VmSlot>,
     wake: ExitNotice,
 }
 
@@ -92,11 +93,10 @@ impl KvmVmm {
             .ok_or_else(|| ControlError::new("the microVM is not running"))
     }
 
-    fn drive(&self, id: &str) -> Result<&crate::drives::DriveHandle, ControlError> {
+    fn drive(&self, id: &str) -> Result<&DriveHandle, ControlError> {
         self.running()?
-            .drives()
-            .iter()
-            .find(|d| d.id() == id)
+            .devices()
+            .drive(id)
             .ok_or_else(|| ControlError::new(format!("drive `{id}` does not exist")))
     }
 }
@@ -206,25 +206,16 @@ impl VmmControl for KvmVmm {
         let Some(handle) = &self.handle else {
             return Vec::new();
         };
-        let mut devices = Vec::new();
-        if let Some(m) = handle.entropy_metrics() {
-            devices.push(DeviceCounters {
-                group: "entropy",
-                counters: vec![
-                    ("activate_fails", m.activate_fails),
-                    ("entropy_event_fails", m.entropy_event_fails),
-                    ("entropy_event_count", m.entropy_event_count),
-                    ("entropy_bytes", m.entropy_bytes),
-                    ("host_rng_fails", m.host_rng_fails),
-                    (
-                        "entropy_rate_limiter_throttled",
-                        m.entropy_rate_limiter_throttled,
-                    ),
-                    ("rate_limiter_event_count", m.rate_limiter_event_count),
-                ],
-            });
-        }
-        devices
+        let devices = handle.devices();
+        let entropy = devices.entropy_metrics().map(|m| DeviceCounters {
+            group: "entropy",
+            counters: m.fields(),
+        });
+        let vsock = devices.vsock().map(|v| DeviceCounters {
+            group: "vsock",
+            counters: v.metrics().fields(),
+        });
+        entropy.into_iter().chain(vsock).collect()
     }
 
     fn drive_counters(&self) -> Vec<(String, DriveCounters)> {
@@ -232,8 +223,8 @@ impl VmmControl for KvmVmm {
             return Vec::new();
         };
         handle
+            .devices()
             .drives()
-            .iter()
             .map(|d| {
                 let m = d.metrics();
                 let counters = DriveCounters {

@@ -1,14 +1,18 @@
-//! Devices: the buses, the legacy PC devices, the boot timer and the virtio-mmio slots.
+//! Devices: the buses, the legacy PC devices, the boot timer, and the virtio devices with their
+//! manager and one builder per device type.
 
 pub mod acpi_pm;
+pub mod block;
 pub mod boot_timer;
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
 pub mod irq;
+pub mod manager;
 pub mod rng;
 pub mod serial;
 pub mod virtio_mmio;
+pub mod vsock;
 
 use std::sync::{Arc, Mutex};
 
@@ -47,6 +51,14 @@ pub enum DeviceError {
         device: &'static str,
         /// Why.
         source: std::io::Error,
+    },
+    /// Two devices of one kind with the same id.
+    #[error("a {kind} with id `{id}` is already attached")]
+    Duplicate {
+        /// The kind.
+        kind: &'static str,
+        /// The id.
+        id: String,
     },
     /// No virtio-mmio slot is left.
     #[error("too many virtio devices: at most {0} fit the interrupt lines")]

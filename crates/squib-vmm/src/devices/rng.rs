@@ -1,17 +1,19 @@
 //! The entropy device's builder: an `EntropyConfig` becomes a virtio-rng device in the next
 //! virtio-mmio slot. Its worker starts when the guest's driver activates it.
 
-use std::sync::Arc;
-
 use kvm_ioctls::VmFd;
-use squib_virtio::rng::{RngConfig, RngDevice, RngError, RngMetrics};
+use squib_virtio::mmio::MmioTransport;
+use squib_virtio::rng::{RngConfig, RngDevice, RngError};
 
 use super::DeviceError;
+use super::block::rate_limiter_spec;
 use super::bus::Bus;
-use super::virtio_mmio::VirtioMmioManager;
+use super::manager::{DeviceKind, DeviceManager, RuntimeHandle};
 use crate::GuestMemory;
-use crate::drives::rate_limiter_spec;
 use crate::vm_config::EntropyConfig;
+
+/// The entropy device's id in the device manager (Firecracker has one, unnamed).
+pub const ENTROPY_ID: &str = "entropy";
 
 /// Why the entropy device could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -24,18 +26,31 @@ pub enum EntropyError {
     Attach(#[from] DeviceError),
 }
 
-/// Builds the entropy device and attaches it; returns its counters.
+/// Builds the entropy device and attaches it to the next slot.
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemory,
     mmio: &mut Bus,
-    virtio: &mut VirtioMmioManager,
+    devices: &mut DeviceManager,
     config: &EntropyConfig,
-) -> Result<Arc<RngMetrics>, EntropyError> {
+) -> Result<(), EntropyError> {
     let device = RngDevice::new(RngConfig {
         rate_limiter: config.rate_limiter.as_ref().map(rate_limiter_spec),
     })?;
     let metrics = device.metrics();
-    virtio.attach_device(vm, mmio, mem, "entropy", Box::new(device))?;
-    Ok(metrics)
+    let transport = MmioTransport::new(Box::new(device), mem.clone()).map_err(|source| {
+        DeviceError::Transport {
+            device: ENTROPY_ID.into(),
+            source,
+        }
+    })?;
+    devices.attach(
+        vm,
+        mmio,
+        DeviceKind::Entropy,
+        ENTROPY_ID,
+        transport,
+        RuntimeHandle::Entropy(metrics),
+    )?;
+    Ok(())
 }

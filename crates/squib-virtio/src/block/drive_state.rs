@@ -1,12 +1,12 @@
-//! The runtime handle the API thread keeps for a virtio-blk device: swap the disk behind it
-//! (`PATCH /drives/{id}` with a new `path_on_host`), change its rate limiter (`PATCH /drives/{id}`
-//! with a `rate_limiter`) and read its metrics.
+//! A virtio-blk device's state that outlives one activation, and the handle the API thread keeps
+//! on it: swap the disk behind it (`PATCH /drives/{id}` with a new `path_on_host`), change its
+//! rate limiter (`PATCH /drives/{id}` with a `rate_limiter`) and read its metrics.
 //!
-//! The device, its worker and every handle share one [`Shared`]. The worker keeps its own
+//! The device, its handler and every handle share one [`DriveState`]. The worker keeps its own
 //! `Arc` of the backend and only looks at the shared slot when `backend_epoch` moved (one atomic
 //! load per batch of requests), so a swap never puts a lock on the request path. A rate-limiter
-//! update waits in its own slot and wakes the worker through `limiter_event`, so it applies at
-//! once even while the worker sits throttled on a long timer.
+//! update waits in its own slot and wakes the handler through `limiter_event`, so it applies at
+//! once even while the handler sits throttled on a long timer.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -17,12 +17,12 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::backend::{BlockBackend, SECTOR_SIZE};
 use super::metrics::{BlockMetrics, BlockMetricsSnapshot};
-use crate::interrupt::Interrupt;
+use crate::interrupt::VirtioInterrupt;
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
 
-/// State shared by a block device, its worker thread and its handles.
+/// State shared by a block device, its handler and its handles.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct DriveState {
     backend: Mutex<Arc<dyn BlockBackend>>,
     /// Bumped on every swap, after `backend` and `capacity` changed.
     backend_epoch: AtomicU64,
@@ -30,19 +30,19 @@ pub(crate) struct Shared {
     capacity: AtomicU64,
     config_generation: AtomicU32,
     /// The interrupt line while the device is active (a swap then tells the driver).
-    interrupt: Mutex<Option<Arc<Interrupt>>>,
+    interrupt: Mutex<Option<Arc<dyn VirtioInterrupt>>>,
     read_only: bool,
     /// The rate limiter while no worker runs. A worker takes it when it is built and puts it
     /// back when it ends, so a driver reset does not refill the buckets.
     limiter: Mutex<Option<RateLimiter>>,
-    /// A limiter update the worker has not applied yet.
+    /// A limiter update the handler has not applied yet.
     limiter_update: Mutex<Option<RateLimiterSpec>>,
-    /// Written after `limiter_update` is set; the worker epolls it.
+    /// Written after `limiter_update` is set; the handler epolls it.
     limiter_event: EventFd,
     pub(crate) metrics: BlockMetrics,
 }
 
-impl Shared {
+impl DriveState {
     pub(crate) fn new(
         backend: Arc<dyn BlockBackend>,
         limiter: Option<RateLimiter>,
@@ -102,7 +102,12 @@ impl Shared {
         self.config_generation.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_interrupt(&self, interrupt: Option<Arc<Interrupt>>) {
+    /// Sets ConfigGeneration as a snapshot recorded it.
+    pub(crate) fn restore_config_generation(&self, generation: u32) {
+        self.config_generation.store(generation, Ordering::Release);
+    }
+
+    pub(crate) fn set_interrupt(&self, interrupt: Option<Arc<dyn VirtioInterrupt>>) {
         *lock(&self.interrupt) = interrupt;
     }
 }
@@ -135,11 +140,11 @@ fn ro_word(read_only: bool) -> &'static str {
 /// A cloneable, thread-safe handle on a running (or not yet running) virtio-blk device.
 #[derive(Clone, Debug)]
 pub struct BlockHandle {
-    shared: Arc<Shared>,
+    shared: Arc<DriveState>,
 }
 
 impl BlockHandle {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<DriveState>) -> Self {
         Self { shared }
     }
 
@@ -167,7 +172,7 @@ impl BlockHandle {
         Ok(())
     }
 
-    /// Changes the rate limiter: the worker applies `spec` at its next wake-up, which this call
+    /// Changes the rate limiter: the handler applies `spec` at its next wake-up, which this call
     /// causes (or, while the device is not active, when the driver next activates it). An absent
     /// bucket keeps its state, a zero-sized one removes the limit, a given one starts full. A
     /// drive built without a limiter gets one.
@@ -178,7 +183,7 @@ impl BlockHandle {
             *slot = Some(slot.take().unwrap_or_default().merged_with(spec));
         }
         if let Err(error) = self.shared.limiter_event.write(1) {
-            // The update stays in its slot: the worker applies it at its next event instead.
+            // The update stays in its slot: the handler applies it at its next event instead.
             warn!(%error, "cannot wake the virtio-blk worker for a rate-limiter update");
         }
         info!(?spec, "virtio-blk rate limiter update queued");

@@ -1,6 +1,7 @@
-//! Drives: each `DriveConfig` becomes a backend (its engine, optionally bypassing the host page
-//! cache), a virtio-blk device, and a virtio-mmio slot. Block I/O runs on the device's worker
-//! thread, which squib-virtio starts when the driver activates the device — never on a vCPU.
+//! The virtio-blk builder: each `DriveConfig` becomes a backend (its engine, optionally bypassing
+//! the host page cache), a virtio-blk device behind a virtio-mmio transport, and the
+//! [`DriveHandle`] the API keeps. Block I/O runs on the device's worker thread (squib-virtio's
+//! runtime), started when the driver activates the device — never on a vCPU.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -13,10 +14,10 @@ use squib_virtio::block::{BlockConfig, BlockDevice, BlockHandle, BlockMetricsSna
 use squib_virtio::mmio::MmioTransport;
 use squib_virtio::rate_limiter::{BucketSpec, RateLimiterSpec};
 
+use super::DeviceError;
+use super::bus::Bus;
+use super::manager::{DeviceKind, DeviceManager, RuntimeHandle};
 use crate::GuestMemory;
-use crate::devices::DeviceError;
-use crate::devices::bus::Bus;
-use crate::devices::virtio_mmio::VirtioMmioManager;
 use crate::vm_config::{CacheType, DriveConfig, IoEngine, RateLimiterConfig, TokenBucketConfig};
 
 /// Why a drive could not be set up.
@@ -160,15 +161,15 @@ pub fn rate_limiter_spec(config: &RateLimiterConfig) -> RateLimiterSpec {
     }
 }
 
-/// Opens every drive and attaches it, in order, to the next virtio-mmio slot.
+/// Opens every drive and attaches it, in order, to the next virtio-mmio slot (drives come
+/// first, so the n-th drive is the guest's n-th virtio disk).
 pub fn attach_all(
     vm: &VmFd,
     mem: &GuestMemory,
     mmio: &mut Bus,
-    virtio: &mut VirtioMmioManager,
+    devices: &mut DeviceManager,
     drives: &[DriveConfig],
-) -> Result<Vec<DriveHandle>, DriveError> {
-    let mut handles = Vec::with_capacity(drives.len());
+) -> Result<(), DriveError> {
     for drive in drives {
         let id = || drive.drive_id.clone();
         let backend = open_backend(drive)?;
@@ -184,14 +185,21 @@ pub fn attach_all(
                 },
             }
         })?;
-        virtio
-            .attach(vm, mmio, &drive.drive_id, transport)
-            .map_err(|source| DriveError::Attach { id: id(), source })?;
-        handles.push(DriveHandle {
+        let handle = DriveHandle {
             id: id(),
             block,
             backend: Mutex::new(backend),
-        });
+        };
+        devices
+            .attach(
+                vm,
+                mmio,
+                DeviceKind::Block,
+                &drive.drive_id,
+                transport,
+                RuntimeHandle::Block(handle),
+            )
+            .map_err(|source| DriveError::Attach { id: id(), source })?;
     }
-    Ok(handles)
+    Ok(())
 }
