@@ -13,6 +13,8 @@ use crate::report;
 use crate::rng_checks;
 use crate::virtio_init;
 use crate::virtio_rng::DEVICE_ID_RNG;
+use crate::virtio_vsock::DEVICE_ID_VSOCK;
+use crate::vsock_checks;
 use crate::serial::println;
 use crate::time::{self, Deadline};
 use crate::virtio_blk::{
@@ -50,6 +52,7 @@ pub fn run(options: &Options) -> ! {
     for device in options.devices() {
         match virtio_init::device_id(device) {
             Ok(DEVICE_ID_RNG) => rng_checks::check(options, device),
+            Ok(DEVICE_ID_VSOCK) => vsock_checks::check(device),
             // Anything else is a disk to the block checks, which report a wrong device id.
             _ => {
                 check_disk(options, DiskName(disks), device, &mut scratch, seed);

@@ -25,6 +25,8 @@ mod time;
 mod virtio_blk;
 mod virtio_init;
 mod virtio_rng;
+mod virtio_vsock;
+mod vsock_checks;
 mod virtio_mmio;
 mod virtqueue;
 

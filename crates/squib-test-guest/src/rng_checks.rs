@@ -1,5 +1,5 @@
 //! The entropy device's checks: random bytes arrive in full and differ between reads; with
-//! `guest.rng_rate=<bytes/s>`, the guest empties the limiter's bucket and then reads 1.5 s worth
+//! `guest.rng_rate=<bytes/s>`, the guest empties the limiter's bucket and then reads 3 s worth
 //! of bytes between two `# virtio-rng: rate window …` lines, which the host timestamps: the
 //! guest has no trustworthy clock (its PIT is too coarse under PVM to calibrate the TSC), the
 //! host's is exact, and serial output reaches it within a few milliseconds.
@@ -97,7 +97,7 @@ fn two_reads(rng: &mut RngDevice, first: &DmaBuf, second: &DmaBuf) -> Result<(),
 }
 
 /// Empties the bucket (until one request is held back by the limiter: it takes 100 times as
-/// long as the fastest one, or more), then reads 1.5 s worth of bytes inside the timed window.
+/// long as the fastest one, or more), then reads 3 s worth of bytes inside the timed window.
 fn rate(rng: &mut RngDevice, buf: &DmaBuf, expected: u64) -> Result<(), RngCheckError> {
     let mut fastest = u64::MAX;
     let mut drained = false;
@@ -115,7 +115,7 @@ fn rate(rng: &mut RngDevice, buf: &DmaBuf, expected: u64) -> Result<(), RngCheck
     if !drained {
         return Err(RngCheckError::NeverThrottled);
     }
-    let total = (expected * 3 / 2).next_multiple_of(u64::from(RATE_CHUNK));
+    let total = (expected * 3).next_multiple_of(u64::from(RATE_CHUNK));
     println!("# virtio-rng: rate window start, {total} bytes");
     let mut moved = 0u64;
     while moved < total {

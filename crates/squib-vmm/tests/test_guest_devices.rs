@@ -86,3 +86,110 @@ fn entropy_bytes_arrive_differ_and_respect_the_rate_limiter() {
         "{rate:.0} B/s measured, {RATE} B/s configured"
     );
 }
+
+/// The byte at `position` of every stream the vsock checks send (`vsock_checks::pattern`).
+fn pattern(position: usize) -> u8 {
+    (position % 251) as u8
+}
+
+/// The host side of the guest's vsock checks: an echo server on port 5000, a peer that never
+/// reads on 5002, and a host-initiated connection to guest port 6000 that must echo 1 MiB.
+struct HostPeers {
+    host_echo: std::thread::JoinHandle<Result<(), String>>,
+    stop_silent: std::sync::mpsc::Sender<()>,
+}
+
+fn start_host_peers(uds: &Path) -> HostPeers {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let echo = UnixListener::bind(format!("{}_5000", uds.display())).unwrap();
+    std::thread::spawn(move || {
+        for mut stream in echo.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut stream);
+            });
+        }
+    });
+    let silent = UnixListener::bind(format!("{}_5002", uds.display())).unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let (stop_silent, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while stopped.try_recv().is_err() {
+            if let Ok((stream, _)) = silent.accept() {
+                held.push(stream);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let uds = uds.to_owned();
+    let host_echo = std::thread::spawn(move || -> Result<(), String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut stream = loop {
+            match UnixStream::connect(&uds) {
+                Ok(stream) => break stream,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(format!("connect {}: {e}", uds.display())),
+            }
+        };
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        std::io::Write::write_all(&mut stream, b"CONNECT 6000\n").map_err(|e| e.to_string())?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while byte[0] != b'\n' {
+            std::io::Read::read_exact(&mut stream, &mut byte).map_err(|e| e.to_string())?;
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&line);
+        let port: u32 = line
+            .strip_prefix("OK ")
+            .and_then(|p| p.trim_end().parse().ok())
+            .ok_or_else(|| format!("bad answer {line:?}"))?;
+        if port < 1 << 30 {
+            return Err(format!("host port {port} not from squib's range"));
+        }
+        let mut writer = stream.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let data: Vec<u8> = (0..1 << 20).map(pattern).collect();
+            std::io::Write::write_all(&mut writer, &data)
+        });
+        let mut echoed = vec![0u8; 1 << 20];
+        std::io::Read::read_exact(&mut stream, &mut echoed).map_err(|e| e.to_string())?;
+        sender.join().unwrap().map_err(|e| e.to_string())?;
+        match echoed.iter().enumerate().find(|&(i, &b)| b != pattern(i)) {
+            Some((i, b)) => Err(format!("echoed byte {i} is {b:#x}")),
+            None => Ok(()),
+        }
+    });
+    HostPeers {
+        host_echo,
+        stop_silent,
+    }
+}
+
+#[test]
+fn vsock_connections_both_ways_echo_and_misbehaving_peers_stay_contained() {
+    if !common::kvm_available("vsock_connections_both_ways_echo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let peers = start_host_peers(&uds);
+    let vsock = format!(
+        r#""vsock":{{"guest_cid":3,"uds_path":"{}"}}"#,
+        uds.display()
+    );
+    let lines = run_guest(dir.path(), "", &vsock);
+    for line in [
+        "ok - virtio-vsock: init",
+        "ok - virtio-vsock: RST for port 5999, where nobody listens",
+        "ok - virtio-vsock: guest-initiated connection echoes 1 MiB byte-exact",
+        "ok - virtio-vsock: 64 connections at once each echo 1024 bytes",
+        "ok - virtio-vsock: a host peer that never reads stalls only its connection",
+        "ok - virtio-vsock: host-initiated CONNECT 6000 echoes 1 MiB byte-exact",
+    ] {
+        find(&lines, line);
+    }
+    peers.host_echo.join().unwrap().unwrap();
+    let _ = peers.stop_silent.send(());
+}
