@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: squib measured against the limit and a peer, in one run.
 //!
-//! Five levels, from the block engine up to the whole VMM; each compares against a baseline
+//! Six levels, from the block engine up to the whole VMM and the vsock device; each compares against a baseline
 //! measured in the same run (raw host I/O, QEMU microvm, an idle guest), because the machines
 //! are shared and noisy. Every figure is a median with min–max over several runs. The result
 //! is a table on stdout and a markdown report in `docs/perf/report-<date>.md`;
@@ -20,6 +20,7 @@ mod startup;
 mod stats;
 mod vm;
 mod vmm;
+mod vsock;
 
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
@@ -27,13 +28,13 @@ use std::path::{Path, PathBuf};
 use crate::setup;
 use level::Level;
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--no-report] [--levels 1,2,3,4,5]
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--no-report] [--levels 1,2,3,4,5,6]
                          [--compare docs/perf/<report>.md] [--threshold PERCENT]
 
   --quick        a few seconds per level (the CI smoke run)
   --no-report    print the table only; write no report file
   --levels       run only these levels (1 backend, 2 device model, 3 device path on KVM,
-                 4 start-up and memory, 5 API responsiveness)
+                 4 start-up and memory, 5 API responsiveness, 6 vsock)
   --compare      compare the ratios with a stored report; exit non-zero when one regressed
                  by more than --threshold percent (default 10)";
 
@@ -52,7 +53,7 @@ impl Options {
         let mut options = Options {
             quick: false,
             write_report: true,
-            levels: vec![1, 2, 3, 4, 5],
+            levels: vec![1, 2, 3, 4, 5, 6],
             compare: None,
             threshold_percent: 10.0,
         };
@@ -74,9 +75,9 @@ impl Options {
                 "--levels" => {
                     options.levels = value()?
                         .split(',')
-                        .map(|n| n.trim().parse().ok().filter(|n| (1..=5).contains(n)))
+                        .map(|n| n.trim().parse().ok().filter(|n| (1..=6).contains(n)))
                         .collect::<Option<_>>()
-                        .ok_or_else(|| format!("--levels takes numbers 1 to 5\n{USAGE}"))?;
+                        .ok_or_else(|| format!("--levels takes numbers 1 to 6\n{USAGE}"))?;
                 }
                 "-h" | "--help" => return Err(USAGE.into()),
                 other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
@@ -198,7 +199,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             2 => device_model::run(&ctx),
             3 => device_path::run(&ctx),
             4 => startup::run(&ctx),
-            _ => api::run(&ctx),
+            5 => api::run(&ctx),
+            _ => vsock::run(&ctx),
         };
         eprintln!("{}", report::level_table(&level));
         levels.push(level);

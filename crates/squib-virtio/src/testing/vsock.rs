@@ -132,6 +132,8 @@ pub struct VsockGuest {
     rings: [Ring; 3],
     heap_next: u64,
     epoll: Epoll,
+    /// rx buffers posted since the last rx kick.
+    unkicked_rx: u16,
     /// Guest CID read from config space.
     pub cid: u64,
 }
@@ -161,6 +163,7 @@ impl VsockGuest {
             }),
             heap_next: HEAP_START,
             epoll,
+            unkicked_rx: 0,
             cid: 0,
         };
         guest.write_reg(reg::STATUS, 0);
@@ -345,7 +348,7 @@ impl VsockGuest {
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::yield_now();
         }
     }
 
@@ -359,7 +362,8 @@ impl VsockGuest {
     }
 
     /// The next packet the device delivered, waiting up to `timeout`; its rx buffer is posted
-    /// again at once.
+    /// again at once, and the device notified once per 16 buffers (as a driver batches refills)
+    /// or before the guest waits.
     pub fn recv(&mut self, timeout: Duration) -> Option<(VsockHdr, Vec<u8>)> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -369,8 +373,16 @@ impl VsockGuest {
                 let hdr = VsockHdr::from_bytes(&raw[..HDR_LEN.min(raw.len())]);
                 let payload = raw.get(HDR_LEN..).unwrap_or_default().to_vec();
                 self.post_rx(head);
-                self.kick(0);
+                self.unkicked_rx += 1;
+                if self.unkicked_rx >= 16 {
+                    self.unkicked_rx = 0;
+                    self.kick(0);
+                }
                 return Some((hdr, payload));
+            }
+            if self.unkicked_rx > 0 {
+                self.unkicked_rx = 0;
+                self.kick(0);
             }
             if Instant::now() >= deadline {
                 return None;
