@@ -27,6 +27,9 @@ pub enum Mode {
     Test,
     /// `guest.bench=<workload>`: a benchmark, see `BenchOptions`.
     Bench,
+    /// `guest.mode=reset-storm`: fill the first disk's queue with large reads and reset the
+    /// device, forever (the host checks that stop and pause stay prompt).
+    ResetStorm,
 }
 
 /// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
@@ -228,7 +231,8 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "boot" => Mode::Boot,
                     "test" => Mode::Test,
                     "bench" => Mode::Bench,
-                    _ => return Err(error("expected boot, test or bench")),
+                    "reset-storm" => Mode::ResetStorm,
+                    _ => return Err(error("expected boot, test, bench or reset-storm")),
                 });
             }
             "guest.bench" => {

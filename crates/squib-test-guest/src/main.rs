@@ -3,7 +3,7 @@
 //!
 //! Layout: `boot` (entries), `cpu`/`paging`/`interrupts` (CPL0 tables and handlers), `apic`,
 //! `port`/`serial`/`power`, `cmdline`, `dma`, `virtio_mmio`/`virtqueue`/`virtio_blk` (the
-//! driver), `checks`/`bench` (the two workloads) and `report` (verdict and exit).
+//! driver), `checks`/`bench`/`reset_storm` (the workloads) and `report` (verdict and exit).
 #![no_std]
 #![no_main]
 
@@ -19,6 +19,7 @@ mod paging;
 mod port;
 mod power;
 mod report;
+mod reset_storm;
 mod rng_checks;
 mod serial;
 mod time;
@@ -53,6 +54,7 @@ extern "C" fn user_main(entry: u32, info: u64) -> ! {
     match options.mode {
         Mode::Boot | Mode::Test => checks::run(&options),
         Mode::Bench => bench::run(&options),
+        Mode::ResetStorm => reset_storm::run(&options),
     }
 }
 

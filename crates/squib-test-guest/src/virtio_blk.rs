@@ -8,7 +8,7 @@ use crate::dma::DmaBuf;
 use crate::interrupts;
 use crate::time::Deadline;
 use crate::virtio_init::{self, InitError};
-use crate::virtio_mmio::{INTERRUPT_USED_BUFFER, Transport};
+use crate::virtio_mmio::{INTERRUPT_USED_BUFFER, Transport, status};
 use crate::virtqueue::{QueueError, Segment, SplitQueue};
 
 pub const SECTOR_BYTES: usize = 512;
@@ -191,6 +191,41 @@ impl BlockDevice {
         };
         device.set_completion(Completion::Poll);
         Ok(device)
+    }
+
+    /// Resets the device and brings it up again with the same features on the same queue memory,
+    /// as a driver does on rebinding. Every request in flight is forgotten.
+    pub fn restart(&mut self) -> Result<(), InitError> {
+        let transport = &self.transport;
+        if !transport.reset() {
+            return Err(InitError::ResetTimedOut);
+        }
+        transport.add_status(status::ACKNOWLEDGE);
+        transport.add_status(status::DRIVER);
+        transport.set_driver_features(self.features);
+        transport.add_status(status::FEATURES_OK);
+        if transport.status() & status::FEATURES_OK == 0 {
+            return Err(InitError::FeaturesRejected {
+                accepted: self.features,
+            });
+        }
+        self.queue.clear();
+        transport.select_queue(0);
+        transport.enable_queue(
+            self.queue.size(),
+            self.queue.desc_addr(),
+            self.queue.avail_addr(),
+            self.queue.used_addr(),
+        );
+        transport.add_status(status::DRIVER_OK);
+        let device_status = transport.status();
+        if device_status & (status::DEVICE_NEEDS_RESET | status::FAILED) != 0 {
+            return Err(InitError::DeviceFailed {
+                status: device_status,
+            });
+        }
+        self.in_flight = 0;
+        Ok(())
     }
 
     /// The negotiated features.

@@ -111,6 +111,22 @@ impl SplitQueue {
         self.size
     }
 
+    /// Back to the state `new` leaves, on the same memory: for a driver that resets its device
+    /// and brings it up again (the device forgets every chain it held).
+    pub fn clear(&mut self) {
+        self.avail.as_mut_slice().fill(0);
+        self.used.as_mut_slice().fill(0);
+        self.free_head = 0;
+        self.free_count = self.size;
+        self.next_avail = 0;
+        self.notified_avail = 0;
+        self.last_used = 0;
+        self.in_flight = [0; MAX_SIZE as usize / 64];
+        for index in 0..self.size {
+            self.set_desc_next(index, index.wrapping_add(1));
+        }
+    }
+
     pub fn desc_addr(&self) -> u64 {
         self.desc.addr()
     }
