@@ -549,3 +549,28 @@ fn randomized_hostile_packets_never_stop_the_device() {
     host.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"fine");
 }
+
+#[test]
+fn silent_host_handshakes_and_unanswered_requests_time_out() {
+    let mut r = rig();
+    // A host connection that never says CONNECT is closed.
+    let mut silent = UnixStream::connect(&r.uds).unwrap();
+    // A host-initiated request the guest never answers: closed, and the guest gets an RST.
+    let mut unanswered = UnixStream::connect(&r.uds).unwrap();
+    unanswered.write_all(b"CONNECT 77\n").unwrap();
+    let (h, _) = r.recv();
+    assert_eq!((h.op, h.dst_port), (op::REQUEST, 77));
+    let start = Instant::now();
+    for stream in [&mut silent, &mut unanswered] {
+        stream.set_read_timeout(Some(T)).unwrap();
+        assert_eq!(stream.read(&mut [0u8; 8]).unwrap(), 0, "not closed");
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "closed after only {waited:?}"
+    );
+    let (h, _) = r.recv();
+    assert_eq!((h.op, h.dst_port, h.src_port), (op::RST, 77, h.src_port));
+    assert_eq!(r.handle.metrics().conns_killed, 1);
+}

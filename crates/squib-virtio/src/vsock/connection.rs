@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use vmm_sys_util::epoll::EventSet;
 
@@ -102,6 +103,8 @@ pub(crate) struct Connection {
     peer_fwd_cnt: Wrapping<u32>,
     /// A CREDIT_REQUEST was sent for the current stall.
     asked_credit: bool,
+    /// When a host-initiated connection started waiting for the guest's RESPONSE.
+    pub(crate) since: Instant,
 }
 
 impl Connection {
@@ -127,6 +130,7 @@ impl Connection {
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
             asked_credit: false,
+            since: Instant::now(),
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
 
 use serde::{Deserialize, Serialize};
 
@@ -157,6 +158,8 @@ impl VsockDevice {
             uds_path: self.uds_path.clone(),
             listener: self.listener.try_clone()?,
             reset_request: self.reset_request.try_clone()?,
+            timeouts: TimerFd::new()
+                .map_err(|e| ActivateError::Host(io::Error::from_raw_os_error(e.errno())))?,
             metrics: Arc::clone(&self.metrics),
         });
         Ok((

@@ -22,12 +22,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 use vm_memory::volatile_memory::Error as VolatileMemoryError;
 use vm_memory::{Bytes, ReadVolatile, VolatileSlice, WriteVolatile};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, Kill, State};
 use super::metrics::VsockMetrics;
@@ -57,12 +59,19 @@ const EVENT_TRANSPORT_RESET: u32 = 0;
 
 const TOKEN_LISTENER: u32 = 0;
 const TOKEN_RESET: u32 = 1;
-const FIRST_SLOT_TOKEN: u32 = 2;
+const TOKEN_TIMEOUTS: u32 = 2;
+const FIRST_SLOT_TOKEN: u32 = 3;
+/// A host connection must say `CONNECT <port>` within this, and the guest must answer a
+/// host-initiated REQUEST within this (Firecracker's connect timeout), or the connection goes.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often pending connections are checked against [`CONNECT_TIMEOUT`] while there are any.
+const TIMEOUT_SCAN: Duration = Duration::from_millis(500);
 
 /// A host connection that has not said `CONNECT <port>` yet.
 #[derive(Debug)]
 struct Handshake {
     stream: UnixStream,
+    since: Instant,
     line: [u8; HANDSHAKE_MAX],
     len: usize,
 }
@@ -88,6 +97,7 @@ pub(crate) struct HandlerConfig {
     pub(crate) uds_path: PathBuf,
     pub(crate) listener: UnixListener,
     pub(crate) reset_request: EventFd,
+    pub(crate) timeouts: TimerFd,
     pub(crate) metrics: Arc<VsockMetrics>,
 }
 
@@ -98,6 +108,8 @@ pub(crate) struct VsockHandler {
     uds_path: PathBuf,
     listener: UnixListener,
     reset_request: EventFd,
+    /// Armed while handshakes or host-initiated requests are pending.
+    timeouts: TimerFd,
     metrics: Arc<VsockMetrics>,
     entries: Vec<Entry>,
     free: Vec<u32>,
@@ -133,6 +145,7 @@ impl VsockHandler {
             uds_path: config.uds_path,
             listener: config.listener,
             reset_request: config.reset_request,
+            timeouts: config.timeouts,
             metrics: config.metrics,
             entries: Vec::new(),
             free: Vec::new(),
@@ -697,13 +710,16 @@ impl VsockHandler {
             let fd = stream.as_raw_fd();
             let index = self.insert(Slot::Handshake(Handshake {
                 stream,
+                since: Instant::now(),
                 line: [0; HANDSHAKE_MAX],
                 len: 0,
             }));
             if events.add(fd, Self::token(index), EventSet::IN).is_err() {
                 self.metrics.muxer_event_fails(1);
                 self.release(index, events);
+                continue;
             }
+            self.arm_timeouts();
         }
     }
 
@@ -741,12 +757,47 @@ impl VsockHandler {
         };
         let local_port = self.allocate_local_port(port);
         let mut conn = Connection::new(h.stream, local_port, port, State::AwaitingResponse);
+        conn.since = Instant::now();
         conn.owed.request = true;
         // Registered for IN at accept: nothing is read until the guest answers.
         conn.interest = EventSet::IN;
         self.entries[index as usize].slot = Slot::Conn(conn);
         self.by_ports.insert((local_port, port), index);
         self.refresh(index, events);
+    }
+
+    /// Arms the timeout scan unless it is armed already.
+    fn arm_timeouts(&mut self) {
+        if !self.timeouts.is_armed().unwrap_or(false)
+            && let Err(error) = self.timeouts.reset(TIMEOUT_SCAN, None)
+        {
+            debug!(%error, "vsock: cannot arm the connect timeout");
+        }
+    }
+
+    /// Drops handshakes and host-initiated requests older than [`CONNECT_TIMEOUT`]; re-arms
+    /// while any is left.
+    fn expire(&mut self, events: &mut EventRegistry<'_>) {
+        let _ = self.timeouts.wait();
+        let now = Instant::now();
+        let mut pending = false;
+        for index in 0..self.entries.len() as u32 {
+            let (since, handshake) = match &self.entries[index as usize].slot {
+                Slot::Handshake(h) => (h.since, true),
+                Slot::Conn(c) if c.state == State::AwaitingResponse => (c.since, false),
+                _ => continue,
+            };
+            if now.duration_since(since) < CONNECT_TIMEOUT {
+                pending = true;
+            } else if handshake {
+                self.release(index, events);
+            } else {
+                self.kill(index, "the guest did not answer in time", events);
+            }
+        }
+        if pending {
+            self.arm_timeouts();
+        }
     }
 
     fn allocate_local_port(&mut self, peer_port: u32) -> u32 {
@@ -824,7 +875,11 @@ impl DeviceHandler for VsockHandler {
     fn register(&mut self, events: &mut EventRegistry<'_>) -> io::Result<()> {
         self.listener.set_nonblocking(true)?;
         events.add(self.listener.as_raw_fd(), TOKEN_LISTENER, EventSet::IN)?;
-        events.add(self.reset_request.as_raw_fd(), TOKEN_RESET, EventSet::IN)
+        events.add(self.reset_request.as_raw_fd(), TOKEN_RESET, EventSet::IN)?;
+        events.add(self.timeouts.as_raw_fd(), TOKEN_TIMEOUTS, EventSet::IN)?;
+        // Pending connections may have survived a pause: check them again.
+        self.arm_timeouts();
+        Ok(())
     }
 
     fn process_queue(
@@ -853,6 +908,7 @@ impl DeviceHandler for VsockHandler {
     ) -> Result<Pending, QueueError> {
         match token {
             TOKEN_LISTENER => self.accept(&mut cx.events),
+            TOKEN_TIMEOUTS => self.expire(&mut cx.events),
             TOKEN_RESET => {
                 let _ = self.reset_request.read();
                 self.transport_reset(cx)?;
