@@ -574,3 +574,53 @@ fn silent_host_handshakes_and_unanswered_requests_time_out() {
     assert_eq!((h.op, h.dst_port, h.src_port), (op::RST, 77, h.src_port));
     assert_eq!(r.handle.metrics().conns_killed, 1);
 }
+
+#[test]
+fn a_paused_device_holds_its_connections_and_a_restored_one_sends_transport_reset() {
+    let mut r = rig();
+    let listener = port_listener(&r.uds, 88);
+    let mut host = r.connect(&listener, 60, 88);
+    r.guest.transport().pause();
+    host.write_all(b"while paused").unwrap();
+    r.expect_nothing();
+    r.guest.transport().resume().unwrap();
+    assert_eq!(r.recv_data(60, 12), b"while paused");
+
+    // Snapshot: pause, save, restore into a new device (new socket path, same CID).
+    let event = r.guest.post_event_buffer();
+    r.guest.transport().pause();
+    let state = r.guest.transport().save_state().unwrap();
+    let uds2 = r.uds.with_file_name("v2.sock");
+    let device = VsockDevice::new(VsockConfig {
+        guest_cid: CID,
+        uds_path: uds2,
+    })
+    .unwrap();
+    let old = r.guest.swap_device(Box::new(device));
+    drop(old);
+    r.guest.transport().restore_state(&state).unwrap();
+    r.guest.transport().resume().unwrap();
+    let deadline = Instant::now() + T;
+    let (_, len) = loop {
+        if let Some(used) = r.guest.pop_used(2) {
+            break used;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TRANSPORT_RESET after the restore"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(len, 4);
+    assert_eq!(r.guest.read(event, 4), 0u32.to_le_bytes());
+    // A snapshot of another CID does not restore.
+    let other = VsockDevice::new(VsockConfig {
+        guest_cid: CID + 1,
+        uds_path: r.uds.with_file_name("v3.sock"),
+    })
+    .unwrap();
+    r.guest.transport().pause();
+    let state = r.guest.transport().save_state().unwrap();
+    drop(r.guest.swap_device(Box::new(other)));
+    assert!(r.guest.transport().restore_state(&state).is_err());
+}

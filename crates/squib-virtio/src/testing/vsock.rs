@@ -201,6 +201,32 @@ impl VsockGuest {
         guest
     }
 
+    /// The transport (pause, resume, save and restore).
+    pub fn transport(&mut self) -> &mut MmioTransport {
+        &mut self.transport
+    }
+
+    /// Replaces the transport with one for `device` over the same guest memory (a snapshot
+    /// restored into a new VMM); returns the old one.
+    pub fn swap_device(&mut self, device: Box<dyn VirtioDevice>) -> MmioTransport {
+        let transport = MmioTransport::new(device, self.mem.clone()).unwrap();
+        self.epoll
+            .ctl(
+                ControlOperation::Delete,
+                self.transport.interrupt_event().as_raw_fd(),
+                EpollEvent::default(),
+            )
+            .unwrap();
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                transport.interrupt_event().as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 0),
+            )
+            .unwrap();
+        std::mem::replace(&mut self.transport, transport)
+    }
+
     /// The transport's Status register.
     pub fn status(&mut self) -> u32 {
         self.read_reg(reg::STATUS)

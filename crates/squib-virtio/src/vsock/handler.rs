@@ -877,7 +877,18 @@ impl DeviceHandler for VsockHandler {
         events.add(self.listener.as_raw_fd(), TOKEN_LISTENER, EventSet::IN)?;
         events.add(self.reset_request.as_raw_fd(), TOKEN_RESET, EventSet::IN)?;
         events.add(self.timeouts.as_raw_fd(), TOKEN_TIMEOUTS, EventSet::IN)?;
-        // Pending connections may have survived a pause: check them again.
+        // After a pause, a new worker (and epoll set) serves the same connections: watch their
+        // sockets again, as they were, and check pending ones against the timeout.
+        for (index, entry) in self.entries.iter().enumerate() {
+            let token = Self::token(index as u32);
+            match &entry.slot {
+                Slot::Handshake(h) => events.add(h.stream.as_raw_fd(), token, EventSet::IN)?,
+                Slot::Conn(c) if !c.hung_up => {
+                    events.add(c.stream.as_raw_fd(), token, c.interest)?;
+                }
+                _ => {}
+            }
+        }
         self.arm_timeouts();
         Ok(())
     }
