@@ -156,3 +156,16 @@ fn the_rate_limiter_holds_the_byte_rate() {
     assert!(snapshot.entropy_rate_limiter_throttled > 0);
     assert!(snapshot.rate_limiter_event_count > 0);
 }
+
+#[test]
+fn pause_save_and_resume_keep_serving() {
+    let (mut driver, metrics) = rig(RngConfig::default());
+    let buf = driver.alloc(64);
+    assert_eq!(request(&mut driver, &[Buf::writable(buf, 64)]), 64);
+    driver.transport().pause();
+    let state = driver.transport().save_state().unwrap();
+    assert_eq!(state.device, squib_virtio::persist::DeviceState::Entropy);
+    driver.transport().resume().unwrap();
+    assert_eq!(request(&mut driver, &[Buf::writable(buf, 64)]), 64);
+    assert_eq!(metrics.snapshot().entropy_event_count, 2);
+}
