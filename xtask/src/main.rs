@@ -4,6 +4,7 @@
 mod bench;
 mod bzimage;
 mod demo;
+mod fuzz;
 mod guest_kernel;
 mod lint_unsafe;
 mod setup;
@@ -20,7 +21,8 @@ tasks:
   lint-unsafe    enforce I-CRATE-2: unsafe code only in squib-host, each block argued
   test-guest     build the project's test guest; prints the ELF's path last
   guest-kernel   fetch Debian's cloud kernel and build an initramfs; prints their paths last
-  bench          run the benchmark suite and write a report to docs/perf/";
+  bench          run the benchmark suite and write a report to docs/perf/
+  fuzz           run the cargo-fuzz targets (nightly): --smoke, --seconds N, [TARGET...]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         "test-guest" => test_guest::run(rest),
         "guest-kernel" => guest_kernel::run(rest),
         "bench" => bench::run(rest),
+        "fuzz" => fuzz::run(rest),
         other => Err(format!("unknown task `{other}`\n{USAGE}")),
     };
     match result {

@@ -1,4 +1,4 @@
-//! Host-side block I/O controls: cache bypass and direct-I/O alignment.
+//! Host-side block I/O controls: cache bypass, direct-I/O alignment and blocking mode.
 //!
 //! The disk engines in `squib-virtio` cannot call `fcntl`, `statx` or `fallocate` themselves
 //! (that crate forbids `unsafe`), so each call lives here behind a function that takes a `&File`:
@@ -81,6 +81,29 @@ pub fn set_f_nocache(file: &File) -> io::Result<()> {
         let _ = file;
         Err(io::ErrorKind::Unsupported.into())
     }
+}
+
+/// Makes `file`'s I/O blocking again (clears `O_NONBLOCK`).
+///
+/// Host files are opened non-blocking so that a FIFO or a device cannot hang the opener; once
+/// `fstat` shows a regular file or a block device the flag is cleared, because io_uring turns a
+/// read of an `O_NONBLOCK` file that misses the page cache into `EAGAIN` instead of waiting.
+///
+/// # Errors
+/// The `fcntl` error.
+pub fn clear_nonblocking(file: &File) -> io::Result<()> {
+    let flags = status_flags(file)?;
+    if flags & libc::O_NONBLOCK == 0 {
+        return Ok(());
+    }
+    // SAFETY: F_SETFL takes an int argument and only changes the status flags of the open file
+    // description behind `fd`, which the `&File` borrow keeps open for the whole call. No
+    // memory is passed to the kernel.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether `file`'s I/O bypasses the page cache with alignment constraints (`O_DIRECT`).

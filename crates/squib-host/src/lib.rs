@@ -5,9 +5,13 @@
 //! argues why it is sound. `cargo xtask lint-unsafe` enforces this in CI.
 
 pub mod alloc_counter;
+pub mod bad_syscall;
 pub mod block_io;
+pub mod clock;
 pub mod guest_io;
+pub mod jail;
 pub mod kvm_memory;
+pub mod malloc_arenas;
 pub mod random;
 pub mod signals;
 pub mod terminal;

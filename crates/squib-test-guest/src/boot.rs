@@ -13,8 +13,9 @@ use core::arch::global_asm;
 
 use crate::cpu;
 
-/// The boot-timer device: a 1-byte write of 123 tells squib that the guest is up.
-const BOOT_TIMER: u64 = 0xd000_0000;
+/// The boot-timer device (Firecracker's address): a 1-byte write of 123 tells squib that the
+/// guest is up.
+const BOOT_TIMER: u64 = 0xc000_0000;
 const BOOT_TIMER_MAGIC: u8 = 123;
 
 /// `hvm_start_info.magic`.
@@ -30,7 +31,7 @@ const PVH_START_INFO_BYTES: u64 = 56;
 /// Longest command line read (the Linux boot protocol's limit is below this).
 const CMDLINE_MAX: usize = 64 * 1024;
 /// Boot structures must lie in RAM below the MMIO gap.
-const LOW_RAM_END: u64 = 0xd000_0000;
+const LOW_RAM_END: u64 = 0xc000_0000;
 
 global_asm!(
     r#"

@@ -1,14 +1,14 @@
 //! The checks: each virtio-blk device on the command line is brought up and exercised the way
 //! a Linux driver and its users would, one `ok`/`FAIL` line per check (see `report`).
 //!
-//! Data written is a pattern derived from a per-run seed (the TSC at start) and the absolute
-//! byte position, so a device that drops writes cannot pass by returning an earlier run's data.
+//! Data written is the run's `pattern`.
 
 use core::fmt;
 
 use crate::cmdline::{Check, Completion, DiskName, MmioDevice, Options};
 use crate::dma::DmaBuf;
 use crate::interrupts;
+use crate::pattern;
 use crate::report;
 use crate::rng_checks;
 use crate::virtio_init;
@@ -88,12 +88,7 @@ enum CheckError {
         expected: Status,
         got: Status,
     },
-    Mismatch {
-        sector: u64,
-        byte: usize,
-        expected: u8,
-        got: u8,
-    },
+    Mismatch(pattern::Mismatch),
     TooSmall {
         capacity: u64,
     },
@@ -134,15 +129,7 @@ impl fmt::Display for CheckError {
             } => {
                 write!(f, "{request} returned {got}, expected {expected}")
             }
-            Self::Mismatch {
-                sector,
-                byte,
-                expected,
-                got,
-            } => write!(
-                f,
-                "data differs at sector {sector} byte {byte}: expected {expected:#04x}, read {got:#04x}"
-            ),
+            Self::Mismatch(mismatch) => mismatch.fmt(f),
             Self::TooSmall { capacity } => {
                 write!(
                     f,
@@ -331,7 +318,7 @@ fn trim_id(id: &[u8; ID_BYTES]) -> &[u8] {
 
 fn write_read_back(disk: &mut BlockDevice, scratch: &mut Scratch, seed: u64) -> Outcome {
     let len = 128 * SECTOR_BYTES;
-    fill_pattern(&mut scratch.expected.as_mut_slice()[..len], seed, RW_SECTOR);
+    pattern::fill(&mut scratch.expected.as_mut_slice()[..len], seed, RW_SECTOR);
     let status = disk.run(
         Op::Write,
         RW_SECTOR,
@@ -344,7 +331,7 @@ fn write_read_back(disk: &mut BlockDevice, scratch: &mut Scratch, seed: u64) -> 
 
 fn segments(disk: &mut BlockDevice, scratch: &mut Scratch, seed: u64) -> Outcome {
     let len = 12 * SECTOR_BYTES;
-    fill_pattern(
+    pattern::fill(
         &mut scratch.expected.as_mut_slice()[..len],
         seed,
         SEGMENTS_SECTOR,
@@ -376,7 +363,7 @@ fn flush(disk: &mut BlockDevice, scratch: &mut Scratch, seed: u64) -> Outcome {
     let status = disk.run(Op::Flush, 0, &[], Completion::Poll)?;
     expect("FLUSH", Status::Ok, status)?;
     let len = 128 * SECTOR_BYTES;
-    fill_pattern(&mut scratch.expected.as_mut_slice()[..len], seed, RW_SECTOR);
+    pattern::fill(&mut scratch.expected.as_mut_slice()[..len], seed, RW_SECTOR);
     read_and_compare(disk, scratch, RW_SECTOR, len)
 }
 
@@ -397,7 +384,7 @@ fn in_flight(disk: &mut BlockDevice, scratch: &mut Scratch, seed: u64, read_only
             expect("read", Status::Ok, status)?;
         }
     } else {
-        fill_pattern(
+        pattern::fill(
             &mut scratch.expected.as_mut_slice()[..len],
             seed,
             IN_FLIGHT_SECTOR,
@@ -540,7 +527,7 @@ fn write_refused(disk: &mut BlockDevice, scratch: &mut Scratch, seed: u64) -> Ou
         disk.run(Op::Read, RW_SECTOR, &before, Completion::Poll)?,
     )?;
     // A pattern the disk cannot already hold (the seed is new each run).
-    fill_pattern(&mut scratch.actual.as_mut_slice()[..len], !seed, RW_SECTOR);
+    pattern::fill(&mut scratch.actual.as_mut_slice()[..len], !seed, RW_SECTOR);
     let attempt = [segment(&scratch.actual, 0, len)];
     expect(
         "write",
@@ -585,29 +572,5 @@ fn expect(request: &'static str, expected: Status, got: Status) -> Outcome {
 }
 
 fn compare(expected: &[u8], actual: &[u8], first_sector: u64) -> Outcome {
-    match expected.iter().zip(actual).position(|(a, b)| a != b) {
-        None => Ok(()),
-        Some(offset) => Err(CheckError::Mismatch {
-            sector: first_sector + (offset / SECTOR_BYTES) as u64,
-            byte: offset % SECTOR_BYTES,
-            expected: expected[offset],
-            got: actual[offset],
-        }),
-    }
-}
-
-/// Fills `buf` (which starts at `sector`) with the run's pattern: every 8-byte word is a hash
-/// of the seed and the word's position on the disk.
-fn fill_pattern(buf: &mut [u8], seed: u64, sector: u64) {
-    let first_word = sector * (SECTOR_BYTES / 8) as u64;
-    for (index, word) in buf.chunks_exact_mut(8).enumerate() {
-        word.copy_from_slice(&splitmix64(seed ^ (first_word + index as u64)).to_le_bytes());
-    }
-}
-
-fn splitmix64(value: u64) -> u64 {
-    let mut z = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    pattern::compare(expected, actual, first_sector).map_err(CheckError::Mismatch)
 }

@@ -30,6 +30,11 @@ pub enum Mode {
     /// `guest.mode=reset-storm`: fill the first disk's queue with large reads and reset the
     /// device, forever (the host checks that stop and pause stay prompt).
     ResetStorm,
+    /// `guest.mode=durable`: write a known pattern to vda, FLUSH, print a line, wait to be killed.
+    Durable,
+    /// `guest.mode=virtio-drivers`: the same devices driven by the third-party `virtio-drivers`
+    /// crate instead of this guest's own driver.
+    VirtioDrivers,
 }
 
 /// `guest.fault=ud|pf`: raise an exception at CPL3 on purpose, to check the exception path
@@ -232,7 +237,13 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "test" => Mode::Test,
                     "bench" => Mode::Bench,
                     "reset-storm" => Mode::ResetStorm,
-                    _ => return Err(error("expected boot, test, bench or reset-storm")),
+                    "durable" => Mode::Durable,
+                    "virtio-drivers" => Mode::VirtioDrivers,
+                    _ => {
+                        return Err(error(
+                            "expected boot, test, bench, reset-storm, durable or virtio-drivers",
+                        ));
+                    }
                 });
             }
             "guest.bench" => {

@@ -59,6 +59,13 @@ impl DmaBuf {
         Ok(buf)
     }
 
+    /// Gives up the typed handle and returns the region's address: the region stays allocated
+    /// (the arena never frees) and the caller becomes its only user. For code that manages
+    /// memory itself (the third-party driver's `Hal` and the heap).
+    pub fn into_raw(self) -> u64 {
+        self.addr
+    }
+
     /// The guest-physical address devices use.
     pub fn addr(&self) -> u64 {
         self.addr

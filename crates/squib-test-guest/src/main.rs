@@ -3,7 +3,9 @@
 //!
 //! Layout: `boot` (entries), `cpu`/`paging`/`interrupts` (CPL0 tables and handlers), `apic`,
 //! `port`/`serial`/`power`, `cmdline`, `dma`, `virtio_mmio`/`virtqueue`/`virtio_blk` (the
-//! driver), `checks`/`bench`/`reset_storm` (the workloads) and `report` (verdict and exit).
+//! driver), `checks`/`bench`/`reset_storm`/`durable` (the workloads), `third_party` (the same
+//! devices through the `virtio-drivers` crate, with `heap` for its allocations), `pattern` (the
+//! data written) and `report` (verdict and exit).
 #![no_std]
 #![no_main]
 
@@ -14,14 +16,18 @@ mod checks;
 mod cmdline;
 mod cpu;
 mod dma;
+mod durable;
+mod heap;
 mod interrupts;
 mod paging;
+mod pattern;
 mod port;
 mod power;
 mod report;
 mod reset_storm;
 mod rng_checks;
 mod serial;
+mod third_party;
 mod time;
 mod virtio_blk;
 mod virtio_init;
@@ -55,6 +61,8 @@ extern "C" fn user_main(entry: u32, info: u64) -> ! {
         Mode::Boot | Mode::Test => checks::run(&options),
         Mode::Bench => bench::run(&options),
         Mode::ResetStorm => reset_storm::run(&options),
+        Mode::Durable => durable::run(&options),
+        Mode::VirtioDrivers => third_party::run(&options),
     }
 }
 

@@ -5,7 +5,7 @@
 use core::arch::global_asm;
 
 /// Start of the 32-bit MMIO gap (virtio-mmio, boot timer, IOAPIC, LAPIC): mapped uncached.
-pub const MMIO_WINDOW_START: u64 = 0xd000_0000;
+pub const MMIO_WINDOW_START: u64 = 0xc000_0000;
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;

@@ -9,7 +9,7 @@ use std::io;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemory;
@@ -21,6 +21,11 @@ use crate::queue::{QueueError, QueueSnapshot, VirtQueue};
 pub const FEATURE_VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
 /// `used_event`/`avail_event` notification suppression (virtio 1.2 §2.7.10).
 pub const FEATURE_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
+/// Indirect descriptor tables (virtio 1.2 §2.7.5.3): more requests in flight on a small queue.
+pub const FEATURE_INDIRECT_DESC: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC;
+/// What the transport and the virtqueues give every device, so every device offers them: include
+/// them in [`VirtioDevice::offered_features`].
+pub const COMMON_FEATURES: u64 = FEATURE_VERSION_1 | FEATURE_EVENT_IDX | FEATURE_INDIRECT_DESC;
 
 /// Why the driver's feature selection was refused at FEATURES_OK.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -87,7 +92,7 @@ pub trait VirtioDevice: Send + Debug {
     /// The maximum size of each queue, in index order; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
 
-    /// The feature bits the device offers.
+    /// The feature bits the device offers: [`COMMON_FEATURES`] and the device's own.
     fn offered_features(&self) -> u64;
 
     /// Checks the driver's feature selection; called when the driver sets FEATURES_OK.

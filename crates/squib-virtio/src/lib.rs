@@ -15,6 +15,7 @@
 pub mod block;
 mod counters;
 pub mod device;
+pub mod guest_log;
 pub mod interrupt;
 pub mod mmio;
 pub mod persist;
@@ -24,6 +25,7 @@ pub mod rng;
 pub mod runtime;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod threads;
 pub mod vsock;
 
 pub use block::engine::{AsyncFileBackend, SyncFileBackend};

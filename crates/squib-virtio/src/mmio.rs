@@ -12,7 +12,7 @@
 use std::io;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -20,7 +20,10 @@ use virtio_bindings::virtio_config::{
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::GuestMemory;
-use crate::device::{ActivateError, Activation, FEATURE_EVENT_IDX, VirtioDevice};
+use crate::device::{
+    ActivateError, Activation, FEATURE_EVENT_IDX, FEATURE_INDIRECT_DESC, VirtioDevice,
+};
+use crate::guest_warn;
 use crate::interrupt::MmioInterrupt;
 use crate::persist::{StateError, TransportState};
 use crate::queue::{QueueConfig, QueueError, QueueSnapshot, VirtQueue};
@@ -183,12 +186,13 @@ impl MmioTransport {
             return;
         }
         let Ok(word) = <&mut [u8; 4]>::try_from(&mut *data) else {
-            self.bad_accesses.record("read", offset, data.len());
+            self.bad_accesses
+                .record("read of other than 4 bytes", offset, data.len());
             data.fill(0);
             return;
         };
         if !offset.is_multiple_of(4) {
-            self.bad_accesses.record("read", offset, 4);
+            self.bad_accesses.record("misaligned read", offset, 4);
             *word = [0; 4];
             return;
         }
@@ -225,11 +229,12 @@ impl MmioTransport {
             return;
         }
         let Ok(word) = <[u8; 4]>::try_from(data) else {
-            self.bad_accesses.record("write", offset, data.len());
+            self.bad_accesses
+                .record("write of other than 4 bytes", offset, data.len());
             return;
         };
         if !offset.is_multiple_of(4) {
-            self.bad_accesses.record("write", offset, 4);
+            self.bad_accesses.record("misaligned write", offset, 4);
             return;
         }
         let value = u32::from_le_bytes(word);
@@ -261,7 +266,7 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & (STATUS_DRIVER | STATUS_FEATURES_OK) != STATUS_DRIVER {
-            warn!(
+            guest_warn!(
                 status = self.status,
                 "driver features written outside feature negotiation; ignored"
             );
@@ -284,26 +289,23 @@ impl MmioTransport {
 
     fn write_queue_config(&mut self, offset: u64, value: u32) {
         if self.status & STATUS_DRIVER_OK != 0 {
-            if offset == reg::QUEUE_READY && value == 0 {
-                self.stop_queue();
-            } else {
-                warn!(offset, "queue configured after DRIVER_OK; ignored");
-            }
+            self.write_live_queue_config(offset, value);
             return;
         }
-        let select = self.queue_select;
-        let Some(queue) = usize::try_from(select)
+        let Some(queue) = usize::try_from(self.queue_select)
             .ok()
             .and_then(|i| self.queues.get_mut(i))
         else {
-            warn!(
-                select,
-                offset, "queue configured through QueueSel of a queue that does not exist"
+            self.bad_accesses.record(
+                "queue configured through QueueSel of a missing queue",
+                offset,
+                4,
             );
             return;
         };
         if queue.ready && offset != reg::QUEUE_READY {
-            warn!(select, offset, "queue reconfigured while ready; ignored");
+            self.bad_accesses
+                .record("queue reconfigured while ready", offset, 4);
             return;
         }
         let value64 = u64::from(value);
@@ -319,6 +321,28 @@ impl MmioTransport {
             reg::QUEUE_DEVICE_LOW => queue.used_ring = set_low(queue.used_ring, value64),
             reg::QUEUE_DEVICE_HIGH => queue.used_ring = set_high(queue.used_ring, value64),
             _ => {}
+        }
+    }
+
+    /// Queue registers written while the device runs. QueueReady = 0 stops the queue. A stopped
+    /// queue's other registers may be written (virtio 1.2 §4.2.2.3 forbids it only while
+    /// QueueReady is not 0, and a driver tearing a queue down clears them, as the
+    /// `virtio-drivers` crate does) but change nothing: without VIRTIO_F_RING_RESET a queue is
+    /// not enabled again before a reset. Anything else is a driver error, ignored.
+    fn write_live_queue_config(&mut self, offset: u64, value: u32) {
+        let ready = self.selected_queue().map(|queue| queue.ready);
+        match (offset, ready) {
+            (reg::QUEUE_READY, _) if value == 0 => self.stop_queue(),
+            (_, None) => self.bad_accesses.record(
+                "queue configured through QueueSel of a missing queue",
+                offset,
+                4,
+            ),
+            (reg::QUEUE_READY, Some(_)) | (_, Some(true)) => {
+                self.bad_accesses
+                    .record("queue configured after DRIVER_OK", offset, 4);
+            }
+            (_, Some(false)) => debug!(offset, "register of a stopped queue written; no effect"),
         }
     }
 
@@ -351,7 +375,7 @@ impl MmioTransport {
             return;
         };
         if let Err(error) = event.write(1) {
-            warn!(%error, queue = value, "could not signal the queue eventfd");
+            guest_warn!(%error, queue = value, "could not signal the queue eventfd");
         }
     }
 
@@ -365,7 +389,7 @@ impl MmioTransport {
             return;
         }
         if value & self.status != self.status {
-            warn!(
+            guest_warn!(
                 old = self.status,
                 new = value,
                 "driver cleared status bits without a reset; ignored"
@@ -378,7 +402,7 @@ impl MmioTransport {
         }
         let steps = value & !STATUS_FAILED;
         if !INIT_SEQUENCE.contains(&steps) {
-            warn!(
+            guest_warn!(
                 old = self.status,
                 new = value,
                 "invalid device status transition; ignored"
@@ -386,7 +410,7 @@ impl MmioTransport {
             return;
         }
         if added & STATUS_FAILED != 0 {
-            warn!(
+            guest_warn!(
                 status = self.status,
                 "the driver gave up on the device (FAILED)"
             );
@@ -406,7 +430,7 @@ impl MmioTransport {
                 STATUS_FEATURES_OK => {
                     if let Err(error) = self.device.validate_features(self.acked_features) {
                         // The driver reads Status back and sees FEATURES_OK is not set.
-                        warn!(%error, "refusing FEATURES_OK");
+                        guest_warn!(%error, "refusing FEATURES_OK");
                         return;
                     }
                     self.status |= step;
@@ -414,7 +438,7 @@ impl MmioTransport {
                 STATUS_DRIVER_OK => {
                     self.status |= step;
                     if let Err(error) = self.activate() {
-                        warn!(%error, "device activation failed; it needs a reset");
+                        guest_warn!(%error, "device activation failed; it needs a reset");
                         self.interrupt.signal_needs_reset_now();
                     }
                 }
@@ -425,15 +449,18 @@ impl MmioTransport {
 
     fn activate(&mut self) -> Result<(), ActivateError> {
         let event_idx = self.acked_features & FEATURE_EVENT_IDX != 0;
+        let indirect = self.acked_features & FEATURE_INDIRECT_DESC != 0;
         let queues = self
             .queues
             .iter()
             .enumerate()
             .map(|(index, config)| {
-                VirtQueue::new(config, &self.mem, event_idx)
-                    .map_err(|source| ActivateError::Queue { index, source })
+                let mut queue = VirtQueue::new(config, &self.mem, event_idx)
+                    .map_err(|source| ActivateError::Queue { index, source })?;
+                queue.set_indirect(indirect);
+                Ok(queue)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, ActivateError>>()?;
         let queue_events = self
             .queue_events
             .iter()
@@ -529,8 +556,10 @@ impl MmioTransport {
                 .iter()
                 .enumerate()
                 .map(|(index, snapshot)| {
-                    VirtQueue::from_snapshot(snapshot, &self.mem)
-                        .map_err(|source| StateError::Queue { index, source })
+                    let mut queue = VirtQueue::from_snapshot(snapshot, &self.mem)
+                        .map_err(|source| StateError::Queue { index, source })?;
+                    queue.set_indirect(state.acked_features & FEATURE_INDIRECT_DESC != 0);
+                    Ok::<_, StateError>(queue)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let queue_events = self
@@ -594,8 +623,8 @@ fn set_high(current: u64, high: u64) -> u64 {
     (current & 0xffff_ffff) | (high << 32)
 }
 
-/// Logs malformed register accesses without letting a guest flood the log: the 1st, 2nd, 4th,
-/// 8th, ... occurrence is logged, with the running count.
+/// Register accesses the transport ignores (malformed, or not allowed in the device's state),
+/// logged through the guest log limiter with their running count.
 #[derive(Debug, Default)]
 struct BadAccessLog {
     count: u64,
@@ -604,14 +633,12 @@ struct BadAccessLog {
 impl BadAccessLog {
     fn record(&mut self, what: &str, offset: u64, len: usize) {
         self.count = self.count.saturating_add(1);
-        if self.count.is_power_of_two() {
-            warn!(
-                what,
-                offset,
-                len,
-                total = self.count,
-                "ignored virtio-mmio access (registers take aligned 4-byte accesses)"
-            );
-        }
+        guest_warn!(
+            what,
+            offset,
+            len,
+            total = self.count,
+            "ignored virtio-mmio access"
+        );
     }
 }

@@ -1,20 +1,216 @@
 //! Split virtqueues: what the driver programs through the transport ([`QueueConfig`]) and the
 //! device-side queue a worker consumes ([`VirtQueue`]).
 //!
-//! `VirtQueue` wraps `virtio_queue::Queue`, which already bounds chain length (a descriptor loop
-//! ends after `size` descriptors), checks ring alignment, and refuses an `avail.idx` more than
-//! `size` entries ahead of the device. The wrapper turns those checks into errors a device can act
-//! on instead of log lines, and gives the block path a small vocabulary: pop, complete, notify.
+//! `VirtQueue` wraps `virtio_queue::Queue`, which checks ring alignment and refuses an
+//! `avail.idx` more than `size` entries ahead of the device. The wrapper turns those checks into
+//! errors a device can act on instead of log lines, and gives the block path a small vocabulary:
+//! pop, complete, notify. Chains are walked by [`Chain`], which applies the rules every device
+//! relies on (virtio 1.2 §2.7.5.3), direct and indirect alike.
 
+use std::mem::size_of;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
-use vm_memory::GuestAddress;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::GuestMemory;
 
-/// A descriptor chain whose buffers live in `GuestMemory`.
-pub type Chain<'m> = DescriptorChain<&'m GuestMemory>;
+/// Why a chain ended before its last descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A `next` index (or the head) beyond the table.
+    #[error("descriptor index {index} is outside a table of {size}")]
+    IndexOutOfRange {
+        /// The index.
+        index: u16,
+        /// The table's length in descriptors.
+        size: u16,
+    },
+    /// More descriptors than the table holds: a loop.
+    #[error("the chain is longer than its table of {0} descriptors (a loop)")]
+    TooLong(u16),
+    /// A descriptor that is not in guest memory.
+    #[error("descriptor at {0:#x} is not in guest memory")]
+    DescriptorOutsideMemory(u64),
+    /// The buffers' lengths add up to more than 4 GiB.
+    #[error("the chain's buffers add up to more than 4 GiB")]
+    LengthOverflow,
+    /// `VIRTIO_F_INDIRECT_DESC` was not negotiated.
+    #[error("indirect descriptor without VIRTIO_F_INDIRECT_DESC")]
+    IndirectNotNegotiated,
+    /// An indirect descriptor inside an indirect table.
+    #[error("nested indirect table")]
+    NestedIndirect,
+    /// An indirect descriptor with `NEXT` set (virtio 1.2 §2.7.5.3.1: the driver must not).
+    #[error("indirect descriptor with NEXT set")]
+    IndirectWithNext,
+    /// An indirect table that is empty, not a whole number of descriptors, longer than the
+    /// queue, misaligned or not in guest memory.
+    #[error(
+        "indirect table {addr:#x}+{len:#x} is empty, misaligned, longer than the queue or not in guest memory"
+    )]
+    BadIndirectTable {
+        /// Table address.
+        addr: u64,
+        /// Table length in bytes.
+        len: u32,
+    },
+}
+
+/// One descriptor chain, walked lazily: an iterator over its buffers' descriptors that stops at
+/// the first rule broken and keeps the reason ([`Chain::error`]). A chain cut short always ends
+/// on a descriptor with `NEXT` set, so a device that requires the last descriptor to end the
+/// chain (a status byte) refuses it without looking at the error.
+///
+/// Rules: indices inside their table; at most one table's worth of descriptors per table (a
+/// loop ends there); the buffers' lengths fit in 32 bits; an indirect descriptor only when
+/// `VIRTIO_F_INDIRECT_DESC` was negotiated, never inside an indirect table, never with `NEXT`;
+/// an indirect table 16-byte aligned, non-empty, a whole number of descriptors, no longer than
+/// the queue, and in guest memory.
+#[derive(Clone, Debug)]
+pub struct Chain<'m> {
+    mem: &'m GuestMemory,
+    head_index: u16,
+    queue_size: u16,
+    indirect_allowed: bool,
+    table: GuestAddress,
+    table_size: u16,
+    next_index: u16,
+    /// Descriptors still allowed from the current table.
+    ttl: u16,
+    in_indirect: bool,
+    yielded_bytes: u32,
+    done: bool,
+    error: Option<ChainError>,
+}
+
+impl<'m> Chain<'m> {
+    fn new(
+        mem: &'m GuestMemory,
+        desc_table: GuestAddress,
+        queue_size: u16,
+        head_index: u16,
+        indirect_allowed: bool,
+    ) -> Self {
+        Self {
+            mem,
+            head_index,
+            queue_size,
+            indirect_allowed,
+            table: desc_table,
+            table_size: queue_size,
+            next_index: head_index,
+            ttl: queue_size,
+            in_indirect: false,
+            yielded_bytes: 0,
+            done: false,
+            error: None,
+        }
+    }
+
+    /// The index of the chain's first descriptor, which goes back in the used ring.
+    pub fn head_index(&self) -> u16 {
+        self.head_index
+    }
+
+    /// Why the walk stopped early, once it has.
+    pub fn error(&self) -> Option<ChainError> {
+        self.error
+    }
+
+    fn fail(&mut self, error: ChainError) -> Option<Descriptor> {
+        self.done = true;
+        self.error = Some(error);
+        None
+    }
+
+    fn read(&self, index: u16) -> Result<Descriptor, ChainError> {
+        if index >= self.table_size {
+            return Err(ChainError::IndexOutOfRange {
+                index,
+                size: self.table_size,
+            });
+        }
+        let addr = self
+            .table
+            .0
+            .checked_add(u64::from(index) * size_of::<Descriptor>() as u64)
+            .ok_or(ChainError::DescriptorOutsideMemory(self.table.0))?;
+        self.mem
+            .read_obj::<Descriptor>(GuestAddress(addr))
+            .map_err(|_| ChainError::DescriptorOutsideMemory(addr))
+    }
+
+    fn enter_indirect(&mut self, desc: &Descriptor) -> Result<(), ChainError> {
+        if !self.indirect_allowed {
+            return Err(ChainError::IndirectNotNegotiated);
+        }
+        if self.in_indirect {
+            return Err(ChainError::NestedIndirect);
+        }
+        if desc.has_next() {
+            return Err(ChainError::IndirectWithNext);
+        }
+        let (addr, len) = (desc.addr(), desc.len());
+        let entries = len / size_of::<Descriptor>() as u32;
+        let bad = len == 0
+            || len % size_of::<Descriptor>() as u32 != 0
+            || entries > u32::from(self.queue_size)
+            || addr.0 % size_of::<Descriptor>() as u64 != 0
+            || !GuestMemoryBackend::check_range(self.mem, addr, len as usize);
+        if bad {
+            return Err(ChainError::BadIndirectTable { addr: addr.0, len });
+        }
+        self.table = addr;
+        // `entries` is at most the queue size, a u16.
+        self.table_size = entries as u16;
+        self.next_index = 0;
+        self.ttl = self.table_size;
+        self.in_indirect = true;
+        Ok(())
+    }
+}
+
+impl Iterator for Chain<'_> {
+    type Item = Descriptor;
+
+    fn next(&mut self) -> Option<Descriptor> {
+        if self.done {
+            return None;
+        }
+        if self.ttl == 0 {
+            return self.fail(ChainError::TooLong(self.table_size));
+        }
+        let mut desc = match self.read(self.next_index) {
+            Ok(desc) => desc,
+            Err(error) => return self.fail(error),
+        };
+        if desc.refers_to_indirect_table() {
+            if let Err(error) = self.enter_indirect(&desc) {
+                return self.fail(error);
+            }
+            desc = match self.read(0) {
+                Ok(desc) => desc,
+                Err(error) => return self.fail(error),
+            };
+            if desc.refers_to_indirect_table() {
+                return self.fail(ChainError::NestedIndirect);
+            }
+        }
+        self.yielded_bytes = match self.yielded_bytes.checked_add(desc.len()) {
+            Some(total) => total,
+            None => return self.fail(ChainError::LengthOverflow),
+        };
+        self.ttl -= 1;
+        if desc.has_next() {
+            self.next_index = desc.next();
+        } else {
+            self.done = true;
+        }
+        Some(desc)
+    }
+}
 
 /// What the driver wrote for one queue through the transport registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +313,7 @@ impl QueueSnapshot {
 #[derive(Debug)]
 pub struct VirtQueue {
     queue: Queue,
+    indirect: bool,
 }
 
 impl VirtQueue {
@@ -153,7 +350,15 @@ impl VirtQueue {
                 size: config.size,
             });
         }
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            indirect: false,
+        })
+    }
+
+    /// Lets chains use indirect tables (`VIRTIO_F_INDIRECT_DESC` was negotiated).
+    pub fn set_indirect(&mut self, negotiated: bool) {
+        self.indirect = negotiated;
     }
 
     /// Rebuilds a queue from a snapshot, with the same checks as [`VirtQueue::new`]: a snapshot
@@ -200,8 +405,11 @@ impl VirtQueue {
     /// protocol and the queue must not be used until the device is reset.
     pub fn pop<'m>(&mut self, mem: &'m GuestMemory) -> Result<Option<Chain<'m>>, QueueError> {
         // `iter` re-reads `avail.idx` and checks it is at most `size` entries ahead of us.
+        let (desc_table, size) = (GuestAddress(self.queue.desc_table()), self.queue.size());
         let mut available = self.queue.iter(mem).map_err(QueueError::Broken)?;
-        Ok(available.next())
+        Ok(available
+            .next()
+            .map(|chain| Chain::new(mem, desc_table, size, chain.head_index(), self.indirect)))
     }
 
     /// Whether the driver has published a chain we have not popped: one load of `avail.idx`,

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use squib_virtio::block::CacheType;
+use squib_virtio::block::{CacheType, QUEUE_SIZE, SEG_MAX};
 use squib_virtio::testing::{BlockSlot, Buf, MemDisk, STATUS_UNTOUCHED, range_bytes};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
@@ -310,41 +310,171 @@ fn descriptor_loop_is_cut_and_completed_with_used_len_0() {
     assert_still_serving(&mut rig);
 }
 
+/// `VIRTIO_F_INDIRECT_DESC` when the device offers it (all of `ALL_RW` otherwise), so the same
+/// test shows a device that follows indirect tables without negotiating them.
+fn rig_with_indirect_if_offered() -> Rig {
+    let mut probe = rig();
+    let indirect = probe.driver.device_features() & F_INDIRECT;
+    rig_with(
+        Arc::new(MemDisk::with_contents(pattern(DISK_SIZE), false)),
+        CacheType::Writeback,
+        ALL_RW | indirect,
+    )
+}
+
+/// Submits a direct header descriptor whose `NEXT` is one indirect descriptor pointing at
+/// `table` (data buffers then the status); returns (status byte, used length).
+fn run_header_then_indirect(rig: &mut Rig, slot: &BlockSlot, table: &[Buf]) -> (u8, u32) {
+    let (addr, len) = rig.driver.write_indirect_table(table);
+    let d = &mut rig.driver;
+    let head = d.add_chain([Buf::readable(slot.header, 16)]);
+    // Turn the single-descriptor chain into header -> indirect.
+    let indirect_index = head.wrapping_add(1) % QUEUE_SIZE;
+    d.write_descriptor(
+        head,
+        slot.header,
+        16,
+        VRING_DESC_F_NEXT as u16,
+        indirect_index,
+    );
+    d.write_descriptor(indirect_index, addr, len, VRING_DESC_F_INDIRECT as u16, 0);
+    d.skip_descriptors(1);
+    d.kick();
+    let used = d.wait_used().expect("request not completed");
+    assert_eq!(used.head, head);
+    (slot.status(d), used.len)
+}
+
 #[test]
 fn more_data_segments_than_seg_max_is_ioerr() {
-    let mut rig = rig();
-    // Only an indirect table can hold a chain longer than the queue.
-    let count = squib_virtio::block::SEG_MAX + 3;
-    let table = rig.driver.alloc(16 * count as u32);
+    let mut rig = rig_with_indirect_if_offered();
     let slot = BlockSlot::alloc(&mut rig.driver);
     let data = rig.driver.alloc(512);
     slot.write_header(&rig.driver, VIRTIO_BLK_T_IN, 0);
     rig.driver.write_bytes(slot.status, &[STATUS_UNTOUCHED]);
-    let entry = |i: usize, addr: GuestAddress, len: u32, flags: u16| {
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&addr.0.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&(i as u16 + 1).to_le_bytes());
-        raw
-    };
-    let (next, write) = (VRING_DESC_F_NEXT as u16, VRING_DESC_F_WRITE as u16);
-    for i in 0..count {
-        let raw = match i {
-            0 => entry(i, slot.header, 16, next),
-            i if i == count - 1 => entry(i, slot.status, 1, write),
-            _ => entry(i, data, 512, next | write),
-        };
-        rig.driver
-            .write_bytes(GuestAddress(table.0 + 16 * i as u64), &raw);
-    }
-    rig.driver.skip_descriptors(1);
-    rig.driver
-        .write_descriptor(0, table, 16 * count as u32, VRING_DESC_F_INDIRECT as u16, 0);
-    rig.driver.push_avail(0);
+    // Direct header + an indirect table of SEG_MAX + 1 data buffers and the status: 256
+    // descriptors in the table, within the queue size.
+    let mut table = vec![Buf::writable(data, 512); SEG_MAX + 1];
+    table.push(Buf::writable(slot.status, 1));
+    assert_eq!(
+        run_header_then_indirect(&mut rig, &slot, &table),
+        (IOERR, 1)
+    );
+    assert_still_serving(&mut rig);
+}
+
+#[test]
+fn zero_length_descriptors_count_toward_seg_max() {
+    let mut rig = rig_with_indirect_if_offered();
+    let slot = BlockSlot::alloc(&mut rig.driver);
+    let data = rig.driver.alloc(512);
+    slot.write_header(&rig.driver, VIRTIO_BLK_T_IN, 0);
+    rig.driver.write_bytes(slot.status, &[STATUS_UNTOUCHED]);
+    // SEG_MAX empty buffers and one real one: SEG_MAX + 1 data descriptors.
+    let mut table = vec![Buf::writable(data, 0); SEG_MAX];
+    table.push(Buf::writable(data, 512));
+    table.push(Buf::writable(slot.status, 1));
+    assert_eq!(
+        run_header_then_indirect(&mut rig, &slot, &table),
+        (IOERR, 1)
+    );
+    assert_still_serving(&mut rig);
+}
+
+#[test]
+fn indirect_tables_are_refused_unless_negotiated() {
+    // ALL_RW does not include VIRTIO_F_INDIRECT_DESC.
+    let mut rig = rig();
+    let slot = BlockSlot::alloc(&mut rig.driver);
+    let data = rig.driver.alloc(512);
+    slot.write_header(&rig.driver, VIRTIO_BLK_T_IN, 0);
+    rig.driver.write_bytes(slot.status, &[STATUS_UNTOUCHED]);
+    rig.driver.add_indirect_chain(&[
+        Buf::readable(slot.header, 16),
+        Buf::writable(data, 512),
+        Buf::writable(slot.status, 1),
+    ]);
     rig.driver.kick();
-    assert_eq!(rig.driver.wait_used().unwrap().len, 1);
-    assert_eq!(rig.driver.read_bytes(slot.status, 1), [IOERR]);
+    assert_eq!(rig.driver.wait_used().unwrap().len, 0);
+    assert_eq!(slot.status(&rig.driver), STATUS_UNTOUCHED);
+    assert_still_serving(&mut rig);
+}
+
+#[test]
+fn indirect_requests_are_served_when_negotiated() {
+    let mut rig = rig_with(
+        Arc::new(MemDisk::with_contents(pattern(DISK_SIZE), false)),
+        CacheType::Writeback,
+        ALL_RW | F_INDIRECT,
+    );
+    let slot = BlockSlot::alloc(&mut rig.driver);
+    let data = rig.driver.alloc(1024);
+    slot.write_header(&rig.driver, VIRTIO_BLK_T_IN, 2);
+    rig.driver.write_bytes(slot.status, &[STATUS_UNTOUCHED]);
+    rig.driver.add_indirect_chain(&[
+        Buf::readable(slot.header, 16),
+        Buf::writable(data, 512),
+        Buf::writable(GuestAddress(data.0 + 512), 512),
+        Buf::writable(slot.status, 1),
+    ]);
+    rig.driver.kick();
+    assert_eq!(rig.driver.wait_used().unwrap().len, 1025);
+    assert_eq!(slot.status(&rig.driver), OK);
+    assert_eq!(
+        rig.driver.read_bytes(data, 1024),
+        rig.disk.contents()[1024..2048]
+    );
+}
+
+#[test]
+fn bad_indirect_tables_complete_with_used_len_0() {
+    let mut rig = rig_with(
+        Arc::new(MemDisk::with_contents(pattern(DISK_SIZE), false)),
+        CacheType::Writeback,
+        ALL_RW | F_INDIRECT,
+    );
+    let slot = BlockSlot::alloc(&mut rig.driver);
+    let data = rig.driver.alloc(512);
+    slot.write_header(&rig.driver, VIRTIO_BLK_T_OUT, 0);
+    let bufs = [
+        Buf::readable(slot.header, 16),
+        Buf::readable(data, 512),
+        Buf::writable(slot.status, 1),
+    ];
+    let (table, len) = rig.driver.write_indirect_table(&bufs);
+    // A 1 MiB table (65 535 descriptors) whose first three entries are a valid write.
+    let big = rig.driver.alloc(1 << 20);
+    rig.driver
+        .write_bytes(big, &rig.driver.read_bytes(table, len as usize));
+    // A nested table: the first entry of the outer table is itself indirect.
+    let outer = rig.driver.alloc(16);
+    let mut nested = [0u8; 16];
+    nested[0..8].copy_from_slice(&table.0.to_le_bytes());
+    nested[8..12].copy_from_slice(&len.to_le_bytes());
+    nested[12..14].copy_from_slice(&(VRING_DESC_F_INDIRECT as u16).to_le_bytes());
+    rig.driver.write_bytes(outer, &nested);
+    let indirect = VRING_DESC_F_INDIRECT as u16;
+    let next = VRING_DESC_F_NEXT as u16;
+    let cases = [
+        ("longer than the queue", big, (1 << 20) - 16, indirect),
+        ("not whole descriptors", table, len - 1, indirect),
+        ("empty", table, 0, indirect),
+        ("misaligned", GuestAddress(table.0 + 8), len, indirect),
+        ("outside guest memory", GuestAddress(1 << 40), len, indirect),
+        ("nested", outer, 16, indirect),
+        ("indirect with NEXT", table, len, indirect | next),
+    ];
+    for (what, addr, table_len, flags) in cases {
+        rig.driver.write_bytes(slot.status, &[STATUS_UNTOUCHED]);
+        let head = rig.driver.add_chain([Buf::readable(addr, table_len)]);
+        rig.driver
+            .write_descriptor(head, addr, table_len, flags, head);
+        rig.driver.kick();
+        let used = rig.driver.wait_used().unwrap();
+        assert_eq!((used.head, used.len), (head, 0), "{what}");
+        assert_eq!(slot.status(&rig.driver), STATUS_UNTOUCHED, "{what}");
+    }
+    assert_disk_untouched(&rig);
     assert_still_serving(&mut rig);
 }
 

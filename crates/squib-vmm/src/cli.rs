@@ -5,6 +5,7 @@
 //!       [--disk PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]]...
 //!       [--boot-timer] [--boot-protocol auto|pvh|linux64]
 //!       [--no-acpi] [--no-mptable] [--no-cmdline-devices]
+//!       [--no-seccomp | --seccomp-filter FILE]   (taken out by `seccomp::take_flags` in `main`)
 //! ```
 //!
 //! Every option also accepts `--name=value`. Errors are one line naming the problem.
@@ -13,15 +14,18 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::arch::x86_64::layout::MAX_VIRTIO_MMIO_SLOTS;
-use crate::vm_config::{BootSource, CacheType, DriveConfig, IoEngine, VmConfig};
-use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
+use crate::ids::check_resource_id;
+use crate::vm_config::{
+    BootSource, CacheType, DriveConfig, IoEngine, VmConfig, check_mem_size_mib, check_vcpu_count,
+};
 
 /// The usage text.
 pub const USAGE: &str =
     "usage: squib --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N]
              [--disk PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]]...
              [--boot-timer] [--boot-protocol auto|pvh|linux64]
-             [--no-acpi] [--no-mptable] [--no-cmdline-devices]";
+             [--no-acpi] [--no-mptable] [--no-cmdline-devices]
+             [--no-seccomp | --seccomp-filter FILE]";
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]
@@ -155,21 +159,17 @@ fn check_exists(name: &str, path: &Path) -> Result<(), UsageError> {
 }
 
 fn parse_vcpus(text: &str) -> Result<u8, UsageError> {
-    match text.parse::<u8>() {
-        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
-        _ => Err(usage(format!(
-            "--vcpus {text:?}: expected a number from 1 to {MAX_VCPUS}"
-        ))),
-    }
+    let n = text
+        .parse::<u64>()
+        .map_err(|_| usage(format!("--vcpus {text:?}: expected a number")))?;
+    check_vcpu_count(n).map_err(|e| usage(format!("--vcpus {text:?}: {e}")))
 }
 
 fn parse_mem(text: &str) -> Result<usize, UsageError> {
-    match text.parse::<usize>() {
-        Ok(n) if (MIN_MEM_MIB..=MAX_MEM_MIB).contains(&n) => Ok(n),
-        _ => Err(usage(format!(
-            "--mem-mib {text:?}: expected a number from {MIN_MEM_MIB} to {MAX_MEM_MIB}"
-        ))),
-    }
+    let n = text
+        .parse::<u64>()
+        .map_err(|_| usage(format!("--mem-mib {text:?}: expected a number")))?;
+    check_mem_size_mib(n).map_err(|e| usage(format!("--mem-mib {text:?}: {e}")))
 }
 
 /// `PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]`; `index` names the
@@ -200,23 +200,14 @@ fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, UsageError> {
             Some(("engine", "async")) => drive.io_engine = IoEngine::Async,
             Some(("cache", "unsafe")) => drive.cache_type = CacheType::Unsafe,
             Some(("cache", "writeback")) => drive.cache_type = CacheType::Writeback,
-            Some(("id", id)) if valid_id(id) => drive.drive_id = id.to_owned(),
             Some(("id", id)) => {
-                return Err(usage(format!(
-                    "--disk {spec:?}: id {id:?} must be 1 to 64 letters, digits, '_' or '-'"
-                )));
+                check_resource_id(id).map_err(|e| usage(format!("--disk {spec:?}: {e}")))?;
+                drive.drive_id = id.to_owned();
             }
             _ => return Err(usage(format!("--disk {spec:?}: unknown option {option:?}"))),
         }
     }
     Ok(drive)
-}
-
-fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn check_drives(drives: &[DriveConfig]) -> Result<(), UsageError> {
@@ -350,10 +341,16 @@ mod tests {
             (&["--kernel", &k, "--kernel", &k], "--kernel given twice"),
             (
                 &["--kernel", &k, "--vcpus", "0"],
-                "--vcpus \"0\": expected a number from 1 to 32",
+                "--vcpus \"0\": vcpu_count must be between 1 and 32, got 0",
             ),
-            (&["--kernel", &k, "--vcpus", "33"], "from 1 to 32"),
-            (&["--kernel", &k, "--vcpus", "-1"], "from 1 to 32"),
+            (
+                &["--kernel", &k, "--vcpus", "33"],
+                "between 1 and 32, got 33",
+            ),
+            (
+                &["--kernel", &k, "--vcpus", "-1"],
+                "--vcpus \"-1\": expected a number",
+            ),
             (&["--kernel", &k, "--mem-mib", "1"], "--mem-mib \"1\""),
             (
                 &["--kernel", &k, "--mem-mib", "99999999999999999999"],
@@ -384,7 +381,7 @@ mod tests {
                     "--disk",
                     &format!("{},id=a b", f.path("a.img")),
                 ],
-                "id \"a b\"",
+                "API Resource IDs can only contain",
             ),
             (
                 &[

@@ -55,6 +55,13 @@ impl RunControl {
         }
     }
 
+    /// Control for `vcpus` vCPU threads, which start parked until [`RunControl::resume`].
+    pub fn new_held(vcpus: usize) -> Self {
+        let control = Self::new(vcpus);
+        control.lock().target = Target::Pause;
+        control
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -1,13 +1,19 @@
 //! Why a microVM stops, and the process exit status each reason maps to.
 //!
-//! | status | meaning |
-//! |---|---|
-//! | 0 | the guest powered off (ACPI S5) or reset the machine (i8042 `0xfe`, ACPI reset register, KVM system event shutdown/reset), or squib was told to stop (SIGTERM, SIGINT, the API) |
-//! | odd `(v << 1) \| 1` | the guest wrote `v` to the debug-exit port `0x501` (8-bit status: `v` < 128 round-trips) |
-//! | 2 | bad command line (usage) |
-//! | 4 | triple fault (`KVM_EXIT_SHUTDOWN`) or a KVM system-event crash |
-//! | 6 | the guest put a vCPU where KVM cannot run it (emulation failure, failed entry, unexpected exit) |
-//! | 8 | squib itself failed (set-up or a host error) |
+//! Firecracker's statuses (`FcExitCode`) where Firecracker has one, so that launchers read
+//! squib's exit like Firecracker's; squib's own guest-driven statuses use numbers Firecracker
+//! never returns. docs/architecture.md "Exit statuses" is the table users read.
+//!
+//! | status | meaning | Firecracker |
+//! |---|---|---|
+//! | 0 | the guest powered off (ACPI S5) or reset the machine (i8042 `0xfe`, ACPI reset register, KVM system event shutdown/reset), or squib was told to stop (SIGTERM, SIGINT, the API) | same (Firecracker dies of SIGTERM instead) |
+//! | 1 | squib itself failed (set-up or a host error) | `GenericError` |
+//! | 4 | triple fault (`KVM_EXIT_SHUTDOWN`) or a KVM system-event crash | 0 — squib reports the crash |
+//! | 6 | the guest put a vCPU where KVM cannot run it (emulation failure, failed entry, unexpected exit) | 1 |
+//! | odd `(v << 1) \| 1` | the guest wrote `v` to the debug-exit port `0x501` (QEMU's `isa-debug-exit` convention, for test guests) | no such device |
+//! | 151, 154, 156 | SIGXFSZ, SIGXCPU, SIGHUP | same |
+//! | 152 | bad configuration: a `--config-file` that does not parse, validate or build, a bad `--level` | `BadConfiguration` |
+//! | 153 | bad command-line arguments, or a flag whose feature squib lacks | `ArgParsing` |
 
 use std::sync::mpsc::Sender;
 
@@ -47,24 +53,23 @@ pub enum ExitReason {
     HostError(String),
 }
 
-/// Exit status for a usage error.
-pub const STATUS_USAGE: u8 = 2;
+/// Exit status for a failure of squib itself (Firecracker's `GenericError`).
+pub const STATUS_GENERIC_ERROR: u8 = 1;
+/// Exit status for a bad configuration (Firecracker's `BadConfiguration`).
+pub const STATUS_BAD_CONFIGURATION: u8 = 152;
+/// Exit status for bad command-line arguments (Firecracker's `ArgParsing`).
+pub const STATUS_ARG_PARSING: u8 = 153;
 /// Exit status for a triple fault or guest crash event.
 pub const STATUS_TRIPLE_FAULT: u8 = 4;
 /// Exit status for a vCPU KVM cannot run.
 pub const STATUS_VCPU_FAILURE: u8 = 6;
-/// Exit status for a failure of squib itself.
-pub const STATUS_HOST_ERROR: u8 = 8;
 
 impl ExitReason {
     /// The process exit status for this reason (see the module table).
     pub fn status(&self) -> u8 {
         match self {
-            Self::I8042Reset
-            | Self::AcpiPowerOff
-            | Self::AcpiReset
-            | Self::Signal(_)
-            | Self::Requested => 0,
+            Self::I8042Reset | Self::AcpiPowerOff | Self::AcpiReset | Self::Requested => 0,
+            Self::Signal(signal) => signal_status(*signal),
             // Wraps to 8 bits like any exit status; `v` < 128 round-trips.
             Self::DebugExit(v) => (v << 1) | 1,
             Self::SystemEvent { kind } => match *kind {
@@ -73,8 +78,18 @@ impl ExitReason {
             },
             Self::TripleFault { .. } => STATUS_TRIPLE_FAULT,
             Self::VcpuFailure { .. } => STATUS_VCPU_FAILURE,
-            Self::HostError(_) => STATUS_HOST_ERROR,
+            Self::HostError(_) => STATUS_GENERIC_ERROR,
         }
+    }
+}
+
+/// Firecracker's status for a signal that stopped it; 0 for the orderly stops (SIGTERM, SIGINT).
+fn signal_status(signal: i32) -> u8 {
+    match signal {
+        libc::SIGXFSZ => 151,
+        libc::SIGXCPU => 154,
+        libc::SIGHUP => 156,
+        _ => 0,
     }
 }
 
@@ -154,6 +169,11 @@ mod tests {
             .status(),
             6
         );
-        assert_eq!(ExitReason::HostError(String::new()).status(), 8);
+        assert_eq!(ExitReason::HostError(String::new()).status(), 1);
+        assert_eq!(ExitReason::Signal(libc::SIGTERM).status(), 0);
+        assert_eq!(ExitReason::Signal(libc::SIGINT).status(), 0);
+        assert_eq!(ExitReason::Signal(libc::SIGHUP).status(), 156);
+        assert_eq!(ExitReason::Signal(libc::SIGXCPU).status(), 154);
+        assert_eq!(ExitReason::Signal(libc::SIGXFSZ).status(), 151);
     }
 }

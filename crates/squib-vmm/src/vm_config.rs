@@ -1,9 +1,14 @@
 //! What a microVM is made of, as the CLI, the config file and the API describe it.
 //!
 //! Every front end (command line, `--config-file`, the REST API) produces a `VmConfig`; the VMM
-//! builds the machine from it. Values here are validated by the front end that parsed them.
+//! builds the machine from it. The machine limits are checked here, once, for every front end
+//! ([`check_vcpu_count`], [`check_mem_size_mib`]); the VMM checks them again at its boundary
+//! with the same functions. `CacheType` and `IoEngine` are also the API's and the config file's
+//! types (Firecracker's names).
 
 use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 pub use crate::boot::pvh::BootProtocol;
 
@@ -78,6 +83,40 @@ pub struct BootSource {
     pub boot_args: Option<String>,
 }
 
+/// Most vCPUs a microVM may have.
+pub const MAX_VCPUS: u8 = 32;
+/// Least guest RAM, MiB: room for the boot structures below 1 MiB and a small kernel above.
+pub const MIN_MEM_MIB: usize = 8;
+/// Most guest RAM, MiB (1 TiB): far beyond any microVM, well within every address computation.
+pub const MAX_MEM_MIB: usize = 1 << 20;
+
+/// A machine size out of squib's limits; the text is the API's `fault_message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MachineLimitError {
+    /// `vcpu_count` out of 1..=[`MAX_VCPUS`].
+    #[error("vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
+    VcpuCount(u64),
+    /// `mem_size_mib` out of [`MIN_MEM_MIB`]..=[`MAX_MEM_MIB`].
+    #[error("mem_size_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {0}")]
+    MemSize(u64),
+}
+
+/// Checks a vCPU count against squib's limits.
+pub fn check_vcpu_count(n: u64) -> Result<u8, MachineLimitError> {
+    u8::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_VCPUS).contains(n))
+        .ok_or(MachineLimitError::VcpuCount(n))
+}
+
+/// Checks a memory size (MiB) against squib's limits.
+pub fn check_mem_size_mib(mib: u64) -> Result<usize, MachineLimitError> {
+    usize::try_from(mib)
+        .ok()
+        .filter(|mib| (MIN_MEM_MIB..=MAX_MEM_MIB).contains(mib))
+        .ok_or(MachineLimitError::MemSize(mib))
+}
+
 /// vCPUs and memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MachineConfig {
@@ -102,8 +141,8 @@ impl Default for MachineConfig {
     }
 }
 
-/// How the guest's writes reach the disk.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the guest's writes reach the disk (Firecracker's `cache_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheType {
     /// FLUSH is not offered; the host decides when data reaches the disk.
     #[default]
@@ -112,8 +151,8 @@ pub enum CacheType {
     Writeback,
 }
 
-/// Which engine moves a drive's data.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which engine moves a drive's data (Firecracker's `io_engine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IoEngine {
     /// `SyncFileBackend`: one `Mutex<File>`.
     #[default]
@@ -122,24 +161,66 @@ pub enum IoEngine {
     Async,
 }
 
-/// One token bucket: `size` tokens, refilled completely every `refill_time_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Longest `refill_time` (ms) whose nanoseconds fit in 64 bits.
+pub const MAX_REFILL_TIME_MS: u64 = u64::MAX / 1_000_000;
+
+/// One token bucket: `size` tokens, refilled completely every `refill_time_ms`. Also the API's
+/// and the config file's `TokenBucket` (Firecracker's names on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenBucketConfig {
     /// Bucket capacity (bytes or operations).
     pub size: u64,
-    /// Extra tokens available once, at start.
+    /// Extra tokens available once, at start (0: none; omitted on the wire when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub one_time_burst: u64,
     /// Time for an empty bucket to fill, in milliseconds.
+    #[serde(rename = "refill_time")]
     pub refill_time_ms: u64,
 }
 
-/// Firecracker's rate limiter: a bandwidth bucket and an operations bucket.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Firecracker's rate limiter: a bandwidth bucket and an operations bucket. Also the API's and
+/// the config file's `RateLimiter`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimiterConfig {
     /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<TokenBucketConfig>,
     /// Requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<TokenBucketConfig>,
+}
+
+/// A token bucket that cannot be represented; the text is the API's `fault_message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate_limiter.{bucket}.refill_time {ms} ms is too large (at most {MAX_REFILL_TIME_MS})")]
+pub struct RateLimiterError {
+    /// `bandwidth` or `ops`.
+    pub bucket: &'static str,
+    /// The value given.
+    pub ms: u64,
+}
+
+impl RateLimiterConfig {
+    /// Checks that every bucket can be represented (its refill time in nanoseconds fits).
+    pub fn check(&self) -> Result<(), RateLimiterError> {
+        for (bucket, b) in [("bandwidth", &self.bandwidth), ("ops", &self.ops)] {
+            if let Some(b) = b
+                && b.refill_time_ms > MAX_REFILL_TIME_MS
+            {
+                return Err(RateLimiterError {
+                    bucket,
+                    ms: b.refill_time_ms,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One virtio-blk drive.

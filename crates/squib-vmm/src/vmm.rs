@@ -1,16 +1,18 @@
 //! The microVM monitor: builds a machine from a [`VmConfig`], runs its vCPUs, and stops it in
 //! order. [`VmmHandle`] is the control surface the API and the signal thread use.
 //!
-//! Start-up sequence ([`Vmm::start`]); KVM's memory-slot registration costs milliseconds here,
-//! so it runs on its own thread, overlapped with steps 4–7:
+//! Start-up sequence ([`Vmm::start`]). Steps 1–4 depend only on the machine size, so they form
+//! a [`VmShell`] that the API builds ahead of `InstanceStart`, off its thread
+//! ([`Vmm::start_on`] finishes from one); KVM's memory-slot registration costs milliseconds
+//! here, so it runs on its own thread, overlapped with the vCPU set-up:
 //!
 //! 1. validate the machine; open `/dev/kvm`;
 //! 2. create the VM: irqchip, PIT, KVM's private pages;
 //! 3. map guest RAM (lazily: no page is touched);
-//! 4. (thread) register RAM with KVM — meanwhile: create and configure the vCPUs;
+//! 4. (thread) register RAM with KVM — meanwhile: create and configure the vCPUs; join;
 //! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio drives;
 //! 6. load the guest (`boot::load`) and set the boot vCPU's entry state;
-//! 7. join the registration; start one thread per vCPU, then stdin forwarding.
+//! 7. start one thread per vCPU, then stdin forwarding.
 
 use std::io::Read;
 use std::sync::mpsc::{self, Receiver};
@@ -23,11 +25,11 @@ use kvm_ioctls::{Kvm, VmFd};
 use squib_host::signals;
 
 use crate::GuestMemory;
-use crate::arch::x86_64::layout::{BOOT_TIMER_START, MMIO_DEVICE_SIZE};
+use crate::arch::x86_64::layout::{BOOT_TIMER_START, LEGACY_BOOT_TIMER_START, MMIO_DEVICE_SIZE};
 use crate::boot::{self, BootError};
 use crate::control::{RunControl, VmState};
 use crate::devices::block::{self, DriveError};
-use crate::devices::boot_timer::BootTimer;
+use crate::devices::boot_timer::{BootTimer, BuildStart};
 use crate::devices::bus::Bus;
 use crate::devices::manager::DeviceManager;
 use crate::devices::serial::{self, SerialOutput};
@@ -35,14 +37,11 @@ use crate::devices::{self, DeviceError, LegacyDevices};
 use crate::exit::{ExitReason, ExitSender};
 use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
-use crate::vm_config::VmConfig;
+use crate::seccomp::{self, SeccompError, ThreadKind};
+use crate::vm_config::{MachineConfig, VmConfig, check_mem_size_mib, check_vcpu_count};
 
-/// Most vCPUs a microVM may have.
-pub const MAX_VCPUS: u8 = 32;
-/// Least guest RAM: room for the boot structures below 1 MiB and a small kernel above.
-pub const MIN_MEM_MIB: usize = 8;
-/// Most guest RAM (1 TiB): far beyond any microVM, well within every address computation.
-pub const MAX_MEM_MIB: usize = 1 << 20;
+/// The machine limits, defined with the KVM-free model that checks them.
+pub use crate::vm_config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 /// vCPU thread stack: the run loop and device emulation need little.
 const VCPU_STACK_SIZE: usize = 256 << 10;
 
@@ -93,9 +92,9 @@ pub enum VmmError {
     /// The vCPU kick signal could not be set up.
     #[error("cannot set up the vCPU kick signal: {0}")]
     KickSignal(std::io::Error),
-    /// A device could not restart its worker after a pause.
-    #[error("resuming the devices: {0}")]
-    DeviceResume(squib_virtio::device::ActivateError),
+    /// A seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// The entropy device could not be set up.
     #[error(transparent)]
     Entropy(#[from] crate::devices::rng::EntropyError),
@@ -105,6 +104,12 @@ pub enum VmmError {
     /// The VM is stopping: it can no longer be paused or resumed.
     #[error("the microVM is stopping")]
     Stopping,
+    /// A shell built for another machine size.
+    #[error("the prepared VM has another machine size")]
+    ShellMismatch,
+    /// A device could not restart its worker after a pause.
+    #[error("resuming the devices: {0}")]
+    DeviceResume(squib_virtio::device::ActivateError),
 }
 
 /// Where the guest console goes, and where the process started.
@@ -115,6 +120,9 @@ pub struct StartOptions {
     pub console_out: SerialOutput,
     /// Guest console input, forwarded on its own thread (`None`: no input).
     pub console_in: Option<Box<dyn Read + Send>>,
+    /// The calling thread's kind: [`Vmm::start`] installs its seccomp filter on the calling
+    /// thread after starting every other thread and before the vCPUs enter the guest.
+    pub caller: ThreadKind,
 }
 
 impl std::fmt::Debug for StartOptions {
@@ -122,6 +130,7 @@ impl std::fmt::Debug for StartOptions {
         f.debug_struct("StartOptions")
             .field("process_start", &self.process_start)
             .field("console_in", &self.console_in.is_some())
+            .field("caller", &self.caller)
             .finish_non_exhaustive()
     }
 }
@@ -221,52 +230,50 @@ pub struct Vmm {
     _mem: GuestMemory,
 }
 
-fn validate(config: &VmConfig) -> Result<(), VmmError> {
-    let machine = &config.machine;
-    if !(1..=MAX_VCPUS).contains(&machine.vcpu_count) {
-        return Err(VmmError::VcpuCount(machine.vcpu_count));
-    }
-    if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&machine.mem_size_mib) {
-        return Err(VmmError::MemSize(machine.mem_size_mib));
-    }
+fn validate(machine: &MachineConfig) -> Result<(), VmmError> {
+    check_vcpu_count(u64::from(machine.vcpu_count))
+        .map_err(|_| VmmError::VcpuCount(machine.vcpu_count))?;
+    check_mem_size_mib(machine.mem_size_mib as u64)
+        .map_err(|_| VmmError::MemSize(machine.mem_size_mib))?;
     if machine.smt {
         return Err(VmmError::Smt);
     }
     Ok(())
 }
 
-impl Vmm {
-    /// Builds the microVM described by `config` and starts its vCPUs (see the module docs for
-    /// the sequence). A process that waits for SIGTERM/SIGINT blocks them first thing in
-    /// `main` ([`crate::block_signals`]).
-    pub fn start(config: &VmConfig, options: StartOptions) -> Result<Self, VmmError> {
+/// The part of a microVM that depends only on its machine size (steps 1–4): the KVM VM, guest
+/// RAM registered with it, the vCPUs created and configured. Nothing of the guest is in it yet.
+#[derive(Debug)]
+pub struct VmShell {
+    machine: MachineConfig,
+    vm: VmFd,
+    mem: GuestMemory,
+    vcpus: Vec<Vcpu>,
+}
+
+impl VmShell {
+    /// Steps 1–4 for `machine`.
+    pub fn build(machine: &MachineConfig) -> Result<Self, VmmError> {
         // 1.
-        validate(config)?;
-        let source = config.boot.as_ref().ok_or(VmmError::NoBootSource)?;
-        let vcpu_count = config.machine.vcpu_count;
-        let mem_bytes = (config.machine.mem_size_mib as u64) << 20;
+        validate(machine)?;
+        let vcpu_count = machine.vcpu_count;
         signals::install_kick_handler().map_err(VmmError::KickSignal)?;
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         // 2., 3.
         let vm = vm::create(&kvm)?;
-        let mem = vm::create_memory(config.machine.mem_size_mib)?;
-        let (exit_tx, exit_rx) = mpsc::channel();
-        let exit = ExitSender::new(exit_tx);
-        let vcpus_start = Arc::new(OnceLock::new());
-
-        let (vcpus, pio, mmio, legacy, devices) = std::thread::scope(|scope| {
-            // 4. Registration, overlapped with everything up to 7.
+        let mem = vm::create_memory(machine.mem_size_mib)?;
+        let vcpus = std::thread::scope(|scope| {
+            // 4. Registration, overlapped with the vCPUs' set-up.
             let registration = std::thread::Builder::new()
                 .name("mem-register".into())
                 .stack_size(64 << 10)
                 .spawn_scoped(scope, || {
-                    vm::register_memory(&vm, &mem, config.machine.track_dirty_pages)
+                    vm::register_memory(&vm, &mem, machine.track_dirty_pages)
                 })
                 .map_err(|source| VmmError::Thread {
                     what: "memory registration",
                     source,
                 })?;
-
             let supported_cpuid = kvm
                 .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
                 .map_err(VmmError::Cpuid)?;
@@ -276,49 +283,100 @@ impl Vmm {
                 vcpu.configure(&supported_cpuid, vcpu_count)?;
                 vcpus.push(vcpu);
             }
-
-            // 5.
-            let mut pio = Bus::new("pio");
-            let mut mmio = Bus::new("mmio");
-            let legacy = devices::attach_legacy(&vm, &mut pio, &exit, options.console_out)?;
-            if config.boot_timer {
-                let timer = BootTimer::new(options.process_start, vcpus_start.clone());
-                mmio.insert(
-                    BOOT_TIMER_START,
-                    MMIO_DEVICE_SIZE,
-                    Arc::new(Mutex::new(timer)),
-                )
-                .map_err(DeviceError::from)?;
-            }
-            let mut devices = DeviceManager::new();
-            block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
-            if let Some(entropy) = &config.entropy {
-                devices::rng::attach(&vm, &mem, &mut mmio, &mut devices, entropy)?;
-            }
-            if let Some(vsock) = &config.vsock {
-                devices::vsock::attach(&vm, &mem, &mut mmio, &mut devices, vsock)?;
-            }
-
-            // 6.
-            let machine = boot::Machine {
-                mem_bytes,
-                vcpu_count,
-                virtio_slots: devices.slots(),
-                options: config.boot_options,
-            };
-            let entry = boot::load(&mem, &machine, source, &config.drives)?;
-            vcpus[0].set_entry(&entry)?;
-
-            // 7.
             match registration.join() {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, devices))
+            Ok::<_, VmmError>(vcpus)
         })?;
+        Ok(Self {
+            machine: machine.clone(),
+            vm,
+            mem,
+            vcpus,
+        })
+    }
 
+    /// Whether this shell is what `machine` asks for.
+    pub fn fits(&self, machine: &MachineConfig) -> bool {
+        self.machine == *machine
+    }
+}
+
+impl Vmm {
+    /// Builds the microVM described by `config` and starts its vCPUs (see the module docs for
+    /// the sequence). A process that waits for SIGTERM/SIGINT blocks them first thing in
+    /// `main` ([`crate::block_signals`]).
+    pub fn start(config: &VmConfig, options: StartOptions) -> Result<Self, VmmError> {
+        let build_start = BuildStart::now();
+        let shell = VmShell::build(&config.machine)?;
+        Self::finish(shell, config, options, build_start)
+    }
+
+    /// Steps 5–7 on a shell built ahead of time for `config`'s machine: what is left to do
+    /// when `InstanceStart` arrives.
+    pub fn start_on(
+        shell: VmShell,
+        config: &VmConfig,
+        options: StartOptions,
+    ) -> Result<Self, VmmError> {
+        let build_start = BuildStart::now();
+        if !shell.fits(&config.machine) {
+            return Err(VmmError::ShellMismatch);
+        }
+        Self::finish(shell, config, options, build_start)
+    }
+
+    fn finish(
+        shell: VmShell,
+        config: &VmConfig,
+        options: StartOptions,
+        build_start: BuildStart,
+    ) -> Result<Self, VmmError> {
+        let source = config.boot.as_ref().ok_or(VmmError::NoBootSource)?;
+        let VmShell { vm, mem, vcpus, .. } = shell;
+        let vcpu_count = config.machine.vcpu_count;
+        let mem_bytes = (config.machine.mem_size_mib as u64) << 20;
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let exit = ExitSender::new(exit_tx);
+        let vcpus_start = Arc::new(OnceLock::new());
+
+        // 5.
+        let mut pio = Bus::new("pio");
+        let mut mmio = Bus::new("mmio");
+        let legacy = devices::attach_legacy(&vm, &mut pio, &exit, options.console_out)?;
+        if config.boot_timer {
+            let timer = BootTimer::new(build_start, options.process_start, vcpus_start.clone());
+            let timer = Arc::new(Mutex::new(timer));
+            // Firecracker's address, and the one images built before Firecracker 1.13 write.
+            for base in [BOOT_TIMER_START, LEGACY_BOOT_TIMER_START] {
+                mmio.insert(base, MMIO_DEVICE_SIZE, timer.clone())
+                    .map_err(DeviceError::from)?;
+            }
+        }
+        let mut devices = DeviceManager::new();
+        block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
+        if let Some(entropy) = &config.entropy {
+            devices::rng::attach(&vm, &mem, &mut mmio, &mut devices, entropy)?;
+        }
+        if let Some(vsock) = &config.vsock {
+            devices::vsock::attach(&vm, &mem, &mut mmio, &mut devices, vsock)?;
+        }
+
+        // 6.
+        let machine = boot::Machine {
+            mem_bytes,
+            vcpu_count,
+            virtio_slots: devices.slots(),
+            options: config.boot_options,
+        };
+        let entry = boot::load(&mem, &machine, source, &config.drives)?;
+        vcpus[0].set_entry(&entry)?;
+
+        // 7.
         let shared = Arc::new(RunningVm {
-            control: RunControl::new(vcpus.len()),
+            // Held until every thread, this one included, has its seccomp filter.
+            control: RunControl::new_held(vcpus.len()),
             vcpu_threads: Mutex::new(Vec::with_capacity(vcpus.len())),
             exit,
             legacy,
@@ -354,6 +412,16 @@ impl Vmm {
                 tracing::warn!("guest console input disabled: cannot start its thread: {err}");
             }
         }
+        // Last: the threads started above installed their own filters; the guest runs only
+        // once this thread has its own too.
+        if let Err(err) = seccomp::enter(options.caller) {
+            shutdown(&shared);
+            return Err(err.into());
+        }
+        if !seccomp::enabled() {
+            tracing::info!("seccomp: no filter installed");
+        }
+        shared.control.resume();
         tracing::debug!(
             vcpus = vcpu_count,
             mem_mib = config.machine.mem_size_mib,
@@ -414,10 +482,17 @@ fn shutdown(shared: &RunningVm) {
 
 /// A vCPU thread: run the guest until told to stop or the guest stops the VM.
 fn run_vcpu(mut vcpu: Vcpu, shared: &RunningVm, pio: &Bus, mmio: &Bus) {
+    // Before anything the guest can influence.
+    let filtered = seccomp::enter(ThreadKind::Vcpu);
     // Blocked outside KVM_RUN, unblocked inside: see `squib_host::signals`.
     let kick_setup = signals::block(&[signals::kick_signal()])
         .and_then(|()| signals::unblock_kick_during_run(vcpu.fd()));
-    if let Err(err) = kick_setup {
+    if let Err(err) = filtered {
+        shared.exit.request(ExitReason::HostError(format!(
+            "vCPU {}: {err}",
+            vcpu.index()
+        )));
+    } else if let Err(err) = kick_setup {
         shared.exit.request(ExitReason::HostError(format!(
             "vCPU {}: KVM_SET_SIGNAL_MASK: {err}",
             vcpu.index()

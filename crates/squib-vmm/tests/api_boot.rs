@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Client;
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,7 +48,7 @@ fn curl_available(test: &str) -> bool {
 /// squib in API mode, stdout/stderr captured.
 fn spawn_api(sock: &Path, extra: &[&str]) -> Child {
     let child = common::squib()
-        .args(["--api-sock", sock.to_str().unwrap(), "--id", "api_test"])
+        .args(["--api-sock", sock.to_str().unwrap(), "--id", "api-test"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -256,46 +256,8 @@ fn runtime_control_with_curl_ends_with_ctrl_alt_del() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(line["patch_api_requests"]["drives_count"], 2);
+    assert_eq!(line["patch_api_requests"]["drive_count"], 2);
     assert!(line.get("block_rootfs").is_some(), "{line}");
-}
-
-/// A keep-alive client written against the socket directly.
-struct Client(UnixStream, Vec<u8>);
-
-impl Client {
-    fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        self.0
-            .write_all(format!("{head}{body}").as_bytes())
-            .unwrap();
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 16];
-            let mut resp = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(n) = resp.parse(&self.1).unwrap() {
-                let len: usize = resp
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .map_or(0, |h| {
-                        std::str::from_utf8(h.value).unwrap().parse().unwrap()
-                    });
-                if self.1.len() >= n + len {
-                    let code = resp.code.unwrap();
-                    let body = String::from_utf8(self.1[n..n + len].to_vec()).unwrap();
-                    self.1.drain(..n + len);
-                    return (code, body);
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let read = self.0.read(&mut chunk).unwrap();
-            assert!(read > 0, "connection closed");
-            self.1.extend_from_slice(&chunk[..read]);
-        }
-    }
 }
 
 #[test]
@@ -328,7 +290,7 @@ fn rust_client_controls_a_running_guest_on_one_connection() {
     let info = json(&c.call("GET", "/", "").1);
     assert_eq!(
         (info["id"].as_str(), info["state"].as_str()),
-        (Some("api_test"), Some("Running"))
+        (Some("api-test"), Some("Running"))
     );
     let (code, body) = c.call("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
     assert_eq!(
@@ -393,13 +355,32 @@ fn config_file_boots_the_test_guest_with_and_without_the_api() {
         &["--no-api", "--config-file", bad.to_str().unwrap()],
         TIMEOUT,
     );
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(152), "bad configuration");
     assert!(common::stderr(&output).contains("vcpu_count must be between 1 and 32"));
     std::fs::write(&bad, r#"{"balloon":{"amount_mib":1}}"#).unwrap();
     let output = common::run_squib(
         &["--no-api", "--config-file", bad.to_str().unwrap()],
         TIMEOUT,
     );
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(152), "bad configuration");
     assert!(common::stderr(&output).contains("squib does not support `balloon`"));
+    // One that validates but whose microVM cannot be built: Firecracker's 152 too.
+    let not_elf = dir.path().join("not-elf");
+    std::fs::write(&not_elf, b"not a kernel").unwrap();
+    let config = format!(
+        r#"{{"boot-source":{{"kernel_image_path":"{}"}}}}"#,
+        not_elf.display()
+    );
+    std::fs::write(&bad, config).unwrap();
+    let output = common::run_squib(
+        &["--no-api", "--config-file", bad.to_str().unwrap()],
+        TIMEOUT,
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(152),
+        "{}",
+        common::stderr(&output)
+    );
+    assert!(common::stderr(&output).contains("cannot start the microVM"));
 }

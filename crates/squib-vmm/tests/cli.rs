@@ -1,4 +1,5 @@
-//! Bad command lines: one line naming the problem (then the usage), exit status 2, no VM.
+//! Bad command lines: one line naming the problem (then the usage), Firecracker's bad-arguments
+//! status 153, no VM.
 #![forbid(unsafe_code)]
 
 mod common;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 fn usage_error(args: &[&str]) -> String {
     let output = common::run_squib(args, Duration::from_secs(10));
-    assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+    assert_eq!(output.status.code(), Some(153), "{args:?}: {output:?}");
     assert!(output.stdout.is_empty(), "{args:?}: printed on stdout");
     let stderr = common::stderr(&output);
     let first = stderr.lines().next().unwrap_or_default().to_owned();
@@ -58,8 +59,15 @@ fn bad_sizes_and_combinations_are_named() {
 }
 
 #[test]
-fn help_prints_the_usage() {
-    let output = common::run_squib(&["--help"], Duration::from_secs(10));
-    assert_eq!(output.status.code(), Some(0));
-    assert!(common::stdout(&output).starts_with("usage: squib --kernel PATH"));
+fn help_prints_the_version_then_both_usages() {
+    let kernel = std::env::current_exe().unwrap();
+    let kernel = kernel.to_str().unwrap();
+    for args in [&["--help"][..], &["--kernel", kernel, "--help"]] {
+        let output = common::run_squib(args, Duration::from_secs(10));
+        assert_eq!(output.status.code(), Some(0));
+        let out = common::stdout(&output);
+        assert!(out.starts_with("Firecracker v1.16.0 (squib "), "{out}");
+        assert!(out.contains("usage: squib --kernel PATH"), "{out}");
+        assert!(out.contains("usage: squib [--api-sock PATH]"), "{out}");
+    }
 }

@@ -48,7 +48,7 @@ fn test_guest_as_a_bzimage_boots_and_passes_its_checks() {
         "failed checks:\n{stdout}"
     );
     assert!(
-        stdout.contains("virtio_mmio.device=4K@0xd0001000:5"),
+        stdout.contains("virtio_mmio.device=4K@0xc0001000:5"),
         "the zero page's command line reached the guest:\n{stdout}"
     );
     assert_eq!(

@@ -137,7 +137,7 @@ fn unloadable_kernel_fails_cleanly() {
     let not_elf = dir.path().join("not-elf");
     std::fs::write(&not_elf, b"this is not a kernel").unwrap();
     let output = run_squib(&["--kernel", not_elf.to_str().unwrap()], TIMEOUT);
-    assert_eq!(output.status.code(), Some(8));
+    assert_eq!(output.status.code(), Some(1));
     let stderr = common::stderr(&output);
     assert!(
         stderr.contains("cannot load the kernel") && stderr.contains("not-elf"),
@@ -157,7 +157,7 @@ fn kernel_too_big_for_memory_is_reported() {
         &["--kernel", guest.to_str().unwrap(), "--mem-mib", "8"],
         TIMEOUT,
     );
-    assert_eq!(output.status.code(), Some(8), "{}", common::stderr(&output));
+    assert_eq!(output.status.code(), Some(1), "{}", common::stderr(&output));
     assert!(
         common::stderr(&output).contains("cannot load the kernel"),
         "{}",

@@ -136,13 +136,13 @@ fn latencies(
 }
 
 /// A minimal HTTP/1.1 client for the API socket: one connection, reconnecting if closed.
-struct Client<'a> {
+pub(super) struct Client<'a> {
     path: &'a Path,
     stream: BufReader<UnixStream>,
 }
 
 impl<'a> Client<'a> {
-    fn connect(path: &'a Path) -> Result<Client<'a>, String> {
+    pub(super) fn connect(path: &'a Path) -> Result<Client<'a>, String> {
         Ok(Client {
             path,
             stream: BufReader::new(Self::open(path)?),
@@ -161,26 +161,40 @@ impl<'a> Client<'a> {
     }
 
     fn get(&mut self, uri: &str) -> Result<(), String> {
-        match self.exchange(uri) {
-            Ok(keep_alive) => {
+        self.request("GET", uri, "").map(|_| ())
+    }
+
+    /// One request; returns the status code.
+    pub(super) fn request(&mut self, method: &str, uri: &str, body: &str) -> Result<u16, String> {
+        match self.exchange(method, uri, body) {
+            Ok((status, keep_alive)) => {
                 if !keep_alive {
                     self.stream = BufReader::new(Self::open(self.path)?);
                 }
-                Ok(())
+                Ok(status)
             }
-            Err(e) => Err(format!("GET {uri}: {e}")),
+            Err(e) => Err(format!("{method} {uri}: {e}")),
         }
     }
 
-    /// Sends one request and reads its response; returns whether the connection stays open.
-    fn exchange(&mut self, uri: &str) -> std::io::Result<bool> {
-        let request =
-            format!("GET {uri} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n");
+    /// Sends one request and reads its response; returns the status code and whether the
+    /// connection stays open.
+    fn exchange(&mut self, method: &str, uri: &str, body: &str) -> std::io::Result<(u16, bool)> {
+        let request = format!(
+            "{method} {uri} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         self.stream.get_mut().write_all(request.as_bytes())?;
         let mut status = String::new();
         if self.stream.read_line(&mut status)? == 0 || !status.starts_with("HTTP/1.") {
             return Err(std::io::Error::other(format!("bad status line {status:?}")));
         }
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         let (mut length, mut keep_alive) = (0usize, true);
         loop {
             let mut header = String::new();
@@ -198,6 +212,6 @@ impl<'a> Client<'a> {
         }
         let mut body = vec![0; length];
         self.stream.read_exact(&mut body)?;
-        Ok(keep_alive)
+        Ok((code, keep_alive))
     }
 }

@@ -1,10 +1,17 @@
 //! Level 4: start-up and memory — exec → first guest output, exec → the boot-timer line,
-//! exec → process exit for a guest that powers off at once, and the VMM's resident memory
-//! outside guest RAM, squib against QEMU microvm (with qboot) on the same guest file.
+//! exec → process exit for a guest that powers off at once, start on request (a VM configured
+//! ahead: `InstanceStart` → first guest output, against QEMU started with `-S` and resumed with
+//! QMP `cont`), and the VMM's resident memory outside guest RAM, squib against QEMU microvm
+//! (with qboot) on the same guest file.
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use super::Context;
+use super::api::Client;
 use super::device_path::disk_image;
 use super::level::{Better, Figure, Level, Verdict};
 use super::vm::{self, Vm};
@@ -24,6 +31,11 @@ const STEADY_CMDLINE: &str =
 const STEADY_MARKER: &str = "BENCH start";
 /// Time for the VMM to settle after the marker, before smaps is read.
 const SETTLE: Duration = Duration::from_millis(300);
+/// Start on request: how long the configured VM waits before the start request (a control
+/// plane configures ahead of the request that needs the VM).
+const CONFIGURED_AHEAD: Duration = Duration::from_millis(100);
+/// Goal for `InstanceStart` → first guest output (issue 9).
+const START_ON_REQUEST_GOAL_MS: f64 = 1.0;
 
 /// One boot's timings, in milliseconds since exec.
 struct Boot {
@@ -52,17 +64,23 @@ fn measure(ctx: &Context) -> Result<Level, String> {
 
     let squib_boots = boots(ctx, squib, runs)?;
     let squib_memory = memory(ctx, squib, memory_runs)?;
-    let (qemu_boots, qemu_memory) = match ctx.qemu() {
-        Ok(_) => match (boots(ctx, qemu, runs), memory(ctx, qemu, memory_runs)) {
-            (Ok(b), Ok(m)) => (b, m),
-            (Err(e), _) | (_, Err(e)) => {
+    let squib_on_request = on_request(ctx, squib, runs, Prepared::Ahead)?;
+    let squib_cold_start = on_request(ctx, squib, runs, Prepared::Nothing)?;
+    let (qemu_boots, qemu_memory, qemu_on_request) = match ctx.qemu() {
+        Ok(_) => match (
+            boots(ctx, qemu, runs),
+            memory(ctx, qemu, memory_runs),
+            on_request(ctx, qemu, runs, Prepared::Ahead),
+        ) {
+            (Ok(b), Ok(m), Ok(r)) => (b, m, r),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 notes.push(format!("QEMU could not be measured:\n\n```\n{e}\n```"));
-                (Vec::new(), Vec::new())
+                (Vec::new(), Vec::new(), Vec::new())
             }
         },
         Err(e) => {
             notes.push(format!("QEMU not measured: {e}."));
-            (Vec::new(), Vec::new())
+            (Vec::new(), Vec::new(), Vec::new())
         }
     };
 
@@ -98,6 +116,30 @@ fn measure(ctx: &Context) -> Result<Level, String> {
         &first(&squib_boots),
         &first(&qemu_boots),
     );
+    pair(
+        &mut figures,
+        "start-on-request",
+        "start request → first guest output (squib: InstanceStart; QEMU: -S, QMP cont)",
+        "ms",
+        &squib_on_request,
+        &qemu_on_request,
+    );
+    figures.extend(
+        Figure::of(
+            "startup.squib.start-cold",
+            "squib: InstanceStart → first guest output, nothing built ahead",
+            "ms",
+        )
+        .samples(&squib_cold_start, Better::Lower),
+    );
+    if let (Some(ahead), Some(cold)) = (median_of(&squib_on_request), median_of(&squib_cold_start))
+    {
+        notes.push(format!(
+            "Start on request, squib against itself in this run: {ahead:.2} ms median with the VM \
+             built ahead, {cold:.2} ms with nothing built ahead ({:.2}×).",
+            ahead / cold
+        ));
+    }
     let timer: Vec<f64> = squib_boots.iter().filter_map(|b| b.boot_timer).collect();
     figures.extend(
         Figure::of(
@@ -165,6 +207,31 @@ fn measure(ctx: &Context) -> Result<Level, String> {
          ≈ 4.8 MB outside guest RAM; QEMU microvm + qboot ≈ 55 ms, ≈ 36 MB.",
         SETTLE.as_millis()
     ));
+    notes.push(format!(
+        "Start on request (goal ≤ {START_ON_REQUEST_GOAL_MS} ms median for squib): {runs} runs \
+         per VMM. squib is started with only `--api-sock`, gets `PUT /boot-source` (the same \
+         guest and command line) and `PUT /machine-config` (1 vCPU, {MEM_MIB} MiB), waits {} \
+         ms as a VM configured ahead would, and the time runs from just before `PUT /actions \
+         InstanceStart` is written to the first byte of guest output. QEMU is started with `-S` \
+         and a QMP socket, gets `qmp_capabilities`, waits as long, and the time runs from just \
+         before `cont` is written. squib builds the VM, its memory slots and vCPUs ahead \
+         (`VmShell`); the devices and the kernel load still happen at InstanceStart. The \
+         baseline (nothing built ahead) is the same sequence after {} machine-config changes, \
+         which use up the shells squib builds ahead, so InstanceStart builds everything.",
+        CONFIGURED_AHEAD.as_millis(),
+        COLD_SIZES.len()
+    ));
+    if let Some(ms) = median_of(&squib_on_request) {
+        let met = if ms <= START_ON_REQUEST_GOAL_MS {
+            "met"
+        } else {
+            "not met"
+        };
+        notes.push(format!(
+            "Start on request: squib {ms:.2} ms median, goal ≤ {START_ON_REQUEST_GOAL_MS} ms \
+             {met}."
+        ));
+    }
 
     let median = |id: &str| figures.iter().find(|f| f.id == id).map(|f| f.value.median);
     let (first_ms, rss_mib) = (
@@ -190,6 +257,141 @@ fn measure(ctx: &Context) -> Result<Level, String> {
         figures,
         notes,
     })
+}
+
+fn median_of(samples: &[f64]) -> Option<f64> {
+    super::stats::percentile(samples, 50.0)
+}
+
+/// What squib has built when the start request comes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prepared {
+    /// What it builds ahead by itself.
+    Ahead,
+    /// Nothing: machine changes used up its shells (`MAX_SHELLS`).
+    Nothing,
+}
+
+/// Machine sizes (MiB) that use up the shells squib builds ahead before the final 128 MiB.
+const COLD_SIZES: [u64; 4] = [64, 96, 112, 120];
+
+/// Start on request, `runs` times: ms from the start request to the first guest output.
+fn on_request(
+    ctx: &Context,
+    vmm: Vmm,
+    runs: usize,
+    prepared: Prepared,
+) -> Result<Vec<f64>, String> {
+    (0..runs)
+        .map(|i| {
+            let socket = ctx.scratch()?.join(format!("on-request-{i}.sock"));
+            let _ = std::fs::remove_file(&socket);
+            let (mut vm, requested) = match vmm {
+                Vmm::Squib(_) => squib_on_request(ctx, &socket, prepared)?,
+                Vmm::Qemu(_) => qemu_on_request(ctx, vmm, &socket)?,
+            };
+            let (_, status) = vm.wait_exit(Duration::from_secs(60))?;
+            let _ = std::fs::remove_file(&socket);
+            if !vmm.clean_exit(status) {
+                return Err(format!(
+                    "{} exited with {status}:\n{}",
+                    vmm.label(),
+                    vm.transcript_tail(20)
+                ));
+            }
+            let first = vm
+                .first_output()
+                .ok_or_else(|| format!("{} printed nothing", vmm.label()))?;
+            let requested = vm.since_spawn(requested);
+            Ok(first.saturating_sub(requested).as_secs_f64() * 1e3)
+        })
+        .collect()
+}
+
+/// squib configured over its API, then `InstanceStart`; returns the VM and when the request
+/// was sent.
+fn squib_on_request(
+    ctx: &Context,
+    socket: &Path,
+    prepared: Prepared,
+) -> Result<(Vm, Instant), String> {
+    let mut command = Command::new(ctx.squib()?);
+    command.arg("--api-sock").arg(socket);
+    let vm = Vm::spawn(command)?;
+    let mut client = Client::connect(socket)?;
+    let guest = ctx.guest()?.display().to_string();
+    let boot = serde_json::json!({ "kernel_image_path": guest, "boot_args": BOOT_CMDLINE });
+    let machine = |mib: u64| serde_json::json!({ "vcpu_count": 1, "mem_size_mib": mib });
+    let mut requests = vec![("/boot-source", boot)];
+    if prepared == Prepared::Nothing {
+        requests.extend(COLD_SIZES.map(|mib| ("/machine-config", machine(mib))));
+    }
+    requests.push(("/machine-config", machine(MEM_MIB)));
+    for (uri, body) in requests {
+        let status = client.request("PUT", uri, &body.to_string())?;
+        if status != 204 {
+            return Err(format!("PUT {uri} answered {status}"));
+        }
+    }
+    std::thread::sleep(CONFIGURED_AHEAD);
+    let requested = Instant::now();
+    let status = client.request("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)?;
+    if status != 204 {
+        return Err(format!("InstanceStart answered {status}"));
+    }
+    Ok((vm, requested))
+}
+
+/// QEMU started paused (`-S`) with a QMP socket, then `cont`; returns the VM and when `cont`
+/// was sent.
+fn qemu_on_request(ctx: &Context, vmm: Vmm, socket: &Path) -> Result<(Vm, Instant), String> {
+    let spec = Spec {
+        cmdline: BOOT_CMDLINE,
+        mem_mib: MEM_MIB,
+        disk: None,
+        boot_timer: false,
+        api_sock: None,
+    };
+    let mut command = vmm.command(ctx, &spec)?;
+    command
+        .arg("-S")
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", socket.display()));
+    let vm = Vm::spawn(command)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        match UnixStream::connect(socket) {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("QMP {}: {e}", socket.display())),
+        }
+    };
+    let qmp_err = |e: std::io::Error| format!("QMP: {e}");
+    let mut writer = stream.try_clone().map_err(qmp_err)?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(qmp_err)?; // the greeting
+    let mut command = |json: &str, reader: &mut BufReader<UnixStream>| -> Result<(), String> {
+        writer.write_all(json.as_bytes()).map_err(qmp_err)?;
+        loop {
+            let mut reply = String::new();
+            if reader.read_line(&mut reply).map_err(qmp_err)? == 0 {
+                return Err("QMP closed".into());
+            }
+            // Events (`{"event": ...}`) may come first.
+            if reply.contains("\"return\"") {
+                return Ok(());
+            }
+            if reply.contains("\"error\"") {
+                return Err(format!("QMP {json}: {reply}"));
+            }
+        }
+    };
+    command(r#"{"execute":"qmp_capabilities"}"#, &mut reader)?;
+    std::thread::sleep(CONFIGURED_AHEAD);
+    let requested = Instant::now();
+    command(r#"{"execute":"cont"}"#, &mut reader)?;
+    Ok((vm, requested))
 }
 
 fn boots(ctx: &Context, vmm: Vmm, runs: usize) -> Result<Vec<Boot>, String> {
@@ -228,20 +430,15 @@ fn boots(ctx: &Context, vmm: Vmm, runs: usize) -> Result<Vec<Boot>, String> {
         .collect()
 }
 
-/// The boot-timer line's two clocks, `= <total> us (...) since squib started, <guest> us since
-/// the vCPUs started`, as (set-up, guest) in ms: where start-up time goes, by squib's clock.
+/// The boot-timer line's squib clocks, `<total> us since squib started, <guest> us since the
+/// vCPUs started` (after Firecracker's `Guest-boot-time = ...` part), as (set-up, guest) in ms:
+/// where start-up time goes, by squib's clock.
 fn boot_timer_split(line: &str) -> Option<(f64, f64)> {
     let number_before = |marker: &str| -> Option<f64> {
         let head = &line[..line.find(marker)?];
         head.split_whitespace().last()?.parse().ok()
     };
-    let total = line
-        .split_once("= ")?
-        .1
-        .split_whitespace()
-        .next()?
-        .parse::<f64>()
-        .ok()?;
+    let total = number_before(" us since squib started")?;
     let guest = number_before(" us since the vCPUs started")?;
     Some(((total - guest) / 1e3, guest / 1e3))
 }
@@ -357,8 +554,8 @@ mod tests {
 
     #[test]
     fn splits_the_boot_timer_line() {
-        let line = "2026-11-24T10:45:50Z  INFO Guest-boot-time = 10526 us (10 ms) since squib \
-                    started, 4391 us since the vCPUs started";
+        let line = "2026-11-24T10:45:50Z  INFO Guest-boot-time =   9800 us 9 ms,   9100 CPU us 9 \
+                    CPU ms; 10526 us since squib started, 4391 us since the vCPUs started";
         let (setup, guest) = boot_timer_split(line).unwrap();
         assert!((setup - 6.135).abs() < 1e-9 && (guest - 4.391).abs() < 1e-9);
         assert!(boot_timer_split("Guest-boot-time = soon").is_none());

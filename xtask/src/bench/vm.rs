@@ -68,6 +68,11 @@ impl Vm {
         self.pid
     }
 
+    /// `at` as time since exec (the clock every other figure of this VM uses).
+    pub fn since_spawn(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.spawned)
+    }
+
     /// Time from exec to the first byte of guest serial output, once seen.
     pub fn first_output(&self) -> Option<Duration> {
         self.first_output

@@ -141,11 +141,11 @@ impl Vmm {
     }
 
     /// The base of the virtio-mmio window holding `gpa`, if it is in one: squib's slots are
-    /// 4 KiB from 0xd000_1000 (docs/guest-interface.md), QEMU microvm's 512 bytes from
+    /// 4 KiB from 0xc000_1000 (docs/guest-interface.md), QEMU microvm's 512 bytes from
     /// 0xfeb0_0000.
     pub fn virtio_window(self, gpa: u64) -> Option<u64> {
         match self {
-            Vmm::Squib(_) => (0xd000_1000..0xd002_0000)
+            Vmm::Squib(_) => (0xc000_1000..0xc002_0000)
                 .contains(&gpa)
                 .then_some(gpa & !0xfff),
             Vmm::Qemu(_) => (0xfeb0_0000..0xfeb0_4000)

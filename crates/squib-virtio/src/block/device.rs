@@ -15,9 +15,7 @@ use super::config::{
 };
 use super::drive_state::{BlockHandle, DriveState};
 use super::handler::BlockHandler;
-use crate::device::{
-    ActivateError, Activation, FEATURE_EVENT_IDX, FEATURE_VERSION_1, VirtioDevice,
-};
+use crate::device::{ActivateError, Activation, COMMON_FEATURES, VirtioDevice};
 use crate::persist::{DeviceState, StateError};
 use crate::queue::QueueSnapshot;
 use crate::rate_limiter::RateLimiter;
@@ -54,8 +52,7 @@ impl BlockDevice {
             return Err(BlockError::ZeroLimit("max_write_zeroes_sectors"));
         }
         let read_only = backend.is_read_only();
-        let mut offered_features =
-            FEATURE_VERSION_1 | FEATURE_EVENT_IDX | FEATURE_SEG_MAX | FEATURE_BLK_SIZE;
+        let mut offered_features = COMMON_FEATURES | FEATURE_SEG_MAX | FEATURE_BLK_SIZE;
         if read_only {
             offered_features |= FEATURE_RO;
         } else {

@@ -12,10 +12,10 @@ use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::backend::{BlockBackend, SECTOR_SIZE};
+use super::backend::{BackendError, BlockBackend, SECTOR_SIZE};
 use super::metrics::{BlockMetrics, BlockMetricsSnapshot};
 use crate::interrupt::VirtioInterrupt;
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
@@ -24,6 +24,10 @@ use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
 #[derive(Debug)]
 pub(crate) struct DriveState {
     backend: Mutex<Arc<dyn BlockBackend>>,
+    /// Backends swapped out and not yet flushed: the worker flushes them, after the requests in
+    /// flight on them finished, before it serves anything on the new backend; shutdown flushes
+    /// what is left. Until then they stay open, so no write acknowledged on them is lost.
+    retired: Mutex<Vec<Arc<dyn BlockBackend>>>,
     /// Bumped on every swap, after `backend` and `capacity` changed.
     backend_epoch: AtomicU64,
     /// The current backend's capacity in bytes, for config-space reads on the vCPU thread.
@@ -51,6 +55,7 @@ impl DriveState {
             capacity: AtomicU64::new(usable_capacity(backend.as_ref())),
             read_only: backend.is_read_only(),
             backend: Mutex::new(backend),
+            retired: Mutex::new(Vec::new()),
             backend_epoch: AtomicU64::new(0),
             config_generation: AtomicU32::new(0),
             interrupt: Mutex::new(None),
@@ -110,6 +115,28 @@ impl DriveState {
     pub(crate) fn set_interrupt(&self, interrupt: Option<Arc<dyn VirtioInterrupt>>) {
         *lock(&self.interrupt) = interrupt;
     }
+
+    /// Flushes and releases the swapped-out backends; the first error is returned after all
+    /// were tried.
+    pub(crate) fn flush_retired(&self) -> Result<(), BackendError> {
+        let retired = std::mem::take(&mut *lock(&self.retired));
+        let mut result = Ok(());
+        for backend in retired {
+            if let Err(error) = flush_writable(backend.as_ref()) {
+                error!(%error, "flushing a swapped-out virtio-blk backend failed");
+                result = result.and(Err(error));
+            }
+        }
+        result
+    }
+}
+
+fn flush_writable(backend: &dyn BlockBackend) -> Result<(), BackendError> {
+    if backend.is_read_only() {
+        Ok(())
+    } else {
+        backend.flush()
+    }
 }
 
 /// The capacity the guest sees: whole sectors only (the backend contract promises this; flooring
@@ -148,8 +175,8 @@ impl BlockHandle {
         Self { shared }
     }
 
-    /// Replaces the disk: requests already taken finish on the old backend, later ones use the
-    /// new one. The guest sees the new capacity after a config-change interrupt (if the device is
+    /// Replaces the disk: requests already taken finish on the old backend, which is then
+    /// flushed before any later request is served on the new one. The guest sees the new capacity after a config-change interrupt (if the device is
     /// active) and a ConfigGeneration bump.
     pub fn swap_backend(&self, backend: Arc<dyn BlockBackend>) -> Result<(), SwapError> {
         if backend.is_read_only() != self.shared.read_only {
@@ -160,12 +187,17 @@ impl BlockHandle {
         let capacity = usable_capacity(backend.as_ref());
         {
             let mut slot = lock(&self.shared.backend);
-            *slot = backend;
+            let old = std::mem::replace(&mut *slot, backend);
+            lock(&self.shared.retired).push(old);
             self.shared.capacity.store(capacity, Ordering::Release);
             self.shared.config_generation.fetch_add(1, Ordering::AcqRel);
             self.shared.backend_epoch.fetch_add(1, Ordering::AcqRel);
         }
         info!(capacity, "virtio-blk backend swapped");
+        // Wake the worker so it flushes the old backend now, not at the guest's next request.
+        if let Err(error) = self.shared.limiter_event.write(1) {
+            warn!(%error, "cannot wake the virtio-blk worker after a swap");
+        }
         if let Some(interrupt) = lock(&self.shared.interrupt).as_ref() {
             interrupt.signal_config_change();
         }
@@ -188,6 +220,14 @@ impl BlockHandle {
         }
         info!(?spec, "virtio-blk rate limiter update queued");
         Ok(())
+    }
+
+    /// Makes every write the device ever acknowledged durable: the swapped-out backends not yet
+    /// flushed, then the current one (shutdown).
+    pub fn flush_all(&self) -> Result<(), BackendError> {
+        let retired = self.shared.flush_retired();
+        let (_, current) = self.shared.backend();
+        retired.and(flush_writable(current.as_ref()))
     }
 
     /// The current capacity in bytes.

@@ -38,6 +38,8 @@ use std::time::Instant;
 use tracing::{debug, error, warn};
 use vmm_sys_util::epoll::EventSet;
 
+use crate::{guest_error, guest_warn};
+
 use super::backend::BlockBackend;
 use super::config::ServeConfig;
 use super::drive_state::{DriveState, usable_capacity};
@@ -112,7 +114,7 @@ impl BlockHandler {
                 self.pool = Some(pool);
             }
             Err(error) => {
-                warn!(%error, "cannot start virtio-blk I/O threads; serving one request at a time");
+                guest_warn!(%error, "cannot start virtio-blk I/O threads; serving one request at a time");
             }
         }
     }
@@ -191,9 +193,23 @@ impl BlockHandler {
         }
     }
 
-    /// Picks up a backend swapped by the API (one atomic load when nothing changed).
-    fn adopt_swapped_backend(&mut self) {
+    /// Picks up a backend swapped by the API (one atomic load when nothing changed): the
+    /// requests in flight on the old one finish and are published, the old one is flushed, then
+    /// the new one serves.
+    fn adopt_swapped_backend(
+        &mut self,
+        queue: &mut VirtQueue,
+        mem: &GuestMemory,
+    ) -> Result<(), QueueError> {
         if self.shared.backend_epoch() != self.backend_epoch {
+            if let Some(pool) = self.pool.as_mut() {
+                pool.wait_all(|completion| {
+                    queue.complete(mem, completion.head_index, completion.used_len)
+                })?;
+            }
+            // Logged where it fails; a FLUSH on the new backend cannot cover the old one, so the
+            // error is as visible as a failed guest FLUSH would be.
+            let _ = self.shared.flush_retired();
             let (epoch, backend) = self.shared.backend();
             self.capacity = usable_capacity(backend.as_ref());
             if let Some(pool) = &self.pool {
@@ -202,6 +218,7 @@ impl BlockHandler {
             self.backend = backend;
             self.backend_epoch = epoch;
         }
+        Ok(())
     }
 
     /// Serves the requests on the ring until it is empty, the limiter refuses one, the I/O
@@ -364,7 +381,7 @@ impl DeviceHandler for BlockHandler {
             }
             return Ok(Pending::NONE);
         }
-        self.adopt_swapped_backend();
+        self.adopt_swapped_backend(queue, mem)?;
         let drained = if stop.is_set() {
             Drained::Stopped
         } else {
@@ -387,7 +404,7 @@ impl DeviceHandler for BlockHandler {
                 if let Some(limiter) = self.limiter.as_mut()
                     && let Err(error) = limiter.on_timer()
                 {
-                    error!(%error, "virtio-blk rate limiter timer failed");
+                    guest_error!(%error, "virtio-blk rate limiter timer failed");
                 }
             }
             TOKEN_LIMITER_UPDATE => {

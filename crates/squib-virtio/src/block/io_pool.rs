@@ -110,7 +110,10 @@ impl IoPool {
             let handle = thread::Builder::new()
                 .name("squib-blk-io".into())
                 .stack_size(IO_THREAD_STACK)
-                .spawn(move || io.run())?;
+                .spawn(move || {
+                    crate::threads::on_thread_start(crate::threads::WorkerThread::BlockIo);
+                    io.run();
+                })?;
             pool.threads.push(handle);
             pool.submit.push(submit);
             pool.free.push(Box::new(Slot {

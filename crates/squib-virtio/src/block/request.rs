@@ -14,7 +14,9 @@
 
 use std::time::Instant;
 
-use tracing::{debug, warn};
+use tracing::debug;
+
+use crate::guest_warn;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -70,6 +72,9 @@ pub(crate) struct Completion {
 pub(crate) struct SegmentBuf {
     segments: [Segment; SEG_MAX],
     len: usize,
+    /// Data descriptors seen, empty ones included: seg_max bounds descriptors, not bytes, so an
+    /// indirect table of empty buffers cannot make a request walk more than seg_max of them.
+    descriptors: usize,
 }
 
 impl SegmentBuf {
@@ -80,10 +85,26 @@ impl SegmentBuf {
                 len: 0,
             }; SEG_MAX],
             len: 0,
+            descriptors: 0,
         }
     }
 
+    fn clear(&mut self) {
+        self.len = 0;
+        self.descriptors = 0;
+    }
+
+    /// Counts one data descriptor toward seg_max.
+    fn count_empty(&mut self) -> Result<(), RequestError> {
+        if self.descriptors >= SEG_MAX {
+            return Err(RequestError::TooManySegments);
+        }
+        self.descriptors += 1;
+        Ok(())
+    }
+
     fn push(&mut self, segment: Segment) -> Result<(), RequestError> {
+        self.count_empty()?;
         let slot = self
             .segments
             .get_mut(self.len)
@@ -246,7 +267,7 @@ impl ParsedRequest {
         let head_index = self.head_index;
         let Some((status_addr, request)) = self.reply else {
             ctx.metrics.record_invalid();
-            warn!(
+            guest_warn!(
                 head_index,
                 "virtio-blk chain without a usable status descriptor: used len 0"
             );
@@ -261,7 +282,7 @@ impl ParsedRequest {
                 Err(error) => {
                     if let RequestError::Backend(_) = error {
                         ctx.metrics.record_io_error();
-                        warn!(%error, "virtio-blk request failed");
+                        guest_warn!(%error, "virtio-blk request failed");
                     } else {
                         ctx.metrics.record_invalid();
                         debug!(%error, "virtio-blk request refused");
@@ -271,7 +292,7 @@ impl ParsedRequest {
             };
         if let Err(error) = ctx.mem.write_obj(status, status_addr) {
             // Checked at parse time, so only a memory unplug could get here.
-            warn!(%error, "could not write the virtio-blk status byte");
+            guest_warn!(%error, "could not write the virtio-blk status byte");
             return Completion {
                 head_index,
                 used_len: 0,
@@ -301,7 +322,7 @@ fn parse_chain(
     mem: &GuestMemory,
     segments: &mut SegmentBuf,
 ) -> (Option<GuestAddress>, Result<Layout, RequestError>) {
-    segments.len = 0;
+    segments.clear();
     let Some(header) = chain.next() else {
         return (None, Err(RequestError::HeaderLength(0)));
     };
@@ -354,7 +375,7 @@ fn add_data(
     }
     let (addr, len) = (desc.addr(), desc.len());
     if len == 0 {
-        return Ok(());
+        return segments.count_empty();
     }
     if !GuestMemoryBackend::check_range(mem, addr, len as usize) {
         return Err(RequestError::DataOutsideMemory { addr: addr.0, len });

@@ -135,9 +135,9 @@ fn fill_all(slice: &vm_memory::VolatileSlice<'_, ()>) -> io::Result<()> {
 
 /// The bytes a well-formed request asks for, capped at [`MAX_REQUEST_BYTES`]; `Err` when a
 /// buffer is device-readable or lies outside guest memory.
-fn writable_len(chain: Chain<'_>, mem: &GuestMemory) -> Result<u32, ()> {
+fn writable_len(mut chain: Chain<'_>, mem: &GuestMemory) -> Result<u32, ()> {
     let mut total = 0u32;
-    for desc in chain {
+    for desc in chain.by_ref() {
         if !desc.is_write_only() {
             return Err(());
         }
@@ -145,6 +145,9 @@ fn writable_len(chain: Chain<'_>, mem: &GuestMemory) -> Result<u32, ()> {
             return Err(());
         }
         total = total.saturating_add(desc.len());
+    }
+    if chain.error().is_some() {
+        return Err(());
     }
     Ok(total.min(MAX_REQUEST_BYTES))
 }

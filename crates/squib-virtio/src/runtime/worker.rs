@@ -89,7 +89,10 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceWorker<H> {
         let thread = thread::Builder::new()
             .name(name.into())
             .stack_size(WORKER_STACK)
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                crate::threads::on_thread_start(crate::threads::WorkerThread::Device);
+                worker.run()
+            })?;
         Ok(Self {
             control,
             wake,

@@ -20,7 +20,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -293,6 +293,43 @@ impl GuestDriver {
             }
             self.write_descriptor(index, buf.addr, buf.len, flags, self.next_desc);
         }
+        self.push_avail(head);
+        head
+    }
+
+    /// Writes `bufs` as an indirect descriptor table in freshly allocated guest memory (each
+    /// entry's `next` is the following one) and returns its address and length in bytes.
+    pub fn write_indirect_table(&mut self, bufs: &[Buf]) -> (GuestAddress, u32) {
+        let len = u32::try_from(16 * bufs.len()).expect("indirect table too large");
+        let table = self.alloc(len);
+        for (i, buf) in bufs.iter().enumerate() {
+            let mut flags = if buf.device_writes {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            if i + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&buf.addr.0.to_le_bytes());
+            raw[8..12].copy_from_slice(&buf.len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&(i as u16).wrapping_add(1).to_le_bytes());
+            self.mem
+                .write_slice(&raw, GuestAddress(table.0 + 16 * i as u64))
+                .unwrap();
+        }
+        (table, len)
+    }
+
+    /// Queues `bufs` as one indirect descriptor (`VRING_DESC_F_INDIRECT`) pointing at a table of
+    /// them; returns the head index (call [`GuestDriver::kick`] to publish).
+    pub fn add_indirect_chain(&mut self, bufs: &[Buf]) -> u16 {
+        let (table, len) = self.write_indirect_table(bufs);
+        let head = self.next_desc;
+        self.next_desc = (self.next_desc + 1) % self.queue_size;
+        self.write_descriptor(head, table, len, VRING_DESC_F_INDIRECT as u16, 0);
         self.push_avail(head);
         head
     }

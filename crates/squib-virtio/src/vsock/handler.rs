@@ -694,8 +694,8 @@ impl VsockHandler {
 
     fn accept(&mut self, events: &mut EventRegistry<'_>) {
         for _ in 0..ACCEPTS_PER_EVENT {
-            let stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
+            let stream = match squib_host::unix_socket::accept_nonblocking(&self.listener) {
+                Ok(stream) => stream,
                 Err(e) if would_block(&e) => return,
                 Err(error) => {
                     self.metrics.muxer_event_fails(1);
@@ -703,7 +703,7 @@ impl VsockHandler {
                     return;
                 }
             };
-            if self.live >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err() {
+            if self.live >= MAX_CONNECTIONS {
                 self.metrics.muxer_event_fails(1);
                 continue;
             }
@@ -873,7 +873,7 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
 
 impl DeviceHandler for VsockHandler {
     fn register(&mut self, events: &mut EventRegistry<'_>) -> io::Result<()> {
-        self.listener.set_nonblocking(true)?;
+        // Non-blocking since the device bound it (an ioctl the worker's seccomp filter refuses).
         events.add(self.listener.as_raw_fd(), TOKEN_LISTENER, EventSet::IN)?;
         events.add(self.reset_request.as_raw_fd(), TOKEN_RESET, EventSet::IN)?;
         events.add(self.timeouts.as_raw_fd(), TOKEN_TIMEOUTS, EventSet::IN)?;

@@ -96,6 +96,8 @@ pub(crate) enum ShapeError {
     OutsideMemory,
     /// Fewer bytes than a header.
     TooShort,
+    /// The chain breaks a descriptor rule (a loop, an index out of range, a bad table).
+    Broken,
 }
 
 /// The buffers of one chain, all of one direction, within guest memory.
@@ -110,7 +112,7 @@ impl Segments {
     /// Collects `chain`'s buffers, which must all be device-writable (`writable`) or all
     /// device-readable, lie in guest memory and hold at least a header.
     pub(crate) fn collect(
-        chain: Chain<'_>,
+        mut chain: Chain<'_>,
         mem: &GuestMemory,
         writable: bool,
     ) -> Result<Self, ShapeError> {
@@ -119,7 +121,7 @@ impl Segments {
             count: 0,
             total: 0,
         };
-        for desc in chain {
+        for desc in chain.by_ref() {
             if desc.is_write_only() != writable {
                 return Err(ShapeError::WrongDirection);
             }
@@ -135,6 +137,9 @@ impl Segments {
             segments.bufs[segments.count] = (desc.addr(), desc.len());
             segments.count += 1;
             segments.total += u64::from(desc.len());
+        }
+        if chain.error().is_some() {
+            return Err(ShapeError::Broken);
         }
         if segments.total < HDR_LEN as u64 {
             return Err(ShapeError::TooShort);

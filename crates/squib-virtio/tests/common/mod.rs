@@ -26,8 +26,11 @@ pub const F_SEG_MAX: u64 = 1 << VIRTIO_BLK_F_SEG_MAX;
 pub const F_BLK_SIZE: u64 = 1 << VIRTIO_BLK_F_BLK_SIZE;
 pub const F_EVENT_IDX: u64 = FEATURE_EVENT_IDX;
 pub const F_VERSION_1: u64 = FEATURE_VERSION_1;
+/// `VIRTIO_F_INDIRECT_DESC` (bit 28).
+pub const F_INDIRECT: u64 = 1 << 28;
 
-/// Every feature a read-write writeback device offers.
+/// Every feature a read-write writeback device offers, except VIRTIO_F_INDIRECT_DESC ([`F_INDIRECT`]),
+/// which tests of indirect tables negotiate themselves.
 pub const ALL_RW: u64 =
     F_VERSION_1 | F_EVENT_IDX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_DISCARD | F_WRITE_ZEROES;
 

@@ -17,12 +17,11 @@ use super::models::{
     VmStateRequest,
 };
 use super::router::{ApiRequest, RouteError, route};
-use super::store::{ConfigError, ConfigStore, check_drive_path, check_id, rate_limiter};
+use super::store::{ConfigError, ConfigStore, check_drive_path, rate_limiter};
 use super::vmm_control::{ControlError, ExitNotice, RunState, VmmControl};
+use crate::ids::check_resource_id;
+use crate::version::FIRECRACKER_VERSION;
 use crate::vm_config::RateLimiterConfig;
-
-/// The Firecracker API version squib answers `GET /version` with: the swagger it implements.
-pub const FIRECRACKER_API_VERSION: &str = "1.16.0";
 
 /// Why a request was refused; every variant is a 400 with this text as `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +71,6 @@ pub struct ApiController<V: VmmControl> {
     metrics: Metrics,
     next_flush: Option<Instant>,
     logger: Option<Logger>,
-    logger_body: Option<LoggerBody>,
     /// Cloned into the VMM at start so that its exit wakes the server.
     exit_event: EventFd,
 }
@@ -90,10 +88,9 @@ impl<V: VmmControl> ApiController<V> {
             store: ConfigStore::default(),
             vmm,
             started: false,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(logger.as_ref().map(Logger::counters)),
             next_flush: None,
             logger,
-            logger_body: None,
             exit_event,
         }
     }
@@ -106,10 +103,9 @@ impl<V: VmmControl> ApiController<V> {
     /// Answers one HTTP request.
     pub fn handle_http(&mut self, request: &Request) -> Response {
         let routed = route(&request.method, &request.path, &request.body);
-        let resource = routed.as_ref().map_or("invalid", ApiRequest::name);
         let result = routed.map_err(ApiError::from).and_then(|r| self.handle(r));
         self.metrics
-            .record_request(&request.method, resource, result.is_ok());
+            .record_request(&request.method, &request.path, result.is_ok());
         match result {
             Ok(response) => response,
             Err(e) => {
@@ -128,10 +124,10 @@ impl<V: VmmControl> ApiController<V> {
                 app_name: "squib".into(),
                 id: self.settings.id.clone(),
                 state: self.vmm.state().as_api_str().into(),
-                vmm_version: env!("CARGO_PKG_VERSION").into(),
+                vmm_version: FIRECRACKER_VERSION.into(),
             })),
             R::GetVersion => Ok(Response::json(&VersionInfo {
-                firecracker_version: FIRECRACKER_API_VERSION.into(),
+                firecracker_version: FIRECRACKER_VERSION.into(),
             })),
             R::GetVmConfig => Ok(Response::json(&self.full_config())),
             R::GetMachineConfig => Ok(Response::json(&self.store.machine_body())),
@@ -143,11 +139,13 @@ impl<V: VmmControl> ApiController<V> {
             R::PutMachineConfig(body) => {
                 self.pre_boot("PUT /machine-config")?;
                 self.store.put_machine_config(&body)?;
+                self.prepare_ahead();
                 done
             }
             R::PatchMachineConfig(body) => {
                 self.pre_boot("PATCH /machine-config")?;
                 self.store.patch_machine_config(&body)?;
+                self.prepare_ahead();
                 done
             }
             R::PutDrive(id, body) => {
@@ -220,6 +218,14 @@ impl<V: VmmControl> ApiController<V> {
         }
     }
 
+    /// Lets the VMM build ahead what the machine size in force determines (see
+    /// [`VmmControl::prepare`]); called at start and after every change of the machine config.
+    pub fn prepare_ahead(&mut self) {
+        if !self.started {
+            self.vmm.prepare(self.store.machine());
+        }
+    }
+
     /// Boots the configured microVM (`InstanceStart`, or at once in `--config-file` mode).
     pub fn start(&mut self) -> Result<(), ApiError> {
         if self.started {
@@ -234,7 +240,7 @@ impl<V: VmmControl> ApiController<V> {
     }
 
     fn patch_drive(&mut self, id: &str, body: &PartialDriveBody) -> Result<(), ApiError> {
-        check_id("drive_id", id)?;
+        check_resource_id(id).map_err(ConfigError::from)?;
         if body.drive_id != id {
             return Err(ConfigError::IdMismatch {
                 path: id.into(),
@@ -287,8 +293,12 @@ impl<V: VmmControl> ApiController<V> {
             Some(logger) => logger.apply(&body)?,
             None => return Err(LogConfigError::NotInstalled.into()),
         }
-        self.logger_body = Some(body);
         Ok(())
+    }
+
+    /// The jailer's start-up measurements (`api_server.process_startup_time_us`, `_cpu_us`).
+    pub fn record_startup_times(&mut self, wall_us: Option<u64>, cpu_us: Option<u64>) {
+        self.metrics.set_startup_times(wall_us, cpu_us);
     }
 
     fn flush_metrics(&mut self) -> Result<(), ApiError> {
@@ -322,7 +332,7 @@ impl<V: VmmControl> ApiController<V> {
             entropy: self.store.entropy_body(),
             vsock: self.store.vsock_body(),
             machine_config: Some(self.store.machine_body()),
-            logger: self.logger_body.clone(),
+            logger: self.logger.as_ref().map(Logger::settings),
             metrics: self.metrics.path().map(|p| super::models::MetricsBody {
                 metrics_path: p.display().to_string(),
             }),

@@ -1,10 +1,20 @@
 //! [`VmmControl`] for squib's KVM VMM: starts a [`Vmm`], waits for it on its own thread, and
 //! drives it through the cloneable [`VmmHandle`] (atomics and a condvar the vCPUs obey; nothing
 //! here waits on guest I/O).
+//!
+//! Start on request: [`VmmControl::prepare`] builds the [`VmShell`] (VM, guest RAM registered,
+//! vCPUs) on a background thread as soon as the machine size is known, so `InstanceStart` is
+//! left with the devices, the kernel load and starting the vCPUs. A new machine size discards
+//! the shell and builds another; as registered RAM stays mapped until the process exits (see
+//! `squib_host::kvm_memory`), a discarded shell keeps its (untouched, unreserved) address range,
+//! so squib builds at most [`MAX_SHELLS`] of them and then builds at `InstanceStart`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
 use std::time::Instant;
+
+use tracing::{debug, warn};
 
 use super::vmm_control::{
     ControlError, DeviceCounters, DriveCounters, ExitNotice, RunState, VmmControl,
@@ -13,8 +23,18 @@ use crate::control::VmState;
 use crate::devices::block::{DriveHandle, open_backend, rate_limiter_spec};
 use crate::devices::serial::Stdout;
 use crate::exit::ExitReason;
-use crate::vm_config::{RateLimiterConfig, VmConfig};
-use crate::vmm::{StartOptions, Vmm, VmmHandle};
+use crate::vm_config::{MachineConfig, RateLimiterConfig, VmConfig};
+use crate::vmm::{StartOptions, VmShell, Vmm, VmmError, VmmHandle};
+
+/// Most shells built ahead per process (each discarded one keeps its address range).
+pub const MAX_SHELLS: u32 = 4;
+
+/// A shell being built (or built) on its own thread, for this machine.
+#[derive(Debug)]
+struct PendingShell {
+    machine: MachineConfig,
+    thread: JoinHandle<Result<VmShell, VmmError>>,
+}
 
 /// The running VM (once started) and the exit status: what the waiter thread, a signal thread
 /// and the API share.
@@ -36,6 +56,10 @@ pub struct KvmVmm {
     config: Option<VmConfig>,
     /// Forward stdin to the guest console.
     console_in: bool,
+    /// The shell built ahead, if any.
+    pending: Option<PendingShell>,
+    /// Shells built ahead so far.
+    shells_built: u32,
 }
 
 /// Stops the process from another thread (a signal): the VM if it runs, else the server.
@@ -76,6 +100,29 @@ impl KvmVmm {
             handle: None,
             config: None,
             console_in,
+            pending: None,
+            shells_built: 0,
+        }
+    }
+
+    /// The shell built ahead for `machine`, waiting for it if it is still being built; `None`
+    /// when there is none or it does not fit (then it is dropped on its thread's end).
+    fn take_shell(&mut self, machine: &MachineConfig) -> Option<VmShell> {
+        let pending = self.pending.take()?;
+        if pending.machine != *machine {
+            return None;
+        }
+        match pending.thread.join() {
+            Ok(Ok(shell)) => Some(shell),
+            Ok(Err(e)) => {
+                // Built again at start, where the error is reported to the client.
+                debug!("the VM prepared ahead failed: {e}");
+                None
+            }
+            Err(_) => {
+                warn!("the thread preparing the VM panicked");
+                None
+            }
         }
     }
 
@@ -102,6 +149,33 @@ impl KvmVmm {
 }
 
 impl VmmControl for KvmVmm {
+    fn prepare(&mut self, machine: &MachineConfig) {
+        if self.handle.is_some() || self.pending.as_ref().is_some_and(|p| p.machine == *machine) {
+            return;
+        }
+        // A different machine: the old shell goes when its thread ends (detached).
+        self.pending = None;
+        if self.shells_built >= MAX_SHELLS {
+            debug!("not preparing the VM ahead again: {MAX_SHELLS} shells built already");
+            return;
+        }
+        let for_thread = machine.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vm-prepare".into())
+            .stack_size(256 << 10)
+            .spawn(move || VmShell::build(&for_thread));
+        match spawned {
+            Ok(thread) => {
+                self.shells_built += 1;
+                self.pending = Some(PendingShell {
+                    machine: machine.clone(),
+                    thread,
+                });
+            }
+            Err(e) => warn!("cannot prepare the VM ahead: {e}"),
+        }
+    }
+
     fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError> {
         let options = StartOptions {
             process_start: self.process_start,
@@ -109,8 +183,13 @@ impl VmmControl for KvmVmm {
             console_in: self
                 .console_in
                 .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+            caller: crate::seccomp::ThreadKind::Api,
         };
-        let vmm = Vmm::start(config, options).map_err(ControlError::new)?;
+        let vmm = match self.take_shell(&config.machine) {
+            Some(shell) => Vmm::start_on(shell, config, options),
+            None => Vmm::start(config, options),
+        }
+        .map_err(ControlError::new)?;
         let handle = vmm.handle();
         *self
             .shared
@@ -122,6 +201,7 @@ impl VmmControl for KvmVmm {
             .name("vmm-wait".into())
             .stack_size(64 << 10)
             .spawn(move || {
+                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vmm);
                 let reason = vmm.wait();
                 let _ = shared.exit_status.set(i32::from(reason.status()));
                 exit.notify();

@@ -1,19 +1,25 @@
 //! The metrics file: one JSON object per line, written every [`FLUSH_INTERVAL`] and on
-//! `FlushMetrics`.
+//! `FlushMetrics`, with Firecracker's groups and field names for everything squib measures.
 //!
-//! As in Firecracker, counters are *deltas* since the previous line, so a consumer sums lines;
-//! `latency_max_us` is the maximum seen since start. Keys follow Firecracker's layout
-//! (`get_api_requests`, `put_api_requests`, `patch_api_requests`, `block`, `block_{drive_id}`).
+//! Every line carries every field, zeros included. As in Firecracker, counters are *deltas*
+//! since the previous line (a consumer sums lines), while `api_server.*` and
+//! `block*.latency_max_us` are values. Groups: `utc_timestamp_ms`, `api_server`,
+//! `get_api_requests`, `put_api_requests`, `patch_api_requests`, `logger`, `uart`, `block` (all
+//! drives) and `block_{drive_id}`. `logger.missed_log_count` counts log lines lost: dropped by a
+//! full log pipe, or guest-triggered lines the rate limit suppressed;
+//! `uart.missed_write_count` counts guest console bytes dropped because stdout did not keep up.
+//! Lines go through a [`LineSink`]: a full pipe drops the line and counts it in
+//! `logger.missed_metrics_count`, never blocking the API thread.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
+use super::logger::LogCounters;
+use super::sink::{LineOutcome, LineSink};
 use super::vmm_control::{DeviceCounters, DriveCounters};
 
 /// How often a line is written without being asked (Firecracker's period).
@@ -25,9 +31,6 @@ pub enum MetricsError {
     /// `PUT /metrics` twice.
     #[error("metrics are already configured (to `{}`)", .0.display())]
     AlreadyConfigured(PathBuf),
-    /// `FlushMetrics` before `PUT /metrics`.
-    #[error("metrics are not configured: PUT /metrics first")]
-    NotConfigured,
     /// The path cannot be opened.
     #[error("cannot open metrics_path `{}`: {source}", path.display())]
     Open {
@@ -36,83 +39,233 @@ pub enum MetricsError {
         /// Why.
         source: std::io::Error,
     },
-    /// Writing the line failed.
-    #[error("cannot write metrics: {0}")]
-    Write(std::io::Error),
+    /// The destination had no room for the line (a pipe nobody reads); it was dropped and
+    /// counted.
+    #[error("cannot write metrics: the destination is full, the line was dropped")]
+    Dropped,
 }
 
-/// Counts of one API resource and method.
+/// One API request kind Firecracker counts: method, first path segment, group, field prefix,
+/// and whether Firecracker also counts its failures.
+struct Counted {
+    method: &'static str,
+    segment: &'static str,
+    group: &'static str,
+    field: &'static str,
+    fails: bool,
+}
+
+/// The requests squib serves that Firecracker counts, with Firecracker's names.
+const COUNTED: [Counted; 11] = [
+    Counted {
+        method: "GET",
+        segment: "",
+        group: "get_api_requests",
+        field: "instance_info",
+        fails: false,
+    },
+    Counted {
+        method: "GET",
+        segment: "machine-config",
+        group: "get_api_requests",
+        field: "machine_cfg",
+        fails: false,
+    },
+    Counted {
+        method: "GET",
+        segment: "version",
+        group: "get_api_requests",
+        field: "vmm_version",
+        fails: false,
+    },
+    Counted {
+        method: "PUT",
+        segment: "actions",
+        group: "put_api_requests",
+        field: "actions",
+        fails: true,
+    },
+    Counted {
+        method: "PUT",
+        segment: "boot-source",
+        group: "put_api_requests",
+        field: "boot_source",
+        fails: true,
+    },
+    Counted {
+        method: "PUT",
+        segment: "drives",
+        group: "put_api_requests",
+        field: "drive",
+        fails: true,
+    },
+    Counted {
+        method: "PUT",
+        segment: "logger",
+        group: "put_api_requests",
+        field: "logger",
+        fails: true,
+    },
+    Counted {
+        method: "PUT",
+        segment: "machine-config",
+        group: "put_api_requests",
+        field: "machine_cfg",
+        fails: true,
+    },
+    Counted {
+        method: "PUT",
+        segment: "metrics",
+        group: "put_api_requests",
+        field: "metrics",
+        fails: true,
+    },
+    Counted {
+        method: "PATCH",
+        segment: "drives",
+        group: "patch_api_requests",
+        field: "drive",
+        fails: true,
+    },
+    Counted {
+        method: "PATCH",
+        segment: "machine-config",
+        group: "patch_api_requests",
+        field: "machine_cfg",
+        fails: true,
+    },
+];
+
+/// Counts of one request kind since the last line.
 #[derive(Clone, Copy, Debug, Default)]
 struct RequestCount {
     count: u64,
     fails: u64,
 }
 
-/// The metrics state: the file, API request counts, the last drive counters written.
+/// The metrics state: the sink, request counts, the values Firecracker stores once, and the
+/// last drive counters written.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    sink: Option<(PathBuf, File)>,
-    /// `(method, resource)` → counts since the last line.
-    requests: BTreeMap<(String, &'static str), RequestCount>,
+    sink: Option<LineSink>,
+    requests: [RequestCount; COUNTED.len()],
+    startup_time_us: u64,
+    startup_time_cpu_us: u64,
+    missed_metrics_count: u64,
+    /// `missed_metrics_count` at the last line written.
+    missed_metrics_written: u64,
+    /// The logger's drop counter (absent when the logger is not squib's).
+    log_counters: Option<Arc<LogCounters>>,
+    missed_log_written: u64,
     /// Drive counters at the last line, to write deltas.
     last_drives: BTreeMap<String, DriveCounters>,
     /// Other devices' counters at the last line, by `(group, field)`.
     last_devices: BTreeMap<(&'static str, &'static str), u64>,
+    /// Guest console bytes dropped, at the last line written.
+    missed_console_written: u64,
 }
 
 impl Metrics {
-    /// Opens `path` for appending. A named pipe is opened non-blocking so that neither the open
-    /// nor a full pipe ever stalls the API thread (a line that does not fit is dropped).
-    pub fn configure(&mut self, path: &Path) -> Result<(), MetricsError> {
-        if let Some((existing, _)) = &self.sink {
-            return Err(MetricsError::AlreadyConfigured(existing.clone()));
+    /// Metrics that also report the logger's dropped lines.
+    pub fn new(log_counters: Option<Arc<LogCounters>>) -> Self {
+        Self {
+            log_counters,
+            ..Self::default()
         }
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|source| MetricsError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-        self.sink = Some((path.to_owned(), file));
+    }
+
+    /// Opens `path` (file or named pipe) without blocking (see [`LineSink`]).
+    pub fn configure(&mut self, path: &Path) -> Result<(), MetricsError> {
+        if let Some(sink) = &self.sink {
+            return Err(MetricsError::AlreadyConfigured(sink.path().to_owned()));
+        }
+        let sink = LineSink::open(path).map_err(|source| MetricsError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.sink = Some(sink);
         Ok(())
     }
 
     /// The configured path.
     pub fn path(&self) -> Option<&Path> {
-        self.sink.as_ref().map(|(p, _)| p.as_path())
+        self.sink.as_ref().map(LineSink::path)
     }
 
-    /// Counts one API request.
-    pub fn record_request(&mut self, method: &str, resource: &'static str, ok: bool) {
-        let c = self
-            .requests
-            .entry((method.to_ascii_lowercase(), resource))
-            .or_default();
+    /// `api_server.process_startup_time_us` and `_cpu_us` (from the jailer's flags).
+    pub fn set_startup_times(&mut self, wall_us: Option<u64>, cpu_us: Option<u64>) {
+        self.startup_time_us = wall_us.unwrap_or(0);
+        self.startup_time_cpu_us = cpu_us.unwrap_or(0);
+    }
+
+    /// Counts one API request, if Firecracker counts its kind.
+    pub fn record_request(&mut self, method: &str, path: &str, ok: bool) {
+        let segment = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let Some(i) = COUNTED
+            .iter()
+            .position(|c| c.method == method && c.segment == segment)
+        else {
+            return;
+        };
+        let c = &mut self.requests[i];
         c.count += 1;
-        if !ok {
+        if !ok && COUNTED[i].fails {
             c.fails += 1;
         }
     }
 
-    /// Writes one line with everything counted since the previous one.
+    /// Writes one line with everything counted since the previous one. Not configured: nothing
+    /// to do (as Firecracker).
     pub fn flush(
         &mut self,
         drives: &[(String, DriveCounters)],
         devices: &[DeviceCounters],
     ) -> Result<(), MetricsError> {
+        if self.sink.is_none() {
+            return Ok(());
+        }
+        let (missed_metrics, missed_log, missed_console) = (
+            self.missed_metrics_count,
+            self.missed_log(),
+            crate::devices::serial::dropped_output_bytes(),
+        );
         let line = self.line(drives, devices);
-        let Some((_, file)) = self.sink.as_mut() else {
-            return Err(MetricsError::NotConfigured);
-        };
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
         bytes.push(b'\n');
-        file.write_all(&bytes).map_err(MetricsError::Write)
+        let outcome = match self.sink.as_mut() {
+            Some(sink) => sink.write_line(&bytes),
+            None => return Ok(()),
+        };
+        match outcome {
+            LineOutcome::Written => {
+                // Only a line that went out has reported these drops.
+                self.missed_metrics_written = missed_metrics;
+                self.missed_log_written = missed_log;
+                self.missed_console_written = missed_console;
+                Ok(())
+            }
+            LineOutcome::Dropped => {
+                self.missed_metrics_count += 1;
+                Err(MetricsError::Dropped)
+            }
+        }
     }
 
-    /// Builds the next line and resets the deltas.
+    /// Log lines lost since start: dropped by a full log pipe, or guest-triggered lines the
+    /// rate limit suppressed.
+    fn missed_log(&self) -> u64 {
+        let dropped = self
+            .log_counters
+            .as_ref()
+            .map_or(0, |c| c.missed_log_count());
+        dropped.saturating_add(squib_virtio::guest_log::suppressed_total())
+    }
+
+    /// Builds the next line and resets the deltas (drop counts reset once a line is written).
     fn line(&mut self, drives: &[(String, DriveCounters)], devices: &[DeviceCounters]) -> Value {
         let mut root = Map::new();
         let ms = SystemTime::now()
@@ -123,15 +276,41 @@ impl Metrics {
             "utc_timestamp_ms".into(),
             json!(u64::try_from(ms).unwrap_or(u64::MAX)),
         );
-        for ((method, resource), c) in std::mem::take(&mut self.requests) {
+        root.insert(
+            "api_server".into(),
+            json!({
+                "process_startup_time_us": self.startup_time_us,
+                "process_startup_time_cpu_us": self.startup_time_cpu_us,
+            }),
+        );
+        let requests = std::mem::take(&mut self.requests);
+        for (c, n) in COUNTED.iter().zip(requests) {
             let group = root
-                .entry(format!("{method}_api_requests"))
+                .entry(c.group)
                 .or_insert_with(|| Value::Object(Map::new()));
             if let Value::Object(group) = group {
-                group.insert(format!("{resource}_count"), json!(c.count));
-                group.insert(format!("{resource}_fails"), json!(c.fails));
+                group.insert(format!("{}_count", c.field), json!(n.count));
+                if c.fails {
+                    group.insert(format!("{}_fails", c.field), json!(n.fails));
+                }
             }
         }
+        let missed_log = self.missed_log();
+        root.insert(
+            "logger".into(),
+            json!({
+                "missed_metrics_count": self.missed_metrics_count - self.missed_metrics_written,
+                "metrics_fails": 0,
+                "missed_log_count": missed_log.saturating_sub(self.missed_log_written),
+            }),
+        );
+        let missed_console = crate::devices::serial::dropped_output_bytes();
+        root.insert(
+            "uart".into(),
+            json!({
+                "missed_write_count": missed_console.saturating_sub(self.missed_console_written),
+            }),
+        );
         let mut total = DriveCounters::default();
         for (id, now) in drives {
             let before = self
@@ -140,9 +319,9 @@ impl Metrics {
                 .unwrap_or_default();
             let delta = delta(now, &before);
             add(&mut total, &delta);
-            root.insert(format!("block_{id}"), json!(delta));
+            root.insert(format!("block_{id}"), block_group(&delta));
         }
-        root.insert("block".into(), json!(total));
+        root.insert("block".into(), block_group(&total));
         for device in devices {
             let mut group = Map::new();
             for &(field, now) in &device.counters {
@@ -156,6 +335,23 @@ impl Metrics {
         }
         Value::Object(root)
     }
+}
+
+/// A drive's counters under Firecracker's names (`execute_fails` is squib's `io_errors`);
+/// `latency_total_us`/`latency_max_us` are squib's own (Firecracker splits reads and writes).
+fn block_group(c: &DriveCounters) -> Value {
+    json!({
+        "read_count": c.read_count,
+        "write_count": c.write_count,
+        "flush_count": c.flush_count,
+        "read_bytes": c.read_bytes,
+        "write_bytes": c.write_bytes,
+        "invalid_reqs_count": c.invalid_reqs_count,
+        "execute_fails": c.io_errors,
+        "rate_limiter_throttled_events": c.rate_limiter_throttled_events,
+        "latency_total_us": c.latency_total_us,
+        "latency_max_us": c.latency_max_us,
+    })
 }
 
 fn delta(now: &DriveCounters, before: &DriveCounters) -> DriveCounters {
@@ -190,6 +386,37 @@ fn add(total: &mut DriveCounters, d: &DriveCounters) {
     total.rate_limiter_throttled_events += d.rate_limiter_throttled_events;
 }
 
+/// Every `group.field` a line carries for these drive ids (for tests and docs).
+pub fn field_names(drive_ids: &[&str]) -> Vec<String> {
+    let mut names = vec![
+        "utc_timestamp_ms".to_owned(),
+        "api_server.process_startup_time_us".to_owned(),
+        "api_server.process_startup_time_cpu_us".to_owned(),
+        "logger.missed_metrics_count".to_owned(),
+        "logger.metrics_fails".to_owned(),
+        "logger.missed_log_count".to_owned(),
+        "uart.missed_write_count".to_owned(),
+    ];
+    for c in &COUNTED {
+        names.push(format!("{}.{}_count", c.group, c.field));
+        if c.fails {
+            names.push(format!("{}.{}_fails", c.group, c.field));
+        }
+    }
+    let block_fields = match block_group(&DriveCounters::default()) {
+        Value::Object(m) => m.keys().cloned().collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    let groups =
+        std::iter::once("block".to_owned()).chain(drive_ids.iter().map(|id| format!("block_{id}")));
+    for group in groups {
+        for f in &block_fields {
+            names.push(format!("{group}.{f}"));
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,27 +429,32 @@ mod tests {
             .collect()
     }
 
+    fn get<'a>(line: &'a Value, dotted: &str) -> Option<&'a Value> {
+        dotted.split('.').try_fold(line, |v, k| v.get(k))
+    }
+
     #[test]
-    fn writes_deltas_per_line() {
+    fn writes_deltas_per_line_with_firecracker_names() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.json");
         let mut m = Metrics::default();
-        assert!(matches!(
-            m.flush(&[], &[]),
-            Err(MetricsError::NotConfigured)
-        ));
+        assert!(m.flush(&[], &[]).is_ok(), "not configured: nothing to do");
         m.configure(&path).unwrap();
         assert!(matches!(
             m.configure(&path),
             Err(MetricsError::AlreadyConfigured(_))
         ));
-        m.record_request("PUT", "drives", true);
-        m.record_request("PUT", "drives", false);
-        m.record_request("GET", "instance_info", true);
+        m.set_startup_times(Some(1234), Some(56));
+        m.record_request("PUT", "/drives/root", true);
+        m.record_request("PUT", "/drives/root", false);
+        m.record_request("GET", "/", true);
+        m.record_request("GET", "/nope", false);
+        m.record_request("PATCH", "/machine-config", false);
         let c = |reads, bytes| DriveCounters {
             read_count: reads,
             read_bytes: bytes,
             latency_max_us: 7,
+            io_errors: 1,
             rate_limiter_throttled_events: reads / 5,
             ..Default::default()
         };
@@ -238,10 +470,19 @@ mod tests {
         .unwrap();
         let l = lines(&path);
         assert_eq!(l.len(), 2);
-        assert_eq!(l[0]["put_api_requests"]["drives_count"], 2);
-        assert_eq!(l[0]["put_api_requests"]["drives_fails"], 1);
+        for line in &l {
+            for name in field_names(&["root", "data"]) {
+                assert!(get(line, &name).is_some(), "{name} missing from {line}");
+            }
+        }
+        assert_eq!(l[0]["api_server"]["process_startup_time_us"], 1234);
+        assert_eq!(l[1]["api_server"]["process_startup_time_cpu_us"], 56);
+        assert_eq!(l[0]["put_api_requests"]["drive_count"], 2);
+        assert_eq!(l[0]["put_api_requests"]["drive_fails"], 1);
         assert_eq!(l[0]["get_api_requests"]["instance_info_count"], 1);
+        assert_eq!(l[0]["patch_api_requests"]["machine_cfg_fails"], 1);
         assert_eq!(l[0]["block_root"]["read_count"], 10);
+        assert_eq!(l[0]["block_root"]["execute_fails"], 1);
         assert_eq!(l[0]["block"]["read_bytes"], 40960 + 512);
         assert_eq!(l[1]["block_root"]["read_count"], 5);
         assert_eq!(l[1]["block_data"]["read_count"], 0);
@@ -249,7 +490,9 @@ mod tests {
         assert_eq!(l[1]["block"]["latency_max_us"], 7);
         assert_eq!(l[0]["block_root"]["rate_limiter_throttled_events"], 2);
         assert_eq!(l[1]["block"]["rate_limiter_throttled_events"], 1);
-        assert!(l[1].get("put_api_requests").is_none());
+        assert_eq!(l[1]["put_api_requests"]["drive_count"], 0);
+        assert!(l[0]["logger"]["missed_log_count"].is_u64());
+        assert!(l[0]["uart"]["missed_write_count"].is_u64());
     }
 
     #[test]

@@ -14,5 +14,6 @@ pub mod models;
 pub mod process;
 pub mod router;
 pub mod server;
+pub mod sink;
 pub mod store;
 pub mod vmm_control;

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::vm_config::{CacheType, IoEngine, RateLimiterConfig, TokenBucketConfig};
+
 /// `PUT /boot-source`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,49 +72,6 @@ pub struct MachineConfigBody {
     pub huge_pages: Option<HugePages>,
 }
 
-/// `TokenBucket`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBucketBody {
-    /// Capacity in tokens.
-    pub size: u64,
-    /// Extra tokens, spent first, once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub one_time_burst: Option<u64>,
-    /// Milliseconds for an empty bucket to fill.
-    pub refill_time: u64,
-}
-
-/// `RateLimiter`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimiterBody {
-    /// Bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth: Option<TokenBucketBody>,
-    /// Operations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ops: Option<TokenBucketBody>,
-}
-
-/// `cache_type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CacheTypeBody {
-    /// No FLUSH offered.
-    Unsafe,
-    /// FLUSH offered and honoured.
-    Writeback,
-}
-
-/// `io_engine`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IoEngineBody {
-    /// `SyncFileBackend`.
-    Sync,
-    /// `AsyncFileBackend`.
-    Async,
-}
-
 /// `PUT /drives/{drive_id}` (`Drive`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,13 +91,13 @@ pub struct DriveBody {
     pub partuuid: Option<String>,
     /// Whether FLUSH is offered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_type: Option<CacheTypeBody>,
+    pub cache_type: Option<CacheType>,
     /// Which engine moves the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_engine: Option<IoEngineBody>,
+    pub io_engine: Option<IoEngine>,
     /// Throttle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<RateLimiterBody>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// vhost-user-block socket (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
@@ -150,7 +109,7 @@ pub struct DriveBody {
 pub struct EntropyBody {
     /// Throttle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<RateLimiterBody>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `PUT /vsock` (`Vsock`).
@@ -177,7 +136,7 @@ pub struct PartialDriveBody {
     pub path_on_host: Option<String>,
     /// New throttle.
     #[serde(default)]
-    pub rate_limiter: Option<RateLimiterBody>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `InstanceActionInfo.action_type`.

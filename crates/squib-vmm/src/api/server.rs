@@ -1,9 +1,13 @@
 //! The API socket: a Unix listener and a single-threaded epoll loop over its connections.
 //!
-//! Connections are served in turn, one request at a time, like Firecracker's. No client can hold
-//! the loop: sockets are read only when epoll says they are readable, a request must arrive
-//! whole within [`REQUEST_TIMEOUT`], answers are written with a timeout, and when
-//! [`MAX_CONNECTIONS`] are open the longest-idle one makes room for a newcomer.
+//! Connections are served in turn, a few requests at a time, like Firecracker's. No client can
+//! hold the loop or lock others out: sockets are non-blocking and read only when epoll says they
+//! are readable; answers the socket does not take wait in a per-connection buffer (and the
+//! connection is not read or served until they are written); a connection with more pipelined
+//! requests than [`REQUESTS_PER_TURN`] waits for the next turn; a request must arrive whole, and
+//! waiting answers must be read, within [`REQUEST_TIMEOUT`]; and when [`MAX_CONNECTIONS`] are
+//! open a newcomer evicts the longest-idle connection, or if none is idle the one stuck longest
+//! on a partial request or unread answers.
 
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, Permissions};
@@ -24,8 +28,6 @@ use super::vmm_control::VmmControl;
 
 /// Time a client has to send a whole request once its first byte arrived.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time an answer may take to be accepted by the client's socket.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Open connections at most.
 pub const MAX_CONNECTIONS: usize = 16;
 /// Bytes read per readiness event.
@@ -108,21 +110,40 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
     result
 }
 
-/// One client connection.
+/// One client connection. Its socket is non-blocking: answers the socket does not take at once
+/// wait in `output`, and while they wait the connection is neither read nor served, so a client
+/// that does not read its answers holds only its own buffer and slot.
 #[derive(Debug)]
 struct Connection {
     stream: UnixStream,
-    buf: Vec<u8>,
-    /// When the first byte of the request being received arrived.
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// When the first byte of the request being received arrived (unset while answers wait).
     request_started: Option<Instant>,
+    /// When the socket first refused part of `output`.
+    write_blocked: Option<Instant>,
     last_active: Instant,
     sent_continue: bool,
+    /// Close once `output` is written (`Connection: close`, a malformed request).
+    close_after_output: bool,
+    /// The epoll interest registered: readable, or writable while `output` waits.
+    wants_write: bool,
 }
 
-/// What to do with a connection after serving its input.
+impl Connection {
+    /// When this connection started to hold the server's attention without progress: a partial
+    /// request or unwritten answers. `None` when idle.
+    fn busy_since(&self) -> Option<Instant> {
+        self.write_blocked.or(self.request_started)
+    }
+}
+
+/// What to do with a connection after serving it.
 #[derive(Debug, PartialEq, Eq)]
 enum Keep {
     Open,
+    /// Complete requests remain in its input: serve it again on the next turn.
+    Pending,
     Close,
 }
 
@@ -135,6 +156,8 @@ pub struct ApiServer {
     wake: EventFd,
     max_payload: usize,
     connections: HashMap<u64, Connection>,
+    /// Connections with buffered requests left over from their last turn.
+    pending: Vec<u64>,
     next_token: u64,
 }
 
@@ -165,6 +188,7 @@ impl ApiServer {
             wake,
             max_payload,
             connections: HashMap::new(),
+            pending: Vec::new(),
             next_token: FIRST_CONNECTION_TOKEN,
         })
     }
@@ -188,12 +212,17 @@ impl ApiServer {
             let deadline = self
                 .connections
                 .values()
-                .filter_map(|c| c.request_started.map(|t| t + REQUEST_TIMEOUT))
+                .filter_map(|c| c.busy_since().map(|t| t + REQUEST_TIMEOUT))
                 .chain(controller.tick(now))
                 .min();
-            let timeout_ms = deadline.map_or(-1, |d| {
-                i32::try_from(d.saturating_duration_since(now).as_millis() + 1).unwrap_or(i32::MAX)
-            });
+            let timeout_ms = if self.pending.is_empty() {
+                deadline.map_or(-1, |d| {
+                    i32::try_from(d.saturating_duration_since(now).as_millis() + 1)
+                        .unwrap_or(i32::MAX)
+                })
+            } else {
+                0
+            };
             let n = match self.epoll.wait(timeout_ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -202,14 +231,19 @@ impl ApiServer {
             // Connections first, the listener last: bytes a client already sent are read (and
             // mark it busy) before a newcomer may evict an idle connection.
             let mut accept = false;
+            let mut turn = std::mem::take(&mut self.pending);
             for event in &events[..n] {
                 match event.data() {
                     TOKEN_LISTENER => accept = true,
                     TOKEN_WAKE => {
                         let _ = self.wake.read();
                     }
-                    token => self.serve(token, controller),
+                    token if !turn.contains(&token) => turn.push(token),
+                    _ => {}
                 }
+            }
+            for token in turn {
+                self.serve(token, controller);
             }
             if accept {
                 self.accept();
@@ -229,9 +263,8 @@ impl ApiServer {
                     return;
                 }
             };
-            if self.connections.len() >= MAX_CONNECTIONS && !self.evict_idle() {
-                warn!("API connection refused: {MAX_CONNECTIONS} connections are busy");
-                continue;
+            if self.connections.len() >= MAX_CONNECTIONS {
+                self.evict();
             }
             if let Err(e) = self.add(stream) {
                 warn!("cannot serve an API connection: {e}");
@@ -240,9 +273,7 @@ impl ApiServer {
     }
 
     fn add(&mut self, stream: UnixStream) -> io::Result<()> {
-        // Reads only happen on readiness, so the timeout is a second line of defence.
-        stream.set_read_timeout(Some(WRITE_TIMEOUT))?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        stream.set_nonblocking(true)?;
         let token = self.next_token;
         self.next_token += 1;
         self.epoll.ctl(
@@ -250,27 +281,42 @@ impl ApiServer {
             stream.as_raw_fd(),
             EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, token),
         )?;
-        let now = Instant::now();
         let conn = Connection {
             stream,
-            buf: Vec::new(),
+            input: Vec::new(),
+            output: Vec::new(),
             request_started: None,
-            last_active: now,
+            write_blocked: None,
+            last_active: Instant::now(),
             sent_continue: false,
+            close_after_output: false,
+            wants_write: false,
         };
         self.connections.insert(token, conn);
         Ok(())
     }
 
-    /// Closes the longest-idle connection with no request in flight; false if there is none.
-    fn evict_idle(&mut self) -> bool {
-        let victim = self
+    /// Makes room for a newcomer: the longest-idle connection goes first; when none is idle, the
+    /// one stuck longest on a partial request or on answers it does not read. A client that
+    /// sends its requests whole and reads its answers is never the one stuck longest, so
+    /// squatters evict each other, not it.
+    fn evict(&mut self) {
+        let idle = self
             .connections
             .iter()
-            .filter(|(_, c)| c.request_started.is_none())
+            .filter(|(_, c)| c.busy_since().is_none())
             .min_by_key(|(_, c)| c.last_active)
             .map(|(&t, _)| t);
-        victim.map(|t| self.close(t)).is_some()
+        let victim = idle.or_else(|| {
+            self.connections
+                .iter()
+                .min_by_key(|(_, c)| c.busy_since())
+                .map(|(&t, _)| t)
+        });
+        if let Some(token) = victim {
+            debug!(token, "API connection evicted for a newcomer");
+            self.close(token);
+        }
     }
 
     fn close(&mut self, token: u64) {
@@ -282,6 +328,7 @@ impl ApiServer {
                 conn.stream.as_raw_fd(),
                 EpollEvent::default(),
             );
+            self.pending.retain(|&t| t != token);
             debug!(token, "API connection closed");
         }
     }
@@ -290,20 +337,22 @@ impl ApiServer {
         let late: Vec<u64> = self
             .connections
             .iter()
-            .filter(|(_, c)| {
-                c.request_started
-                    .is_some_and(|t| now >= t + REQUEST_TIMEOUT)
-            })
+            .filter(|(_, c)| c.busy_since().is_some_and(|t| now >= t + REQUEST_TIMEOUT))
             .map(|(&t, _)| t)
             .collect();
         for token in late {
-            warn!("API client too slow: no complete request within {REQUEST_TIMEOUT:?}");
-            if let Some(conn) = self.connections.get_mut(&token) {
+            if let Some(conn) = self.connections.get_mut(&token)
+                && conn.output.is_empty()
+            {
+                warn!("API client too slow: no complete request within {REQUEST_TIMEOUT:?}");
                 let fault = Response::fault(
                     http::Status::BadRequest,
                     "request timed out: send the whole request at once",
                 );
-                let _ = conn.stream.write_all(&fault.to_bytes(false));
+                // Best effort, never waiting: the connection closes either way.
+                let _ = conn.stream.write(&fault.to_bytes(false));
+            } else {
+                warn!("API client does not read its answers; closing it after {REQUEST_TIMEOUT:?}");
             }
             self.close(token);
         }
@@ -314,8 +363,32 @@ impl ApiServer {
         let Some(conn) = self.connections.get_mut(&token) else {
             return;
         };
-        if serve_connection(conn, max_payload, controller) == Keep::Close {
-            self.close(token);
+        let keep = serve_connection(conn, max_payload, controller);
+        let wants_write = !conn.output.is_empty();
+        if keep != Keep::Close && wants_write != conn.wants_write {
+            conn.wants_write = wants_write;
+            let interest = if wants_write {
+                EventSet::OUT | EventSet::READ_HANG_UP
+            } else {
+                EventSet::IN | EventSet::READ_HANG_UP
+            };
+            if self
+                .epoll
+                .ctl(
+                    ControlOperation::Modify,
+                    conn.stream.as_raw_fd(),
+                    EpollEvent::new(interest, token),
+                )
+                .is_err()
+            {
+                self.close(token);
+                return;
+            }
+        }
+        match keep {
+            Keep::Open => {}
+            Keep::Pending => self.pending.push(token),
+            Keep::Close => self.close(token),
         }
     }
 }
@@ -326,56 +399,119 @@ impl Drop for ApiServer {
     }
 }
 
+/// Requests one connection may have answered per turn of the loop before the others get theirs.
+const REQUESTS_PER_TURN: usize = 4;
+
+/// One turn for one connection: write what waits, read what arrived, answer up to
+/// [`REQUESTS_PER_TURN`] complete requests. Never waits on the socket.
 fn serve_connection<V: VmmControl>(
     conn: &mut Connection,
     max_payload: usize,
     controller: &mut ApiController<V>,
 ) -> Keep {
+    let now = Instant::now();
+    if !flush_output(conn, now) {
+        return Keep::Close;
+    }
+    if !conn.output.is_empty() {
+        return Keep::Open;
+    }
+    if conn.close_after_output {
+        return Keep::Close;
+    }
     let mut chunk = [0u8; READ_CHUNK];
-    let n = match conn.stream.read(&mut chunk) {
+    match conn.stream.read(&mut chunk) {
         Ok(0) => return Keep::Close,
-        Ok(n) => n,
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+        Ok(n) => {
+            conn.input.extend_from_slice(&chunk[..n]);
+            conn.last_active = now;
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+        Err(_) => return Keep::Close,
+    }
+    for _ in 0..REQUESTS_PER_TURN {
+        if conn.input.is_empty() {
+            conn.request_started = None;
             return Keep::Open;
         }
-        Err(_) => return Keep::Close,
-    };
-    let now = Instant::now();
-    conn.buf.extend_from_slice(&chunk[..n]);
-    conn.last_active = now;
-    conn.request_started.get_or_insert(now);
-    loop {
-        match http::parse(&conn.buf, max_payload) {
+        conn.request_started.get_or_insert(now);
+        match http::parse(&conn.input, max_payload) {
             Ok(Parsed::Incomplete { expect_continue }) => {
                 if expect_continue && !conn.sent_continue {
                     conn.sent_continue = true;
-                    if conn.stream.write_all(CONTINUE).is_err() {
+                    conn.output.extend_from_slice(CONTINUE);
+                    if !flush_output(conn, now) {
                         return Keep::Close;
                     }
                 }
                 return Keep::Open;
             }
             Ok(Parsed::Complete(request, used)) => {
-                conn.buf.drain(..used);
+                conn.input.drain(..used);
                 conn.sent_continue = false;
-                conn.request_started = (!conn.buf.is_empty()).then_some(now);
+                conn.request_started = None;
                 debug!(method = %request.method, path = %request.path, "API request");
                 let response = controller.handle_http(&request);
-                if conn
-                    .stream
-                    .write_all(&response.to_bytes(request.keep_alive))
-                    .is_err()
-                    || !request.keep_alive
-                {
+                conn.output
+                    .extend_from_slice(&response.to_bytes(request.keep_alive));
+                conn.close_after_output = !request.keep_alive;
+                if !flush_output(conn, now) {
+                    return Keep::Close;
+                }
+                if !conn.output.is_empty() {
+                    // The client is not reading: serve it again once its socket drains.
+                    return Keep::Open;
+                }
+                if conn.close_after_output {
                     return Keep::Close;
                 }
             }
             Err(e) => {
                 warn!("bad HTTP from an API client: {e}");
                 let response = Response::fault(e.status(), &e.to_string());
-                let _ = conn.stream.write_all(&response.to_bytes(false));
-                return Keep::Close;
+                conn.output.extend_from_slice(&response.to_bytes(false));
+                conn.close_after_output = true;
+                conn.input.clear();
+                conn.request_started = None;
+                if !flush_output(conn, now) || conn.output.is_empty() {
+                    return Keep::Close;
+                }
+                return Keep::Open;
             }
         }
     }
+    if conn.input.is_empty() {
+        Keep::Open
+    } else {
+        Keep::Pending
+    }
+}
+
+/// Writes as much of the connection's waiting output as its socket takes; false if the socket
+/// failed.
+fn flush_output(conn: &mut Connection, now: Instant) -> bool {
+    let mut written = 0;
+    while written < conn.output.len() {
+        match conn.stream.write(&conn.output[written..]) {
+            Ok(0) => return false,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(_) => return false,
+        }
+    }
+    conn.output.drain(..written);
+    if conn.output.is_empty() {
+        conn.write_blocked = None;
+    } else {
+        conn.write_blocked.get_or_insert(now);
+        if written > 0 {
+            // Progress: the client reads, slowly.
+            conn.write_blocked = Some(now);
+        }
+    }
+    if written > 0 {
+        conn.last_active = now;
+    }
+    true
 }

@@ -5,49 +5,33 @@
 //! configuration time, as Firecracker does, so a wrong path is reported by the request that named
 //! it rather than by `InstanceStart`.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use super::models::{
-    BootSourceBody, CacheTypeBody, CpuTemplate, DriveBody, EntropyBody, HugePages, IoEngineBody,
-    MachineConfigBody, RateLimiterBody, TokenBucketBody, VsockBody,
+    BootSourceBody, CpuTemplate, DriveBody, EntropyBody, HugePages, MachineConfigBody, VsockBody,
 };
+use crate::host_file::{self, Accept};
+use crate::ids::{IdError, check_resource_id};
 use crate::vm_config::{
-    BootSource, CacheType, DriveConfig, EntropyConfig, IoEngine, MachineConfig, RateLimiterConfig,
-    TokenBucketConfig, VmConfig, VsockConfig,
+    BootSource, DriveConfig, EntropyConfig, MachineConfig, MachineLimitError, RateLimiterConfig,
+    RateLimiterError, VmConfig, VsockConfig, check_mem_size_mib, check_vcpu_count,
 };
-use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
-
-/// Firecracker's limit on resource ids.
-pub const MAX_ID_LEN: usize = 64;
-/// Longest `refill_time` (ms) whose nanoseconds fit in 64 bits.
-pub const MAX_REFILL_TIME_MS: u64 = u64::MAX / 1_000_000;
 
 /// Why a configuration request was refused; the text is the API's `fault_message`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// `vcpu_count` out of 1..=32.
-    #[error("vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
-    VcpuCount(u64),
-    /// `mem_size_mib` out of range.
-    #[error("mem_size_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {0}")]
-    MemSize(u64),
+    /// A machine size out of squib's limits.
+    #[error(transparent)]
+    MachineLimit(#[from] MachineLimitError),
     /// A `PUT /machine-config` without a required field.
     #[error("PUT /machine-config requires `{0}` (use PATCH to change some fields only)")]
     MachineFieldMissing(&'static str),
     /// A machine feature squib cannot provide.
     #[error("{0} is not supported by squib")]
     MachineFeature(&'static str),
-    /// An id with characters other than ASCII alphanumerics and `_`, or too long or empty.
-    #[error(
-        "invalid {kind} `{id}`: ids are 1 to {MAX_ID_LEN} ASCII letters, digits or underscores"
-    )]
-    InvalidId {
-        /// What the id names.
-        kind: &'static str,
-        /// The id as given.
-        id: String,
-    },
+    /// An id Firecracker's rules refuse (see [`crate::ids`]).
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
     /// The body's id is not the path's.
     #[error("the id from the path [{path}] does not match the id from the body [{body}]")]
     IdMismatch {
@@ -82,15 +66,8 @@ pub enum ConfigError {
     #[error("boot_args must not contain NUL bytes")]
     BootArgsNul,
     /// A token bucket that cannot be represented.
-    #[error(
-        "rate_limiter.{bucket}.refill_time {ms} ms is too large (at most {MAX_REFILL_TIME_MS})"
-    )]
-    RefillTime {
-        /// `bandwidth` or `ops`.
-        bucket: &'static str,
-        /// The value given.
-        ms: u64,
-    },
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
     /// `InstanceStart` before `PUT /boot-source`.
     #[error("cannot start the microVM without a kernel: PUT /boot-source first")]
     NoBootSource,
@@ -110,22 +87,12 @@ pub enum ConfigError {
     UnknownDrive(String),
 }
 
-/// Checks a Firecracker resource id: 1 to 64 of `[A-Za-z0-9_]`.
-pub fn check_id(kind: &'static str, id: &str) -> Result<(), ConfigError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::InvalidId {
-            kind,
-            id: id.to_owned(),
-        })
-    }
-}
-
-fn check_file(what: &'static str, path: &str, writable: bool) -> Result<PathBuf, ConfigError> {
+fn check_file(
+    what: &'static str,
+    path: &str,
+    writable: bool,
+    accept: Accept,
+) -> Result<PathBuf, ConfigError> {
     let path = PathBuf::from(path);
     let fail = |reason: String| ConfigError::File {
         what,
@@ -135,47 +102,24 @@ fn check_file(what: &'static str, path: &str, writable: bool) -> Result<PathBuf,
     if path.as_os_str().is_empty() {
         return Err(fail("the path is empty".into()));
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(&path)
-        .map_err(|e| fail(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-    if meta.is_dir() {
-        return Err(fail("it is a directory".into()));
-    }
+    host_file::open(&path, writable, accept).map_err(|e| fail(e.to_string()))?;
     Ok(path)
 }
 
-fn bucket(name: &'static str, b: &TokenBucketBody) -> Result<TokenBucketConfig, ConfigError> {
-    if b.refill_time > MAX_REFILL_TIME_MS {
-        return Err(ConfigError::RefillTime {
-            bucket: name,
-            ms: b.refill_time,
-        });
-    }
-    Ok(TokenBucketConfig {
-        size: b.size,
-        one_time_burst: b.one_time_burst.unwrap_or(0),
-        refill_time_ms: b.refill_time,
-    })
-}
-
-/// Validates a `RateLimiter` body.
-pub fn rate_limiter(body: &RateLimiterBody) -> Result<RateLimiterConfig, ConfigError> {
-    Ok(RateLimiterConfig {
-        bandwidth: body
-            .bandwidth
-            .as_ref()
-            .map(|b| bucket("bandwidth", b))
-            .transpose()?,
-        ops: body.ops.as_ref().map(|b| bucket("ops", b)).transpose()?,
-    })
+/// Validates a `RateLimiter` body (the one check lives with the type).
+pub fn rate_limiter(body: &RateLimiterConfig) -> Result<RateLimiterConfig, ConfigError> {
+    body.check()?;
+    Ok(*body)
 }
 
 /// Opens a drive's backing file the way the guest will use it, so permission errors show now.
 pub fn check_drive_path(path: &str, read_only: bool) -> Result<PathBuf, ConfigError> {
-    check_file("path_on_host", path, !read_only)
+    check_file(
+        "path_on_host",
+        path,
+        !read_only,
+        Accept::RegularFileOrBlockDevice,
+    )
 }
 
 fn check_partuuid(p: &str) -> Result<(), ConfigError> {
@@ -203,11 +147,16 @@ pub struct ConfigStore {
 impl ConfigStore {
     /// `PUT /boot-source`.
     pub fn set_boot_source(&mut self, body: &BootSourceBody) -> Result<(), ConfigError> {
-        let kernel_image_path = check_file("kernel_image_path", &body.kernel_image_path, false)?;
+        let kernel_image_path = check_file(
+            "kernel_image_path",
+            &body.kernel_image_path,
+            false,
+            Accept::RegularFile,
+        )?;
         let initrd_path = body
             .initrd_path
             .as_deref()
-            .map(|p| check_file("initrd_path", p, false))
+            .map(|p| check_file("initrd_path", p, false, Accept::RegularFile))
             .transpose()?;
         if body.boot_args.as_deref().is_some_and(|a| a.contains('\0')) {
             return Err(ConfigError::BootArgsNul);
@@ -243,16 +192,10 @@ impl ConfigStore {
         body: &MachineConfigBody,
     ) -> Result<MachineConfig, ConfigError> {
         if let Some(n) = body.vcpu_count {
-            m.vcpu_count = u8::try_from(n)
-                .ok()
-                .filter(|n| (1..=MAX_VCPUS).contains(n))
-                .ok_or(ConfigError::VcpuCount(n))?;
+            m.vcpu_count = check_vcpu_count(n)?;
         }
         if let Some(mib) = body.mem_size_mib {
-            m.mem_size_mib = usize::try_from(mib)
-                .ok()
-                .filter(|mib| (MIN_MEM_MIB..=MAX_MEM_MIB).contains(mib))
-                .ok_or(ConfigError::MemSize(mib))?;
+            m.mem_size_mib = check_mem_size_mib(mib)?;
         }
         if body.smt == Some(true) {
             return Err(ConfigError::MachineFeature(
@@ -296,7 +239,7 @@ impl ConfigStore {
     }
 
     fn drive(path_id: &str, body: &DriveBody) -> Result<DriveConfig, ConfigError> {
-        check_id("drive_id", path_id)?;
+        check_resource_id(path_id)?;
         if body.drive_id != path_id {
             return Err(ConfigError::IdMismatch {
                 path: path_id.to_owned(),
@@ -323,14 +266,8 @@ impl ConfigStore {
             is_read_only: read_only,
             is_root_device: body.is_root_device,
             partuuid: body.partuuid.clone().filter(|_| body.is_root_device),
-            cache_type: match body.cache_type {
-                None | Some(CacheTypeBody::Unsafe) => CacheType::Unsafe,
-                Some(CacheTypeBody::Writeback) => CacheType::Writeback,
-            },
-            io_engine: match body.io_engine {
-                None | Some(IoEngineBody::Sync) => IoEngine::Sync,
-                Some(IoEngineBody::Async) => IoEngine::Async,
-            },
+            cache_type: body.cache_type.unwrap_or_default(),
+            io_engine: body.io_engine.unwrap_or_default(),
             direct: false,
             rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
         })
@@ -435,7 +372,7 @@ impl ConfigStore {
     /// The entropy device in API form.
     pub fn entropy_body(&self) -> Option<EntropyBody> {
         self.entropy.map(|e| EntropyBody {
-            rate_limiter: e.rate_limiter.as_ref().map(rate_limiter_body),
+            rate_limiter: e.rate_limiter,
         })
     }
 
@@ -458,21 +395,6 @@ fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn bucket_body(b: &TokenBucketConfig) -> TokenBucketBody {
-    TokenBucketBody {
-        size: b.size,
-        one_time_burst: Some(b.one_time_burst).filter(|&n| n != 0),
-        refill_time: b.refill_time_ms,
-    }
-}
-
-fn rate_limiter_body(r: &RateLimiterConfig) -> RateLimiterBody {
-    RateLimiterBody {
-        bandwidth: r.bandwidth.as_ref().map(bucket_body),
-        ops: r.ops.as_ref().map(bucket_body),
-    }
-}
-
 fn drive_body(d: &DriveConfig) -> DriveBody {
     DriveBody {
         drive_id: d.drive_id.clone(),
@@ -480,15 +402,9 @@ fn drive_body(d: &DriveConfig) -> DriveBody {
         is_root_device: d.is_root_device,
         is_read_only: Some(d.is_read_only),
         partuuid: d.partuuid.clone(),
-        cache_type: Some(match d.cache_type {
-            CacheType::Unsafe => CacheTypeBody::Unsafe,
-            CacheType::Writeback => CacheTypeBody::Writeback,
-        }),
-        io_engine: Some(match d.io_engine {
-            IoEngine::Sync => IoEngineBody::Sync,
-            IoEngine::Async => IoEngineBody::Async,
-        }),
-        rate_limiter: d.rate_limiter.as_ref().map(rate_limiter_body),
+        cache_type: Some(d.cache_type),
+        io_engine: Some(d.io_engine),
+        rate_limiter: d.rate_limiter,
         socket: None,
     }
 }
@@ -498,6 +414,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::vm_config::{CacheType, IoEngine, TokenBucketConfig};
 
     fn temp_file() -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -520,14 +437,6 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_checked() {
-        assert!(check_id("drive_id", "rootfs_1").is_ok());
-        for bad in ["", "a b", "a/b", "é", &"x".repeat(65)] {
-            assert!(check_id("drive_id", bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
     fn machine_config_ranges_and_refusals() {
         let mut s = ConfigStore::default();
         let put = |v, m| MachineConfigBody {
@@ -537,23 +446,23 @@ mod tests {
         };
         assert_eq!(
             s.put_machine_config(&put(0, 128)),
-            Err(ConfigError::VcpuCount(0))
+            Err(MachineLimitError::VcpuCount(0).into())
         );
         assert_eq!(
             s.put_machine_config(&put(33, 128)),
-            Err(ConfigError::VcpuCount(33))
+            Err(MachineLimitError::VcpuCount(33).into())
         );
         assert_eq!(
             s.put_machine_config(&put(300, 128)),
-            Err(ConfigError::VcpuCount(300))
+            Err(MachineLimitError::VcpuCount(300).into())
         );
         assert_eq!(
             s.put_machine_config(&put(2, 0)),
-            Err(ConfigError::MemSize(0))
+            Err(MachineLimitError::MemSize(0).into())
         );
         assert_eq!(
             s.put_machine_config(&put(2, u64::MAX)),
-            Err(ConfigError::MemSize(u64::MAX))
+            Err(MachineLimitError::MemSize(u64::MAX).into())
         );
         s.put_machine_config(&put(32, 256)).unwrap();
         assert_eq!(
@@ -657,17 +566,20 @@ mod tests {
             Err(ConfigError::VhostUser(_))
         ));
         body.socket = None;
-        body.rate_limiter = Some(RateLimiterBody {
+        body.rate_limiter = Some(RateLimiterConfig {
             bandwidth: None,
-            ops: Some(TokenBucketBody {
+            ops: Some(TokenBucketConfig {
                 size: 1,
-                one_time_burst: None,
-                refill_time: u64::MAX,
+                one_time_burst: 0,
+                refill_time_ms: u64::MAX,
             }),
         });
         assert!(matches!(
             s.put_drive("a", &body),
-            Err(ConfigError::RefillTime { .. })
+            Err(ConfigError::RateLimiter(RateLimiterError {
+                bucket: "ops",
+                ..
+            }))
         ));
     }
 
@@ -677,13 +589,13 @@ mod tests {
         let mut s = ConfigStore::default();
         let mut body = drive_body("rootfs", f.path(), true);
         body.is_read_only = Some(true);
-        body.cache_type = Some(CacheTypeBody::Writeback);
-        body.io_engine = Some(IoEngineBody::Async);
-        body.rate_limiter = Some(RateLimiterBody {
-            bandwidth: Some(TokenBucketBody {
+        body.cache_type = Some(CacheType::Writeback);
+        body.io_engine = Some(IoEngine::Async);
+        body.rate_limiter = Some(RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
                 size: 1000,
-                one_time_burst: Some(5),
-                refill_time: 100,
+                one_time_burst: 5,
+                refill_time_ms: 100,
             }),
             ops: None,
         });

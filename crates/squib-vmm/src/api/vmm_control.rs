@@ -6,7 +6,7 @@
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vm_config::{RateLimiterConfig, VmConfig};
+use crate::vm_config::{MachineConfig, RateLimiterConfig, VmConfig};
 
 /// The state `GET /` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +97,10 @@ impl ExitNotice {
 
 /// The VMM as the API sees it.
 pub trait VmmControl: Send {
+    /// Starts, off the calling thread, whatever of the microVM `machine` already determines,
+    /// so that `start` has less to do; a later call with another machine replaces it. Only a
+    /// hint: `start` works without it.
+    fn prepare(&mut self, _machine: &MachineConfig) {}
     /// Builds and boots the microVM; `exit` is notified once it stops.
     fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError>;
     /// The current state.

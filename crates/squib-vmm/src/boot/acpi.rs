@@ -420,7 +420,7 @@ mod tests {
     fn slots(n: u32) -> Vec<MmioSlot> {
         (0..n)
             .map(|i| MmioSlot {
-                base: 0xd000_1000 + u64::from(i) * 0x1000,
+                base: 0xc000_1000 + u64::from(i) * 0x1000,
                 len: 0x1000,
                 gsi: 5 + i,
             })
@@ -580,7 +580,7 @@ mod tests {
             Err(AcpiError::SlotAbove4G { .. })
         ));
         let gsi = [MmioSlot {
-            base: 0xd000_1000,
+            base: 0xc000_1000,
             len: 0x1000,
             gsi: 24,
         }];
@@ -598,7 +598,7 @@ mod tests {
         );
         let many = vec![
             MmioSlot {
-                base: 0xd000_1000,
+                base: 0xc000_1000,
                 len: 0x1000,
                 gsi: 5
             };
@@ -614,7 +614,7 @@ mod tests {
     fn the_largest_machine_still_fits_its_region() {
         let slots = vec![
             MmioSlot {
-                base: 0xd000_1000,
+                base: 0xc000_1000,
                 len: 0x1000,
                 gsi: 5
             };

@@ -89,11 +89,11 @@ mod tests {
 
     #[test]
     fn default_line_with_virtio_entries_in_slot_order() {
-        let line = build(None, &[], &[(0xd000_1000, 5), (0xd000_2000, 6)]).unwrap();
+        let line = build(None, &[], &[(0xc000_1000, 5), (0xc000_2000, 6)]).unwrap();
         assert_eq!(
             text(&line),
             format!(
-                "{DEFAULT_CMDLINE} virtio_mmio.device=4K@0xd0001000:5 virtio_mmio.device=4K@0xd0002000:6"
+                "{DEFAULT_CMDLINE} virtio_mmio.device=4K@0xc0001000:5 virtio_mmio.device=4K@0xc0002000:6"
             )
         );
     }

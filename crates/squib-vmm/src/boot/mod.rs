@@ -33,6 +33,7 @@ use crate::arch::x86_64::boot_params::{self, ZeroPage, ZeroPageError};
 use crate::arch::x86_64::layout::{CMDLINE_START, MMIO_DEVICE_SIZE, ZERO_PAGE_START, low_ram_end};
 use crate::arch::x86_64::{paging, regs};
 use crate::devices::acpi_pm;
+use crate::host_file::{self, Accept, HostFileError};
 use crate::vm_config::{BootOptions, BootProtocol, BootSource, DriveConfig};
 
 /// Where and how the boot vCPU starts.
@@ -316,6 +317,7 @@ fn long_mode_entry(mem: &GuestMemory, rip: u64) -> Result<EntryPoint, BootError>
     Ok(EntryPoint::Linux64 { rip, cr3 })
 }
 
+/// Kernels and initrds: regular files only, opened so that a FIFO cannot hang the boot.
 fn open(path: &Path) -> std::io::Result<File> {
-    File::open(path)
+    host_file::open(path, false, Accept::RegularFile).map_err(HostFileError::into_io)
 }

@@ -3,9 +3,8 @@
 //! [`DriveHandle`] the API keeps. Block I/O runs on the device's worker thread (squib-virtio's
 //! runtime), started when the driver activates the device — never on a vCPU.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 use squib_virtio::block::backend::{BackendError, BlockBackend};
@@ -18,6 +17,7 @@ use super::DeviceError;
 use super::bus::Bus;
 use super::manager::{DeviceKind, DeviceManager, RuntimeHandle};
 use crate::GuestMemory;
+use crate::host_file::{self, Accept};
 use crate::vm_config::{CacheType, DriveConfig, IoEngine, RateLimiterConfig, TokenBucketConfig};
 
 /// Why a drive could not be set up.
@@ -61,12 +61,11 @@ pub enum DriveError {
     },
 }
 
-/// A drive of the running microVM: its device's runtime handle, and the backend it serves.
+/// A drive of the running microVM: its device's runtime handle.
 #[derive(Debug)]
 pub struct DriveHandle {
     id: String,
     block: BlockHandle,
-    backend: Mutex<Arc<dyn BlockBackend>>,
 }
 
 impl DriveHandle {
@@ -87,24 +86,13 @@ impl DriveHandle {
 
     /// Replaces the backing file (the guest is notified of a capacity change).
     pub fn swap_backend(&self, backend: Arc<dyn BlockBackend>) -> Result<(), SwapError> {
-        let mut current = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
-        self.block.swap_backend(backend.clone())?;
-        *current = backend;
-        Ok(())
+        self.block.swap_backend(backend)
     }
 
-    /// Makes completed writes durable.
+    /// Makes every write the drive ever acknowledged durable, on its current backend and on
+    /// those swapped out before it.
     pub fn flush(&self) -> Result<(), BackendError> {
-        let backend = self
-            .backend
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if backend.is_read_only() {
-            Ok(())
-        } else {
-            backend.flush()
-        }
+        self.block.flush_all()
     }
 }
 
@@ -115,11 +103,12 @@ pub fn open_backend(drive: &DriveConfig) -> Result<Arc<dyn BlockBackend>, DriveE
         path: drive.path_on_host.clone(),
         source,
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!drive.is_read_only)
-        .open(&drive.path_on_host)
-        .map_err(open_err)?;
+    let file = host_file::open(
+        &drive.path_on_host,
+        !drive.is_read_only,
+        Accept::RegularFileOrBlockDevice,
+    )
+    .map_err(|e| open_err(e.into_io()))?;
     if drive.direct {
         squib_host::block_io::set_f_nocache(&file).map_err(|source| DriveError::Direct {
             id: drive.drive_id.clone(),
@@ -173,7 +162,7 @@ pub fn attach_all(
     for drive in drives {
         let id = || drive.drive_id.clone();
         let backend = open_backend(drive)?;
-        let device = BlockDevice::new(backend.clone(), block_config(drive))
+        let device = BlockDevice::new(backend, block_config(drive))
             .map_err(|source| DriveError::Device { id: id(), source })?;
         let block = device.handle();
         let transport = MmioTransport::new(Box::new(device), mem.clone()).map_err(|source| {
@@ -185,11 +174,7 @@ pub fn attach_all(
                 },
             }
         })?;
-        let handle = DriveHandle {
-            id: id(),
-            block,
-            backend: Mutex::new(backend),
-        };
+        let handle = DriveHandle { id: id(), block };
         devices
             .attach(
                 vm,

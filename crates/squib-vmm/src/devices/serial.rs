@@ -1,8 +1,12 @@
 //! COM1: a 16550 UART (vm-superio) whose output goes to squib's stdout and whose input comes
-//! from squib's stdin.
+//! from squib's stdin. Output passes through a bounded [`ConsoleBuffer`] drained by a thread of
+//! its own, so a guest printing to a stdout nobody reads loses output (counted) instead of
+//! stalling its vCPU.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use vm_superio::Serial;
@@ -67,20 +71,145 @@ impl BusDevice for SerialDevice {
     }
 }
 
-/// Guest output to stdout, flushed at every byte so that prompts without a newline show.
+/// Guest output bytes a full console buffer dropped since the process started.
+static DROPPED_OUTPUT: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of guest output held for a console that does not keep up.
+pub const CONSOLE_BUFFER: usize = 64 << 10;
+
+/// Guest output bytes dropped because the console did not keep up (`uart.missed_write_count`).
+pub fn dropped_output_bytes() -> u64 {
+    DROPPED_OUTPUT.load(Ordering::Relaxed)
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: VecDeque<u8>,
+    /// The writer thread holds bytes it took and has not finished writing.
+    writing: bool,
+}
+
+/// A bounded buffer between the UART (on a vCPU thread) and a console writer that may block (a
+/// full pipe, a stopped terminal): a thread of its own does the blocking writes, and when the
+/// buffer is full new output is dropped and counted rather than stalling the vCPU.
+#[derive(Debug)]
+pub struct ConsoleBuffer {
+    pending: Mutex<Pending>,
+    ready: Condvar,
+    drained: Condvar,
+    capacity: usize,
+}
+
+impl ConsoleBuffer {
+    /// A buffer of `capacity` bytes whose thread writes to `out`.
+    pub fn spawn(out: impl Write + Send + 'static, capacity: usize) -> io::Result<Arc<Self>> {
+        let buffer = Arc::new(Self {
+            pending: Mutex::new(Pending::default()),
+            ready: Condvar::new(),
+            drained: Condvar::new(),
+            capacity,
+        });
+        let shared = Arc::clone(&buffer);
+        std::thread::Builder::new()
+            .name("serial-out".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vmm);
+                shared.write_loop(out)
+            })?;
+        Ok(buffer)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `buf`; what does not fit is dropped and counted. Never waits for the writer.
+    pub fn push(&self, buf: &[u8]) {
+        let mut pending = self.lock();
+        let room = self.capacity.saturating_sub(pending.bytes.len());
+        let taken = room.min(buf.len());
+        pending.bytes.extend(&buf[..taken]);
+        drop(pending);
+        if taken < buf.len() {
+            DROPPED_OUTPUT.fetch_add((buf.len() - taken) as u64, Ordering::Relaxed);
+        }
+        if taken > 0 {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Waits up to `timeout` for everything queued to be written (before the process exits).
+    pub fn drain(&self, timeout: Duration) {
+        let pending = self.lock();
+        let _ = self
+            .drained
+            .wait_timeout_while(pending, timeout, |p| !p.bytes.is_empty() || p.writing);
+    }
+
+    fn write_loop(&self, mut out: impl Write) {
+        loop {
+            let mut pending = self.lock();
+            while pending.bytes.is_empty() {
+                pending = self
+                    .ready
+                    .wait(pending)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            let chunk: Vec<u8> = pending.bytes.drain(..).collect();
+            pending.writing = true;
+            drop(pending);
+            // A console that fails loses its output; the guest never notices.
+            let _ = out.write_all(&chunk).and_then(|()| out.flush());
+            self.lock().writing = false;
+            self.drained.notify_all();
+        }
+    }
+}
+
+/// The process's console buffer over stdout, started with the first guest output.
+static STDOUT: OnceLock<Option<Arc<ConsoleBuffer>>> = OnceLock::new();
+
+fn stdout_buffer() -> Option<&'static Arc<ConsoleBuffer>> {
+    STDOUT
+        .get_or_init(
+            || match ConsoleBuffer::spawn(io::stdout(), CONSOLE_BUFFER) {
+                Ok(buffer) => Some(buffer),
+                Err(err) => {
+                    tracing::warn!("no console output thread, guest output is dropped: {err}");
+                    None
+                }
+            },
+        )
+        .as_ref()
+}
+
+/// Writes what the guest printed so far to stdout, waiting at most `timeout`: call it before
+/// the process exits.
+pub fn flush_stdout(timeout: Duration) {
+    if let Some(buffer) = STDOUT.get().and_then(Option::as_ref) {
+        buffer.drain(timeout);
+    }
+}
+
+/// Guest output to stdout through the process's [`ConsoleBuffer`], so a stdout that is a full
+/// pipe never blocks the vCPU.
 #[derive(Debug)]
 pub struct Stdout;
 
 impl Write for Stdout {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut out = io::stdout().lock();
-        out.write_all(buf)?;
-        out.flush()?;
+        match stdout_buffer() {
+            Some(buffer) => buffer.push(buf),
+            None => {
+                DROPPED_OUTPUT.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            }
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        io::stdout().flush()
+        Ok(())
     }
 }
 
@@ -93,6 +222,7 @@ pub fn spawn_input_forwarder(
         .name("serial-in".into())
         .stack_size(64 << 10)
         .spawn(move || {
+            crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vmm);
             let mut buf = [0u8; 64];
             loop {
                 let len = match input.read(&mut buf) {
@@ -162,6 +292,44 @@ mod tests {
         serial.read(0, &mut word);
         assert_eq!(word, [0xff, 0xff]);
         assert!(out.0.lock().unwrap().is_empty());
+    }
+
+    /// A stdout that is a full pipe nobody reads: the guest's output must not block the vCPU.
+    #[test]
+    fn output_to_a_full_pipe_is_dropped_and_counted_not_blocking() {
+        let (reader, writer) = io::pipe().unwrap();
+        let console = ConsoleBuffer::spawn(writer, 4096).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let before = dropped_output_bytes();
+        let vcpu = std::thread::spawn(move || {
+            let out: SerialOutput = Box::new(ConsoleWriter(console));
+            let mut serial = SerialDevice::new(IrqLine::new().unwrap(), out);
+            // Far more than the pipe (64 KiB) and the buffer hold.
+            for _ in 0..(1 << 20) {
+                serial.write(0, b"x");
+            }
+            done_tx.send(()).unwrap();
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(20)).is_ok(),
+            "the vCPU blocked on a full stdout"
+        );
+        vcpu.join().unwrap();
+        assert!(dropped_output_bytes() - before > (1 << 20) - 128 * 1024);
+        drop(reader);
+    }
+
+    /// Owns the buffer for the test's `SerialOutput`.
+    struct ConsoleWriter(Arc<ConsoleBuffer>);
+
+    impl Write for ConsoleWriter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.push(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! building a guest toolchain.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -180,4 +182,52 @@ pub fn stdout(output: &Output) -> String {
 /// Squib's stderr as text.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A keep-alive client written against the socket directly.
+pub struct Client(pub UnixStream, pub Vec<u8>);
+
+impl Client {
+    /// Connects to the API socket, with a read timeout so a stalled server fails the test.
+    pub fn connect(sock: &Path) -> Self {
+        let stream = UnixStream::connect(sock).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Self(stream, Vec::new())
+    }
+
+    /// One request; returns the status and the body.
+    pub fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.0
+            .write_all(format!("{head}{body}").as_bytes())
+            .unwrap();
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = resp.parse(&self.1).unwrap() {
+                let len: usize = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |h| {
+                        std::str::from_utf8(h.value).unwrap().parse().unwrap()
+                    });
+                if self.1.len() >= n + len {
+                    let code = resp.code.unwrap();
+                    let body = String::from_utf8(self.1[n..n + len].to_vec()).unwrap();
+                    self.1.drain(..n + len);
+                    return (code, body);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.0.read(&mut chunk).unwrap();
+            assert!(read > 0, "connection closed");
+            self.1.extend_from_slice(&chunk[..read]);
+        }
+    }
 }

@@ -144,12 +144,12 @@ mod tests {
     fn e820_splits_around_the_gap() {
         let map = e820_map(4 << 30);
         assert_eq!(map.len(), 3);
-        assert_eq!(map[1].addr + map[1].size, 0xd000_0000);
+        assert_eq!(map[1].addr + map[1].size, 0xc000_0000);
         assert_eq!(
             map[2],
             E820Entry {
                 addr: 1 << 32,
-                size: (4 << 30) - 0xd000_0000,
+                size: (4 << 30) - 0xc000_0000,
                 kind: E820_RAM
             }
         );

@@ -25,17 +25,22 @@ pub const EBDA_START: u64 = 0x9_fc00;
 /// Kernel load address (1 MiB): the lowest address a kernel may be loaded at.
 pub const HIMEM_START: GuestAddress = GuestAddress(0x10_0000);
 
-/// Start of the 32-bit MMIO gap: RAM stops here and continues at [`RAM_64BIT_START`].
-pub const MMIO_GAP_START: u64 = 0xd000_0000;
+/// Start of the 32-bit MMIO gap: RAM stops here and continues at [`RAM_64BIT_START`]. 1 GiB,
+/// as Firecracker's `MMIO32_MEM_START` since 1.13.
+pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// End (exclusive) of the 32-bit MMIO gap.
 pub const MMIO_GAP_END: u64 = 1 << 32;
 /// Where RAM above the gap starts.
 pub const RAM_64BIT_START: u64 = MMIO_GAP_END;
 
-/// Boot-timer device.
-pub const BOOT_TIMER_START: u64 = 0xd000_0000;
-/// First virtio-mmio slot; slot n is at `VIRTIO_MMIO_START + n * VIRTIO_MMIO_SIZE`.
-pub const VIRTIO_MMIO_START: u64 = 0xd000_1000;
+/// Boot-timer device: Firecracker's `BOOT_DEVICE_MEM_START`, the first page of the gap.
+pub const BOOT_TIMER_START: u64 = MMIO_GAP_START;
+/// Where Firecracker before 1.13 had the boot timer (its guest images still write there); a
+/// second window of the same device, in the gap past every virtio-mmio slot.
+pub const LEGACY_BOOT_TIMER_START: u64 = 0xd000_0000;
+/// First virtio-mmio slot; slot n is at `VIRTIO_MMIO_START + n * VIRTIO_MMIO_SIZE`
+/// (Firecracker's `MEM_32BIT_DEVICES_START`).
+pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START + MMIO_DEVICE_SIZE;
 /// Size of one MMIO device window (boot timer, each virtio-mmio slot).
 pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
 /// Interrupt line of virtio-mmio slot 0; slot n uses `VIRTIO_MMIO_FIRST_GSI + n`.
@@ -66,6 +71,10 @@ pub const DEBUG_EXIT_PORT: u16 = 0x501;
 const _: () = assert!(KVM_IDENTITY_MAP_ADDRESS > 0xfee0_1000);
 const _: () = assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 == KVM_TSS_ADDRESS);
 const _: () = assert!(KVM_TSS_ADDRESS + 3 * 0x1000 <= MMIO_GAP_END);
+// The legacy boot-timer window lies in the gap, past the last virtio-mmio slot.
+const _: () = assert!(
+    LEGACY_BOOT_TIMER_START >= VIRTIO_MMIO_START + MAX_VIRTIO_MMIO_SLOTS as u64 * MMIO_DEVICE_SIZE
+);
 
 /// The guest-physical address of virtio-mmio slot `n`, and its GSI.
 pub fn virtio_mmio_slot(n: usize) -> Option<(u64, u32)> {
@@ -125,11 +134,11 @@ mod tests {
 
     #[test]
     fn virtio_slots_follow_the_contract() {
-        assert_eq!(virtio_mmio_slot(0), Some((0xd000_1000, 5)));
-        assert_eq!(virtio_mmio_slot(2), Some((0xd000_3000, 7)));
+        assert_eq!(virtio_mmio_slot(0), Some((0xc000_1000, 5)));
+        assert_eq!(virtio_mmio_slot(2), Some((0xc000_3000, 7)));
         assert_eq!(
             virtio_mmio_slot(MAX_VIRTIO_MMIO_SLOTS - 1),
-            Some((0xd001_3000, 23))
+            Some((0xc001_3000, 23))
         );
         assert_eq!(virtio_mmio_slot(MAX_VIRTIO_MMIO_SLOTS), None);
     }

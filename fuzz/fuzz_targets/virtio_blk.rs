@@ -1,0 +1,402 @@
+//! The virtio-blk device as a hostile guest drives it: negotiated features, queue size, request
+//! types, sectors, segment counts, lengths, directions and addresses, missing or short headers
+//! and status bytes, raw descriptor-table and avail-ring corruption and indirect tables all come
+//! from the fuzz input. The disk is a `ShadowDisk`: the device must never send it an
+//! out-of-range operation or a write to a read-only disk, and every change it makes must be
+//! explained by a request the guest submitted (same type, same offset, same bytes).
+#![no_main]
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::arbitrary::{Result, Unstructured};
+use libfuzzer_sys::fuzz_target;
+use squib_fuzz::shadow_disk::{Change, ShadowDisk};
+use squib_virtio::block::{BlockConfig, BlockDevice, CacheType};
+use squib_virtio::device::FEATURE_VERSION_1;
+use squib_virtio::mmio::reg;
+use squib_virtio::testing::{Buf, GuestDriver, HEAP_START};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vm_memory::GuestAddress;
+
+const DISK_SIZE: usize = 64 * 1024;
+const GUEST_MEM: usize = 1 << 20;
+const NEEDS_RESET: u32 = 0x40;
+const DRIVER_OK: u32 = 0x04;
+
+/// What the harness knows about one submitted request.
+#[derive(Debug)]
+struct Submitted {
+    kind: u32,
+    sector: u64,
+    /// Readable data segments the harness placed (address, length).
+    readable: Vec<(GuestAddress, u32)>,
+    /// Discard / write-zeroes ranges written (sector, sectors).
+    ranges: Vec<(u64, u32)>,
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i / 512 * 7 + i) as u8).collect()
+}
+
+fn kind(u: &mut Unstructured) -> Result<u32> {
+    Ok(match u.int_in_range(0..=6)? {
+        0 => VIRTIO_BLK_T_IN,
+        1 => VIRTIO_BLK_T_OUT,
+        2 => VIRTIO_BLK_T_FLUSH,
+        3 => VIRTIO_BLK_T_GET_ID,
+        4 => VIRTIO_BLK_T_DISCARD,
+        5 => VIRTIO_BLK_T_WRITE_ZEROES,
+        _ => u.arbitrary()?,
+    })
+}
+
+fn sector(u: &mut Unstructured) -> Result<u64> {
+    Ok(if u.ratio(7, 8)? {
+        u.int_in_range(0..=(DISK_SIZE as u64 / 512 + 2))?
+    } else {
+        u.arbitrary()?
+    })
+}
+
+/// A hostile address: anywhere, including the rings, the descriptor table and unmapped memory.
+fn wild_addr(u: &mut Unstructured) -> Result<GuestAddress> {
+    Ok(GuestAddress(if u.arbitrary()? {
+        u.int_in_range(0..=GUEST_MEM as u64 + 4096)?
+    } else {
+        u.arbitrary()?
+    }))
+}
+
+/// Builds one request; returns its buffers and what the harness knows about it (`None` when a
+/// hostile buffer makes the request's effect unknowable).
+fn request(
+    u: &mut Unstructured,
+    d: &mut GuestDriver,
+    heap_left: &mut u64,
+) -> Result<(Vec<Buf>, Submitted, bool)> {
+    let kind = kind(u)?;
+    let sector = sector(u)?;
+    let mut hostile = false;
+    let mut alloc = |d: &mut GuestDriver, len: u32| -> Option<GuestAddress> {
+        let need = u64::from(len).next_multiple_of(16) + 16;
+        if need > *heap_left {
+            return None;
+        }
+        *heap_left -= need;
+        Some(d.alloc(len))
+    };
+    let mut bufs = Vec::new();
+    let mut submitted = Submitted {
+        kind,
+        sector,
+        readable: Vec::new(),
+        ranges: Vec::new(),
+    };
+    // Header.
+    let Some(header) = alloc(d, 16) else {
+        return Err(libfuzzer_sys::arbitrary::Error::NotEnoughData);
+    };
+    let mut raw = [0u8; 16];
+    raw[0..4].copy_from_slice(&kind.to_le_bytes());
+    raw[8..16].copy_from_slice(&sector.to_le_bytes());
+    d.write_bytes(header, &raw);
+    let header_len = if u.ratio(15, 16)? {
+        16
+    } else {
+        u.int_in_range(0..=32)?
+    };
+    bufs.push(Buf {
+        addr: header,
+        len: header_len,
+        device_writes: u.ratio(1, 32)?,
+    });
+    // Data.
+    for _ in 0..u.int_in_range(0..=4)? {
+        if u.ratio(1, 10)? {
+            hostile = true;
+            bufs.push(Buf {
+                addr: wild_addr(u)?,
+                len: if u.arbitrary()? {
+                    u.arbitrary()?
+                } else {
+                    u.int_in_range(0..=4096)?
+                },
+                device_writes: u.arbitrary()?,
+            });
+            continue;
+        }
+        let len: u32 = match u.int_in_range(0..=3)? {
+            0 => 512,
+            1 => 512 * u.int_in_range(1..=8)?,
+            2 => 16,
+            _ => u.int_in_range(0..=5000)?,
+        };
+        let Some(addr) = alloc(d, len) else { break };
+        let device_writes = match kind {
+            VIRTIO_BLK_T_IN | VIRTIO_BLK_T_GET_ID => !u.ratio(1, 16)?,
+            _ => u.ratio(1, 16)?,
+        };
+        if !device_writes {
+            if matches!(kind, VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES) {
+                let mut range = vec![0u8; len as usize];
+                for chunk in range.chunks_exact_mut(16) {
+                    let s = sector_small(u)?;
+                    let n: u32 = u.int_in_range(0..=12)?;
+                    let flags: u32 = if u.ratio(1, 8)? {
+                        u.arbitrary()?
+                    } else {
+                        u.int_in_range(0..=1)?
+                    };
+                    chunk[0..8].copy_from_slice(&s.to_le_bytes());
+                    chunk[8..12].copy_from_slice(&n.to_le_bytes());
+                    chunk[12..16].copy_from_slice(&flags.to_le_bytes());
+                    submitted.ranges.push((s, n));
+                }
+                d.write_bytes(addr, &range);
+            } else {
+                let fill: u8 = u.arbitrary()?;
+                let bytes: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
+                d.write_bytes(addr, &bytes);
+            }
+            submitted.readable.push((addr, len));
+        }
+        bufs.push(Buf {
+            addr,
+            len,
+            device_writes,
+        });
+    }
+    // Status.
+    match u.int_in_range(0..=15)? {
+        0 => {} // no status descriptor
+        1 => {
+            if let Some(addr) = alloc(d, 1) {
+                bufs.push(Buf::readable(addr, 1));
+            }
+        }
+        2 => {
+            if let Some(addr) = alloc(d, 16) {
+                bufs.push(Buf::writable(addr, u.int_in_range(0..=16)?));
+            }
+        }
+        _ => {
+            if let Some(addr) = alloc(d, 1) {
+                bufs.push(Buf::writable(addr, 1));
+            }
+        }
+    }
+    Ok((bufs, submitted, hostile))
+}
+
+fn sector_small(u: &mut Unstructured) -> Result<u64> {
+    Ok(if u.ratio(15, 16)? {
+        u.int_in_range(0..=(DISK_SIZE as u64 / 512 + 2))?
+    } else {
+        u.arbitrary()?
+    })
+}
+
+/// Writes `bufs` as an indirect table in guest memory and queues one descriptor pointing at it.
+fn add_indirect(
+    u: &mut Unstructured,
+    d: &mut GuestDriver,
+    bufs: &[Buf],
+    heap_left: &mut u64,
+) -> Result<Option<u16>> {
+    let table_len = 16 * bufs.len() as u64;
+    if table_len + 32 > *heap_left || bufs.is_empty() {
+        return Ok(None);
+    }
+    *heap_left -= table_len + 32;
+    let table = d.alloc(table_len as u32);
+    for (i, buf) in bufs.iter().enumerate() {
+        let mut flags = if buf.device_writes {
+            VRING_DESC_F_WRITE as u16
+        } else {
+            0
+        };
+        let mut next = (i + 1) as u16;
+        if i + 1 < bufs.len() {
+            flags |= VRING_DESC_F_NEXT as u16;
+        }
+        if u.ratio(1, 32)? {
+            // Nested indirect, loops, wild next indexes.
+            flags |= u.arbitrary::<u16>()? & (VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT) as u16;
+            next = u.arbitrary()?;
+        }
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&buf.addr.0.to_le_bytes());
+        raw[8..12].copy_from_slice(&buf.len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        d.write_bytes(GuestAddress(table.0 + 16 * i as u64), &raw);
+    }
+    let len = if u.ratio(15, 16)? {
+        table_len as u32
+    } else {
+        u.arbitrary()?
+    };
+    let addr = if u.ratio(15, 16)? {
+        table
+    } else {
+        wild_addr(u)?
+    };
+    Ok(Some(d.add_chain([Buf {
+        addr,
+        len,
+        device_writes: false,
+    }])))
+}
+
+fn run(u: &mut Unstructured) -> Result<()> {
+    let read_only: bool = u.arbitrary()?;
+    let cache = if u.arbitrary()? {
+        CacheType::Writeback
+    } else {
+        CacheType::Unsafe
+    };
+    let disk = Arc::new(ShadowDisk::new(pattern(DISK_SIZE), read_only));
+    let original = disk.contents();
+    let Ok(device) = BlockDevice::new(disk.clone(), BlockConfig::new("fuzz", cache)) else {
+        return Ok(());
+    };
+    let mut d = GuestDriver::new(Box::new(device), GUEST_MEM);
+    let offered = d.device_features();
+    let features = (offered & u.arbitrary::<u64>()?) | FEATURE_VERSION_1;
+    if !d.negotiate(features) {
+        return Ok(());
+    }
+    let max = d.read_reg(reg::QUEUE_NUM_MAX).min(256);
+    let size = 1u16 << u.int_in_range(0..=max.trailing_zeros())?;
+    d.setup_queue(size);
+    d.set_status_bit(DRIVER_OK);
+
+    let mut heap_left = GUEST_MEM as u64 - HEAP_START - 4096;
+    let mut known = Vec::new();
+    let mut hostile = false;
+    let mut descriptors_used = 0u32;
+    for _ in 0..u.int_in_range(1..=16)? {
+        let Ok((bufs, submitted, wild)) = request(u, &mut d, &mut heap_left) else {
+            break;
+        };
+        hostile |= wild;
+        let indirect = u.ratio(1, 4)?;
+        let needed = if indirect { 1 } else { bufs.len() as u32 };
+        if descriptors_used + needed > u32::from(size) {
+            break;
+        }
+        descriptors_used += needed;
+        if indirect {
+            if add_indirect(u, &mut d, &bufs, &mut heap_left)?.is_none() {
+                break;
+            }
+        } else {
+            d.add_chain(bufs);
+        }
+        known.push(submitted);
+    }
+    // Raw corruption of the descriptor table or the avail ring after the fact.
+    let mut ring_corrupted = false;
+    if u.ratio(1, 8)? {
+        (hostile, ring_corrupted) = (true, true);
+        for _ in 0..u.int_in_range(1..=4)? {
+            let offset: u64 = u.int_in_range(0..=0x1fff)?;
+            let bytes: [u8; 4] = u.arbitrary()?;
+            d.write_bytes(GuestAddress(offset), &bytes);
+        }
+    }
+    if u.ratio(1, 16)? {
+        (hostile, ring_corrupted) = (true, true);
+        let idx: u16 = u.arbitrary()?;
+        d.publish_avail_idx(idx);
+        d.notify();
+    } else {
+        d.kick();
+    }
+    let expected = known.len() as u16;
+    // Every published request completes, or the device asks for a reset.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut last_used, mut last_progress) = (d.used_idx(), Instant::now());
+    loop {
+        let used = d.used_idx();
+        if used == expected || d.read_reg(reg::STATUS) & NEEDS_RESET != 0 {
+            break;
+        }
+        if used != last_used {
+            (last_used, last_progress) = (used, Instant::now());
+        }
+        // A corrupted ring may legitimately leave requests unserved (a wrong avail.idx).
+        if ring_corrupted && last_progress.elapsed() > Duration::from_millis(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the device neither completed {expected} requests nor asked for a reset (used {used})"
+        );
+        std::thread::yield_now();
+    }
+    // Reset: stops the worker, so the disk is quiescent.
+    d.write_reg(reg::STATUS, 0);
+
+    let changes = disk.changes();
+    if read_only {
+        assert!(changes.is_empty());
+        assert!(disk.contents() == original, "a read-only disk changed");
+        return Ok(());
+    }
+    // Replaying the logged changes on the original must give the disk: nothing else wrote it.
+    let mut replay = original;
+    for change in &changes {
+        match change {
+            Change::Write(offset, bytes) => {
+                let at = *offset as usize;
+                replay[at..at + bytes.len()].copy_from_slice(bytes);
+            }
+            Change::Zero(offset, len) => {
+                replay[*offset as usize..(*offset + *len) as usize].fill(0);
+            }
+        }
+    }
+    assert!(
+        disk.contents() == replay,
+        "the disk changed outside the device's operations"
+    );
+    if hostile {
+        return Ok(());
+    }
+    // Each change is explained by a submitted request of that type, at that place, with the
+    // bytes the guest put in its buffers.
+    for change in &changes {
+        let explained = known.iter().any(|r| match change {
+            Change::Write(offset, bytes) => {
+                r.kind == VIRTIO_BLK_T_OUT && r.sector.checked_mul(512) == Some(*offset) && {
+                    let mut data = Vec::new();
+                    for (addr, len) in &r.readable {
+                        let mut part = d.read_bytes(*addr, *len as usize);
+                        data.append(&mut part);
+                    }
+                    data == *bytes
+                }
+            }
+            Change::Zero(offset, len) => {
+                matches!(r.kind, VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES)
+                    && r.ranges.iter().any(|&(s, n)| {
+                        s.checked_mul(512) == Some(*offset) && u64::from(n) * 512 == *len
+                    })
+            }
+        });
+        assert!(explained, "unexplained disk change {change:?}");
+    }
+    Ok(())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    let _ = run(&mut u);
+});
