@@ -12,6 +12,8 @@ pub mod guest_io;
 pub mod jail;
 pub mod kvm_memory;
 pub mod malloc_arenas;
+pub mod random;
 pub mod signals;
 pub mod tap;
 pub mod terminal;
+pub mod unix_socket;

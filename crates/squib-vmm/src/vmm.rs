@@ -98,6 +98,12 @@ pub enum VmmError {
     /// A seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The entropy device could not be set up.
+    #[error(transparent)]
+    Entropy(#[from] crate::devices::rng::EntropyError),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::vsock::VsockBuildError),
     /// The VM is stopping: it can no longer be paused or resumed.
     #[error("the microVM is stopping")]
     Stopping,
@@ -360,6 +366,12 @@ impl Vmm {
             &mut devices,
             &config.network_interfaces,
         )?;
+        if let Some(entropy) = &config.entropy {
+            devices::rng::attach(&vm, &mem, &mut mmio, &mut devices, entropy)?;
+        }
+        if let Some(vsock) = &config.vsock {
+            devices::vsock::attach(&vm, &mem, &mut mmio, &mut devices, vsock)?;
+        }
 
         // 6.
         let machine = boot::Machine {

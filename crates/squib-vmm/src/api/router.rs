@@ -7,8 +7,9 @@
 use serde::de::DeserializeOwned;
 
 use super::models::{
-    ActionBody, ActionType, BootSourceBody, DriveBody, LoggerBody, MachineConfigBody, MetricsBody,
-    NetworkInterfaceBody, PartialDriveBody, PartialNetworkInterfaceBody, VmBody,
+    ActionBody, ActionType, BootSourceBody, DriveBody, EntropyBody, LoggerBody, MachineConfigBody,
+    MetricsBody, NetworkInterfaceBody, PartialDriveBody, PartialNetworkInterfaceBody, VmBody,
+    VsockBody,
 };
 
 /// A request squib serves.
@@ -44,6 +45,10 @@ pub enum ApiRequest {
     PutLogger(LoggerBody),
     /// `PUT /metrics`.
     PutMetrics(MetricsBody),
+    /// `PUT /entropy`.
+    PutEntropy(EntropyBody),
+    /// `PUT /vsock`.
+    PutVsock(VsockBody),
 }
 
 impl ApiRequest {
@@ -64,6 +69,8 @@ impl ApiRequest {
             Self::PatchVm(_) => "vm",
             Self::PutLogger(_) => "logger",
             Self::PutMetrics(_) => "metrics",
+            Self::PutEntropy(_) => "entropy",
+            Self::PutVsock(_) => "vsock",
         }
     }
 }
@@ -104,11 +111,9 @@ pub enum RouteError {
 
 /// The Firecracker resources squib does not implement, by first path segment.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("vsock", "vsock devices (/vsock)"),
     ("mmds", "the microVM metadata service (/mmds)"),
     ("snapshot", "snapshots (/snapshot)"),
     ("balloon", "balloon devices (/balloon)"),
-    ("entropy", "entropy devices (/entropy)"),
     ("serial", "serial console configuration (/serial)"),
     ("cpu-config", "custom CPU templates (/cpu-config)"),
     ("pmem", "virtio-pmem devices (/pmem)"),
@@ -156,6 +161,8 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, RouteE
         ("PATCH", ["vm"]) => ApiRequest::PatchVm(parse_body(method, path, body)?),
         ("PUT", ["logger"]) => ApiRequest::PutLogger(parse_body(method, path, body)?),
         ("PUT", ["metrics"]) => ApiRequest::PutMetrics(parse_body(method, path, body)?),
+        ("PUT", ["entropy"]) => ApiRequest::PutEntropy(parse_body(method, path, body)?),
+        ("PUT", ["vsock"]) => ApiRequest::PutVsock(parse_body(method, path, body)?),
         (_, [first, ..]) => match UNSUPPORTED.iter().find(|(name, _)| name == first) {
             Some((_, what)) => return Err(RouteError::Unsupported((*what).into())),
             None => return Err(invalid()),
@@ -289,15 +296,37 @@ mod tests {
     }
 
     #[test]
+    fn routes_entropy_and_vsock() {
+        assert!(matches!(
+            route("PUT", "/entropy", br#"{"rate_limiter":{"ops":{"size":5,"refill_time":100}}}"#)
+                .unwrap(),
+            ApiRequest::PutEntropy(b) if b.rate_limiter.is_some_and(|r| r.ops.is_some())
+        ));
+        assert!(matches!(
+            route("PUT", "/vsock", br#"{"vsock_id":"v","guest_cid":3,"uds_path":"/v.sock"}"#)
+                .unwrap(),
+            ApiRequest::PutVsock(b) if b.guest_cid == 3 && b.uds_path == "/v.sock"
+        ));
+        assert!(route("PUT", "/vsock", br#"{"guest_cid":3}"#).is_err());
+        assert!(
+            route(
+                "PUT",
+                "/vsock",
+                br#"{"guest_cid":4294967296,"uds_path":"/v"}"#
+            )
+            .is_err()
+        );
+        assert!(route("PUT", "/entropy", br#"{"rate":1}"#).is_err());
+    }
+
+    #[test]
     fn names_unsupported_firecracker_resources() {
         for (method, path) in [
-            ("PUT", "/vsock"),
             ("GET", "/mmds"),
             ("PUT", "/mmds/config"),
             ("PUT", "/snapshot/create"),
             ("PUT", "/snapshot/load"),
             ("GET", "/balloon/statistics"),
-            ("PUT", "/entropy"),
             ("PUT", "/serial"),
             ("PUT", "/cpu-config"),
             ("PUT", "/pmem/p0"),
