@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: squib measured against the limit and a peer, in one run.
 //!
-//! Seven levels, from the block engine up to the whole VMM, its network path and snapshot
-//! restore; each compares against a baseline measured in the same run (raw host I/O, QEMU
-//! microvm, an idle guest), because the machines are shared and noisy. Every figure is a median with min–max over several runs. The result
+//! Eight levels, from the block engine up to the whole VMM, its network path, the vsock device
+//! and snapshot restore; each compares against a baseline measured in the same run (raw host
+//! I/O, QEMU microvm, an idle guest, a host-only socket loop), because the machines are shared
+//! and noisy. Every figure is a median with min–max over several runs. The result
 //! is a table on stdout and a markdown report in `docs/perf/report-<date>.md`;
 //! `--compare <report>` checks the ratios against a stored report.
 
@@ -22,6 +23,7 @@ mod startup;
 mod stats;
 mod vm;
 mod vmm;
+mod vsock;
 
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
@@ -29,13 +31,14 @@ use std::path::{Path, PathBuf};
 use crate::setup;
 use level::Level;
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--no-report] [--levels 1,2,3,4,5,6,7]
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--no-report] [--levels 1,2,3,4,5,6,7,8]
                          [--compare docs/perf/<report>.md] [--threshold PERCENT]
 
   --quick        a few seconds per level (the CI smoke run)
   --no-report    print the table only; write no report file
   --levels       run only these levels (1 backend, 2 device model, 3 device path on KVM,
-                 4 start-up and memory, 5 API responsiveness, 6 network, 7 snapshot restore)
+                 4 start-up and memory, 5 API responsiveness, 6 network, 7 vsock,
+                 8 snapshot restore)
   --compare      compare the ratios with a stored report; exit non-zero when one regressed
                  by more than --threshold percent (default 10)";
 
@@ -54,7 +57,7 @@ impl Options {
         let mut options = Options {
             quick: false,
             write_report: true,
-            levels: vec![1, 2, 3, 4, 5, 6, 7],
+            levels: vec![1, 2, 3, 4, 5, 6, 7, 8],
             compare: None,
             threshold_percent: 10.0,
         };
@@ -76,9 +79,9 @@ impl Options {
                 "--levels" => {
                     options.levels = value()?
                         .split(',')
-                        .map(|n| n.trim().parse().ok().filter(|n| (1..=7).contains(n)))
+                        .map(|n| n.trim().parse().ok().filter(|n| (1..=8).contains(n)))
                         .collect::<Option<_>>()
-                        .ok_or_else(|| format!("--levels takes numbers 1 to 7\n{USAGE}"))?;
+                        .ok_or_else(|| format!("--levels takes numbers 1 to 8\n{USAGE}"))?;
                 }
                 "-h" | "--help" => return Err(USAGE.into()),
                 other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
@@ -202,6 +205,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             4 => startup::run(&ctx),
             5 => api::run(&ctx),
             6 => network::run(&ctx),
+            7 => vsock::run(&ctx),
             _ => snapshot::run(&ctx),
         };
         eprintln!("{}", report::level_table(&level));

@@ -10,6 +10,14 @@ use crate::dma::DmaBuf;
 use crate::interrupts;
 use crate::pattern;
 use crate::report;
+use crate::rng_checks;
+use crate::virtio_init;
+use crate::virtio_rng::DEVICE_ID_RNG;
+use crate::virtio_vsock::DEVICE_ID_VSOCK;
+
+/// virtio's device id for a network card.
+const DEVICE_ID_NET: u32 = 1;
+use crate::vsock_checks;
 use crate::serial::println;
 use crate::time::{self, Deadline};
 use crate::virtio_blk::{
@@ -43,13 +51,20 @@ pub fn run(options: &Options) -> ! {
         Ok(scratch) => scratch,
         Err(error) => report::abort(format_args!("scratch buffers: {error}")),
     };
-    let mut nets = 0;
-    for (index, device) in options.devices().enumerate() {
-        if is_network_device(device) {
-            crate::net_checks::check(nets, device.base, device.size, options.net.as_ref());
-            nets += 1;
-        } else {
-            check_disk(options, DiskName(index), device, &mut scratch, seed);
+    let (mut disks, mut nets) = (0, 0);
+    for device in options.devices() {
+        match virtio_init::device_id(device) {
+            Ok(DEVICE_ID_NET) => {
+                crate::net_checks::check(nets, device.base, device.size, options.net.as_ref());
+                nets += 1;
+            }
+            Ok(DEVICE_ID_RNG) => rng_checks::check(options, device),
+            Ok(DEVICE_ID_VSOCK) => vsock_checks::check(device),
+            // Anything else is a disk to the block checks, which report a wrong device id.
+            _ => {
+                check_disk(options, DiskName(disks), device, &mut scratch, seed);
+                disks += 1;
+            }
         }
     }
     report::finish()
@@ -59,7 +74,7 @@ pub fn run(options: &Options) -> ! {
 /// the block checks, which report a wrong id.
 pub fn is_network_device(device: &MmioDevice) -> bool {
     crate::virtio_mmio::Transport::probe(device.base, device.size)
-        .is_ok_and(|t| t.device_id() == 1)
+        .is_ok_and(|t| t.device_id() == DEVICE_ID_NET)
 }
 
 /// Two 64 KiB buffers: what is written (or expected) and what is read.

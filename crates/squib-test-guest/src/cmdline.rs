@@ -191,6 +191,8 @@ pub struct Options {
     /// `guest.net=<guest ip>,<host ip>,<echo port>[,<sink port>,<count>]`: what the virtio-net
     /// checks talk to.
     pub net: Option<NetOptions>,
+    /// `guest.rng_rate=<bytes/s>`: the entropy device's configured rate, to check.
+    pub rng_rate: Option<u64>,
 }
 
 /// The network the virtio-net checks run on.
@@ -245,6 +247,7 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
         },
         fault: None,
         fast_ticks: false,
+        rng_rate: None,
     };
     let mut device_count = 0;
     let mut mode_given = None;
@@ -338,6 +341,10 @@ pub fn parse(cmdline: &'static str) -> Result<Options, CmdlineError> {
                     "pf" => Fault::PageFault,
                     _ => return Err(error("expected ud or pf")),
                 });
+            }
+            "guest.rng_rate" => {
+                let rate = parse_number(value).filter(|&rate| rate > 0);
+                options.rng_rate = Some(rate.ok_or_else(|| error("expected bytes per second"))?);
             }
             _ if key.starts_with("guest.") => return Err(error("unknown guest option")),
             _ => {}

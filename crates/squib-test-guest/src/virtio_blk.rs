@@ -3,13 +3,13 @@
 use core::fmt;
 use core::sync::atomic::{Ordering, fence};
 
-use crate::apic;
 use crate::cmdline::{Completion, MmioDevice};
-use crate::dma::{DmaBuf, OutOfDmaMemory};
+use crate::dma::DmaBuf;
 use crate::interrupts;
 use crate::time::Deadline;
-use crate::virtio_mmio::{INTERRUPT_USED_BUFFER, Transport, TransportError, status};
-use crate::virtqueue::{MAX_SIZE, QueueError, Segment, SplitQueue};
+use crate::virtio_init::{self, InitError};
+use crate::virtio_mmio::{INTERRUPT_USED_BUFFER, Transport, status};
+use crate::virtqueue::{QueueError, Segment, SplitQueue};
 
 pub const SECTOR_BYTES: usize = 512;
 /// GET_ID answers with up to 20 bytes.
@@ -104,47 +104,6 @@ pub struct Done {
     pub status: Status,
 }
 
-/// Why a device could not be brought up.
-#[derive(Debug, Clone, Copy)]
-pub enum InitError {
-    Transport(TransportError),
-    NotBlock(u32),
-    ResetTimedOut,
-    NoVersion1 { offered: u64 },
-    FeaturesRejected { accepted: u64 },
-    QueueMissing,
-    QueueAlreadyReady,
-    NoMemory(OutOfDmaMemory),
-    Irq(apic::NoSuchPin),
-    DeviceFailed { status: u32 },
-}
-
-impl fmt::Display for InitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Transport(error) => error.fmt(f),
-            Self::NotBlock(id) => write!(f, "device id {id}, not {DEVICE_ID_BLOCK} (block)"),
-            Self::ResetTimedOut => f.write_str("status did not read back 0 after reset"),
-            Self::NoVersion1 { offered } => {
-                write!(f, "VIRTIO_F_VERSION_1 not offered (features {offered:#x})")
-            }
-            Self::FeaturesRejected { accepted } => {
-                write!(f, "FEATURES_OK did not stick after accepting {accepted:#x}")
-            }
-            Self::QueueMissing => f.write_str("queue 0 has QueueNumMax 0"),
-            Self::QueueAlreadyReady => f.write_str("queue 0 is ready before set-up"),
-            Self::NoMemory(error) => error.fmt(f),
-            Self::Irq(error) => error.fmt(f),
-            Self::DeviceFailed { status } => {
-                write!(
-                    f,
-                    "device status {status:#x} after DRIVER_OK (needs reset or failed)"
-                )
-            }
-        }
-    }
-}
-
 /// Why a request could not be carried out.
 #[derive(Debug, Clone, Copy)]
 pub enum RequestError {
@@ -207,60 +166,13 @@ pub struct BlockDevice {
 impl BlockDevice {
     /// Brings the device up (virtio 1.2 §3.1.1) and routes its interrupt.
     pub fn init(device: &MmioDevice) -> Result<Self, InitError> {
-        let transport = Transport::probe(device.base, device.size).map_err(InitError::Transport)?;
-        match transport.device_id() {
-            DEVICE_ID_BLOCK => {}
-            other => return Err(InitError::NotBlock(other)),
-        }
-        if !transport.reset() {
-            return Err(InitError::ResetTimedOut);
-        }
-        transport.add_status(status::ACKNOWLEDGE);
-        transport.add_status(status::DRIVER);
-        let offered = transport.device_features();
-        if offered & feature::VERSION_1 == 0 {
-            transport.add_status(status::FAILED);
-            return Err(InitError::NoVersion1 { offered });
-        }
-        let features = offered & ACCEPTED;
-        transport.set_driver_features(features);
-        transport.add_status(status::FEATURES_OK);
-        if transport.status() & status::FEATURES_OK == 0 {
-            transport.add_status(status::FAILED);
-            return Err(InitError::FeaturesRejected { accepted: features });
-        }
-
-        transport.select_queue(0);
-        if transport.queue_ready() {
-            return Err(InitError::QueueAlreadyReady);
-        }
-        let max = transport.queue_max_size();
-        if max == 0 {
-            return Err(InitError::QueueMissing);
-        }
-        // The largest power of two the device and the driver both allow.
-        let size = 1u16 << max.min(u32::from(MAX_SIZE)).ilog2();
-        let queue = SplitQueue::new(size, features & feature::EVENT_IDX != 0)
-            .map_err(InitError::NoMemory)?;
-        transport.enable_queue(
-            size,
-            queue.desc_addr(),
-            queue.avail_addr(),
-            queue.used_addr(),
-        );
+        let (transport, features) = virtio_init::negotiate(device, DEVICE_ID_BLOCK, ACCEPTED)?;
+        let queue = virtio_init::setup_queue(&transport, 0, features)?;
+        let size = queue.size();
         let headers =
             DmaBuf::new(HEADER_BYTES * usize::from(size), 16).map_err(InitError::NoMemory)?;
         let statuses = DmaBuf::new(usize::from(size), 1).map_err(InitError::NoMemory)?;
-
-        apic::enable_local_apic();
-        let vector = apic::route(device.gsi).map_err(InitError::Irq)?;
-        transport.add_status(status::DRIVER_OK);
-        let device_status = transport.status();
-        if device_status & (status::DEVICE_NEEDS_RESET | status::FAILED) != 0 {
-            return Err(InitError::DeviceFailed {
-                status: device_status,
-            });
-        }
+        let vector = virtio_init::driver_ok(&transport, device.gsi)?;
         let capacity = transport.config_u64(CONFIG_CAPACITY);
         let seg_max =
             (features & feature::SEG_MAX != 0).then(|| transport.config_u32(CONFIG_SEG_MAX));

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod block;
+mod counters;
 pub mod device;
 pub mod guest_log;
 pub mod interrupt;
@@ -21,10 +22,12 @@ pub mod net;
 pub mod persist;
 pub mod queue;
 pub mod rate_limiter;
+pub mod rng;
 pub mod runtime;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod threads;
+pub mod vsock;
 
 pub use block::engine::{AsyncFileBackend, SyncFileBackend};
 

@@ -14,6 +14,11 @@ use crate::queue::{QueueError, QueueSnapshot};
 pub enum DeviceState {
     /// virtio-blk.
     Block(crate::block::BlockState),
+    /// virtio-rng: nothing beyond its queue (the limiter's buckets start full, as on boot).
+    Entropy,
+    /// virtio-vsock: its connections do not survive a snapshot; the guest is told with a
+    /// TRANSPORT_RESET event when the device resumes.
+    Vsock(crate::vsock::VsockState),
 }
 
 /// A virtio-mmio transport, its device and its queues.
@@ -58,6 +63,9 @@ pub enum StateError {
         /// The snapshot's.
         found: u32,
     },
+    /// The device's own state in the snapshot belongs to another kind of device.
+    #[error("the snapshot's device state is not a {0} device's")]
+    StateMismatch(&'static str),
     /// The snapshot's queue count is not the device's.
     #[error("the snapshot has {found} queues, the device has {expected}")]
     QueueCount {

@@ -68,7 +68,7 @@ pub enum ChainError {
 /// `VIRTIO_F_INDIRECT_DESC` was negotiated, never inside an indirect table, never with `NEXT`;
 /// an indirect table 16-byte aligned, non-empty, a whole number of descriptors, no longer than
 /// the queue, and in guest memory.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Chain<'m> {
     mem: &'m GuestMemory,
     head_index: u16,

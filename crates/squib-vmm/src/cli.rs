@@ -31,7 +31,7 @@ pub const USAGE: &str =
 #[derive(Debug, PartialEq)]
 pub enum Command {
     /// Boot this microVM.
-    Run(VmConfig),
+    Run(Box<VmConfig>),
     /// Print the usage.
     Help,
     /// Print the version.
@@ -126,7 +126,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         initrd_path: initrd,
         boot_args: cmdline,
     });
-    Ok(Command::Run(config))
+    Ok(Command::Run(Box::new(config)))
 }
 
 fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), UsageError> {
@@ -252,7 +252,7 @@ mod tests {
 
     fn run(args: &[&str]) -> VmConfig {
         match parse_strs(args).unwrap() {
-            Command::Run(config) => config,
+            Command::Run(config) => *config,
             other => panic!("expected a run, got {other:?}"),
         }
     }

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         std::process::exit(status);
     }
     let config = match cli::parse(args) {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             println!("{}", squib_vmm::api::process::help_text());
             return ExitCode::SUCCESS;

@@ -27,6 +27,27 @@ pub struct VmConfig {
     pub boot_timer: bool,
     /// Boot protocol and how the guest discovers the machine.
     pub boot_options: BootOptions,
+    /// The virtio-rng device (`PUT /entropy`), if any.
+    pub entropy: Option<EntropyConfig>,
+    /// The virtio-vsock device (`PUT /vsock`), if any.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// The entropy device (virtio-rng).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntropyConfig {
+    /// Throttles the random bytes (bandwidth) and requests (ops) served.
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// The vsock device, in Firecracker's hybrid design: host-initiated connections arrive on the
+/// Unix socket `uds_path`; guest-initiated ones to port `P` go to `<uds_path>_<P>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u32,
+    /// Where squib listens for host-initiated connections.
+    pub uds_path: PathBuf,
 }
 
 /// How squib enters the kernel and which descriptions of the machine it provides.

@@ -104,6 +104,12 @@ pub enum VmmError {
     /// A seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The entropy device could not be set up.
+    #[error(transparent)]
+    Entropy(#[from] crate::devices::rng::EntropyError),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::vsock::VsockBuildError),
     /// The VM is stopping: it can no longer be paused or resumed.
     #[error("the microVM is stopping")]
     Stopping,
@@ -250,6 +256,16 @@ impl VmmHandle {
                 SnapshotError::WrongState("the microVM must be paused to snapshot it").into(),
             );
         }
+        if shared.devices.entropy_metrics().is_some() || shared.devices.vsock().is_some() {
+            // Their state saves, but the snapshot does not record their configuration yet, so
+            // a load could not rebuild them: refuse rather than write a file that cannot load.
+            return Err(SnapshotError::Unsupported(
+                "snapshots of microVMs with an entropy or vsock device: the snapshot does not \
+                 record their configuration yet"
+                    .into(),
+            )
+            .into());
+        }
         if request.snapshot_type == SnapshotType::Diff {
             if !shared.track_dirty_pages {
                 return Err(SnapshotError::WrongState(
@@ -257,7 +273,7 @@ impl VmmHandle {
                 )
                 .into());
             }
-            if !shared.drives.is_empty() {
+            if !shared.devices.slots().is_empty() {
                 // KVM's dirty log sees the vCPUs' writes only, not the devices' DMA.
                 return Err(SnapshotError::Unsupported(
                     "Diff snapshots of microVMs with virtio devices: device writes to guest \
@@ -474,6 +490,12 @@ impl Vmm {
             &mut devices,
             &config.network_interfaces,
         )?;
+        if let Some(entropy) = &config.entropy {
+            devices::rng::attach(&vm, &mem, &mut mmio, &mut devices, entropy)?;
+        }
+        if let Some(vsock) = &config.vsock {
+            devices::vsock::attach(&vm, &mem, &mut mmio, &mut devices, vsock)?;
+        }
 
         // 6.
         let machine = boot::Machine {

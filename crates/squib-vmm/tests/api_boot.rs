@@ -339,13 +339,13 @@ fn config_file_boots_the_test_guest_with_and_without_the_api() {
     );
     assert_eq!(output.status.code(), Some(152), "bad configuration");
     assert!(common::stderr(&output).contains("vcpu_count must be between 1 and 32"));
-    std::fs::write(&bad, r#"{"vsock":{"guest_cid":3,"uds_path":"/tmp/v"}}"#).unwrap();
+    std::fs::write(&bad, r#"{"balloon":{"amount_mib":1}}"#).unwrap();
     let output = common::run_squib(
         &["--no-api", "--config-file", bad.to_str().unwrap()],
         TIMEOUT,
     );
     assert_eq!(output.status.code(), Some(152), "bad configuration");
-    assert!(common::stderr(&output).contains("squib does not support `vsock`"));
+    assert!(common::stderr(&output).contains("squib does not support `balloon`"));
     // One that validates but whose microVM cannot be built: Firecracker's 152 too.
     let not_elf = dir.path().join("not-elf");
     std::fs::write(&not_elf, b"not a kernel").unwrap();

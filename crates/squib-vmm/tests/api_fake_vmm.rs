@@ -373,7 +373,16 @@ fn getting_started_sequence_over_one_keep_alive_connection() {
         204
     );
 
+    let entropy = r#"{"rate_limiter":{"bandwidth":{"size":4096,"refill_time":100}}}"#;
+    assert_eq!(c.call("PUT", "/entropy", entropy).0, 204);
+    let uds_path = format!("{kernel}.vsock");
+    let vsock = format!(r#"{{"vsock_id":"vsock0","guest_cid":7,"uds_path":"{uds_path}"}}"#);
+    assert_eq!(c.call("PUT", "/vsock", &vsock).0, 204);
+
     let config = json(&c.call("GET", "/vm/config", "").1);
+    assert_eq!(config["entropy"]["rate_limiter"]["bandwidth"]["size"], 4096);
+    assert_eq!(config["vsock"]["guest_cid"], 7);
+    assert_eq!(config["vsock"]["uds_path"], uds_path.as_str());
     assert_eq!(config["boot-source"]["kernel_image_path"], kernel.as_str());
     assert_eq!(config["machine-config"]["vcpu_count"], 2);
     assert_eq!(config["machine-config"]["mem_size_mib"], 512);
@@ -401,7 +410,13 @@ fn getting_started_sequence_over_one_keep_alive_connection() {
         200
     );
     assert!(started.drives[1].is_read_only);
+    let started_entropy = started.entropy.unwrap().rate_limiter.unwrap();
+    assert_eq!(started_entropy.bandwidth.unwrap().size, 4096);
+    assert_eq!(started.vsock.as_ref().unwrap().guest_cid, 7);
     assert_eq!(json(&c.call("GET", "/", "").1)["state"], "Running");
+    // Both are pre-boot only, as in Firecracker.
+    assert_eq!(c.call("PUT", "/vsock", &vsock).0, 400);
+    assert_eq!(c.call("PUT", "/entropy", entropy).0, 400);
 
     let patch = format!(r#"{{"drive_id":"rootfs","path_on_host":"{swapped}"}}"#);
     assert_eq!(c.call("PATCH", "/drives/rootfs", &patch).0, 204);
@@ -609,7 +624,25 @@ fn bad_input_table_gets_400_with_a_reason_and_the_server_keeps_serving() {
             r#"{"metrics_path":"/nonexistent/dir/m"}"#.into(),
             "cannot open metrics_path",
         ),
-        ("PUT", "/vsock", "{}".into(), "squib does not support vsock"),
+        ("PUT", "/vsock", "{}".into(), "missing field `guest_cid`"),
+        (
+            "PUT",
+            "/vsock",
+            r#"{"guest_cid":2,"uds_path":"/tmp/squib-v.sock"}"#.into(),
+            "guest_cid must be at least 3, got 2",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            format!(r#"{{"guest_cid":3,"uds_path":"{file}"}}"#),
+            "a file already exists there",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            r#"{"guest_cid":3,"uds_path":""}"#.into(),
+            "the path is empty",
+        ),
         (
             "PUT",
             "/mmds",
@@ -637,8 +670,14 @@ fn bad_input_table_gets_400_with_a_reason_and_the_server_keeps_serving() {
         (
             "PUT",
             "/entropy",
-            "{}".into(),
-            "squib does not support entropy",
+            r#"{"rate_limiter":{"ops":{"size":1,"refill_time":18446744073709551615}}}"#.into(),
+            "rate_limiter.ops.refill_time",
+        ),
+        (
+            "PUT",
+            "/entropy",
+            r#"{"bandwidth":{}}"#.into(),
+            "unknown field `bandwidth`",
         ),
         (
             "PUT",

@@ -1,4 +1,4 @@
-//! Level 7: snapshot restore — `/snapshot/load` → the guest's first serial line after resume,
+//! Level 8: snapshot restore — `/snapshot/load` → the guest's first serial line after resume,
 //! and the load call's own duration, at 128 MiB and 1 GiB; `/snapshot/create` Full and Diff.
 //! Peer in the same run: QEMU microvm saving the same guest to a file (`migrate "exec:cat > f"`)
 //! and restoring it (`-incoming defer`, then `migrate_incoming "exec:cat f"` → first line).
@@ -146,7 +146,7 @@ fn measure(ctx: &Context) -> Result<Level, String> {
          target/bench (page cache warm after the first run)."
     ));
     Ok(Level {
-        number: 7,
+        number: 8,
         title: TITLE,
         goal: GOAL,
         verdict,

@@ -247,7 +247,9 @@ impl VirtioDevice for BlockDevice {
         state: &DeviceState,
         activation: Option<Activation>,
     ) -> Result<(), StateError> {
-        let DeviceState::Block(state) = state;
+        let DeviceState::Block(state) = state else {
+            return Err(StateError::StateMismatch("virtio-blk"));
+        };
         self.shared
             .restore_config_generation(state.config_generation);
         drop(self.runtime.reset());

@@ -9,6 +9,7 @@ mod block;
 mod driver;
 mod mem_disk;
 mod net;
+mod vsock;
 
 pub use block::{BlockSlot, STATUS_UNTOUCHED, range_bytes};
 pub use driver::{
@@ -16,3 +17,4 @@ pub use driver::{
 };
 pub use mem_disk::MemDisk;
 pub use net::{FAKE_TAP_QUEUE, FakeTap};
+pub use vsock::{HDR_LEN as VSOCK_HDR_LEN, RING_SIZE, RX_BUF_LEN, VsockGuest, VsockHdr, vsock_op};

@@ -183,6 +183,16 @@ impl<V: VmmControl> ApiController<V> {
                 self.configure_metrics(Path::new(&body.metrics_path))?;
                 done
             }
+            R::PutEntropy(body) => {
+                self.pre_boot("PUT /entropy")?;
+                self.store.set_entropy(&body)?;
+                done
+            }
+            R::PutVsock(body) => {
+                self.pre_boot("PUT /vsock")?;
+                self.store.set_vsock(&body)?;
+                done
+            }
             R::Action(ActionType::InstanceStart) => {
                 self.start()?;
                 done
@@ -403,7 +413,8 @@ impl<V: VmmControl> ApiController<V> {
     fn flush_metrics(&mut self) -> Result<(), ApiError> {
         let drives = self.vmm.drive_counters();
         let nets = self.vmm.net_counters();
-        self.metrics.flush(&drives, &nets)?;
+        let devices = self.vmm.device_counters();
+        self.metrics.flush(&drives, &nets, &devices)?;
         Ok(())
     }
 
@@ -429,6 +440,8 @@ impl<V: VmmControl> ApiController<V> {
             boot_source: self.store.boot_source_body(),
             drives: self.store.drive_bodies(),
             network_interfaces: self.store.network_interface_bodies(),
+            entropy: self.store.entropy_body(),
+            vsock: self.store.vsock_body(),
             machine_config: Some(self.store.machine_body()),
             logger: self.logger.as_ref().map(Logger::settings),
             metrics: self.metrics.path().map(|p| super::models::MetricsBody {
@@ -460,6 +473,12 @@ impl<V: VmmControl> ApiController<V> {
         }
         for iface in &config.network_interfaces {
             self.store.put_network_interface(&iface.iface_id, iface)?;
+        }
+        if let Some(entropy) = &config.entropy {
+            self.store.set_entropy(entropy)?;
+        }
+        if let Some(vsock) = &config.vsock {
+            self.store.set_vsock(vsock)?;
         }
         Ok(())
     }

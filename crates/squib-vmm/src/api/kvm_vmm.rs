@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
-use super::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
+use super::vmm_control::{
+    ControlError, DeviceCounters, DriveCounters, ExitNotice, RunState, VmmControl,
+};
 use crate::control::VmState;
 use crate::devices::block::{DriveHandle, open_backend, rate_limiter_spec};
 use crate::devices::serial::Stdout;
@@ -340,6 +342,22 @@ impl VmmControl for KvmVmm {
             .block_handle()
             .update_rate_limiter(rate_limiter_spec(config))
             .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))
+    }
+
+    fn device_counters(&self) -> Vec<DeviceCounters> {
+        let Some(handle) = &self.handle else {
+            return Vec::new();
+        };
+        let devices = handle.devices();
+        let entropy = devices.entropy_metrics().map(|m| DeviceCounters {
+            group: "entropy",
+            counters: m.fields(),
+        });
+        let vsock = devices.vsock().map(|v| DeviceCounters {
+            group: "vsock",
+            counters: v.metrics().fields(),
+        });
+        entropy.into_iter().chain(vsock).collect()
     }
 
     fn drive_counters(&self) -> Vec<(String, DriveCounters)> {

@@ -24,7 +24,7 @@ use squib_virtio::net::NetMetricsSnapshot;
 
 use super::logger::LogCounters;
 use super::sink::{LineOutcome, LineSink};
-use super::vmm_control::DriveCounters;
+use super::vmm_control::{DeviceCounters, DriveCounters};
 
 /// How often a line is written without being asked (Firecracker's period).
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(60);
@@ -188,6 +188,8 @@ pub struct Metrics {
     last_drives: BTreeMap<String, DriveCounters>,
     /// Network interface counters at the last line.
     last_nets: BTreeMap<String, NetMetricsSnapshot>,
+    /// Other devices' counters at the last line, by `(group, field)`.
+    last_devices: BTreeMap<(&'static str, &'static str), u64>,
     /// Guest console bytes dropped, at the last line written.
     missed_console_written: u64,
     /// `latencies_us`: the last duration of each of [`LATENCIES`] (Firecracker's store
@@ -262,6 +264,7 @@ impl Metrics {
         &mut self,
         drives: &[(String, DriveCounters)],
         nets: &[(String, NetMetricsSnapshot)],
+        devices: &[DeviceCounters],
     ) -> Result<(), MetricsError> {
         if self.sink.is_none() {
             return Ok(());
@@ -271,7 +274,7 @@ impl Metrics {
             self.missed_log(),
             crate::devices::serial::dropped_output_bytes(),
         );
-        let line = self.line(drives, nets);
+        let line = self.line(drives, nets, devices);
         let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
         bytes.push(b'\n');
         let outcome = match self.sink.as_mut() {
@@ -308,6 +311,7 @@ impl Metrics {
         &mut self,
         drives: &[(String, DriveCounters)],
         nets: &[(String, NetMetricsSnapshot)],
+        devices: &[DeviceCounters],
     ) -> Value {
         let mut root = Map::new();
         let ms = SystemTime::now()
@@ -373,6 +377,17 @@ impl Metrics {
             root.insert(format!("net_{id}"), net_json(&delta));
         }
         root.insert("net".into(), net_json(&total));
+        for device in devices {
+            let mut group = Map::new();
+            for &(field, now) in &device.counters {
+                let before = self
+                    .last_devices
+                    .insert((device.group, field), now)
+                    .unwrap_or(0);
+                group.insert(field.into(), json!(now.saturating_sub(before)));
+            }
+            root.insert(device.group.into(), Value::Object(group));
+        }
         let latencies: Map<String, Value> = LATENCIES
             .iter()
             .zip(self.latencies_us)
@@ -499,7 +514,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.json");
         let mut m = Metrics::default();
-        assert!(m.flush(&[], &[]).is_ok(), "not configured: nothing to do");
+        assert!(
+            m.flush(&[], &[], &[]).is_ok(),
+            "not configured: nothing to do"
+        );
         m.configure(&path).unwrap();
         assert!(matches!(
             m.configure(&path),
@@ -522,10 +540,12 @@ mod tests {
         m.flush(
             &[("root".into(), c(10, 40960)), ("data".into(), c(1, 512))],
             &[],
+            &[],
         )
         .unwrap();
         m.flush(
             &[("root".into(), c(15, 61440)), ("data".into(), c(1, 512))],
+            &[],
             &[],
         )
         .unwrap();

@@ -136,6 +136,28 @@ pub struct PartialNetworkInterfaceBody {
     pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
+/// `PUT /entropy` (`EntropyDevice`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyBody {
+    /// Throttle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PUT /vsock` (`Vsock`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockBody {
+    /// The guest's context id; at least 3.
+    pub guest_cid: u32,
+    /// Host path of the Unix socket for host-initiated connections.
+    pub uds_path: String,
+    /// Deprecated and ignored, as in Firecracker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+}
+
 /// `PATCH /drives/{drive_id}` (`PartialDrive`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -314,18 +336,19 @@ pub struct FullVmConfig {
     /// virtio-net interfaces.
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetworkInterfaceBody>,
+    /// The vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockBody>,
     /// Unsupported Firecracker resources, accepted only when empty.
-    #[serde(default, skip_serializing)]
-    pub vsock: Option<serde_json::Value>,
     #[allow(missing_docs)]
     #[serde(default, skip_serializing)]
     pub balloon: Option<serde_json::Value>,
     #[allow(missing_docs)]
     #[serde(rename = "mmds-config", default, skip_serializing)]
     pub mmds_config: Option<serde_json::Value>,
-    #[allow(missing_docs)]
-    #[serde(default, skip_serializing)]
-    pub entropy: Option<serde_json::Value>,
+    /// The entropy device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyBody>,
     #[allow(missing_docs)]
     #[serde(rename = "cpu-config", default, skip_serializing)]
     pub cpu_config: Option<serde_json::Value>,
@@ -349,10 +372,8 @@ impl FullVmConfig {
             Some(_) => true,
         };
         [
-            ("vsock", &self.vsock),
             ("balloon", &self.balloon),
             ("mmds-config", &self.mmds_config),
-            ("entropy", &self.entropy),
             ("cpu-config", &self.cpu_config),
             ("pmem", &self.pmem),
             ("memory-hotplug", &self.memory_hotplug),

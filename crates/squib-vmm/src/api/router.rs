@@ -7,9 +7,9 @@
 use serde::de::DeserializeOwned;
 
 use super::models::{
-    ActionBody, ActionType, BootSourceBody, DriveBody, LoggerBody, MachineConfigBody, MetricsBody,
-    NetworkInterfaceBody, PartialDriveBody, PartialNetworkInterfaceBody, SnapshotCreateBody,
-    SnapshotLoadBody, VmBody,
+    ActionBody, ActionType, BootSourceBody, DriveBody, EntropyBody, LoggerBody, MachineConfigBody,
+    MetricsBody, NetworkInterfaceBody, PartialDriveBody, PartialNetworkInterfaceBody,
+    SnapshotCreateBody, SnapshotLoadBody, VmBody, VsockBody,
 };
 
 /// A request squib serves.
@@ -49,6 +49,10 @@ pub enum ApiRequest {
     CreateSnapshot(SnapshotCreateBody),
     /// `PUT /snapshot/load`.
     LoadSnapshot(SnapshotLoadBody),
+    /// `PUT /entropy`.
+    PutEntropy(EntropyBody),
+    /// `PUT /vsock`.
+    PutVsock(VsockBody),
 }
 
 impl ApiRequest {
@@ -71,6 +75,8 @@ impl ApiRequest {
             Self::PutMetrics(_) => "metrics",
             Self::CreateSnapshot(_) => "snapshot_create",
             Self::LoadSnapshot(_) => "snapshot_load",
+            Self::PutEntropy(_) => "entropy",
+            Self::PutVsock(_) => "vsock",
         }
     }
 }
@@ -111,10 +117,8 @@ pub enum RouteError {
 
 /// The Firecracker resources squib does not implement, by first path segment.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("vsock", "vsock devices (/vsock)"),
     ("mmds", "the microVM metadata service (/mmds)"),
     ("balloon", "balloon devices (/balloon)"),
-    ("entropy", "entropy devices (/entropy)"),
     ("serial", "serial console configuration (/serial)"),
     ("cpu-config", "custom CPU templates (/cpu-config)"),
     ("pmem", "virtio-pmem devices (/pmem)"),
@@ -166,6 +170,8 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, RouteE
             ApiRequest::CreateSnapshot(parse_body(method, path, body)?)
         }
         ("PUT", ["snapshot", "load"]) => ApiRequest::LoadSnapshot(parse_body(method, path, body)?),
+        ("PUT", ["entropy"]) => ApiRequest::PutEntropy(parse_body(method, path, body)?),
+        ("PUT", ["vsock"]) => ApiRequest::PutVsock(parse_body(method, path, body)?),
         (_, [first, ..]) => match UNSUPPORTED.iter().find(|(name, _)| name == first) {
             Some((_, what)) => return Err(RouteError::Unsupported((*what).into())),
             None => return Err(invalid()),
@@ -319,13 +325,35 @@ mod tests {
     }
 
     #[test]
+    fn routes_entropy_and_vsock() {
+        assert!(matches!(
+            route("PUT", "/entropy", br#"{"rate_limiter":{"ops":{"size":5,"refill_time":100}}}"#)
+                .unwrap(),
+            ApiRequest::PutEntropy(b) if b.rate_limiter.is_some_and(|r| r.ops.is_some())
+        ));
+        assert!(matches!(
+            route("PUT", "/vsock", br#"{"vsock_id":"v","guest_cid":3,"uds_path":"/v.sock"}"#)
+                .unwrap(),
+            ApiRequest::PutVsock(b) if b.guest_cid == 3 && b.uds_path == "/v.sock"
+        ));
+        assert!(route("PUT", "/vsock", br#"{"guest_cid":3}"#).is_err());
+        assert!(
+            route(
+                "PUT",
+                "/vsock",
+                br#"{"guest_cid":4294967296,"uds_path":"/v"}"#
+            )
+            .is_err()
+        );
+        assert!(route("PUT", "/entropy", br#"{"rate":1}"#).is_err());
+    }
+
+    #[test]
     fn names_unsupported_firecracker_resources() {
         for (method, path) in [
-            ("PUT", "/vsock"),
             ("GET", "/mmds"),
             ("PUT", "/mmds/config"),
             ("GET", "/balloon/statistics"),
-            ("PUT", "/entropy"),
             ("PUT", "/serial"),
             ("PUT", "/cpu-config"),
             ("PUT", "/pmem/p0"),

@@ -8,13 +8,15 @@
 use std::path::{Path, PathBuf};
 
 use super::models::{
-    BootSourceBody, CpuTemplate, DriveBody, HugePages, MachineConfigBody, NetworkInterfaceBody,
+    BootSourceBody, CpuTemplate, DriveBody, EntropyBody, HugePages, MachineConfigBody,
+    NetworkInterfaceBody, VsockBody,
 };
 use crate::host_file::{self, Accept};
 use crate::ids::{IdError, check_resource_id};
 use crate::vm_config::{
-    BootSource, DriveConfig, MachineConfig, MachineLimitError, NetworkInterfaceConfig,
-    RateLimiterConfig, RateLimiterError, VmConfig, check_mem_size_mib, check_vcpu_count,
+    BootSource, DriveConfig, EntropyConfig, MachineConfig, MachineLimitError,
+    NetworkInterfaceConfig, RateLimiterConfig, RateLimiterError, VmConfig, VsockConfig,
+    check_mem_size_mib, check_vcpu_count,
 };
 
 /// Why a configuration request was refused; the text is the API's `fault_message`.
@@ -71,6 +73,17 @@ pub enum ConfigError {
     /// `InstanceStart` before `PUT /boot-source`.
     #[error("cannot start the microVM without a kernel: PUT /boot-source first")]
     NoBootSource,
+    /// `guest_cid` 0, 1 and 2 are reserved (hypervisor, local, host).
+    #[error("guest_cid must be at least 3, got {0}")]
+    GuestCid(u32),
+    /// A `uds_path` squib cannot bind.
+    #[error("cannot use uds_path `{}`: {reason}", path.display())]
+    UdsPath {
+        /// The path as given.
+        path: PathBuf,
+        /// The problem.
+        reason: &'static str,
+    },
     /// A `PATCH` naming a drive that was never configured.
     #[error("drive `{0}` does not exist")]
     UnknownDrive(String),
@@ -159,6 +172,8 @@ pub struct ConfigStore {
     drives: Vec<DriveConfig>,
     /// In the order configured.
     network_interfaces: Vec<NetworkInterfaceConfig>,
+    entropy: Option<EntropyConfig>,
+    vsock: Option<VsockConfig>,
 }
 
 impl ConfigStore {
@@ -400,6 +415,46 @@ impl ConfigStore {
             .collect()
     }
 
+    /// `PUT /entropy`: adds the entropy device or replaces its configuration.
+    pub fn set_entropy(&mut self, body: &EntropyBody) -> Result<(), ConfigError> {
+        self.entropy = Some(EntropyConfig {
+            rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
+        });
+        Ok(())
+    }
+
+    /// `PUT /vsock`: adds the vsock device or replaces its configuration. The socket is bound
+    /// at `InstanceStart`; a path that already exists is refused now, as Firecracker's bind
+    /// would refuse it. `vsock_id` is deprecated and ignored.
+    pub fn set_vsock(&mut self, body: &VsockBody) -> Result<(), ConfigError> {
+        if body.guest_cid < 3 {
+            return Err(ConfigError::GuestCid(body.guest_cid));
+        }
+        let path = PathBuf::from(&body.uds_path);
+        let fail = |reason| ConfigError::UdsPath {
+            path: path.clone(),
+            reason,
+        };
+        if body.uds_path.is_empty() {
+            return Err(fail("the path is empty"));
+        }
+        if body.uds_path.contains('\0') {
+            return Err(fail("the path contains a NUL byte"));
+        }
+        // sun_path holds 108 bytes with the NUL; guest-initiated sockets add `_<port>`.
+        if body.uds_path.len() > 96 {
+            return Err(fail("the path is longer than 96 bytes"));
+        }
+        if path.symlink_metadata().is_ok() {
+            return Err(fail("a file already exists there (address in use)"));
+        }
+        self.vsock = Some(VsockConfig {
+            guest_cid: body.guest_cid,
+            uds_path: path,
+        });
+        Ok(())
+    }
+
     /// A configured drive.
     pub fn drive_config(&self, drive_id: &str) -> Option<&DriveConfig> {
         self.drives.iter().find(|d| d.drive_id == drive_id)
@@ -426,6 +481,8 @@ impl ConfigStore {
             network_interfaces: self.network_interfaces.clone(),
             boot_timer,
             boot_options: Default::default(),
+            entropy: self.entropy,
+            vsock: self.vsock.clone(),
         })
     }
 
@@ -453,6 +510,22 @@ impl ConfigStore {
             cpu_template: None,
             huge_pages: Some(HugePages::None),
         }
+    }
+
+    /// The entropy device in API form.
+    pub fn entropy_body(&self) -> Option<EntropyBody> {
+        self.entropy.map(|e| EntropyBody {
+            rate_limiter: e.rate_limiter,
+        })
+    }
+
+    /// The vsock device in API form.
+    pub fn vsock_body(&self) -> Option<VsockBody> {
+        self.vsock.as_ref().map(|v| VsockBody {
+            guest_cid: v.guest_cid,
+            uds_path: path_string(&v.uds_path),
+            vsock_id: None,
+        })
     }
 
     /// The drives in API form, in guest order.

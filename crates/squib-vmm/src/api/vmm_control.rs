@@ -68,6 +68,16 @@ pub struct DriveCounters {
     pub rate_limiter_throttled_events: u64,
 }
 
+/// Cumulative counters of one non-block device under its metrics group (`entropy`, `vsock`),
+/// with Firecracker's field names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// The group's name in the metrics line.
+    pub group: &'static str,
+    /// `(field, cumulative value)`.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
 /// Signals the API server that the microVM has stopped, so the process can exit at once.
 #[derive(Debug)]
 pub struct ExitNotice(EventFd);
@@ -144,6 +154,10 @@ pub trait VmmControl: Send {
     }
     /// Every network interface's counters, by interface id.
     fn net_counters(&self) -> Vec<(String, squib_virtio::net::NetMetricsSnapshot)> {
+        Vec::new()
+    }
+    /// The other devices' counters (entropy, vsock), one entry per device present.
+    fn device_counters(&self) -> Vec<DeviceCounters> {
         Vec::new()
     }
     /// The process exit status once the microVM has stopped.

@@ -29,6 +29,10 @@ pub enum DeviceKind {
     Block,
     /// `network-interfaces`.
     Net,
+    /// `entropy` (at most one).
+    Entropy,
+    /// `vsock` (at most one).
+    Vsock,
 }
 
 impl DeviceKind {
@@ -36,6 +40,8 @@ impl DeviceKind {
         match self {
             Self::Block => "drive",
             Self::Net => "network interface",
+            Self::Entropy => "entropy device",
+            Self::Vsock => "vsock device",
         }
     }
 }
@@ -47,6 +53,10 @@ pub enum RuntimeHandle {
     Block(DriveHandle),
     /// A network interface: rate limiters, metrics.
     Net(NetInterfaceHandle),
+    /// The entropy device: its counters.
+    Entropy(Arc<squib_virtio::rng::RngMetrics>),
+    /// The vsock device: counters and the snapshot's transport reset.
+    Vsock(squib_virtio::vsock::VsockHandle),
 }
 
 /// One virtio device of the microVM.
@@ -148,7 +158,7 @@ impl DeviceManager {
     pub fn drives(&self) -> impl Iterator<Item = &DriveHandle> {
         self.devices.iter().filter_map(|d| match &d.runtime {
             RuntimeHandle::Block(drive) => Some(drive),
-            RuntimeHandle::Net(_) => None,
+            _ => None,
         })
     }
 
@@ -161,7 +171,23 @@ impl DeviceManager {
     pub fn network_interfaces(&self) -> impl Iterator<Item = &NetInterfaceHandle> {
         self.devices.iter().filter_map(|d| match &d.runtime {
             RuntimeHandle::Net(net) => Some(net),
-            RuntimeHandle::Block(_) => None,
+            _ => None,
+        })
+    }
+
+    /// The entropy device's counters, if there is one.
+    pub fn entropy_metrics(&self) -> Option<squib_virtio::rng::RngMetricsSnapshot> {
+        self.devices.iter().find_map(|d| match &d.runtime {
+            RuntimeHandle::Entropy(metrics) => Some(metrics.snapshot()),
+            _ => None,
+        })
+    }
+
+    /// The vsock device's handle, if there is one.
+    pub fn vsock(&self) -> Option<&squib_virtio::vsock::VsockHandle> {
+        self.devices.iter().find_map(|d| match &d.runtime {
+            RuntimeHandle::Vsock(handle) => Some(handle),
+            _ => None,
         })
     }
 

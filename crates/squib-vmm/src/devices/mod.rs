@@ -10,8 +10,10 @@ pub mod i8042;
 pub mod irq;
 pub mod manager;
 pub mod net;
+pub mod rng;
 pub mod serial;
 pub mod virtio_mmio;
+pub mod vsock;
 
 use std::sync::{Arc, Mutex};
 

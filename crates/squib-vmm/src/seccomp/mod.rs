@@ -450,6 +450,7 @@ mod tests {
                 "SECCOMP_SET_MODE_FILTER",
                 u64::from(libc::SECCOMP_SET_MODE_FILTER),
             ),
+            ("AF_UNIX", libc::AF_UNIX as u64),
         ];
         let json: serde_json::Value = serde_json::from_str(include_str!(
             "../../resources/seccomp/x86_64-unknown-linux-gnu.json"
