@@ -305,6 +305,50 @@ fn full_snapshot_of_a_running_guest_resumes_in_a_new_process() {
     restore_and_check(dir.path(), "b", &state, &mem, &expect, None);
 }
 
+/// An entropy device's state saves, but the snapshot does not record its configuration: the
+/// create is refused with a 400 naming it, and no state file is left to fail at load.
+#[test]
+fn a_microvm_with_an_entropy_device_is_not_snapshotted() {
+    if !common::kvm_available("entropy_snapshot_refused") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (state, mem) = (dir.path().join("vm.snap"), dir.path().join("vm.mem"));
+    let mut vm = Running::spawn_in(&dir.path().join("a.sock"), None);
+    let guest = common::test_guest().to_str().unwrap().to_owned();
+    vm.ok(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path":"{guest}","boot_args":"guest.mode=snapshot"}}"#),
+    );
+    // The snapshot-mode guest writes to the first virtio device, which must be a disk (drives
+    // come first).
+    let disk = common::sparse_disk(dir.path(), "disk.img", 16 << 20);
+    vm.ok(
+        "PUT",
+        "/drives/vda",
+        &format!(r#"{{"drive_id":"vda","path_on_host":"{disk}","is_root_device":false}}"#),
+    );
+    vm.ok("PUT", "/entropy", "{}");
+    vm.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    vm.wait_for("SNAP tick 3");
+    vm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    let (code, body) = vm.call(
+        "PUT",
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_path":"{}","mem_file_path":"{}"}}"#,
+            state.display(),
+            mem.display()
+        ),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("entropy or vsock device"), "{body}");
+    assert!(!state.exists(), "a state file was written");
+    // The microVM is untouched: it resumes.
+    vm.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+}
+
 #[test]
 fn corrupted_and_truncated_snapshots_are_refused_before_anything_runs() {
     if !common::kvm_available("damaged_snapshots_refused") {
