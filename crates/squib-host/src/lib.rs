@@ -10,3 +10,4 @@ pub mod guest_io;
 pub mod kvm_memory;
 pub mod signals;
 pub mod terminal;
+pub mod uring;

@@ -3,6 +3,7 @@
 pub mod backend;
 mod device;
 pub mod engine;
+mod executor;
 mod handle;
 mod io_pool;
 mod metrics;

@@ -42,8 +42,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::backend::BlockBackend;
 use super::device::ServeConfig;
+use super::executor::{Executor, Slot};
 use super::handle::{Shared, usable_capacity};
-use super::io_pool::{IoPool, MAX_IO_THREADS, Slot};
 use super::poll::PollWindow;
 use super::request::{ParsedRequest, RequestContext, RequestKind, SegmentBuf};
 use crate::GuestMemory;
@@ -74,9 +74,10 @@ pub(crate) struct Worker {
     limiter: Option<RateLimiter>,
     /// Reused by every request executed on the worker: no allocation per request.
     segments: SegmentBuf,
-    /// The I/O threads, when the backend gains from more than one request in flight.
-    pool: Option<IoPool>,
-    /// How many requests the pool may hold for the current backend.
+    /// Where requests in flight execute (I/O threads or an io_uring), when the backend gains
+    /// from more than one at once.
+    pool: Option<Executor>,
+    /// How many requests the executor may hold for the current backend.
     max_in_flight: usize,
     /// How long to poll the ring after a batch.
     poll: PollWindow,
@@ -185,30 +186,25 @@ impl Worker {
         }
     }
 
-    /// Starts the I/O threads if the backend wants more than one request in flight. Without
-    /// them (the host refusing a thread or an eventfd) the worker executes every request itself.
+    /// Starts the in-flight executor the backend gains from (see [`Executor::start`]). Without
+    /// one the worker executes every request itself.
     fn spawn_pool(&mut self, epoll: &Epoll) {
-        let threads = self.backend.concurrent_io().min(MAX_IO_THREADS);
-        if threads <= 1 {
+        let Some(executor) = Executor::start(&self.backend, &self.mem, self.serve, &self.shared)
+        else {
             return;
-        }
-        let spawned =
-            IoPool::spawn(threads, &self.mem, self.serve, &self.shared).and_then(|pool| {
-                epoll.ctl(
-                    ControlOperation::Add,
-                    pool.event().as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, TOKEN_COMPLETIONS),
-                )?;
-                Ok(pool)
-            });
-        match spawned {
-            Ok(pool) => {
-                debug!(threads, "virtio-blk I/O threads started");
-                self.max_in_flight = threads;
-                self.pool = Some(pool);
+        };
+        let watched = epoll.ctl(
+            ControlOperation::Add,
+            executor.event().as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_COMPLETIONS),
+        );
+        match watched {
+            Ok(()) => {
+                self.max_in_flight = executor.max_in_flight(&self.backend);
+                self.pool = Some(executor);
             }
             Err(error) => {
-                warn!(%error, "cannot start virtio-blk I/O threads; serving one request at a time");
+                warn!(%error, "cannot watch virtio-blk completions; serving one request at a time");
             }
         }
     }
@@ -296,7 +292,7 @@ impl Worker {
         self.missed_poll = None;
         loop {
             if self.queue.has_available(&self.mem)?
-                || self.pool.as_ref().is_some_and(IoPool::has_completions)
+                || self.pool.as_mut().is_some_and(Executor::has_completions)
             {
                 self.poll.hit();
                 return Ok(true);
@@ -315,7 +311,7 @@ impl Worker {
             let (epoch, backend) = self.shared.backend();
             self.capacity = usable_capacity(backend.as_ref());
             if let Some(pool) = &self.pool {
-                self.max_in_flight = backend.concurrent_io().clamp(1, pool.threads());
+                self.max_in_flight = pool.max_in_flight(&backend);
             }
             self.backend = backend;
             self.backend_epoch = epoch;
@@ -334,7 +330,7 @@ impl Worker {
         self.queue.disable_notification(&self.mem)?;
         loop {
             // Requests handed to the I/O threads and not yet reaped.
-            let in_flight = self.pool.as_ref().map_or(0, IoPool::in_flight);
+            let in_flight = self.pool.as_ref().map_or(0, Executor::in_flight);
             // With I/O threads, the request is parsed into the slot it will travel in.
             let mut slot = match self.pool.as_mut() {
                 None => None,
@@ -384,7 +380,7 @@ impl Worker {
             }
             drained = Drained::Served;
             let slot = match (slot, self.pool.as_mut()) {
-                (Some(slot), Some(pool)) if kind == RequestKind::DiskIo => {
+                (Some(slot), Some(pool)) if pool.accepts(kind) => {
                     match pool.submit(slot, request, &self.backend, self.capacity) {
                         Ok(()) => continue,
                         // The thread is gone: execute the request here rather than lose it.
@@ -415,6 +411,10 @@ impl Worker {
                 }
             };
             self.put_back(Some(slot));
+        }
+        // One system call starts the whole batch on a ring.
+        if let Some(pool) = self.pool.as_mut() {
+            pool.commit();
         }
         if self.queue.needs_notification(&self.mem)? {
             self.interrupt.signal_used_buffer();
