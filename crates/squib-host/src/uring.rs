@@ -15,9 +15,10 @@
 //! - the ring **owns each slot's iovec array** (allocated once at construction); a slot cannot be
 //!   reused while its SQE is in flight ([`PushError::SlotBusy`]);
 //! - the ring **owns a duplicate of the file descriptor**, registered as fixed file 0;
-//! - **dropping the ring waits for every SQE in flight** to complete before anything it owns is
-//!   freed; if the kernel refuses to wait, the ring's storage is leaked rather than freed under
-//!   the kernel's feet.
+//! - **dropping the ring waits for every SQE in flight** to complete (after asking the kernel to
+//!   cancel those it still can, so a reset is not held up by a request waiting on a slow file)
+//!   before anything it owns is freed; if the kernel refuses to wait, the ring's storage is
+//!   leaked rather than freed under the kernel's feet.
 //!
 //! Guest memory may also be registered as fixed buffers (the kernel then pins it once instead of
 //! on every request); when the kernel or the memlock limit refuses, the ring works without.
@@ -37,6 +38,8 @@ use crate::block_io::DirectIoAlignment;
 
 /// The largest fixed buffer the kernel takes (`io_uring_register(2)`: 1 GiB per buffer).
 const MAX_FIXED_BUFFER: u64 = 1 << 30;
+/// `user_data` of the cancel entry a drop submits: not a slot, so `reap` skips its completion.
+const CANCEL_TAG: u64 = u64::MAX;
 /// Fixed file index of the disk.
 const DISK: types::Fixed = types::Fixed(0);
 
@@ -506,9 +509,19 @@ impl BlockRing {
         }
     }
 
-    /// Waits until every request in flight has completed, dropping their completions. Returns
-    /// false if the kernel refused to wait.
-    fn wait_idle(&mut self) -> bool {
+    /// Asks the kernel to cancel every request in flight (those already at the disk finish
+    /// anyway), then waits until each has completed, dropping their completions. Returns false
+    /// if the kernel refused to wait.
+    fn cancel_and_wait(&mut self) -> bool {
+        if self.in_flight > 0 {
+            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(CANCEL_TAG);
+            // SAFETY: a cancel entry carries no pointer, only the match-any flag.
+            let pushed = unsafe { self.ring.submission().push(&cancel) };
+            // A full SQ (unsubmitted requests) only means no cancel: we wait for them instead.
+            let _ = pushed;
+        }
         while self.in_flight > 0 {
             self.reap(drop);
             if self.in_flight == 0 {
@@ -526,7 +539,7 @@ impl BlockRing {
 
 impl Drop for BlockRing {
     fn drop(&mut self) {
-        if self.wait_idle() {
+        if self.cancel_and_wait() {
             // SAFETY: nothing is in flight, so the kernel holds no pointer into the iovecs or
             // guest memory; each field is dropped exactly once, here, and never used again. The
             // ring goes first so its fixed-buffer registration ends before the mapping may.
