@@ -97,7 +97,9 @@ pub enum IoEngine {
     /// `SyncFileBackend`: one `Mutex<File>`.
     #[default]
     Sync,
-    /// `AsyncFileBackend`: lockless positioned I/O.
+    /// `UringFileBackend`: the device worker submits to an io_uring, as Firecracker's Async
+    /// engine does; `AsyncFileBackend` (lockless positioned I/O, I/O threads with cache bypass)
+    /// where the kernel refuses io_uring.
     Async,
 }
 
