@@ -11,3 +11,4 @@ pub mod kvm_memory;
 pub mod signals;
 pub mod terminal;
 pub mod uring;
+pub mod uring_baseline;

@@ -196,7 +196,9 @@ impl Worker {
         let watched = epoll.ctl(
             ControlOperation::Add,
             executor.event().as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_COMPLETIONS),
+            // Edge-triggered: the ring's eventfd is never read (no system call per batch); every
+            // completion signal is a new edge, so none is missed.
+            EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, TOKEN_COMPLETIONS),
         );
         match watched {
             Ok(()) => {
