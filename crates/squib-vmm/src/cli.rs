@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! squib --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N]
-//!       [--disk PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]]...
+//!       [--disk PATH[,ro][,engine=sync|async|threads][,direct][,id=NAME][,cache=unsafe|writeback]]...
 //!       [--boot-timer] [--boot-protocol auto|pvh|linux64]
 //!       [--no-acpi] [--no-mptable] [--no-cmdline-devices]
 //! ```
@@ -19,7 +19,7 @@ use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 /// The usage text.
 pub const USAGE: &str =
     "usage: squib --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N]
-             [--disk PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]]...
+             [--disk PATH[,ro][,engine=sync|async|threads][,direct][,id=NAME][,cache=unsafe|writeback]]...
              [--boot-timer] [--boot-protocol auto|pvh|linux64]
              [--no-acpi] [--no-mptable] [--no-cmdline-devices]";
 
@@ -172,7 +172,7 @@ fn parse_mem(text: &str) -> Result<usize, UsageError> {
     }
 }
 
-/// `PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]`; `index` names the
+/// `PATH[,ro][,engine=sync|async|threads][,direct][,id=NAME][,cache=unsafe|writeback]`; `index` names the
 /// drive (`disk0`, …) when no id is given.
 fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, UsageError> {
     let mut parts = spec.split(',');
@@ -198,6 +198,7 @@ fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, UsageError> {
             None if option == "direct" => drive.direct = true,
             Some(("engine", "sync")) => drive.io_engine = IoEngine::Sync,
             Some(("engine", "async")) => drive.io_engine = IoEngine::Async,
+            Some(("engine", "threads")) => drive.io_engine = IoEngine::Threads,
             Some(("cache", "unsafe")) => drive.cache_type = CacheType::Unsafe,
             Some(("cache", "writeback")) => drive.cache_type = CacheType::Writeback,
             Some(("id", id)) if valid_id(id) => drive.drive_id = id.to_owned(),

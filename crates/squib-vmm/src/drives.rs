@@ -145,6 +145,9 @@ pub fn open_backend(drive: &DriveConfig) -> Result<Arc<dyn BlockBackend>, DriveE
                 Arc::new(AsyncFileBackend::from_file(file, drive.is_read_only).map_err(open_err)?)
             }
         },
+        IoEngine::Threads => {
+            Arc::new(AsyncFileBackend::from_file(file, drive.is_read_only).map_err(open_err)?)
+        }
     };
     Ok(backend)
 }

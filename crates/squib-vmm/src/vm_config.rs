@@ -101,6 +101,10 @@ pub enum IoEngine {
     /// engine does; `AsyncFileBackend` (lockless positioned I/O, I/O threads with cache bypass)
     /// where the kernel refuses io_uring.
     Async,
+    /// `AsyncFileBackend` without io_uring: what `Async` meant before the io_uring engine, and
+    /// its fallback. squib's command line only (`engine=threads`); the API reports it as
+    /// `Async`.
+    Threads,
 }
 
 /// One token bucket: `size` tokens, refilled completely every `refill_time_ms`.

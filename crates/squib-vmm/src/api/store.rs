@@ -408,7 +408,7 @@ fn drive_body(d: &DriveConfig) -> DriveBody {
         }),
         io_engine: Some(match d.io_engine {
             IoEngine::Sync => IoEngineBody::Sync,
-            IoEngine::Async => IoEngineBody::Async,
+            IoEngine::Async | IoEngine::Threads => IoEngineBody::Async,
         }),
         rate_limiter: d.rate_limiter.map(|r| RateLimiterBody {
             bandwidth: r.bandwidth.as_ref().map(bucket_body),
