@@ -266,11 +266,11 @@ impl BlockRing {
                 at += len;
             }
         }
-        // SAFETY: each iovec covers `len` bytes of a guest memory region's mapping, which `self.mem`
-        // keeps mapped for as long as the ring lives (the registration ends with the ring: the
-        // ring fd is closed in `Drop` only after the mapping clone is still held). The kernel pins
-        // those pages; it reads and writes them only for fixed-buffer requests, which `push`
-        // builds only inside these ranges.
+        // SAFETY: each iovec covers `len` bytes inside one guest memory region's mapping (the
+        // lengths are clipped to the region), and `self.mem` keeps every region mapped for the
+        // ring's whole life: `Drop` closes the ring (ending the registration) before it drops
+        // the memory clone. The kernel pins those pages and touches them only for fixed-buffer
+        // requests, which `transfer_entry` builds only for ranges inside one registered buffer.
         let registered = unsafe { self.ring.submitter().register_buffers(&bufs) };
         match registered {
             Ok(()) => self.fixed = fixed,
@@ -380,6 +380,8 @@ impl BlockRing {
                 .mem
                 .get_slice(addr, len)
                 .map_err(|_| PushError::NotGuestMemory(addr.0, len))?;
+            // The mmap backend (vm-memory without `xen`) maps each region for the region's whole
+            // life, so the pointer stays valid after the guard goes, for as long as `self.mem`.
             let host = slice.ptr_guard_mut().as_ptr();
             if let Some(align) = direct
                 && (!(host as usize).is_multiple_of(align.memory())
@@ -592,4 +594,144 @@ fn fallocate(offset: u64, len: u64, mode: libc::c_int) -> Result<squeue::Entry, 
         .offset(offset)
         .mode(mode)
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use vm_memory::Bytes;
+
+    use super::*;
+
+    fn setup(
+        slots: u16,
+        fixed_buffers: bool,
+    ) -> (tempfile::NamedTempFile, GuestMemoryMmap, BlockRing) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let contents: Vec<u8> = (0..16384u32).map(|i| (i % 251) as u8).collect();
+        file.write_all(&contents).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+        ])
+        .unwrap();
+        let config = RingConfig {
+            slots,
+            segments_per_slot: 2,
+            fixed_buffers,
+            simulate_unavailable: None,
+        };
+        let ring = BlockRing::new(file.as_file(), &mem, config).unwrap();
+        (file, mem, ring)
+    }
+
+    fn wait_one(ring: &mut BlockRing) -> RingCompletion {
+        let mut done = None;
+        while done.is_none() {
+            ring.submit_and_wait(1).unwrap();
+            ring.reap(|c| done = Some(c));
+        }
+        done.unwrap()
+    }
+
+    #[test]
+    fn reads_and_writes_guest_memory_with_and_without_fixed_buffers() {
+        for fixed in [false, true] {
+            let (file, mem, mut ring) = setup(4, fixed);
+            // Two segments, one in each region.
+            let segments = [
+                (GuestAddress(0xff00), 0x100),
+                (GuestAddress(0x10000), 0x300),
+            ];
+            ring.push(1, RingOp::Read { offset: 512 }, segments, None)
+                .unwrap();
+            let done = wait_one(&mut ring);
+            assert_eq!((done.slot, done.result.unwrap()), (1, 0x400));
+            let mut got = [0u8; 0x100];
+            mem.read_slice(&mut got, GuestAddress(0xff00)).unwrap();
+            assert_eq!(got[0], (512 % 251) as u8);
+            // One segment: the fixed-buffer opcode when registered.
+            mem.write_slice(&[0xab; 512], GuestAddress(0x2000)).unwrap();
+            ring.push(
+                0,
+                RingOp::Write { offset: 4096 },
+                [(GuestAddress(0x2000), 512)],
+                None,
+            )
+            .unwrap();
+            assert_eq!(wait_one(&mut ring).result.unwrap(), 512);
+            ring.push(2, RingOp::SyncData, [], None).unwrap();
+            assert_eq!(wait_one(&mut ring).result.unwrap(), 0);
+            let on_disk = std::fs::read(file.path()).unwrap();
+            assert!(on_disk[4096..4608].iter().all(|&b| b == 0xab));
+            assert_eq!(ring.in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_submit_safely() {
+        let (_file, _mem, mut ring) = setup(2, false);
+        let ok = [(GuestAddress(0), 512)];
+        let read = RingOp::Read { offset: 0 };
+        assert_eq!(ring.push(2, read, ok, None), Err(PushError::NoSuchSlot(2)));
+        // Across the end of guest memory, and across two regions in one segment.
+        assert_eq!(
+            ring.push(0, read, [(GuestAddress(0x1ff00), 512)], None),
+            Err(PushError::NotGuestMemory(0x1ff00, 512))
+        );
+        assert!(matches!(
+            ring.push(0, read, [(GuestAddress(0xff00), 512)], None),
+            Err(PushError::NotGuestMemory(..))
+        ));
+        assert_eq!(
+            ring.push(0, read, [(GuestAddress(0), 512); 3], None),
+            Err(PushError::TooManySegments)
+        );
+        let align = DirectIoAlignment::new(4096, 512).unwrap();
+        assert_eq!(
+            ring.push(0, read, [(GuestAddress(0x200), 512)], Some(align)),
+            Err(PushError::Misaligned)
+        );
+        assert_eq!(
+            ring.push(0, RingOp::Read { offset: 100 }, ok, Some(align)),
+            Err(PushError::Misaligned)
+        );
+        assert_eq!(
+            ring.push(
+                0,
+                RingOp::PunchHole {
+                    offset: u64::MAX,
+                    len: 1
+                },
+                [],
+                None
+            ),
+            Err(PushError::OutOfRange)
+        );
+        assert_eq!(ring.in_flight(), 0, "a refused push queued something");
+        ring.push(0, read, ok, Some(align)).unwrap();
+        assert_eq!(ring.push(0, read, ok, None), Err(PushError::SlotBusy(0)));
+        assert_eq!(wait_one(&mut ring).result.unwrap(), 512);
+    }
+
+    #[test]
+    fn a_kernel_without_io_uring_is_a_clear_error() {
+        let file = tempfile::tempfile().unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let config = RingConfig {
+            slots: 1,
+            segments_per_slot: 1,
+            fixed_buffers: false,
+            simulate_unavailable: Some(libc::ENOSYS),
+        };
+        let error = BlockRing::new(&file, &mem, config).unwrap_err();
+        assert!(
+            matches!(&error, RingError::Unavailable(e) if e.raw_os_error() == Some(libc::ENOSYS))
+        );
+        assert!(
+            error.to_string().contains("io_uring is unavailable"),
+            "{error}"
+        );
+    }
 }

@@ -70,7 +70,8 @@ impl Slot {
 #[derive(Debug)]
 pub(crate) enum Executor {
     Pool(IoPool),
-    Ring(RingExecutor),
+    /// Boxed: the ring's state is large, and allocated once per activation.
+    Ring(Box<RingExecutor>),
 }
 
 impl Executor {
@@ -91,7 +92,7 @@ impl Executor {
                         fixed_buffers = ring.has_fixed_buffers(),
                         "virtio-blk io_uring engine started"
                     );
-                    return Some(Self::Ring(ring));
+                    return Some(Self::Ring(Box::new(ring)));
                 }
                 Err(error) => warn!(
                     %error,
