@@ -20,14 +20,16 @@
 //! refill the buckets. Runtime updates arrive through a slot in [`Shared`] and an event that
 //! wakes the worker even while it waits for the timer.
 //!
-//! Requests in flight: when the backend gains from concurrency ([`BlockBackend::concurrent_io`]
-//! above 1), the worker spawns an [`IoPool`] and hands it every validated request that reaches the
-//! disk, popping more while fewer than that many are in flight; the virtqueue, the limiter and
-//! the interrupt stay the worker's alone. Completions come back through the pool's event, and
+//! Requests in flight: when the backend has an io_uring target or gains from concurrency
+//! ([`BlockBackend::concurrent_io`] above 1), the worker starts an in-flight [`Executor`] (an
+//! io_uring, or a pool of I/O threads) and hands it every validated request that reaches the
+//! disk, popping more while fewer than its limit are in flight (the others wait on the avail
+//! ring); the virtqueue, the limiter and the interrupt stay the worker's alone. Completions come back through the pool's event, and
 //! the worker adds them to the used ring and interrupts per batch, as for requests it executes
 //! itself. A FLUSH waits until the requests in flight are done, so it never overtakes a write
 //! completed before it; a request that touches no disk (GET_ID, a refused one) completes at
-//! once. A stop joins the pool, whose threads finish their requests first.
+//! once. A stop drops the executor: the pool's threads finish their requests first, the ring
+//! cancels what it can and waits for the rest.
 
 use std::hint;
 use std::io;

@@ -8,7 +8,8 @@
 //! - [`AsyncFileBackend`] issues lockless positioned I/O on one shared descriptor, straight into
 //!   guest memory, and handles cache bypass (`O_DIRECT`) alignment with a bounce-buffer pool.
 //! - [`UringFileBackend`] is that engine with an io_uring: the device worker submits its requests
-//!   straight from guest memory to the kernel ([`uring`] is that executor), no I/O threads.
+//!   straight from guest memory to the kernel (the `uring` module is that executor), no I/O
+//!   threads.
 
 mod async_file;
 mod bounce;
