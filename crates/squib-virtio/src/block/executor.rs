@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::BlockBackend;
@@ -84,20 +84,25 @@ impl Executor {
         serve: ServeConfig,
         shared: &Arc<Shared>,
     ) -> Option<Self> {
+        // Said at the first activation; later ones (a guest may reset in a loop) at debug.
+        let loud = shared.first_executor_announcement();
         if let Some(target) = backend.uring_target() {
             match RingExecutor::new(backend, target, mem, serve, shared) {
                 Ok(ring) => {
-                    info!(
-                        slots = ring.slots(),
-                        fixed_buffers = ring.has_fixed_buffers(),
-                        "virtio-blk io_uring engine started"
-                    );
+                    let (slots, fixed_buffers) = (ring.slots(), ring.has_fixed_buffers());
+                    if loud {
+                        info!(slots, fixed_buffers, "virtio-blk io_uring engine started");
+                    } else {
+                        debug!(slots, fixed_buffers, "virtio-blk io_uring engine started");
+                    }
                     return Some(Self::Ring(Box::new(ring)));
                 }
-                Err(error) => warn!(
-                    %error,
-                    "virtio-blk: cannot use io_uring; falling back to I/O threads"
-                ),
+                Err(error) if loud => {
+                    warn!(%error, "virtio-blk: cannot use io_uring; falling back to I/O threads");
+                }
+                Err(error) => {
+                    debug!(%error, "virtio-blk: cannot use io_uring; falling back to I/O threads");
+                }
             }
         }
         let threads = backend.concurrent_io().min(MAX_IO_THREADS);
@@ -106,7 +111,7 @@ impl Executor {
         }
         match IoPool::spawn(threads, mem, serve, shared) {
             Ok(pool) => {
-                info!(threads, "virtio-blk I/O threads started");
+                debug!(threads, "virtio-blk I/O threads started");
                 Some(Self::Pool(pool))
             }
             Err(error) => {
