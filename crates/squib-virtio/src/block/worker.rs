@@ -416,9 +416,13 @@ impl Worker {
             };
             self.put_back(Some(slot));
         }
-        // One system call starts the whole batch on a ring.
+        // One system call starts the whole batch on a ring; what the kernel completed inside it
+        // (page-cached reads) joins this batch's interrupt instead of waiting for the next.
         if let Some(pool) = self.pool.as_mut() {
             pool.commit();
+            if self.reap()? > 0 && drained == Drained::Idle {
+                drained = Drained::Served;
+            }
         }
         if self.queue.needs_notification(&self.mem)? {
             self.interrupt.signal_used_buffer();
