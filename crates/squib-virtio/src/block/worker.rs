@@ -24,9 +24,9 @@
 //! ([`BlockBackend::concurrent_io`] above 1), the worker starts an in-flight [`Executor`] (an
 //! io_uring, or a pool of I/O threads) and hands it every validated request that reaches the
 //! disk, popping more while fewer than its limit are in flight (the others wait on the avail
-//! ring); the virtqueue, the limiter and the interrupt stay the worker's alone. Completions come back through the pool's event, and
-//! the worker adds them to the used ring and interrupts per batch, as for requests it executes
-//! itself. A FLUSH waits until the requests in flight are done, so it never overtakes a write
+//! ring); the virtqueue, the limiter and the interrupt stay the worker's alone. Completions come
+//! back through the executor's event, and the worker adds them to the used ring and interrupts
+//! per batch, as for requests it executes itself. A FLUSH waits until the requests in flight are done, so it never overtakes a write
 //! completed before it; a request that touches no disk (GET_ID, a refused one) completes at
 //! once. A stop drops the executor: the pool's threads finish their requests first, the ring
 //! cancels what it can and waits for the rest.
@@ -387,7 +387,8 @@ impl Worker {
                 (Some(slot), Some(pool)) if pool.accepts(kind) => {
                     match pool.submit(slot, request, &self.backend, self.capacity) {
                         Ok(()) => continue,
-                        // The thread is gone: execute the request here rather than lose it.
+                        // The thread is gone, or the ring cannot take this request as it is:
+                        // execute it here rather than lose it.
                         Err(mut slot) => {
                             if let Some(request) = slot.take_request() {
                                 let completion = request.execute(&ctx, &slot.segments);
