@@ -17,3 +17,5 @@ pub mod signals;
 pub mod tap;
 pub mod terminal;
 pub mod unix_socket;
+pub mod uring;
+pub mod uring_baseline;
