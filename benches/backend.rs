@@ -6,6 +6,12 @@
 //! N threads started before the clock and released together. A summary of IOPS and ratios to the
 //! raw loop is printed at the end (figures: `docs/perf/backend-*.md`).
 //!
+//! Then the io_uring rows, at queue depth 1 and 32, cached and O_DIRECT: squib's ring
+//! (`squib_host::uring::BlockRing`, as the device's io_uring executor drives it: guest-memory
+//! segments, per-slot iovecs, fixed buffers by default with O_DIRECT) against a bare io_uring
+//! loop on plain buffers (`squib_host::uring_baseline`, the limit), with raw `pread`/`pwrite` on
+//! as many threads as the queue depth beside them. A second summary prints their ratios.
+//!
 //! `SQUIB_BENCH_QUICK=1` shrinks the file and the timings for a CI smoke run.
 #![forbid(unsafe_code)]
 
@@ -19,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use squib_host::block_io;
+use squib_host::uring::{BlockRing, RingConfig, RingOp};
+use squib_host::uring_baseline::BareRing;
 use squib_virtio::GuestMemory;
 use squib_virtio::block::backend::{BlockBackend, Segment};
 use squib_virtio::block::engine::{AsyncFileBackend, SyncFileBackend};
@@ -26,6 +34,8 @@ use vm_memory::GuestAddress;
 
 const BLOCK: usize = 4096;
 const THREADS: [usize; 4] = [1, 2, 4, 8];
+/// Queue depths of the io_uring rows.
+const DEPTHS: [usize; 2] = [1, 32];
 /// Offsets in the shared sequence; each thread starts at its own place in it.
 const OFFSETS: usize = 1 << 16;
 
@@ -74,6 +84,8 @@ struct Setup {
     mem: GuestMemory,
     offsets: Vec<u64>,
     tally: Mutex<Tally>,
+    /// The io_uring rows, keyed by queue depth instead of threads.
+    ring_tally: Mutex<Tally>,
 }
 
 impl Setup {
@@ -106,6 +118,13 @@ impl Setup {
             }
             start.elapsed()
         })
+    }
+
+    fn record_ring(&self, key: (&'static str, Op, usize, &'static str), ops: u64, time: Duration) {
+        let mut tally = self.ring_tally.lock().unwrap();
+        let entry = tally.entry(key).or_default();
+        entry.0 += ops;
+        entry.1 += time;
     }
 
     fn record(&self, key: (&'static str, Op, usize, &'static str), ops: u64, time: Duration) {
@@ -201,6 +220,135 @@ fn bench_mode(
     }
 }
 
+/// Runs `count` operations on squib's ring, `depth` in flight, one 4 KiB guest buffer per slot.
+fn engine_run(
+    ring: &mut BlockRing,
+    depth: usize,
+    op: Op,
+    count: u64,
+    mut offset: impl FnMut() -> u64,
+) {
+    let ring_op = |offset| match op {
+        Op::Read => RingOp::Read { offset },
+        Op::Write => RingOp::Write { offset },
+    };
+    let segment = |slot: u16| [(GuestAddress(u64::from(slot) * BLOCK as u64), BLOCK)];
+    let mut freed = Vec::with_capacity(depth);
+    let (mut issued, mut done) = (0, 0);
+    for slot in 0..depth.min(count as usize) as u16 {
+        ring.push(slot, ring_op(offset()), segment(slot), None)
+            .unwrap();
+        issued += 1;
+    }
+    while done < count {
+        ring.submit_and_wait(1).unwrap();
+        freed.clear();
+        ring.reap(|completion| {
+            assert_eq!(completion.result.unwrap(), BLOCK, "short ring request");
+            freed.push(completion.slot);
+        });
+        done += freed.len() as u64;
+        for &slot in &freed {
+            if issued < count {
+                ring.push(slot, ring_op(offset()), segment(slot), None)
+                    .unwrap();
+                issued += 1;
+            }
+        }
+    }
+    ring.submit().unwrap();
+}
+
+/// squib's ring and the bare loop at each queue depth, with `pread`/`pwrite` on as many threads.
+fn bench_rings(c: &mut Criterion, setup: &Setup, mode: &'static str, file: &File, direct: bool) {
+    for op in [Op::Read, Op::Write] {
+        let name = format!("{op:?}").to_lowercase();
+        let mut group = c.benchmark_group(format!("backend/{mode}-ring/{name}"));
+        group.throughput(Throughput::Elements(1));
+        for depth in DEPTHS {
+            let mut next = 0usize;
+            let mut bare = BareRing::new(file, depth).unwrap();
+            group.bench_with_input(BenchmarkId::new("ring-baseline", depth), &depth, |b, _| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    bare.run(iters, op == Op::Write, || {
+                        next = (next + 1) % OFFSETS;
+                        setup.offsets[next]
+                    })
+                    .unwrap();
+                    let time = start.elapsed();
+                    setup.record_ring((mode, op, depth, "baseline"), iters, time);
+                    time
+                });
+            });
+            let config = RingConfig {
+                slots: depth as u16,
+                segments_per_slot: 1,
+                // As the engine's default: registered guest memory only with cache bypass.
+                fixed_buffers: direct,
+                simulate_unavailable: None,
+            };
+            let mut ring = BlockRing::new(file, &setup.mem, config).unwrap();
+            group.bench_with_input(BenchmarkId::new("ring-engine", depth), &depth, |b, _| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    engine_run(&mut ring, depth, op, iters, || {
+                        next = (next + 1) % OFFSETS;
+                        setup.offsets[next]
+                    });
+                    let time = start.elapsed();
+                    setup.record_ring((mode, op, depth, "engine"), iters, time);
+                    time
+                });
+            });
+        }
+        group.finish();
+        let mut group = c.benchmark_group(format!("backend/{mode}-ring-pread/{name}"));
+        group.throughput(Throughput::Elements(1));
+        let raw = Contender::Raw(file.try_clone().unwrap());
+        for depth in DEPTHS {
+            group.bench_with_input(BenchmarkId::new("pread", depth), &depth, |b, &n| {
+                b.iter_custom(|iters| {
+                    let time = setup.timed(&raw, op, n, iters);
+                    setup.record_ring((mode, op, n, "pread"), iters, time);
+                    time
+                });
+            });
+        }
+        group.finish();
+    }
+}
+
+fn print_ring_summary(tally: &Tally) {
+    println!(
+        "\nring summary: IOPS over every timed batch; engine = squib's ring, bare = io_uring alone"
+    );
+    println!(
+        "{:<7} {:<6} {:>5} {:>12} {:>12} {:>12} {:>11} {:>12}",
+        "mode", "op", "qd", "pread", "bare", "engine", "engine/bare", "engine/pread"
+    );
+    let iops = |key| {
+        tally
+            .get(&key)
+            .map_or(f64::NAN, |&(ops, time): &(u64, Duration)| {
+                ops as f64 / time.as_secs_f64()
+            })
+    };
+    let mut rows: Vec<_> = tally.keys().map(|&(m, o, t, _)| (m, o, t)).collect();
+    rows.dedup();
+    for (mode, op, depth) in rows {
+        let pread = iops((mode, op, depth, "pread"));
+        let bare = iops((mode, op, depth, "baseline"));
+        let engine = iops((mode, op, depth, "engine"));
+        println!(
+            "{mode:<7} {:<6} {depth:>5} {pread:>12.0} {bare:>12.0} {engine:>12.0} {:>11.2} {:>12.2}",
+            format!("{op:?}").to_lowercase(),
+            engine / bare,
+            engine / pread
+        );
+    }
+}
+
 fn print_summary(tally: &Tally) {
     println!("\nbackend summary: IOPS over every timed batch, ratio to the raw loop");
     println!(
@@ -250,9 +398,11 @@ fn main() {
     // The system temp directory: ext4 on squib's machines, which supports O_DIRECT.
     let disk = create_disk(&std::env::temp_dir(), size);
     let setup = Setup {
-        mem: GuestMemory::from_ranges(&[(GuestAddress(0), 16 * 2 * BLOCK)]).unwrap(),
+        // 32 slots of one 4 KiB block for the ring rows; 16 threads 8 KiB apart for the others.
+        mem: GuestMemory::from_ranges(&[(GuestAddress(0), 32 * 2 * BLOCK)]).unwrap(),
         offsets: offsets(size),
         tally: Mutex::new(BTreeMap::new()),
+        ring_tally: Mutex::new(BTreeMap::new()),
     };
 
     let cached = File::options()
@@ -266,6 +416,7 @@ fn main() {
         cached.read_exact_at(&mut buf, at as u64).unwrap();
     }
     bench_mode(&mut c, &setup, "cached", &cached, &THREADS);
+    bench_rings(&mut c, &setup, "cached", &cached, false);
 
     let direct = File::options()
         .read(true)
@@ -273,7 +424,10 @@ fn main() {
         .open(disk.path())
         .unwrap();
     match block_io::set_f_nocache(&direct) {
-        Ok(()) => bench_mode(&mut c, &setup, "direct", &direct, &[1, 4]),
+        Ok(()) => {
+            bench_mode(&mut c, &setup, "direct", &direct, &[1, 4]);
+            bench_rings(&mut c, &setup, "direct", &direct, true);
+        }
         Err(e) => eprintln!(
             "SKIPPED the O_DIRECT runs: {} refuses cache bypass ({e})",
             std::env::temp_dir().display()
@@ -282,4 +436,5 @@ fn main() {
 
     c.final_summary();
     print_summary(&setup.tally.lock().unwrap());
+    print_ring_summary(&setup.ring_tally.lock().unwrap());
 }

@@ -20,3 +20,5 @@ pub mod tap;
 pub mod terminal;
 pub mod uffd;
 pub mod unix_socket;
+pub mod uring;
+pub mod uring_baseline;

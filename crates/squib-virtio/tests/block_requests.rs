@@ -1,6 +1,7 @@
 //! virtio-blk requests driven like a guest driver: well-formed ones reach the disk with the
 //! right data, status and used length; each class of malformed request completes with IOERR or
-//! UNSUPP (or used length 0) without touching the disk, and the device keeps serving.
+//! UNSUPP (or used length 0) without touching the disk, and the device keeps serving. Every test
+//! runs on two engines: the in-memory disk (`mem::`) and the io_uring engine on a file (`uring::`).
 #![forbid(unsafe_code)]
 
 mod common;
@@ -8,7 +9,10 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use squib_virtio::block::{CacheType, QUEUE_SIZE, SEG_MAX};
+use squib_virtio::block::backend::BlockBackend;
+use squib_virtio::block::engine::UringFileBackend;
+use squib_virtio::block::{BlockConfig, BlockDevice, BlockHandle, CacheType, QUEUE_SIZE, SEG_MAX};
+use squib_virtio::testing::GuestDriver;
 use squib_virtio::testing::{BlockSlot, Buf, MemDisk, STATUS_UNTOUCHED, range_bytes};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
@@ -22,8 +26,90 @@ const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
+/// The engines every test here runs on.
+#[derive(Clone, Copy, Debug)]
+enum Engine {
+    /// `MemDisk`, executed on the device worker.
+    Mem,
+    /// `UringFileBackend` on a temporary file: the device's io_uring.
+    Uring,
+}
+
+/// The disk under a [`TestRig`], read back the same way whatever the engine.
+enum Disk {
+    Mem(Arc<MemDisk>),
+    File(tempfile::NamedTempFile),
+}
+
+impl Disk {
+    fn contents(&self) -> Vec<u8> {
+        match self {
+            Disk::Mem(disk) => disk.contents(),
+            Disk::File(file) => std::fs::read(file.path()).unwrap(),
+        }
+    }
+}
+
+struct TestRig {
+    driver: GuestDriver,
+    disk: Disk,
+    handle: BlockHandle,
+}
+
+impl TestRig {
+    /// FLUSHes that reached the disk: the backend's count for `MemDisk`, the device's count of
+    /// completed FLUSHes (each an fdatasync on the ring) for the file.
+    fn flushes(&self) -> u64 {
+        match &self.disk {
+            Disk::Mem(disk) => disk.flushes(),
+            Disk::File(_) => self.handle.metrics().flushes,
+        }
+    }
+}
+
+/// A device on a disk holding `contents`, on `engine`, activated with `features`.
+fn rig_on_with(
+    engine: Engine,
+    contents: Vec<u8>,
+    read_only: bool,
+    cache: CacheType,
+    features: u64,
+) -> TestRig {
+    let (disk, backend): (Disk, Arc<dyn BlockBackend>) = match engine {
+        Engine::Mem => {
+            let disk = Arc::new(MemDisk::with_contents(contents, read_only));
+            (Disk::Mem(disk.clone()), disk)
+        }
+        Engine::Uring => {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), contents).unwrap();
+            let backend = Arc::new(UringFileBackend::open(file.path(), read_only).unwrap());
+            (Disk::File(file), backend)
+        }
+    };
+    let device = BlockDevice::new(backend, BlockConfig::new(DRIVE_ID, cache)).unwrap();
+    let handle = device.handle();
+    let driver = GuestDriver::activated(Box::new(device), GUEST_MEM, features);
+    TestRig {
+        driver,
+        disk,
+        handle,
+    }
+}
+
+/// A writeback device on a 4 MiB patterned disk, every feature accepted.
+fn rig_on(engine: Engine) -> TestRig {
+    rig_on_with(
+        engine,
+        pattern(DISK_SIZE),
+        false,
+        CacheType::Writeback,
+        ALL_RW,
+    )
+}
+
 /// Submits one request, waits for it, returns (status byte, used length).
-fn run(rig: &mut Rig, request_type: u32, sector: u64, data: &[Buf]) -> (u8, u32) {
+fn run(rig: &mut TestRig, request_type: u32, sector: u64, data: &[Buf]) -> (u8, u32) {
     let slot = BlockSlot::alloc(&mut rig.driver);
     let head = slot.submit(&mut rig.driver, request_type, sector, data);
     rig.driver.kick();
@@ -36,7 +122,7 @@ fn run(rig: &mut Rig, request_type: u32, sector: u64, data: &[Buf]) -> (u8, u32)
 }
 
 /// The device still serves: a 512-byte read of sector 1 returns the disk's bytes.
-fn assert_still_serving(rig: &mut Rig) {
+fn assert_still_serving(rig: &mut TestRig) {
     let buf = rig.driver.alloc(512);
     let (status, len) = run(rig, VIRTIO_BLK_T_IN, 1, &[Buf::writable(buf, 512)]);
     assert_eq!((status, len), (OK, 513));
@@ -46,16 +132,15 @@ fn assert_still_serving(rig: &mut Rig) {
     );
 }
 
-fn assert_disk_untouched(rig: &Rig) {
+fn assert_disk_untouched(rig: &TestRig) {
     assert!(
         rig.disk.contents() == pattern(DISK_SIZE),
         "the disk changed"
     );
 }
 
-#[test]
-fn read_fills_every_segment_and_reports_data_plus_status_length() {
-    let mut rig = rig();
+fn read_fills_every_segment_and_reports_data_plus_status_length(engine: Engine) {
+    let mut rig = rig_on(engine);
     let (a, b) = (rig.driver.alloc(1024), rig.driver.alloc(3072));
     let (status, len) = run(
         &mut rig,
@@ -71,9 +156,8 @@ fn read_fills_every_segment_and_reports_data_plus_status_length() {
     assert_eq!((m.reads, m.read_bytes), (1, 4096));
 }
 
-#[test]
-fn write_lands_on_disk_and_reports_status_length_only() {
-    let mut rig = rig();
+fn write_lands_on_disk_and_reports_status_length_only(engine: Engine) {
+    let mut rig = rig_on(engine);
     let (a, b) = (rig.driver.alloc(512), rig.driver.alloc(1024));
     rig.driver.write_bytes(a, &[0xaa; 512]);
     rig.driver.write_bytes(b, &[0xbb; 1024]);
@@ -93,9 +177,8 @@ fn write_lands_on_disk_and_reports_status_length_only() {
     assert_eq!((m.writes, m.written_bytes), (1, 1536));
 }
 
-#[test]
-fn get_id_returns_the_drive_id_nul_padded_to_20_bytes() {
-    let mut rig = rig();
+fn get_id_returns_the_drive_id_nul_padded_to_20_bytes(engine: Engine) {
+    let mut rig = rig_on(engine);
     let buf = rig.driver.alloc(20);
     rig.driver.write_bytes(buf, &[0x55; 20]);
     let (status, len) = run(&mut rig, VIRTIO_BLK_T_GET_ID, 0, &[Buf::writable(buf, 20)]);
@@ -105,24 +188,27 @@ fn get_id_returns_the_drive_id_nul_padded_to_20_bytes() {
     assert_eq!(rig.driver.read_bytes(buf, 20), expected);
 }
 
-#[test]
-fn flush_reaches_the_backend_only_when_writeback_was_negotiated() {
-    let mut rig = rig();
+fn flush_reaches_the_backend_only_when_writeback_was_negotiated(engine: Engine) {
+    let mut rig = rig_on(engine);
     assert_eq!(run(&mut rig, VIRTIO_BLK_T_FLUSH, 0, &[]), (OK, 1));
-    assert_eq!(rig.disk.flushes(), 1);
+    assert_eq!(rig.flushes(), 1);
 
-    let disk = Arc::new(MemDisk::new(DISK_SIZE));
-    let mut unsafe_rig = rig_with(disk, CacheType::Unsafe, ALL_RW & !F_FLUSH);
+    let mut unsafe_rig = rig_on_with(
+        engine,
+        vec![0; DISK_SIZE],
+        false,
+        CacheType::Unsafe,
+        ALL_RW & !F_FLUSH,
+    );
     assert_eq!(
         run(&mut unsafe_rig, VIRTIO_BLK_T_FLUSH, 0, &[]),
         (UNSUPP, 1)
     );
-    assert_eq!(unsafe_rig.disk.flushes(), 0);
+    assert_eq!(unsafe_rig.flushes(), 0);
 }
 
-#[test]
-fn discard_and_write_zeroes_zero_the_range() {
-    let mut rig = rig();
+fn discard_and_write_zeroes_zero_the_range(engine: Engine) {
+    let mut rig = rig_on(engine);
     let range = rig.driver.alloc(16);
     rig.driver.write_bytes(range, &range_bytes(2, 3, 0));
     assert_eq!(
@@ -157,9 +243,8 @@ fn discard_and_write_zeroes_zero_the_range() {
 
 // ---- malformed chains ----
 
-#[test]
-fn device_writable_header_is_ioerr() {
-    let mut rig = rig();
+fn device_writable_header_is_ioerr(engine: Engine) {
+    let mut rig = rig_on(engine);
     let (header, data, status) = (
         rig.driver.alloc(16),
         rig.driver.alloc(512),
@@ -176,9 +261,8 @@ fn device_writable_header_is_ioerr() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn header_shorter_or_longer_than_16_bytes_is_ioerr() {
-    let mut rig = rig();
+fn header_shorter_or_longer_than_16_bytes_is_ioerr(engine: Engine) {
+    let mut rig = rig_on(engine);
     for header_len in [8, 17, 32] {
         let (header, status) = (rig.driver.alloc(32), rig.driver.alloc(1));
         rig.driver
@@ -195,9 +279,8 @@ fn header_shorter_or_longer_than_16_bytes_is_ioerr() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn unusable_status_descriptor_completes_with_used_len_0_and_does_nothing() {
-    let mut rig = rig();
+fn unusable_status_descriptor_completes_with_used_len_0_and_does_nothing(engine: Engine) {
+    let mut rig = rig_on(engine);
     let data = rig.driver.alloc(512);
     rig.driver.write_bytes(data, &[0xcc; 512]);
     type MakeStatus = fn(GuestAddress) -> Buf;
@@ -223,21 +306,19 @@ fn unusable_status_descriptor_completes_with_used_len_0_and_does_nothing() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn chain_of_only_a_header_completes_with_used_len_0() {
-    let mut rig = rig();
+fn chain_of_only_a_header_completes_with_used_len_0(engine: Engine) {
+    let mut rig = rig_on(engine);
     let slot = BlockSlot::alloc(&mut rig.driver);
     slot.write_header(&rig.driver, VIRTIO_BLK_T_FLUSH, 0);
     rig.driver.add_chain([Buf::readable(slot.header, 16)]);
     rig.driver.kick();
     assert_eq!(rig.driver.wait_used().unwrap().len, 0);
-    assert_eq!(rig.disk.flushes(), 0);
+    assert_eq!(rig.flushes(), 0);
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn data_in_the_wrong_direction_is_ioerr() {
-    let mut rig = rig();
+fn data_in_the_wrong_direction_is_ioerr(engine: Engine) {
+    let mut rig = rig_on(engine);
     let data = rig.driver.alloc(512);
     rig.driver.write_bytes(data, &[0xcc; 512]);
     // IN into a buffer the device may only read; OUT from a buffer the device may only write.
@@ -262,9 +343,8 @@ fn data_in_the_wrong_direction_is_ioerr() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn mixed_direction_data_is_ioerr() {
-    let mut rig = rig();
+fn mixed_direction_data_is_ioerr(engine: Engine) {
+    let mut rig = rig_on(engine);
     let (a, b) = (rig.driver.alloc(512), rig.driver.alloc(512));
     let data = [Buf::writable(a, 512), Buf::readable(b, 512)];
     assert_eq!(run(&mut rig, VIRTIO_BLK_T_IN, 0, &data), (IOERR, 1));
@@ -273,9 +353,8 @@ fn mixed_direction_data_is_ioerr() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn data_outside_guest_memory_is_ioerr() {
-    let mut rig = rig();
+fn data_outside_guest_memory_is_ioerr(engine: Engine) {
+    let mut rig = rig_on(engine);
     let end = GuestAddress(GUEST_MEM as u64 - 256);
     // Straddles the end of guest memory; and one far beyond it.
     assert_eq!(
@@ -291,9 +370,8 @@ fn data_outside_guest_memory_is_ioerr() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn descriptor_loop_is_cut_and_completed_with_used_len_0() {
-    let mut rig = rig();
+fn descriptor_loop_is_cut_and_completed_with_used_len_0(engine: Engine) {
+    let mut rig = rig_on(engine);
     let slot = BlockSlot::alloc(&mut rig.driver);
     let data = rig.driver.alloc(512);
     slot.write_header(&rig.driver, VIRTIO_BLK_T_IN, 0);
@@ -312,11 +390,13 @@ fn descriptor_loop_is_cut_and_completed_with_used_len_0() {
 
 /// `VIRTIO_F_INDIRECT_DESC` when the device offers it (all of `ALL_RW` otherwise), so the same
 /// test shows a device that follows indirect tables without negotiating them.
-fn rig_with_indirect_if_offered() -> Rig {
-    let mut probe = rig();
+fn rig_with_indirect_if_offered(engine: Engine) -> TestRig {
+    let mut probe = rig_on(Engine::Mem);
     let indirect = probe.driver.device_features() & F_INDIRECT;
-    rig_with(
-        Arc::new(MemDisk::with_contents(pattern(DISK_SIZE), false)),
+    rig_on_with(
+        engine,
+        pattern(DISK_SIZE),
+        false,
         CacheType::Writeback,
         ALL_RW | indirect,
     )
@@ -324,7 +404,7 @@ fn rig_with_indirect_if_offered() -> Rig {
 
 /// Submits a direct header descriptor whose `NEXT` is one indirect descriptor pointing at
 /// `table` (data buffers then the status); returns (status byte, used length).
-fn run_header_then_indirect(rig: &mut Rig, slot: &BlockSlot, table: &[Buf]) -> (u8, u32) {
+fn run_header_then_indirect(rig: &mut TestRig, slot: &BlockSlot, table: &[Buf]) -> (u8, u32) {
     let (addr, len) = rig.driver.write_indirect_table(table);
     let d = &mut rig.driver;
     let head = d.add_chain([Buf::readable(slot.header, 16)]);
@@ -345,9 +425,8 @@ fn run_header_then_indirect(rig: &mut Rig, slot: &BlockSlot, table: &[Buf]) -> (
     (slot.status(d), used.len)
 }
 
-#[test]
-fn more_data_segments_than_seg_max_is_ioerr() {
-    let mut rig = rig_with_indirect_if_offered();
+fn more_data_segments_than_seg_max_is_ioerr(engine: Engine) {
+    let mut rig = rig_with_indirect_if_offered(engine);
     let slot = BlockSlot::alloc(&mut rig.driver);
     let data = rig.driver.alloc(512);
     slot.write_header(&rig.driver, VIRTIO_BLK_T_IN, 0);
@@ -363,9 +442,8 @@ fn more_data_segments_than_seg_max_is_ioerr() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn zero_length_descriptors_count_toward_seg_max() {
-    let mut rig = rig_with_indirect_if_offered();
+fn zero_length_descriptors_count_toward_seg_max(engine: Engine) {
+    let mut rig = rig_with_indirect_if_offered(engine);
     let slot = BlockSlot::alloc(&mut rig.driver);
     let data = rig.driver.alloc(512);
     slot.write_header(&rig.driver, VIRTIO_BLK_T_IN, 0);
@@ -381,10 +459,9 @@ fn zero_length_descriptors_count_toward_seg_max() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn indirect_tables_are_refused_unless_negotiated() {
+fn indirect_tables_are_refused_unless_negotiated(engine: Engine) {
     // ALL_RW does not include VIRTIO_F_INDIRECT_DESC.
-    let mut rig = rig();
+    let mut rig = rig_on(engine);
     let slot = BlockSlot::alloc(&mut rig.driver);
     let data = rig.driver.alloc(512);
     slot.write_header(&rig.driver, VIRTIO_BLK_T_IN, 0);
@@ -400,10 +477,11 @@ fn indirect_tables_are_refused_unless_negotiated() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn indirect_requests_are_served_when_negotiated() {
-    let mut rig = rig_with(
-        Arc::new(MemDisk::with_contents(pattern(DISK_SIZE), false)),
+fn indirect_requests_are_served_when_negotiated(engine: Engine) {
+    let mut rig = rig_on_with(
+        engine,
+        pattern(DISK_SIZE),
+        false,
         CacheType::Writeback,
         ALL_RW | F_INDIRECT,
     );
@@ -426,10 +504,11 @@ fn indirect_requests_are_served_when_negotiated() {
     );
 }
 
-#[test]
-fn bad_indirect_tables_complete_with_used_len_0() {
-    let mut rig = rig_with(
-        Arc::new(MemDisk::with_contents(pattern(DISK_SIZE), false)),
+fn bad_indirect_tables_complete_with_used_len_0(engine: Engine) {
+    let mut rig = rig_on_with(
+        engine,
+        pattern(DISK_SIZE),
+        false,
         CacheType::Writeback,
         ALL_RW | F_INDIRECT,
     );
@@ -478,9 +557,8 @@ fn bad_indirect_tables_complete_with_used_len_0() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn unknown_request_type_is_unsupp() {
-    let mut rig = rig();
+fn unknown_request_type_is_unsupp(engine: Engine) {
+    let mut rig = rig_on(engine);
     let data = rig.driver.alloc(512);
     for request_type in [2, 3, 14, 0xdead_beef] {
         let (status, len) = run(&mut rig, request_type, 0, &[Buf::writable(data, 512)]);
@@ -489,9 +567,8 @@ fn unknown_request_type_is_unsupp() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn sector_arithmetic_overflow_is_ioerr() {
-    let mut rig = rig();
+fn sector_arithmetic_overflow_is_ioerr(engine: Engine) {
+    let mut rig = rig_on(engine);
     let data = rig.driver.alloc(512);
     for sector in [u64::MAX / 512 + 1, u64::MAX, u64::MAX / 512] {
         assert_eq!(
@@ -507,9 +584,8 @@ fn sector_arithmetic_overflow_is_ioerr() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn range_past_capacity_is_ioerr_and_the_last_sector_is_fine() {
-    let mut rig = rig();
+fn range_past_capacity_is_ioerr_and_the_last_sector_is_fine(engine: Engine) {
+    let mut rig = rig_on(engine);
     let last = DISK_SIZE as u64 / 512 - 1;
     let data = rig.driver.alloc(1024);
     assert_eq!(
@@ -537,9 +613,8 @@ fn range_past_capacity_is_ioerr_and_the_last_sector_is_fine() {
     assert_disk_untouched(&rig);
 }
 
-#[test]
-fn data_length_not_a_multiple_of_512_is_ioerr() {
-    let mut rig = rig();
+fn data_length_not_a_multiple_of_512_is_ioerr(engine: Engine) {
+    let mut rig = rig_on(engine);
     let data = rig.driver.alloc(1024);
     assert_eq!(
         run(&mut rig, VIRTIO_BLK_T_IN, 0, &[Buf::writable(data, 511)]),
@@ -554,11 +629,15 @@ fn data_length_not_a_multiple_of_512_is_ioerr() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn read_only_disk_offers_ro_and_refuses_writes() {
-    let disk = Arc::new(MemDisk::with_contents(pattern(DISK_SIZE), true));
+fn read_only_disk_offers_ro_and_refuses_writes(engine: Engine) {
     let features = F_VERSION_1 | F_EVENT_IDX | F_RO;
-    let mut rig = rig_with(disk, CacheType::Unsafe, features);
+    let mut rig = rig_on_with(
+        engine,
+        pattern(DISK_SIZE),
+        true,
+        CacheType::Unsafe,
+        features,
+    );
     let offered = rig.driver.device_features();
     assert_ne!(offered & F_RO, 0);
     assert_eq!(offered & (F_DISCARD | F_WRITE_ZEROES | F_FLUSH), 0);
@@ -583,9 +662,8 @@ fn read_only_disk_offers_ro_and_refuses_writes() {
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn bad_discard_and_write_zeroes_ranges_are_refused() {
-    let mut rig = rig();
+fn bad_discard_and_write_zeroes_ranges_are_refused(engine: Engine) {
+    let mut rig = rig_on(engine);
     let range = rig.driver.alloc(32);
     let max = squib_virtio::block::BlockLimits::default().max_discard_sectors;
     let last = DISK_SIZE as u64 / 512;
@@ -621,23 +699,28 @@ fn bad_discard_and_write_zeroes_ranges_are_refused() {
     assert_still_serving(&mut rig);
 }
 
+/// `MemDisk` only: it is the engine that can be told to fail.
 #[test]
 fn backend_failure_is_ioerr_and_counted() {
-    let mut rig = rig();
+    let mut rig = rig_on(Engine::Mem);
     let data = rig.driver.alloc(512);
-    rig.disk.set_failing(true);
+    let Disk::Mem(disk) = &rig.disk else {
+        unreachable!()
+    };
+    disk.set_failing(true);
     assert_eq!(
         run(&mut rig, VIRTIO_BLK_T_IN, 0, &[Buf::writable(data, 512)]),
         (IOERR, 1)
     );
-    rig.disk.set_failing(false);
+    if let Disk::Mem(disk) = &rig.disk {
+        disk.set_failing(false);
+    }
     assert_eq!(rig.handle.metrics().io_errors, 1);
     assert_still_serving(&mut rig);
 }
 
-#[test]
-fn invalid_requests_are_counted() {
-    let mut rig = rig();
+fn invalid_requests_are_counted(engine: Engine) {
+    let mut rig = rig_on(engine);
     let data = rig.driver.alloc(512);
     run(&mut rig, 77, 0, &[Buf::writable(data, 512)]);
     run(
@@ -649,3 +732,49 @@ fn invalid_requests_are_counted() {
     let m = rig.handle.metrics();
     assert_eq!((m.invalid_requests, m.reads), (2, 0));
 }
+
+/// Each test above, once per engine.
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {
+        mod mem {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Engine::Mem);
+            })*
+        }
+        mod uring {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Engine::Uring);
+            })*
+        }
+    };
+}
+
+on_every_engine!(
+    read_fills_every_segment_and_reports_data_plus_status_length,
+    write_lands_on_disk_and_reports_status_length_only,
+    get_id_returns_the_drive_id_nul_padded_to_20_bytes,
+    flush_reaches_the_backend_only_when_writeback_was_negotiated,
+    discard_and_write_zeroes_zero_the_range,
+    device_writable_header_is_ioerr,
+    header_shorter_or_longer_than_16_bytes_is_ioerr,
+    unusable_status_descriptor_completes_with_used_len_0_and_does_nothing,
+    chain_of_only_a_header_completes_with_used_len_0,
+    data_in_the_wrong_direction_is_ioerr,
+    mixed_direction_data_is_ioerr,
+    data_outside_guest_memory_is_ioerr,
+    descriptor_loop_is_cut_and_completed_with_used_len_0,
+    more_data_segments_than_seg_max_is_ioerr,
+    zero_length_descriptors_count_toward_seg_max,
+    indirect_tables_are_refused_unless_negotiated,
+    indirect_requests_are_served_when_negotiated,
+    bad_indirect_tables_complete_with_used_len_0,
+    unknown_request_type_is_unsupp,
+    sector_arithmetic_overflow_is_ioerr,
+    range_past_capacity_is_ioerr_and_the_last_sector_is_fine,
+    data_length_not_a_multiple_of_512_is_ioerr,
+    read_only_disk_offers_ro_and_refuses_writes,
+    bad_discard_and_write_zeroes_ranges_are_refused,
+    invalid_requests_are_counted,
+);

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use squib_virtio::GuestMemory;
 use squib_virtio::block::backend::BlockBackend;
-use squib_virtio::block::engine::{AsyncFileBackend, SyncFileBackend};
+use squib_virtio::block::engine::{
+    AsyncFileBackend, SyncFileBackend, UringFileBackend, UringOptions,
+};
 use squib_virtio::block::{BlockConfig, BlockDevice, CacheType, QUEUE_SIZE, SEG_MAX};
 use squib_virtio::mmio::{MMIO_MAGIC, MMIO_SLOT_SIZE, MMIO_VERSION, reg};
 use squib_virtio::testing::{
@@ -1309,6 +1311,28 @@ fn chain_fuzz_with_indirect_tables_never_writes_garbage() {
     });
 }
 
+#[test]
+fn chain_fuzz_on_the_uring_engine_never_writes_garbage() {
+    chain_fuzz(0x7, false, |path| {
+        Arc::new(UringFileBackend::open(path, false).unwrap())
+    });
+}
+
+#[test]
+fn chain_fuzz_on_the_uring_engine_with_fixed_buffers_never_writes_garbage() {
+    let options = UringOptions {
+        fixed_buffers: Some(true),
+        ..UringOptions::default()
+    };
+    chain_fuzz(0x8, false, |path| {
+        Arc::new(
+            UringFileBackend::open(path, false)
+                .unwrap()
+                .with_options(options),
+        )
+    });
+}
+
 // ---- 3. guest memory bounds ----
 
 const MIB_U64: u64 = MIB as u64;
@@ -1330,11 +1354,11 @@ struct BoundsRig {
     shadow: Vec<u8>,
 }
 
-fn bounds_rig() -> BoundsRig {
+fn bounds_rig(open: fn(&std::path::Path) -> Arc<dyn BlockBackend>) -> BoundsRig {
     let file = tempfile::NamedTempFile::new().unwrap();
     let shadow = pattern(DISK_SIZE);
     std::fs::write(file.path(), &shadow).unwrap();
-    let backend = Arc::new(AsyncFileBackend::open(file.path(), false).unwrap());
+    let backend = open(file.path());
     let device =
         BlockDevice::new(backend, BlockConfig::new(DRIVE_ID, CacheType::Writeback)).unwrap();
     let ranges: Vec<(GuestAddress, usize)> = REGIONS
@@ -1382,12 +1406,34 @@ fn submit_raw(
 /// `SQUIB_FUZZ_ITERATIONS` = random placements (after the fixed cases).
 #[test]
 fn buffers_at_the_edges_of_guest_memory() {
-    let (seed, mut rng, placements, _guard) = fuzz_setup(0x4, 300);
+    buffers_at_the_edges_of(0x4, |path| {
+        Arc::new(AsyncFileBackend::open(path, false).unwrap())
+    });
+}
+
+#[test]
+fn buffers_at_the_edges_of_guest_memory_on_the_uring_engine() {
+    // Fixed buffers: a segment inside one region uses them, one across regions A and B cannot.
+    buffers_at_the_edges_of(0x7, |path| {
+        let options = UringOptions {
+            fixed_buffers: Some(true),
+            ..UringOptions::default()
+        };
+        Arc::new(
+            UringFileBackend::open(path, false)
+                .unwrap()
+                .with_options(options),
+        )
+    });
+}
+
+fn buffers_at_the_edges_of(salt: u64, open: fn(&std::path::Path) -> Arc<dyn BlockBackend>) {
+    let (seed, mut rng, placements, _guard) = fuzz_setup(salt, 300);
     let BoundsRig {
         mut d,
         file,
         mut shadow,
-    } = bounds_rig();
+    } = bounds_rig(open);
     let (header, status) = (d.alloc(16), d.alloc(1));
     let canary = d.alloc(512);
     let boundaries = [MIB_U64, 2 * MIB_U64, 3 * MIB_U64, MEM_END];

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! squib --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N]
-//!       [--disk PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]]...
+//!       [--disk PATH[,ro][,engine=sync|async|threads][,direct][,id=NAME][,cache=unsafe|writeback]]...
 //!       [--boot-timer] [--boot-protocol auto|pvh|linux64]
 //!       [--no-acpi] [--no-mptable] [--no-cmdline-devices]
 //!       [--no-seccomp | --seccomp-filter FILE]   (taken out by `seccomp::take_flags` in `main`)
@@ -22,7 +22,7 @@ use crate::vm_config::{
 /// The usage text.
 pub const USAGE: &str =
     "usage: squib --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N]
-             [--disk PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]]...
+             [--disk PATH[,ro][,engine=sync|async|threads][,direct][,id=NAME][,cache=unsafe|writeback]]...
              [--boot-timer] [--boot-protocol auto|pvh|linux64]
              [--no-acpi] [--no-mptable] [--no-cmdline-devices]
              [--no-seccomp | --seccomp-filter FILE]";
@@ -172,7 +172,7 @@ fn parse_mem(text: &str) -> Result<usize, UsageError> {
     check_mem_size_mib(n).map_err(|e| usage(format!("--mem-mib {text:?}: {e}")))
 }
 
-/// `PATH[,ro][,engine=sync|async][,direct][,id=NAME][,cache=unsafe|writeback]`; `index` names the
+/// `PATH[,ro][,engine=sync|async|threads][,direct][,id=NAME][,cache=unsafe|writeback]`; `index` names the
 /// drive (`disk0`, …) when no id is given.
 fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, UsageError> {
     let mut parts = spec.split(',');
@@ -198,6 +198,7 @@ fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, UsageError> {
             None if option == "direct" => drive.direct = true,
             Some(("engine", "sync")) => drive.io_engine = IoEngine::Sync,
             Some(("engine", "async")) => drive.io_engine = IoEngine::Async,
+            Some(("engine", "threads")) => drive.io_engine = IoEngine::Threads,
             Some(("cache", "unsafe")) => drive.cache_type = CacheType::Unsafe,
             Some(("cache", "writeback")) => drive.cache_type = CacheType::Writeback,
             Some(("id", id)) => {

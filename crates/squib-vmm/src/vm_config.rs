@@ -159,8 +159,15 @@ pub enum IoEngine {
     /// `SyncFileBackend`: one `Mutex<File>`.
     #[default]
     Sync,
-    /// `AsyncFileBackend`: lockless positioned I/O.
+    /// `UringFileBackend`: the device worker submits to an io_uring, as Firecracker's Async
+    /// engine does; `AsyncFileBackend` (lockless positioned I/O, I/O threads with cache bypass)
+    /// where the kernel refuses io_uring.
     Async,
+    /// `AsyncFileBackend` without io_uring: what `Async` meant before the io_uring engine, and
+    /// its fallback. squib's command line only (`engine=threads`); the API reports it as
+    /// `Async` and does not accept it (Firecracker's clients know two engines).
+    #[serde(rename(serialize = "Async"), skip_deserializing)]
+    Threads,
 }
 
 /// Longest `refill_time` (ms) whose nanoseconds fit in 64 bits.

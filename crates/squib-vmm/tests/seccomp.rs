@@ -19,18 +19,22 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
-/// `--kernel` arguments: the test guest, a direct async disk (worker + I/O pool) and a
-/// read-only sync one; `bench` keeps the guest busy instead of running the checks.
+/// `--kernel` arguments: the test guest, a direct disk on the I/O-thread engine (worker + I/O
+/// pool), a read-only sync one and a direct io_uring one; `bench` keeps the guest busy on the
+/// first instead of running the checks.
 fn cli_args(dir: &Path, bench: bool) -> Vec<String> {
     let disk = common::sparse_disk(dir, "disk.img", 64 << 20);
     let ro = common::sparse_disk(dir, "ro.img", 8 << 20);
+    let ring = common::sparse_disk(dir, "ring.img", 8 << 20);
     let mut args = vec![
         "--kernel".to_owned(),
         common::test_guest().to_str().unwrap().to_owned(),
         "--disk".to_owned(),
-        format!("{disk},engine=async,direct"),
+        format!("{disk},engine=threads,direct"),
         "--disk".to_owned(),
         format!("{ro},ro"),
+        "--disk".to_owned(),
+        format!("{ring},engine=async,direct"),
     ];
     if bench {
         args.extend([

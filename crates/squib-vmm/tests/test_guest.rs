@@ -65,6 +65,40 @@ fn guest_passes_every_check_with_a_writable_and_a_read_only_disk() {
     if !common::kvm_available("guest_passes_every_check") {
         return;
     }
+    let stderr = guest_checks_pass("");
+    assert!(!stderr.contains("io_uring"), "{stderr}");
+}
+
+#[test]
+fn guest_passes_every_check_on_the_io_uring_engine() {
+    if !common::kvm_available("guest_passes_every_check_on_the_io_uring_engine") {
+        return;
+    }
+    let stderr = guest_checks_pass(",engine=async,cache=writeback");
+    // Both disks started a ring: the writable one and the read-only one.
+    assert_eq!(
+        stderr.matches("virtio-blk io_uring engine started").count(),
+        2,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn guest_passes_every_check_on_the_io_uring_engine_with_cache_bypass() {
+    if !common::kvm_available("guest_passes_every_check_on_the_io_uring_engine_with_cache_bypass") {
+        return;
+    }
+    let stderr = guest_checks_pass(",engine=async,cache=writeback,direct");
+    assert_eq!(
+        stderr.matches("virtio-blk io_uring engine started").count(),
+        2,
+        "{stderr}"
+    );
+}
+
+/// Runs the test guest on a writable and a read-only disk, both with the `--disk` `options`
+/// (`,key=value...`), asserts every check passed; returns squib's stderr.
+fn guest_checks_pass(options: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let disk = common::sparse_disk(dir.path(), "disk.img", DISK_BYTES);
     let ro_disk = common::sparse_disk(dir.path(), "ro.img", READ_ONLY_DISK_BYTES);
@@ -73,9 +107,9 @@ fn guest_passes_every_check_with_a_writable_and_a_read_only_disk() {
             "--kernel",
             common::test_guest().to_str().unwrap(),
             "--disk",
-            &disk,
+            &format!("{disk}{options}"),
             "--disk",
-            &format!("{ro_disk},ro"),
+            &format!("{ro_disk},ro{options}"),
             "--boot-timer",
         ],
         TIMEOUT,
@@ -123,6 +157,7 @@ fn guest_passes_every_check_with_a_writable_and_a_read_only_disk() {
     );
     assert_firecracker_boot_time_line(&stderr);
     assert!(stderr.contains("i8042"), "{stderr}");
+    stderr
 }
 
 #[test]

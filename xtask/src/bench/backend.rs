@@ -20,6 +20,9 @@ pub fn run(ctx: &Context) -> Level {
                 .notes
                 .extend(printed_summary(&run.stdout, "backend summary"));
             level
+                .notes
+                .extend(printed_summary(&run.stdout, "ring summary"));
+            level
         }
         Err(reason) => Level::unavailable(1, TITLE, GOAL, reason),
     }

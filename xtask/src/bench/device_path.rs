@@ -104,7 +104,11 @@ fn measure(ctx: &Context) -> Result<Level, String> {
         ));
     }
     let qemu = ctx.qemu().err();
-    let mut vmms = vec![Vmm::Squib(Engine::Sync), Vmm::Squib(Engine::Async)];
+    let mut vmms = vec![
+        Vmm::Squib(Engine::Sync),
+        Vmm::Squib(Engine::Threads),
+        Vmm::Squib(Engine::Async),
+    ];
     if ctx.quick {
         vmms = vec![Vmm::Squib(Engine::Async)];
     }
@@ -509,7 +513,7 @@ fn method_note(runs: usize) -> String {
          and `BENCH done` serial lines as they arrive; IOPS = ops / elapsed. Each configuration \
          gets a calibration run whose rate sizes the measured runs to about {RUN_SECONDS} s; the \
          figure is the median of {runs} runs. squib runs the release binary with `--disk \
-         PATH,engine=sync|async[,direct]`; QEMU runs `-M microvm,acpi=off` with `-drive \
+         PATH,engine=sync|async|threads[,direct]`; QEMU runs `-M microvm,acpi=off` with `-drive \
          aio=io_uring|threads,cache=writeback|none` and `virtio-blk-device` on the same file; \
          squib's ratio is taken against the faster QEMU back end for the same workload. \
          \"page cache\" rows read a file the host has cached; O_DIRECT rows bypass it (squib \

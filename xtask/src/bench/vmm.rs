@@ -9,7 +9,10 @@ use super::Context;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Sync,
+    /// io_uring (squib's `Async`).
     Async,
+    /// The I/O-thread engine `Async` meant before io_uring (`engine=threads`).
+    Threads,
 }
 
 /// QEMU's block I/O back ends (`-drive aio=`).
@@ -54,6 +57,7 @@ impl Vmm {
         match self {
             Vmm::Squib(Engine::Sync) => "squib-sync",
             Vmm::Squib(Engine::Async) => "squib-async",
+            Vmm::Squib(Engine::Threads) => "squib-threads",
             Vmm::Qemu(Aio::IoUring) => "qemu-io_uring",
             Vmm::Qemu(Aio::Threads) => "qemu-threads",
         }
@@ -62,7 +66,8 @@ impl Vmm {
     pub fn label(self) -> &'static str {
         match self {
             Vmm::Squib(Engine::Sync) => "squib (sync engine)",
-            Vmm::Squib(Engine::Async) => "squib (async engine)",
+            Vmm::Squib(Engine::Async) => "squib (async engine: io_uring)",
+            Vmm::Squib(Engine::Threads) => "squib (threads engine)",
             Vmm::Qemu(Aio::IoUring) => "QEMU microvm (aio=io_uring)",
             Vmm::Qemu(Aio::Threads) => "QEMU microvm (aio=threads)",
         }
@@ -89,6 +94,7 @@ impl Vmm {
                     let engine = match engine {
                         Engine::Sync => "sync",
                         Engine::Async => "async",
+                        Engine::Threads => "threads",
                     };
                     let direct = if disk.direct { ",direct" } else { "" };
                     command
@@ -170,6 +176,9 @@ fn firecracker_mode(ctx: &Context, engine: Engine, spec: &Spec) -> Result<Comman
     let engine = match engine {
         Engine::Sync => "Sync",
         Engine::Async => "Async",
+        Engine::Threads => {
+            return Err("the threads engine has no API name (command line only)".into());
+        }
     };
     let drives: Vec<serde_json::Value> = spec
         .disk

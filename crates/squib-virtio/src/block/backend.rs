@@ -6,7 +6,10 @@
 //! buffer the size of its payload.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::io;
+
+use squib_host::block_io::DirectIoAlignment;
 
 use vm_memory::GuestAddress;
 
@@ -98,4 +101,29 @@ pub trait BlockBackend: Send + Sync + Debug {
     fn concurrent_io(&self) -> usize {
         1
     }
+
+    /// The file an io_uring may move this backend's data to and from directly, bypassing the
+    /// methods above for reads, writes, flushes, discards and write-zeroes that it can take as
+    /// they are (the others, and any that fail or come up short there, still go through them).
+    /// `None`, the default: the backend only runs its own methods.
+    fn uring_target(&self) -> Option<UringTarget<'_>> {
+        None
+    }
+}
+
+/// What the io_uring executor needs to submit a backend's requests itself.
+#[derive(Clone, Copy, Debug)]
+pub struct UringTarget<'a> {
+    /// The disk file; the ring registers a duplicate of its descriptor.
+    pub file: &'a File,
+    /// The alignment direct I/O needs when the file bypasses the page cache; requests that miss
+    /// it go through the backend's methods (which bounce them).
+    pub direct: Option<DirectIoAlignment>,
+    /// Requests the ring keeps in flight (its slots).
+    pub slots: u16,
+    /// Register guest memory as fixed buffers (pinned by the kernel) when the kernel allows.
+    pub fixed_buffers: bool,
+    /// Test hook: behave as a kernel without io_uring would (the ring's setup fails with
+    /// `ENOSYS`), so the device's fallback can be exercised on any host.
+    pub simulate_unavailable: bool,
 }

@@ -9,7 +9,7 @@
 //! once even while the handler sits throttled on a long timer.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tracing::{error, info, warn};
@@ -44,6 +44,9 @@ pub(crate) struct DriveState {
     /// Written after `limiter_update` is set; the handler epolls it.
     limiter_event: EventFd,
     pub(crate) metrics: BlockMetrics,
+    /// Whether a worker has logged which in-flight executor it started: only the first
+    /// activation says so above debug level (a guest can reset the device in a loop).
+    executor_announced: AtomicBool,
 }
 
 impl DriveState {
@@ -63,7 +66,13 @@ impl DriveState {
             limiter_update: Mutex::new(None),
             limiter_event: EventFd::new(EFD_NONBLOCK)?,
             metrics: BlockMetrics::default(),
+            executor_announced: AtomicBool::new(false),
         })
+    }
+
+    /// True the first time it is called: the caller logs at its normal level, later at debug.
+    pub(crate) fn first_executor_announcement(&self) -> bool {
+        !self.executor_announced.swap(true, Ordering::Relaxed)
     }
 
     /// Takes the parked rate limiter (a worker starting).

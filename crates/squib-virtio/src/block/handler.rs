@@ -17,14 +17,16 @@
 //! through a slot in [`DriveState`] and an event that wakes the worker even while it waits for
 //! the timer.
 //!
-//! Requests in flight: when the backend gains from concurrency ([`BlockBackend::concurrent_io`]
-//! above 1), the handler spawns an [`IoPool`] and hands it every validated request that reaches the
-//! disk, popping more while fewer than that many are in flight; the virtqueue, the limiter and
-//! the interrupt stay the worker's alone. Completions come back through the pool's event. A FLUSH
-//! waits until the requests in flight are done, so it never overtakes a write completed before
-//! it; a request that touches no disk (GET_ID, a refused one) completes at once. A pause waits
-//! for the requests in flight and publishes them; a reset drops the handler, whose pool joins
-//! its threads after they finish their requests.
+//! Requests in flight: when the backend has an io_uring target or gains from concurrency
+//! ([`BlockBackend::concurrent_io`] above 1), the handler starts an in-flight [`Executor`] (an
+//! io_uring, or a pool of I/O threads) and hands it every validated request that reaches the
+//! disk, popping more while fewer than its limit are in flight (the others wait on the avail
+//! ring); the virtqueue, the limiter and the interrupt stay the worker's alone. Completions come
+//! back through the executor's event. A FLUSH waits until the requests in flight are done, so it
+//! never overtakes a write completed before it; a request that touches no disk (GET_ID, a
+//! refused one) completes at once. A pause waits for the requests in flight and publishes them;
+//! a reset drops the handler: the pool's threads finish their requests first, the ring cancels
+//! what it can and waits for the rest.
 //!
 //! Every request checks [`WorkerContext::should_stop`] first: a guest that keeps the ring full
 //! holds up a reset or a pause by one request at most.
@@ -38,12 +40,12 @@ use std::time::Instant;
 use tracing::{debug, error, warn};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::{guest_error, guest_warn};
+use crate::guest_error;
 
 use super::backend::BlockBackend;
 use super::config::ServeConfig;
 use super::drive_state::{DriveState, usable_capacity};
-use super::io_pool::{IoPool, MAX_IO_THREADS, Slot};
+use super::executor::{Executor, Slot};
 use super::request::{ParsedRequest, RequestContext, RequestKind, SegmentBuf};
 use crate::GuestMemory;
 use crate::queue::{QueueError, VirtQueue};
@@ -71,9 +73,10 @@ pub(crate) struct BlockHandler {
     limiter: Option<RateLimiter>,
     /// Reused by every request executed on the worker: no allocation per request.
     segments: SegmentBuf,
-    /// The I/O threads, when the backend gains from more than one request in flight.
-    pool: Option<IoPool>,
-    /// How many requests the pool may hold for the current backend.
+    /// Where requests in flight execute (I/O threads or an io_uring), when the backend gains
+    /// from more than one at once.
+    pool: Option<Executor>,
+    /// How many requests the executor may hold for the current backend.
     max_in_flight: usize,
     /// How long to poll the ring after a batch.
     poll: PollWindow,
@@ -100,22 +103,17 @@ impl BlockHandler {
         }
     }
 
-    /// Starts the I/O threads if the backend wants more than one request in flight. Without
-    /// them (the host refusing a thread or an eventfd) the worker executes every request itself.
+    /// Starts the in-flight executor the backend gains from (see [`Executor::start`]), once per
+    /// activation (a resumed worker keeps it). Without one the worker executes every request
+    /// itself.
     fn spawn_pool(&mut self) {
-        let threads = self.backend.concurrent_io().min(MAX_IO_THREADS);
-        if threads <= 1 || self.pool.is_some() {
+        if self.pool.is_some() {
             return;
         }
-        match IoPool::spawn(threads, &self.mem, self.serve, &self.shared) {
-            Ok(pool) => {
-                debug!(threads, "virtio-blk I/O threads started");
-                self.max_in_flight = threads;
-                self.pool = Some(pool);
-            }
-            Err(error) => {
-                guest_warn!(%error, "cannot start virtio-blk I/O threads; serving one request at a time");
-            }
+        if let Some(executor) = Executor::start(&self.backend, &self.mem, self.serve, &self.shared)
+        {
+            self.max_in_flight = executor.max_in_flight(&self.backend);
+            self.pool = Some(executor);
         }
     }
 
@@ -180,7 +178,7 @@ impl BlockHandler {
         self.missed_poll = None;
         loop {
             if queue.has_available(cx.mem)?
-                || self.pool.as_ref().is_some_and(IoPool::has_completions)
+                || self.pool.as_mut().is_some_and(Executor::has_completions)
             {
                 self.poll.hit();
                 return Ok(true);
@@ -213,7 +211,7 @@ impl BlockHandler {
             let (epoch, backend) = self.shared.backend();
             self.capacity = usable_capacity(backend.as_ref());
             if let Some(pool) = &self.pool {
-                self.max_in_flight = backend.concurrent_io().clamp(1, pool.threads());
+                self.max_in_flight = pool.max_in_flight(&backend);
             }
             self.backend = backend;
             self.backend_epoch = epoch;
@@ -242,7 +240,7 @@ impl BlockHandler {
                 break;
             }
             // Requests handed to the I/O threads and not yet reaped.
-            let in_flight = self.pool.as_ref().map_or(0, IoPool::in_flight);
+            let in_flight = self.pool.as_ref().map_or(0, Executor::in_flight);
             // With I/O threads, the request is parsed into the slot it will travel in.
             let mut slot = match self.pool.as_mut() {
                 None => None,
@@ -292,10 +290,11 @@ impl BlockHandler {
             }
             drained = Drained::Served;
             let slot = match (slot, self.pool.as_mut()) {
-                (Some(slot), Some(pool)) if kind == RequestKind::DiskIo => {
+                (Some(slot), Some(pool)) if pool.accepts(kind) => {
                     match pool.submit(slot, request, &self.backend, self.capacity) {
                         Ok(()) => continue,
-                        // The thread is gone: execute the request here rather than lose it.
+                        // The thread is gone, or the ring cannot take this request as it is:
+                        // execute it here rather than lose it.
                         Err(mut slot) => {
                             if let Some(request) = slot.take_request() {
                                 let completion = request.execute(&ctx, &slot.segments);
@@ -317,6 +316,14 @@ impl BlockHandler {
                 }
             };
             self.put_back(Some(slot));
+        }
+        // One system call starts the whole batch on a ring; what the kernel completed inside it
+        // (page-cached reads) joins this batch's interrupt instead of waiting for the next.
+        if let Some(pool) = self.pool.as_mut() {
+            pool.commit();
+            if self.reap(queue, mem)? > 0 && drained == Drained::Idle {
+                drained = Drained::Served;
+            }
         }
         Ok(drained)
     }
@@ -348,7 +355,13 @@ impl DeviceHandler for BlockHandler {
         }
         self.spawn_pool();
         if let Some(pool) = &self.pool {
-            events.add(pool.event().as_raw_fd(), TOKEN_COMPLETIONS, EventSet::IN)?;
+            // Edge-triggered: the ring's eventfd is never read (no system call per batch); every
+            // completion signal is a new edge, so none is missed.
+            events.add(
+                pool.event().as_raw_fd(),
+                TOKEN_COMPLETIONS,
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+            )?;
         }
         // An update may have been queued while no worker ran.
         self.apply_limiter_update(events);

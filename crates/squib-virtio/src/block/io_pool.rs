@@ -1,4 +1,5 @@
-//! The I/O threads that let one virtio-blk device keep several requests in flight.
+//! The I/O threads that let one virtio-blk device keep several requests in flight: the
+//! thread-pool implementation of the in-flight [`Executor`](super::executor::Executor).
 //!
 //! A backend that gains from concurrency ([`BlockBackend::concurrent_io`] above 1: a file that
 //! bypasses the page cache, where each request waits tens of µs for the disk) gets a pool of
@@ -8,7 +9,7 @@
 //! status byte; the worker puts the completion on the used ring and interrupts the driver.
 //!
 //! Each in-flight request travels in a [`Slot`] owned by one I/O thread: its own fixed
-//! [`SegmentBuf`], allocated when the pool is spawned and recycled, so a request in flight
+//! segment buffer, allocated when the pool is spawned and recycled, so a request in flight
 //! borrows nothing from the worker and nothing is allocated per request. Slots move through
 //! bounded channels (one per thread to submit, one shared back) that never block: a thread has
 //! at most its one slot, and the way back holds every slot. An `EventFd` in the worker's epoll
@@ -30,7 +31,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::backend::BlockBackend;
 use super::config::ServeConfig;
 use super::drive_state::DriveState;
-use super::request::{Completion, ParsedRequest, RequestContext, SegmentBuf};
+use super::executor::Slot;
+use super::request::{Completion, ParsedRequest, RequestContext};
 use crate::GuestMemory;
 
 /// The most I/O threads one device gets, whatever its backend asks for.
@@ -38,29 +40,6 @@ pub(crate) const MAX_IO_THREADS: usize = 16;
 /// An I/O thread only runs the backend's positioned I/O (at most one bounded batch of iovecs on
 /// its stack) and logs its errors.
 const IO_THREAD_STACK: usize = 128 * 1024;
-
-/// One request in flight and everything it needs, owned by the I/O thread it runs on.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    /// The I/O thread this slot belongs to.
-    thread: usize,
-    /// The request's data segments, parsed straight into the slot.
-    pub(crate) segments: SegmentBuf,
-    request: Option<ParsedRequest>,
-    /// The backend the request was validated against (a reference count, not an allocation):
-    /// a backend swapped meanwhile does not change where an in-flight request goes.
-    backend: Option<Arc<dyn BlockBackend>>,
-    capacity: u64,
-    completion: Completion,
-}
-
-impl Slot {
-    /// The request of a slot that [`IoPool::submit`] could not hand over.
-    pub(crate) fn take_request(&mut self) -> Option<ParsedRequest> {
-        self.backend = None;
-        self.request.take()
-    }
-}
 
 /// The I/O threads of one worker and the slots of the requests they can hold.
 #[derive(Debug)]
@@ -116,17 +95,7 @@ impl IoPool {
                 })?;
             pool.threads.push(handle);
             pool.submit.push(submit);
-            pool.free.push(Box::new(Slot {
-                thread,
-                segments: SegmentBuf::new(),
-                request: None,
-                backend: None,
-                capacity: 0,
-                completion: Completion {
-                    head_index: 0,
-                    used_len: 0,
-                },
-            }));
+            pool.free.push(Box::new(Slot::new(thread)));
         }
         Ok(pool)
     }
@@ -174,7 +143,7 @@ impl IoPool {
         slot.request = Some(request);
         slot.backend = Some(Arc::clone(backend));
         slot.capacity = capacity;
-        let Some(submit) = self.submit.get(slot.thread) else {
+        let Some(submit) = self.submit.get(slot.index) else {
             return Err(slot);
         };
         submit.try_send(slot).map_err(|error| match error {

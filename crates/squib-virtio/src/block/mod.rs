@@ -5,6 +5,7 @@ mod config;
 mod device;
 mod drive_state;
 pub mod engine;
+mod executor;
 mod handler;
 mod io_pool;
 mod metrics;

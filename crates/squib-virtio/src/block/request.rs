@@ -114,7 +114,7 @@ impl SegmentBuf {
         Ok(())
     }
 
-    fn as_slice(&self) -> &[Segment] {
+    pub(crate) fn as_slice(&self) -> &[Segment] {
         &self.segments[..self.len]
     }
 }
@@ -261,9 +261,53 @@ impl ParsedRequest {
         }
     }
 
+    /// The disk operation of a validated request that reaches the disk, for an executor that
+    /// performs it itself (the io_uring engine) and then calls [`Self::complete_performed`].
+    pub(crate) fn disk_op(&self) -> Option<DiskOp> {
+        match &self.reply {
+            Some((_, Ok(request))) => match *request {
+                Request::Read { offset, len } => Some(DiskOp::Read { offset, len }),
+                Request::Write { offset, len } => Some(DiskOp::Write { offset, len }),
+                Request::Flush => Some(DiskOp::Flush),
+                Request::Discard { offset, len } => Some(DiskOp::Discard { offset, len }),
+                Request::WriteZeroes { offset, len } => Some(DiskOp::WriteZeroes { offset, len }),
+                Request::GetId => None,
+            },
+            Some((_, Err(_))) | None => None,
+        }
+    }
+
     /// Steps 3 and 4: execute on the backend with the data segments this request was parsed
     /// into, write the status byte, return the completion.
     pub(crate) fn execute(self, ctx: &RequestContext<'_>, segments: &SegmentBuf) -> Completion {
+        self.finish(ctx, |request| {
+            let started = Instant::now();
+            let written = perform(&request, segments.as_slice(), ctx)?;
+            record_success(&request, ctx.metrics, started);
+            Ok(written)
+        })
+    }
+
+    /// Step 4 for a request whose [`Self::disk_op`] an executor performed successfully, having
+    /// started it at `started`.
+    pub(crate) fn complete_performed(
+        self,
+        ctx: &RequestContext<'_>,
+        started: Instant,
+    ) -> Completion {
+        self.finish(ctx, |request| {
+            record_success(&request, ctx.metrics, started);
+            Ok(disk_bytes_written(&request))
+        })
+    }
+
+    /// Runs step 3 with `run` (which returns the bytes written into guest memory), then writes
+    /// the status byte and returns the completion.
+    fn finish(
+        self,
+        ctx: &RequestContext<'_>,
+        run: impl FnOnce(Request) -> Result<u32, RequestError>,
+    ) -> Completion {
         let head_index = self.head_index;
         let Some((status_addr, request)) = self.reply else {
             ctx.metrics.record_invalid();
@@ -276,20 +320,19 @@ impl ParsedRequest {
                 used_len: 0,
             };
         };
-        let (status, data_written) =
-            match request.and_then(|request| execute(request, segments.as_slice(), ctx)) {
-                Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
-                Err(error) => {
-                    if let RequestError::Backend(_) = error {
-                        ctx.metrics.record_io_error();
-                        guest_warn!(%error, "virtio-blk request failed");
-                    } else {
-                        ctx.metrics.record_invalid();
-                        debug!(%error, "virtio-blk request refused");
-                    }
-                    (error.status(), 0)
+        let (status, data_written) = match request.and_then(run) {
+            Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
+            Err(error) => {
+                if let RequestError::Backend(_) = error {
+                    ctx.metrics.record_io_error();
+                    guest_warn!(%error, "virtio-blk request failed");
+                } else {
+                    ctx.metrics.record_invalid();
+                    debug!(%error, "virtio-blk request refused");
                 }
-            };
+                (error.status(), 0)
+            }
+        };
         if let Err(error) = ctx.mem.write_obj(status, status_addr) {
             // Checked at parse time, so only a memory unplug could get here.
             guest_warn!(%error, "could not write the virtio-blk status byte");
@@ -303,6 +346,17 @@ impl ParsedRequest {
             used_len: data_written.saturating_add(1),
         }
     }
+}
+
+/// What a request does to the disk, for an executor that performs it itself. Offsets and lengths
+/// are in bytes, validated against the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DiskOp {
+    Read { offset: u64, len: u64 },
+    Write { offset: u64, len: u64 },
+    Flush,
+    Discard { offset: u64, len: u64 },
+    WriteZeroes { offset: u64, len: u64 },
 }
 
 /// The chain's shape once split into header, data and status.
@@ -643,44 +697,43 @@ fn scatter(mem: &GuestMemory, segments: &[Segment], bytes: &[u8]) -> Result<u32,
     Ok(u32::try_from(written).unwrap_or(u32::MAX))
 }
 
-/// Step 3: run the request on the backend; returns the bytes written into guest memory.
-fn execute(
-    request: Request,
+/// Step 3: run the request on the backend (GET_ID answers from the serial instead); returns the
+/// bytes written into guest memory.
+fn perform(
+    request: &Request,
     segments: &[Segment],
     ctx: &RequestContext<'_>,
 ) -> Result<u32, RequestError> {
     let backend = ctx.backend;
-    let started = Instant::now();
-    let (completed, written) = match request {
-        Request::Read { offset, len } => {
-            backend.read_vectored_at(ctx.mem, segments, offset)?;
-            // `len` is a sum of u32 descriptor lengths that virtio-queue keeps below 2^32.
-            (
-                Completed::Read { bytes: len },
-                u32::try_from(len).unwrap_or(u32::MAX),
-            )
-        }
-        Request::Write { offset, len } => {
-            backend.write_vectored_at(ctx.mem, segments, offset)?;
-            (Completed::Write { bytes: len }, 0)
-        }
-        Request::Flush => {
-            backend.flush()?;
-            (Completed::Flush, 0)
-        }
-        Request::GetId => {
-            let written = scatter(ctx.mem, segments, ctx.serve.serial.as_bytes())?;
-            (Completed::GetId, written)
-        }
-        Request::Discard { offset, len } => {
-            backend.discard(offset, len)?;
-            (Completed::Discard, 0)
-        }
-        Request::WriteZeroes { offset, len } => {
-            backend.write_zeroes(offset, len)?;
-            (Completed::WriteZeroes, 0)
-        }
+    match *request {
+        Request::Read { offset, .. } => backend.read_vectored_at(ctx.mem, segments, offset)?,
+        Request::Write { offset, .. } => backend.write_vectored_at(ctx.mem, segments, offset)?,
+        Request::Flush => backend.flush()?,
+        Request::GetId => return scatter(ctx.mem, segments, ctx.serve.serial.as_bytes()),
+        Request::Discard { offset, len } => backend.discard(offset, len)?,
+        Request::WriteZeroes { offset, len } => backend.write_zeroes(offset, len)?,
+    }
+    Ok(disk_bytes_written(request))
+}
+
+/// The bytes a request that reached the disk wrote into guest memory: a read's data.
+fn disk_bytes_written(request: &Request) -> u32 {
+    match *request {
+        // `len` is a sum of u32 descriptor lengths that virtio-queue keeps below 2^32.
+        Request::Read { len, .. } => u32::try_from(len).unwrap_or(u32::MAX),
+        _ => 0,
+    }
+}
+
+/// Records a request that succeeded after starting at `started`.
+fn record_success(request: &Request, metrics: &BlockMetrics, started: Instant) {
+    let completed = match *request {
+        Request::Read { len, .. } => Completed::Read { bytes: len },
+        Request::Write { len, .. } => Completed::Write { bytes: len },
+        Request::Flush => Completed::Flush,
+        Request::GetId => Completed::GetId,
+        Request::Discard { .. } => Completed::Discard,
+        Request::WriteZeroes { .. } => Completed::WriteZeroes,
     };
-    ctx.metrics.record_success(completed, started.elapsed());
-    Ok(written)
+    metrics.record_success(completed, started.elapsed());
 }

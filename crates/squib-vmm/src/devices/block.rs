@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 use squib_virtio::block::backend::{BackendError, BlockBackend};
-use squib_virtio::block::engine::{AsyncFileBackend, SyncFileBackend};
+use squib_virtio::block::engine::{AsyncFileBackend, SyncFileBackend, UringFileBackend};
 use squib_virtio::block::{BlockConfig, BlockDevice, BlockHandle, BlockMetricsSnapshot, SwapError};
 use squib_virtio::mmio::MmioTransport;
 use squib_virtio::rate_limiter::{BucketSpec, RateLimiterSpec};
+use tracing::{info, warn};
 
 use super::DeviceError;
 use super::bus::Bus;
@@ -120,7 +121,21 @@ pub fn open_backend(drive: &DriveConfig) -> Result<Arc<dyn BlockBackend>, DriveE
         IoEngine::Sync => {
             Arc::new(SyncFileBackend::from_file(file, drive.is_read_only).map_err(open_err)?)
         }
-        IoEngine::Async => {
+        IoEngine::Async => match squib_host::uring::probe() {
+            Ok(()) => {
+                info!(drive = %drive.drive_id, direct = drive.direct, "io_engine Async: io_uring");
+                Arc::new(UringFileBackend::from_file(file, drive.is_read_only).map_err(open_err)?)
+            }
+            Err(error) => {
+                warn!(
+                    drive = %drive.drive_id,
+                    %error,
+                    "io_engine Async: this kernel refuses io_uring; using I/O threads instead"
+                );
+                Arc::new(AsyncFileBackend::from_file(file, drive.is_read_only).map_err(open_err)?)
+            }
+        },
+        IoEngine::Threads => {
             Arc::new(AsyncFileBackend::from_file(file, drive.is_read_only).map_err(open_err)?)
         }
     };

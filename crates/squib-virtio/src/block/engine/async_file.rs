@@ -96,6 +96,16 @@ impl AsyncFileBackend {
         self.direct.is_some()
     }
 
+    /// The disk file, for an engine that submits I/O on it itself.
+    pub(super) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The direct-I/O alignment, when the descriptor bypasses the page cache.
+    pub(super) fn direct_alignment(&self) -> Option<DirectIoAlignment> {
+        self.direct.as_ref().map(|direct| direct.align)
+    }
+
     fn write_zeroes_slowly(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         match &self.direct {
             Some(direct) => direct.write_bounced(self, Source::Zeroes, offset, len),
