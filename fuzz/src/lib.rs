@@ -7,6 +7,7 @@ use std::sync::Once;
 
 use squib_vmm::api::controller::{ApiController, InstanceSettings};
 use squib_vmm::api::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
+use squib_vmm::snapshot::{CreateRequest, LoadRequest};
 use squib_vmm::vm_config::{RateLimiterConfig, VmConfig};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -43,6 +44,13 @@ impl VmmControl for FakeVmm {
     }
     fn drive_counters(&self) -> Vec<(String, DriveCounters)> {
         Vec::new()
+    }
+    // The API's validation is what is fuzzed; no snapshot file is ever written or read.
+    fn create_snapshot(&mut self, _: &CreateRequest) -> Result<(), ControlError> {
+        Err(ControlError::new("the fuzzing VMM takes no snapshots"))
+    }
+    fn load_snapshot(&mut self, _: &LoadRequest, _: ExitNotice) -> Result<VmConfig, ControlError> {
+        Err(ControlError::new("the fuzzing VMM loads no snapshots"))
     }
     fn exit_status(&self) -> Option<i32> {
         None
