@@ -4,24 +4,27 @@
 //! from the fuzz input. The disk is a `ShadowDisk`: the device must never send it an
 //! out-of-range operation or a write to a read-only disk, and every change it makes must be
 //! explained by a request the guest submitted (same type, same offset, same bytes).
+//!
+//! The device's worker runs inline (`GuestDriver::inline`): the same epoll dispatch and handler
+//! as the worker thread, served on this thread at each notification, so an execution costs no
+//! thread start or hand-off.
 #![no_main]
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use squib_fuzz::guest::{Heap, Shape, add_chain, corrupt_ring, exhausted, wild_buf};
 use squib_fuzz::shadow_disk::{Change, ShadowDisk};
 use squib_virtio::block::{BlockConfig, BlockDevice, CacheType};
-use squib_virtio::device::FEATURE_VERSION_1;
+use squib_virtio::device::{FEATURE_INDIRECT_DESC, FEATURE_VERSION_1};
 use squib_virtio::mmio::reg;
-use squib_virtio::testing::{Buf, GuestDriver, HEAP_START};
+use squib_virtio::testing::{Buf, GuestDriver};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::GuestAddress;
 
 const DISK_SIZE: usize = 64 * 1024;
@@ -64,33 +67,17 @@ fn sector(u: &mut Unstructured) -> Result<u64> {
     })
 }
 
-/// A hostile address: anywhere, including the rings, the descriptor table and unmapped memory.
-fn wild_addr(u: &mut Unstructured) -> Result<GuestAddress> {
-    Ok(GuestAddress(if u.arbitrary()? {
-        u.int_in_range(0..=GUEST_MEM as u64 + 4096)?
-    } else {
-        u.arbitrary()?
-    }))
-}
-
 /// Builds one request; returns its buffers and what the harness knows about it (`None` when a
 /// hostile buffer makes the request's effect unknowable).
 fn request(
     u: &mut Unstructured,
     d: &mut GuestDriver,
-    heap_left: &mut u64,
+    heap: &mut Heap,
 ) -> Result<(Vec<Buf>, Submitted, bool)> {
     let kind = kind(u)?;
     let sector = sector(u)?;
     let mut hostile = false;
-    let mut alloc = |d: &mut GuestDriver, len: u32| -> Option<GuestAddress> {
-        let need = u64::from(len).next_multiple_of(16) + 16;
-        if need > *heap_left {
-            return None;
-        }
-        *heap_left -= need;
-        Some(d.alloc(len))
-    };
+    let mut alloc = |d: &mut GuestDriver, len: u32| heap.alloc(d, len);
     let mut bufs = Vec::new();
     let mut submitted = Submitted {
         kind,
@@ -100,7 +87,7 @@ fn request(
     };
     // Header.
     let Some(header) = alloc(d, 16) else {
-        return Err(libfuzzer_sys::arbitrary::Error::NotEnoughData);
+        return exhausted();
     };
     let mut raw = [0u8; 16];
     raw[0..4].copy_from_slice(&kind.to_le_bytes());
@@ -120,15 +107,7 @@ fn request(
     for _ in 0..u.int_in_range(0..=4)? {
         if u.ratio(1, 10)? {
             hostile = true;
-            bufs.push(Buf {
-                addr: wild_addr(u)?,
-                len: if u.arbitrary()? {
-                    u.arbitrary()?
-                } else {
-                    u.int_in_range(0..=4096)?
-                },
-                device_writes: u.arbitrary()?,
-            });
+            bufs.push(wild_buf(u, GUEST_MEM)?);
             continue;
         }
         let len: u32 = match u.int_in_range(0..=3)? {
@@ -202,58 +181,6 @@ fn sector_small(u: &mut Unstructured) -> Result<u64> {
     })
 }
 
-/// Writes `bufs` as an indirect table in guest memory and queues one descriptor pointing at it.
-fn add_indirect(
-    u: &mut Unstructured,
-    d: &mut GuestDriver,
-    bufs: &[Buf],
-    heap_left: &mut u64,
-) -> Result<Option<u16>> {
-    let table_len = 16 * bufs.len() as u64;
-    if table_len + 32 > *heap_left || bufs.is_empty() {
-        return Ok(None);
-    }
-    *heap_left -= table_len + 32;
-    let table = d.alloc(table_len as u32);
-    for (i, buf) in bufs.iter().enumerate() {
-        let mut flags = if buf.device_writes {
-            VRING_DESC_F_WRITE as u16
-        } else {
-            0
-        };
-        let mut next = (i + 1) as u16;
-        if i + 1 < bufs.len() {
-            flags |= VRING_DESC_F_NEXT as u16;
-        }
-        if u.ratio(1, 32)? {
-            // Nested indirect, loops, wild next indexes.
-            flags |= u.arbitrary::<u16>()? & (VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT) as u16;
-            next = u.arbitrary()?;
-        }
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&buf.addr.0.to_le_bytes());
-        raw[8..12].copy_from_slice(&buf.len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
-        d.write_bytes(GuestAddress(table.0 + 16 * i as u64), &raw);
-    }
-    let len = if u.ratio(15, 16)? {
-        table_len as u32
-    } else {
-        u.arbitrary()?
-    };
-    let addr = if u.ratio(15, 16)? {
-        table
-    } else {
-        wild_addr(u)?
-    };
-    Ok(Some(d.add_chain([Buf {
-        addr,
-        len,
-        device_writes: false,
-    }])))
-}
-
 fn run(u: &mut Unstructured) -> Result<()> {
     let read_only: bool = u.arbitrary()?;
     let cache = if u.arbitrary()? {
@@ -266,7 +193,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let Ok(device) = BlockDevice::new(disk.clone(), BlockConfig::new("fuzz", cache)) else {
         return Ok(());
     };
-    let mut d = GuestDriver::new(Box::new(device), GUEST_MEM);
+    let mut d = GuestDriver::inline(Box::new(device), GUEST_MEM);
     let offered = d.device_features();
     let features = (offered & u.arbitrary::<u64>()?) | FEATURE_VERSION_1;
     if !d.negotiate(features) {
@@ -277,39 +204,28 @@ fn run(u: &mut Unstructured) -> Result<()> {
     d.setup_queue(size);
     d.set_status_bit(DRIVER_OK);
 
-    let mut heap_left = GUEST_MEM as u64 - HEAP_START - 4096;
+    let mut heap = Heap::new(GUEST_MEM);
     let mut known = Vec::new();
     let mut hostile = false;
-    let mut descriptors_used = 0u32;
+    let mut free = size;
     for _ in 0..u.int_in_range(1..=16)? {
-        let Ok((bufs, submitted, wild)) = request(u, &mut d, &mut heap_left) else {
+        let Ok((bufs, submitted, wild)) = request(u, &mut d, &mut heap) else {
             break;
         };
+        match add_chain(u, &mut d, &mut heap, &bufs, &mut free, GUEST_MEM)? {
+            Shape::NoRoom => break,
+            Shape::Direct => {}
+            Shape::Indirect => hostile |= features & FEATURE_INDIRECT_DESC == 0,
+            Shape::Broken => hostile = true,
+        }
         hostile |= wild;
-        let indirect = u.ratio(1, 4)?;
-        let needed = if indirect { 1 } else { bufs.len() as u32 };
-        if descriptors_used + needed > u32::from(size) {
-            break;
-        }
-        descriptors_used += needed;
-        if indirect {
-            if add_indirect(u, &mut d, &bufs, &mut heap_left)?.is_none() {
-                break;
-            }
-        } else {
-            d.add_chain(bufs);
-        }
         known.push(submitted);
     }
     // Raw corruption of the descriptor table or the avail ring after the fact.
     let mut ring_corrupted = false;
     if u.ratio(1, 8)? {
         (hostile, ring_corrupted) = (true, true);
-        for _ in 0..u.int_in_range(1..=4)? {
-            let offset: u64 = u.int_in_range(0..=0x1fff)?;
-            let bytes: [u8; 4] = u.arbitrary()?;
-            d.write_bytes(GuestAddress(offset), &bytes);
-        }
+        corrupt_ring(u, &mut d, 0)?;
     }
     if u.ratio(1, 16)? {
         (hostile, ring_corrupted) = (true, true);
@@ -320,28 +236,21 @@ fn run(u: &mut Unstructured) -> Result<()> {
         d.kick();
     }
     let expected = known.len() as u16;
-    // Every published request completes, or the device asks for a reset.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut last_used, mut last_progress) = (d.used_idx(), Instant::now());
-    loop {
-        let used = d.used_idx();
-        if used == expected || d.read_reg(reg::STATUS) & NEEDS_RESET != 0 {
+    // Every published request completes, or the device asks for a reset. A corrupted ring may
+    // legitimately leave requests unserved (a wrong avail.idx).
+    let mut idle = d.run_device();
+    for _ in 0..64 {
+        if idle || d.used_idx() == expected || d.read_reg(reg::STATUS) & NEEDS_RESET != 0 {
             break;
         }
-        if used != last_used {
-            (last_used, last_progress) = (used, Instant::now());
-        }
-        // A corrupted ring may legitimately leave requests unserved (a wrong avail.idx).
-        if ring_corrupted && last_progress.elapsed() > Duration::from_millis(2) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the device neither completed {expected} requests nor asked for a reset (used {used})"
-        );
-        std::thread::yield_now();
+        idle = d.run_device();
     }
-    // Reset: stops the worker, so the disk is quiescent.
+    let used = d.used_idx();
+    assert!(
+        ring_corrupted || used == expected || d.read_reg(reg::STATUS) & NEEDS_RESET != 0,
+        "the device neither completed {expected} requests nor asked for a reset (used {used})"
+    );
+    // Reset: drops the handler, so the disk is quiescent.
     d.write_reg(reg::STATUS, 0);
 
     let changes = disk.changes();

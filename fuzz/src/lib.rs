@@ -227,3 +227,251 @@ pub mod shadow_disk {
         }
     }
 }
+
+pub mod guest {
+    //! What the virtio targets share: guest-memory budgets, hostile chains, and the oracle that
+    //! the device wrote guest memory only where the driver let it.
+
+    use libfuzzer_sys::arbitrary::{Error, Result, Unstructured};
+    use squib_virtio::testing::{
+        AVAIL_RING, Buf, DESC_TABLE, GuestDriver, HEAP_START, QUEUE_STRIDE, USED_RING,
+    };
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    use vm_memory::GuestAddress;
+
+    /// Buffer memory left for one execution (the driver's allocator never frees).
+    #[derive(Debug)]
+    pub struct Heap {
+        left: u64,
+    }
+
+    impl Heap {
+        /// The whole heap of a `mem_size`-byte guest.
+        pub fn new(mem_size: usize) -> Self {
+            Self {
+                left: mem_size as u64 - HEAP_START - 4096,
+            }
+        }
+
+        /// `len` bytes, or `None` when the budget is spent.
+        pub fn alloc(&mut self, d: &mut GuestDriver, len: u32) -> Option<GuestAddress> {
+            let need = u64::from(len).next_multiple_of(16) + 16;
+            if need > self.left {
+                return None;
+            }
+            self.left -= need;
+            Some(d.alloc(len))
+        }
+    }
+
+    /// A hostile address: anywhere in or just past guest memory (rings included), or anything.
+    pub fn wild_addr(u: &mut Unstructured, mem_size: usize) -> Result<GuestAddress> {
+        Ok(GuestAddress(if u.arbitrary()? {
+            u.int_in_range(0..=mem_size as u64 + 4096)?
+        } else {
+            u.arbitrary()?
+        }))
+    }
+
+    /// A hostile buffer: a wild address, any length, either direction.
+    pub fn wild_buf(u: &mut Unstructured, mem_size: usize) -> Result<Buf> {
+        Ok(Buf {
+            addr: wild_addr(u, mem_size)?,
+            len: if u.arbitrary()? {
+                u.arbitrary()?
+            } else {
+                u.int_in_range(0..=4096)?
+            },
+            device_writes: u.arbitrary()?,
+        })
+    }
+
+    /// How [`add_chain`] queued a chain.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Shape {
+        /// It did not fit; nothing was queued.
+        NoRoom,
+        /// As a descriptor chain.
+        Direct,
+        /// Through a well-formed indirect table.
+        Indirect,
+        /// Through an indirect table that is corrupted or misplaced: its effect is unknowable.
+        Broken,
+    }
+
+    /// Queues `bufs` on the selected queue, directly or (1 in 4) through an indirect table whose
+    /// entries are sometimes corrupted (nested, wild `next`). `free` counts the descriptors left
+    /// in the table.
+    pub fn add_chain(
+        u: &mut Unstructured,
+        d: &mut GuestDriver,
+        heap: &mut Heap,
+        bufs: &[Buf],
+        free: &mut u16,
+        mem_size: usize,
+    ) -> Result<Shape> {
+        if bufs.is_empty() {
+            return Ok(Shape::NoRoom);
+        }
+        if !u.ratio(1, 4)? {
+            let Ok(needed) = u16::try_from(bufs.len()) else {
+                return Ok(Shape::NoRoom);
+            };
+            if needed > *free {
+                return Ok(Shape::NoRoom);
+            }
+            *free -= needed;
+            d.add_chain(bufs.iter().copied());
+            return Ok(Shape::Direct);
+        }
+        if *free == 0 {
+            return Ok(Shape::NoRoom);
+        }
+        let table_len = 16 * bufs.len() as u32;
+        let Some(table) = heap.alloc(d, table_len) else {
+            return Ok(Shape::NoRoom);
+        };
+        *free -= 1;
+        let mut shape = Shape::Indirect;
+        for (i, buf) in bufs.iter().enumerate() {
+            let mut flags = if buf.device_writes {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            let mut next = (i + 1) as u16;
+            if i + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            if u.ratio(1, 32)? {
+                flags |= u.arbitrary::<u16>()? & (VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT) as u16;
+                next = u.arbitrary()?;
+                shape = Shape::Broken;
+            }
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&buf.addr.0.to_le_bytes());
+            raw[8..12].copy_from_slice(&buf.len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&next.to_le_bytes());
+            d.write_bytes(GuestAddress(table.0 + 16 * i as u64), &raw);
+        }
+        let len = if u.ratio(15, 16)? {
+            table_len
+        } else {
+            shape = Shape::Broken;
+            u.arbitrary()?
+        };
+        let addr = if u.ratio(15, 16)? {
+            table
+        } else {
+            shape = Shape::Broken;
+            wild_addr(u, mem_size)?
+        };
+        let head = d.add_chain([Buf::readable(addr, len)]);
+        d.write_descriptor(head, addr, len, VRING_DESC_F_INDIRECT as u16, 0);
+        Ok(shape)
+    }
+
+    /// Overwrites a few bytes of queue `index`'s descriptor table or avail ring with fuzz bytes.
+    pub fn corrupt_ring(u: &mut Unstructured, d: &mut GuestDriver, index: usize) -> Result<()> {
+        let base = QUEUE_STRIDE * index as u64;
+        for _ in 0..u.int_in_range(1..=4)? {
+            let offset: u64 = u.int_in_range(0..=(AVAIL_RING - DESC_TABLE + 0x200))?;
+            let bytes: [u8; 4] = u.arbitrary()?;
+            d.write_bytes(GuestAddress(base + DESC_TABLE + offset), &bytes);
+        }
+        Ok(())
+    }
+
+    /// Guest memory the device may write, as `[start, end)` ranges: the used rings of queues
+    /// `0..queues` (`avail_event` included) and every device-writable descriptor in their
+    /// tables, directly or inside an indirect table one of them points at — whatever chains the
+    /// device walked, it may write only through descriptors the driver marked writable.
+    pub fn device_writable(d: &GuestDriver, queues: &[u16], mem_size: usize) -> Vec<(u64, u64)> {
+        let mut ranges = Vec::new();
+        let mut add = |addr: u64, len: u64| {
+            if len > 0 {
+                ranges.push((addr, addr.saturating_add(len)));
+            }
+        };
+        for (index, &size) in queues.iter().enumerate() {
+            let base = QUEUE_STRIDE * index as u64;
+            add(base + USED_RING, 4 + 8 * u64::from(size) + 2);
+            let table = d.read_bytes(GuestAddress(base + DESC_TABLE), 16 * usize::from(size));
+            for raw in table.chunks_exact(16) {
+                let (addr, len, flags) = fields(raw);
+                if flags & VRING_DESC_F_WRITE as u16 != 0 {
+                    add(addr, len);
+                }
+                if flags & VRING_DESC_F_INDIRECT as u16 != 0
+                    && addr
+                        .checked_add(len)
+                        .is_some_and(|end| end <= mem_size as u64)
+                {
+                    let inner = d.read_bytes(GuestAddress(addr), len as usize);
+                    for raw in inner.chunks_exact(16) {
+                        let (addr, len, flags) = fields(raw);
+                        if flags & VRING_DESC_F_WRITE as u16 != 0 {
+                            add(addr, len);
+                        }
+                    }
+                }
+            }
+        }
+        ranges
+    }
+
+    fn fields(raw: &[u8]) -> (u64, u64, u16) {
+        let word = |r: std::ops::Range<usize>| {
+            let mut v = [0u8; 8];
+            v[..r.len()].copy_from_slice(&raw[r]);
+            u64::from_le_bytes(v)
+        };
+        (word(0..8), word(8..12), word(12..14) as u16)
+    }
+
+    /// Panics if a byte differs between `before` and `after` outside `allowed`.
+    pub fn assert_writes_within(before: &[u8], after: &[u8], allowed: &[(u64, u64)]) {
+        for (at, (b, a)) in before.iter().zip(after).enumerate() {
+            if b != a {
+                let at = at as u64;
+                assert!(
+                    allowed
+                        .iter()
+                        .any(|&(start, end)| (start..end).contains(&at)),
+                    "the device wrote guest memory at {at:#x}, outside every device-writable \
+                     descriptor and used ring"
+                );
+            }
+        }
+    }
+
+    /// Serves the device once, inline, and checks that it wrote guest memory only where the
+    /// driver let it: a device-writable descriptor (in the tables as they were before or after
+    /// the run) or a used ring of `queues` (their sizes, in index order).
+    pub fn run_checked(
+        d: &mut GuestDriver,
+        queues: &[u16],
+        mem_size: usize,
+        run: impl FnOnce(&mut GuestDriver),
+    ) {
+        let before = d.read_bytes(GuestAddress(0), mem_size);
+        let mut allowed = device_writable(d, queues, mem_size);
+        run(d);
+        for _ in 0..16 {
+            if d.run_device() {
+                break;
+            }
+        }
+        let after = d.read_bytes(GuestAddress(0), mem_size);
+        allowed.extend(device_writable(d, queues, mem_size));
+        assert_writes_within(&before, &after, &allowed);
+    }
+
+    /// `NotEnoughData`, for harness code that ran out of budget.
+    pub fn exhausted<T>() -> Result<T> {
+        Err(Error::NotEnoughData)
+    }
+}

@@ -13,7 +13,15 @@ use std::process::Command;
 use crate::setup;
 
 /// The targets, in the order they run.
-const TARGETS: [&str; 4] = ["virtio_blk", "mmio_registers", "api_request", "config_file"];
+const TARGETS: [&str; 7] = [
+    "virtio_blk",
+    "virtio_net",
+    "virtio_vsock",
+    "virtio_rng",
+    "mmio_registers",
+    "api_request",
+    "config_file",
+];
 const SMOKE_SECONDS: u64 = 10;
 const DEFAULT_SECONDS: u64 = 60;
 

@@ -142,6 +142,13 @@ pub trait VirtioDevice: Send + Debug {
     /// The device's own state for a snapshot: only while paused or inactive.
     fn save_state(&self) -> Result<DeviceState, StateError>;
 
+    /// Test support: the device's [`DeviceRuntime`](crate::runtime::DeviceRuntime), so a test or
+    /// fuzzer can run its worker inline (`None`: the device has none).
+    #[cfg(feature = "test-util")]
+    fn inline_runtime(&mut self) -> Option<&mut dyn crate::runtime::InlineRuntime> {
+        None
+    }
+
     /// Restores the device's own state; with `activation` (the snapshot was taken while the
     /// device was active), the device is active and paused afterwards: [`resume`](Self::resume)
     /// starts it.

@@ -475,6 +475,12 @@ impl MmioTransport {
         })
     }
 
+    /// Test support: the device's runtime, to run its worker inline.
+    #[cfg(feature = "test-util")]
+    pub fn inline_runtime(&mut self) -> Option<&mut dyn crate::runtime::InlineRuntime> {
+        self.device.inline_runtime()
+    }
+
     /// Stops the device's worker after the requests in flight are published (VM pause).
     pub fn pause(&mut self) {
         self.device.pause();

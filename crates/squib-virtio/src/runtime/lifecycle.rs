@@ -18,8 +18,8 @@ use std::io;
 
 use tracing::{debug, error};
 
-use super::handler::{DeviceHandler, MAX_QUEUES};
-use super::worker::{DeviceWorker, QueueParts, WorkerExit};
+use super::handler::{DeviceHandler, MAX_QUEUES, Request};
+use super::worker::{DeviceWorker, InlineWorker, QueueParts, WorkerExit};
 use crate::device::ActivateError;
 use crate::queue::QueueSnapshot;
 
@@ -27,6 +27,8 @@ use crate::queue::QueueSnapshot;
 enum State<H: DeviceHandler + std::fmt::Debug> {
     Idle,
     Running(DeviceWorker<H>),
+    /// Running without a thread (test support, [`DeviceRuntime::set_inline`]).
+    Inline(InlineWorker<H>),
     /// The worker stopped; `broken` if the driver broke a ring (stays so until reset).
     Paused(WorkerExit<H>),
 }
@@ -39,6 +41,8 @@ pub struct DeviceRuntime<H: DeviceHandler + std::fmt::Debug> {
     state: State<H>,
     /// Queues the driver stopped (QueueReady = 0 after DRIVER_OK), a bit each.
     disabled: u64,
+    /// Whether workers run on the caller's thread ([`DeviceRuntime::set_inline`]).
+    inline: bool,
 }
 
 impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
@@ -48,7 +52,42 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
             name,
             state: State::Idle,
             disabled: 0,
+            inline: false,
         }
+    }
+
+    /// Test support: from the next activation on, the device serves on the caller's thread,
+    /// only when [`run_inline`](Self::run_inline) asks, with the same dispatch and handler as a
+    /// worker thread. Fuzzers and tests drive a device this way without a thread hand-off per
+    /// request.
+    #[cfg(feature = "test-util")]
+    pub fn set_inline(&mut self) {
+        self.inline = true;
+    }
+
+    /// Test support: serves what the inline worker has ready (notified queues, ready
+    /// descriptors, pending work) for at most `rounds` rounds; returns whether it went idle (or
+    /// the device broke). Nothing happens unless running inline.
+    #[cfg(feature = "test-util")]
+    pub fn run_inline(&mut self, rounds: usize) -> bool {
+        match &mut self.state {
+            State::Inline(worker) => worker.run(rounds),
+            State::Idle | State::Running(_) | State::Paused(_) => true,
+        }
+    }
+
+    /// A worker serving `parts` with `handler`: a thread, or inline.
+    fn start(&self, handler: H, parts: QueueParts) -> io::Result<State<H>> {
+        Ok(if self.inline {
+            State::Inline(InlineWorker::start(handler, parts, self.disabled)?)
+        } else {
+            State::Running(DeviceWorker::spawn(
+                self.name,
+                handler,
+                parts,
+                self.disabled,
+            )?)
+        })
     }
 
     /// Whether the device was activated and not reset since (running or paused).
@@ -73,8 +112,7 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
             });
         }
         self.disabled = 0;
-        let worker = DeviceWorker::spawn(self.name, handler, parts, self.disabled)?;
-        self.state = State::Running(worker);
+        self.state = self.start(handler, parts)?;
         Ok(())
     }
 
@@ -90,13 +128,15 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
 
     /// Stops the worker once the requests in flight are published (a no-op unless running).
     pub fn pause(&mut self) {
-        if !matches!(self.state, State::Running(_)) {
-            return;
-        }
-        let State::Running(worker) = std::mem::replace(&mut self.state, State::Idle) else {
-            return;
+        let exit = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Running(worker) => worker.pause(),
+            State::Inline(worker) => Some(worker.finish(Request::Pause)),
+            state @ (State::Idle | State::Paused(_)) => {
+                self.state = state;
+                return;
+            }
         };
-        match worker.pause() {
+        match exit {
             Some(exit) => {
                 debug!(device = self.name, "device worker paused");
                 self.state = State::Paused(exit);
@@ -117,10 +157,9 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
         };
         let WorkerExit { handler, parts, .. } = exit;
         // A failed spawn drops the handler and queues; the device then needs a reset.
-        let worker = DeviceWorker::spawn(self.name, handler, parts, self.disabled);
-        match worker {
-            Ok(worker) => {
-                self.state = State::Running(worker);
+        match self.start(handler, parts) {
+            Ok(state) => {
+                self.state = state;
                 Ok(())
             }
             Err(error) => {
@@ -136,6 +175,7 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Idle => None,
             State::Running(worker) => worker.stop().map(|exit| exit.handler),
+            State::Inline(worker) => Some(worker.finish(Request::Stop).handler),
             State::Paused(exit) => Some(exit.handler),
         }
     }
@@ -146,7 +186,7 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
         if index >= MAX_QUEUES {
             return Ok(());
         }
-        let running = matches!(self.state, State::Running(_));
+        let running = matches!(self.state, State::Running(_) | State::Inline(_));
         self.pause();
         self.disabled |= 1 << index;
         if running { self.resume() } else { Ok(()) }
@@ -156,7 +196,7 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
     pub fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
         match &self.state {
             State::Paused(exit) => Some(exit.parts.queues.iter().map(|q| q.snapshot()).collect()),
-            State::Idle | State::Running(_) => None,
+            State::Idle | State::Running(_) | State::Inline(_) => None,
         }
     }
 
@@ -164,7 +204,27 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
     pub fn paused_handler(&self) -> Option<&H> {
         match &self.state {
             State::Paused(exit) => Some(&exit.handler),
-            State::Idle | State::Running(_) => None,
+            State::Idle | State::Running(_) | State::Inline(_) => None,
         }
+    }
+}
+
+/// Test support: a device's runtime seen through [`crate::device::VirtioDevice::inline_runtime`],
+/// whatever its handler type.
+#[cfg(feature = "test-util")]
+pub trait InlineRuntime {
+    /// See [`DeviceRuntime::set_inline`].
+    fn set_inline(&mut self);
+    /// See [`DeviceRuntime::run_inline`].
+    fn run_inline(&mut self, rounds: usize) -> bool;
+}
+
+#[cfg(feature = "test-util")]
+impl<H: DeviceHandler + std::fmt::Debug> InlineRuntime for DeviceRuntime<H> {
+    fn set_inline(&mut self) {
+        DeviceRuntime::set_inline(self);
+    }
+    fn run_inline(&mut self, rounds: usize) -> bool {
+        DeviceRuntime::run_inline(self, rounds)
     }
 }

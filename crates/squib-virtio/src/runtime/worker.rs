@@ -172,6 +172,22 @@ impl<H: DeviceHandler> Worker<H> {
 
     /// Serves until the owner asks to stop or pause; returns whether the driver broke a ring.
     fn serve(&mut self) -> io::Result<bool> {
+        let epoll = self.listen()?;
+        // The driver may have published chains before the worker listened.
+        let mut pending = Pending::ALL;
+        while self.control.get() == Request::Run {
+            let timeout = if pending.is_empty() { -1 } else { 0 };
+            match self.step(&epoll, timeout, pending)? {
+                Some((_, next)) => pending = next,
+                None => return Ok(true),
+            }
+        }
+        Ok(self.wind_down(&epoll))
+    }
+
+    /// The worker's epoll set: the queues' notifications, the owner's wake-up and the handler's
+    /// own descriptors.
+    fn listen(&mut self) -> io::Result<Epoll> {
         let epoll = Epoll::new()?;
         let queue_count = self.parts.queues.len().min(MAX_QUEUES);
         for (index, event) in self.parts.queue_events.iter().take(queue_count).enumerate() {
@@ -180,41 +196,52 @@ impl<H: DeviceHandler> Worker<H> {
         add(&epoll, self.wake.as_raw_fd(), TOKEN_WAKE)?;
         self.handler
             .register(&mut EventRegistry { epoll: &epoll })?;
-        // The driver may have published chains before the worker listened.
-        let mut pending = Pending::ALL;
+        Ok(epoll)
+    }
+
+    /// Waits up to `timeout` ms for events, then serves them and the `pending` queues. Returns
+    /// how many events were ready and the queues to serve again, or `None` when the driver broke
+    /// a ring (DEVICE_NEEDS_RESET is signalled).
+    fn step(
+        &mut self,
+        epoll: &Epoll,
+        timeout: i32,
+        pending: Pending,
+    ) -> io::Result<Option<(usize, Pending)>> {
         let mut events = [EpollEvent::default(); 32];
-        loop {
-            if self.control.get() != Request::Run {
-                break;
+        let ready = match epoll.wait(timeout, &mut events) {
+            Ok(ready) => ready,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                return Ok(Some((0, pending)));
             }
-            let timeout = if pending.is_empty() { -1 } else { 0 };
-            let ready = match epoll.wait(timeout, &mut events) {
-                Ok(ready) => ready,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
-            };
-            if self.control.get() != Request::Run {
-                break;
-            }
-            let served = self.dispatch(&epoll, &events[..ready], pending, queue_count);
-            pending = match served {
-                Ok(next) => next,
-                Err(error) => {
-                    error!(%error, "virtio queue stopped; the device needs a reset");
-                    self.parts.interrupt.signal_needs_reset();
-                    return Ok(true);
-                }
-            };
+            Err(error) => return Err(error),
+        };
+        if self.control.get() != Request::Run {
+            return Ok(Some((ready, pending)));
         }
+        let queue_count = self.parts.queues.len().min(MAX_QUEUES);
+        match self.dispatch(epoll, &events[..ready], pending, queue_count) {
+            Ok(next) => Ok(Some((ready, next))),
+            Err(error) => {
+                error!(%error, "virtio queue stopped; the device needs a reset");
+                self.parts.interrupt.signal_needs_reset();
+                Ok(None)
+            }
+        }
+    }
+
+    /// After the owner's stop or pause: a pause finishes and publishes the requests in flight.
+    /// Returns whether the driver broke a ring meanwhile.
+    fn wind_down(&mut self, epoll: &Epoll) -> bool {
         if self.control.get() == Request::Pause {
-            let mut cx = Self::context_of(&mut self.parts, &self.control, &epoll);
+            let mut cx = Self::context_of(&mut self.parts, &self.control, epoll);
             if let Err(error) = self.handler.quiesce(&mut cx) {
                 error!(%error, "virtio queue broke while pausing; the device needs a reset");
                 self.parts.interrupt.signal_needs_reset();
-                return Ok(true);
+                return true;
             }
         }
-        Ok(false)
+        false
     }
 
     /// Handles one batch of ready events, then serves the queues that were notified or left
@@ -298,6 +325,83 @@ impl<H: DeviceHandler> Worker<H> {
         if let Err(error) = waited {
             // Spinning would be worse than leaving the owner's join to a later wake-up.
             error!(%error, "broken device worker cannot wait for its owner");
+        }
+    }
+}
+
+/// A worker without a thread (test support, `DeviceRuntime::set_inline`): the same epoll set,
+/// dispatch and handler calls as a [`DeviceWorker`], run on the caller's thread when it asks, so
+/// fuzzers and tests drive a device synchronously with no thread hand-off per request.
+pub(crate) struct InlineWorker<H> {
+    worker: Worker<H>,
+    epoll: Epoll,
+    pending: Pending,
+    broken: bool,
+}
+
+impl<H> std::fmt::Debug for InlineWorker<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineWorker")
+            .field("pending", &self.pending)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: DeviceHandler> InlineWorker<H> {
+    /// Listens on `parts`' events and `handler`'s; serves nothing until [`run`](Self::run).
+    pub(crate) fn start(handler: H, parts: QueueParts, disabled: u64) -> io::Result<Self> {
+        let wake = EventFd::new(EFD_NONBLOCK)?;
+        let mut worker = Worker {
+            handler,
+            parts,
+            disabled,
+            control: Arc::new(ControlWord::default()),
+            wake,
+        };
+        let epoll = worker.listen()?;
+        Ok(Self {
+            worker,
+            epoll,
+            // As a thread does: chains published before activation are served.
+            pending: Pending::ALL,
+            broken: false,
+        })
+    }
+
+    /// Serves what is ready now (notified queues, ready descriptors, work left pending) for at
+    /// most `rounds` rounds; returns whether the device went idle (or broke) within them.
+    pub(crate) fn run(&mut self, rounds: usize) -> bool {
+        for _ in 0..rounds {
+            if self.broken {
+                return true;
+            }
+            match self.worker.step(&self.epoll, 0, self.pending) {
+                Ok(Some((ready, next))) => {
+                    self.pending = next;
+                    if ready == 0 && next.is_empty() {
+                        return true;
+                    }
+                }
+                Ok(None) => self.broken = true,
+                Err(error) => {
+                    error!(%error, "inline device worker cannot poll; the device needs a reset");
+                    self.worker.parts.interrupt.signal_needs_reset();
+                    self.broken = true;
+                }
+            }
+        }
+        self.broken
+    }
+
+    /// Stops (or pauses) as a [`DeviceWorker`] does and returns the handler and queues.
+    pub(crate) fn finish(mut self, request: Request) -> WorkerExit<H> {
+        self.worker.control.set(request);
+        let broken = self.broken || self.worker.wind_down(&self.epoll);
+        WorkerExit {
+            handler: self.worker.handler,
+            parts: self.worker.parts,
+            broken,
         }
     }
 }

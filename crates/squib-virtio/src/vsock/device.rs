@@ -216,6 +216,11 @@ impl VirtioDevice for VsockDevice {
         0
     }
 
+    #[cfg(feature = "test-util")]
+    fn inline_runtime(&mut self) -> Option<&mut dyn crate::runtime::InlineRuntime> {
+        Some(&mut self.runtime)
+    }
+
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         if self.runtime.is_active() {
             return Err(ActivateError::AlreadyActive);
