@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use squib_fuzz::guest::{Heap, Shape, add_chain, corrupt_ring, run_checked, wild_buf};
+use squib_fuzz::guest::{Handover, Heap, Shape, add_chain, corrupt_ring, run_checked, wild_buf};
 use squib_virtio::device::{FEATURE_INDIRECT_DESC, FEATURE_VERSION_1};
 use squib_virtio::mmio::reg;
 use squib_virtio::net::{MacAddr, NetConfig, NetDevice, VNET_HDR_LEN};
 use squib_virtio::testing::{Buf, FakeTap, GuestDriver};
 
-const GUEST_MEM: usize = 512 * 1024;
+const GUEST_MEM: usize = 256 * 1024;
 const NEEDS_RESET: u32 = 0x40;
 const DRIVER_OK: u32 = 0x04;
 const RX: usize = 0;
@@ -202,28 +202,17 @@ fn run(u: &mut Unstructured) -> Result<()> {
             }
         }
         // Publish (as a driver does, or not) and notify (or not) each queue, then serve.
-        let how = [u.int_in_range(0..=3u8)?, u.int_in_range(0..=3u8)?];
-        run_checked(&mut d, &sizes, GUEST_MEM, |d| {
-            for index in [RX, TX] {
-                d.select_queue(index);
-                match how[index] {
-                    0 | 1 if !ring_corrupted => d.kick(),
-                    2 => d.notify(),
-                    _ => {}
-                }
-            }
-        });
+        let how = [Handover::arbitrary(u)?, Handover::arbitrary(u)?];
+        run_checked(&mut d, &sizes, GUEST_MEM, &how, !ring_corrupted);
     }
     // Finally everything is published and notified.
-    run_checked(&mut d, &sizes, GUEST_MEM, |d| {
-        for index in [RX, TX] {
-            d.select_queue(index);
-            if !ring_corrupted {
-                d.kick();
-            }
-            d.notify();
-        }
-    });
+    run_checked(
+        &mut d,
+        &sizes,
+        GUEST_MEM,
+        &[Handover::Kick; 2],
+        !ring_corrupted,
+    );
     let broken = d.read_reg(reg::STATUS) & NEEDS_RESET != 0;
 
     // Used entries, per queue.
@@ -243,11 +232,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
     );
     let sent_bytes: u64 = sent.iter().map(|f| (f.len() - VNET_HDR_LEN) as u64).sum();
     assert_eq!(sent_bytes, m.tx_bytes_count, "bytes sent vs counted");
-    assert!(
-        used[TX].iter().all(|e| e.len == 0),
-        "a tx chain was used with a length"
-    );
     if !ring_corrupted {
+        assert!(
+            used[TX].iter().all(|e| e.len == 0),
+            "a tx chain was used with a length"
+        );
         // Every tx chain is used (sent, refused or dropped as malformed), or the device broke.
         assert!(
             broken || used[TX].len() == usize::from(added[TX]),

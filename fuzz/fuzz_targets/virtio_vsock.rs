@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use squib_fuzz::guest::{Heap, Shape, add_chain, corrupt_ring, run_checked, wild_buf};
+use squib_fuzz::guest::{Handover, Heap, Shape, add_chain, corrupt_ring, run_checked, wild_buf};
 use squib_virtio::device::FEATURE_VERSION_1;
 use squib_virtio::mmio::reg;
 use squib_virtio::testing::{Buf, GuestDriver, VSOCK_HDR_LEN, VsockHdr, vsock_op};
@@ -293,34 +293,15 @@ fn drive(
             }
         }
         let how = [
-            u.int_in_range(0..=3u8)?,
-            u.int_in_range(0..=3u8)?,
-            u.int_in_range(0..=3u8)?,
+            Handover::arbitrary(u)?,
+            Handover::arbitrary(u)?,
+            Handover::arbitrary(u)?,
         ];
-        run_checked(d, &sizes, GUEST_MEM, |d| {
-            for (index, how) in how.iter().enumerate() {
-                d.select_queue(index);
-                match how {
-                    0 | 1 if !ring_corrupted => d.kick(),
-                    2 => d.notify(),
-                    _ => {}
-                }
-            }
-        });
+        run_checked(d, &sizes, GUEST_MEM, &how, !ring_corrupted);
         host_moves(u, streams, uds)?;
-        run_checked(d, &sizes, GUEST_MEM, |d| {
-            d.run_device();
-        });
+        run_checked(d, &sizes, GUEST_MEM, &[], !ring_corrupted);
     }
-    run_checked(d, &sizes, GUEST_MEM, |d| {
-        for index in [RX, TX, EVENT] {
-            d.select_queue(index);
-            if !ring_corrupted {
-                d.kick();
-            }
-            d.notify();
-        }
-    });
+    run_checked(d, &sizes, GUEST_MEM, &[Handover::Kick; 3], !ring_corrupted);
     let broken = d.read_reg(reg::STATUS) & NEEDS_RESET != 0;
     let mut used = [0u16; 3];
     for index in [RX, TX, EVENT] {

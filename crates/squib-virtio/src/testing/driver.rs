@@ -443,14 +443,20 @@ impl GuestDriver {
     /// the device's `avail_event` asks for it, as Linux's `virtqueue_kick_prepare` does. A device
     /// that forgets to re-check its ring after re-enabling notifications then misses requests.
     pub fn kick(&mut self) {
+        if self.publish() {
+            self.notify();
+        }
+    }
+
+    /// The first half of [`kick`](Self::kick): publishes everything queued and returns whether
+    /// the device wants a notification for it (always without EVENT_IDX).
+    pub fn publish(&mut self) -> bool {
         let (old, new) = (self.q().published_idx, self.q().avail_idx);
         self.publish_avail_idx(new);
         fence(Ordering::SeqCst);
         let event = self.avail_event();
         // vring_need_event: notify if `event` lies in (old, new].
-        if !self.event_idx || new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old) {
-            self.notify();
-        }
+        !self.event_idx || new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
     }
 
     /// Writes QueueNotify for the selected queue unconditionally.
