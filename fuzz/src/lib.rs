@@ -443,7 +443,7 @@ pub mod guest {
         allowed.sort_unstable();
         let len = before.len().min(after.len()) as u64;
         let mut cursor = 0u64;
-        let mut check = |from: u64, to: u64| {
+        let check = |from: u64, to: u64| {
             let (from, to) = (from as usize, to.min(len) as usize);
             if from < to && before[from..to] != after[from..to] {
                 let at = (from..to).find(|&i| before[i] != after[i]).unwrap_or(from);
