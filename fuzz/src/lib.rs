@@ -63,6 +63,7 @@ pub fn controller() -> ApiController<FakeVmm> {
     let settings = InstanceSettings {
         id: "fuzz".into(),
         boot_timer: false,
+        boot_options: Default::default(),
     };
     let wake = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     ApiController::new(settings, FakeVmm::default(), None, wake)

@@ -1,9 +1,10 @@
 //! What a microVM is made of, as the CLI, the config file and the API describe it.
 //!
-//! Every front end (command line, `--config-file`, the REST API) produces a `VmConfig`; the VMM
-//! builds the machine from it. The machine limits are checked here, once, for every front end
-//! ([`check_vcpu_count`], [`check_mem_size_mib`]); the VMM checks them again at its boundary
-//! with the same functions. `CacheType` and `IoEngine` are also the API's and the config file's
+//! Every front end (command line, `--config-file`, the REST API) configures the same
+//! [`VmResources`](crate::api::resources::VmResources), which validates each value once and hands
+//! the VMM a finished `VmConfig`. The machine limits live here ([`check_vcpu_count`],
+//! [`check_mem_size_mib`]); the VMM checks them again at its boundary with the same functions,
+//! since `Vmm` is a public API of its own. `CacheType` and `IoEngine` are also the API's and the config file's
 //! types (Firecracker's names).
 
 use std::path::PathBuf;

@@ -177,6 +177,7 @@ impl Running {
         let settings = InstanceSettings {
             id: "fake_vm".into(),
             boot_timer: false,
+            boot_options: Default::default(),
         };
         let wake = server.wake_event().unwrap();
         let fake = vmm.clone();

@@ -157,7 +157,6 @@ impl KvmVmm {
             console_in: self
                 .console_in
                 .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
-            caller: crate::seccomp::ThreadKind::Api,
         }
     }
 

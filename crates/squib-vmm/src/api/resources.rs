@@ -1,12 +1,14 @@
-//! The pre-boot configuration: what `PUT`s and a `--config-file` build up before `InstanceStart`.
+//! The microVM's resources (Firecracker's `VmResources`): what the command line, `PUT`s and a
+//! `--config-file` build up before `InstanceStart`, or what a loaded snapshot brought.
 //!
 //! Every value is validated here, once, whichever front end sent it, and stored as the VMM's own
-//! types; [`ConfigStore::vm_config`] hands the VMM a finished `VmConfig`. Files are opened at
+//! types; [`VmResources::vm_config`] hands the VMM a finished `VmConfig`. Files are opened at
 //! configuration time, as Firecracker does, so a wrong path is reported by the request that named
 //! it rather than by `InstanceStart`.
 
 use std::path::{Path, PathBuf};
 
+use super::action::VmmAction;
 use super::models::{
     BootSourceBody, CpuTemplate, DriveBody, EntropyBody, HugePages, MachineConfigBody,
     NetworkInterfaceBody, VsockBody,
@@ -14,7 +16,7 @@ use super::models::{
 use crate::host_file::{self, Accept};
 use crate::ids::{IdError, check_resource_id};
 use crate::vm_config::{
-    BootSource, DriveConfig, EntropyConfig, MachineConfig, MachineLimitError,
+    BootOptions, BootSource, DriveConfig, EntropyConfig, MachineConfig, MachineLimitError,
     NetworkInterfaceConfig, RateLimiterConfig, RateLimiterError, VmConfig, VsockConfig,
     check_mem_size_mib, check_vcpu_count,
 };
@@ -64,6 +66,9 @@ pub enum ConfigError {
         /// The OS error or the problem.
         reason: String,
     },
+    /// An action that does not configure resources (a caller's mistake, not the client's).
+    #[error("{0} does not configure the microVM's resources")]
+    NotConfiguration(&'static str),
     /// A NUL byte in the command line.
     #[error("boot_args must not contain NUL bytes")]
     BootArgsNul,
@@ -165,7 +170,7 @@ fn check_partuuid(p: &str) -> Result<(), ConfigError> {
 
 /// The configuration being built before boot.
 #[derive(Debug, Default)]
-pub struct ConfigStore {
+pub struct VmResources {
     boot: Option<BootSource>,
     machine: MachineConfig,
     /// In the order configured; [`vm_config`](Self::vm_config) moves the root device first.
@@ -176,7 +181,7 @@ pub struct ConfigStore {
     vsock: Option<VsockConfig>,
 }
 
-impl ConfigStore {
+impl VmResources {
     /// Takes the machine and drives of a loaded snapshot, so that `GET /vm/config` reports them
     /// and `PATCH /drives` finds them.
     pub fn adopt_loaded(&mut self, config: &VmConfig) {
@@ -188,6 +193,22 @@ impl ConfigStore {
     /// as in Firecracker).
     pub fn is_configured(&self) -> bool {
         self.boot.is_some() || !self.drives.is_empty() || self.machine != MachineConfig::default()
+    }
+
+    /// Applies one action that configures the machine or a device (`PUT /boot-source`,
+    /// `/machine-config`, `/drives`, `/network-interfaces`, `/entropy`, `/vsock`), whichever front
+    /// end produced it: the one place where requests become validated resources.
+    pub fn apply(&mut self, action: &VmmAction) -> Result<(), ConfigError> {
+        match action {
+            VmmAction::PutBootSource(body) => self.set_boot_source(body),
+            VmmAction::PutMachineConfig(body) => self.put_machine_config(body),
+            VmmAction::PatchMachineConfig(body) => self.patch_machine_config(body),
+            VmmAction::PutDrive(id, body) => self.put_drive(id, body),
+            VmmAction::PutNetworkInterface(id, body) => self.put_network_interface(id, body),
+            VmmAction::PutEntropy(body) => self.set_entropy(body),
+            VmmAction::PutVsock(body) => self.set_vsock(body),
+            other => Err(ConfigError::NotConfiguration(other.endpoint())),
+        }
     }
 
     /// `PUT /boot-source`.
@@ -311,7 +332,7 @@ impl ConfigStore {
             partuuid: body.partuuid.clone().filter(|_| body.is_root_device),
             cache_type: body.cache_type.unwrap_or_default(),
             io_engine: body.io_engine.unwrap_or_default(),
-            direct: false,
+            direct: body.direct,
             rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
         })
     }
@@ -472,7 +493,11 @@ impl ConfigStore {
 
     /// The finished configuration. As in Firecracker, the root device comes first, so it is
     /// `/dev/vda`; the other drives keep the order they were added in.
-    pub fn vm_config(&self, boot_timer: bool) -> Result<VmConfig, ConfigError> {
+    pub fn vm_config(
+        &self,
+        boot_timer: bool,
+        boot_options: BootOptions,
+    ) -> Result<VmConfig, ConfigError> {
         let boot = self.boot.clone().ok_or(ConfigError::NoBootSource)?;
         Ok(VmConfig {
             boot: Some(boot),
@@ -480,7 +505,7 @@ impl ConfigStore {
             drives: self.ordered_drives().cloned().collect(),
             network_interfaces: self.network_interfaces.clone(),
             boot_timer,
-            boot_options: Default::default(),
+            boot_options,
             entropy: self.entropy,
             vsock: self.vsock.clone(),
         })
@@ -549,6 +574,7 @@ fn drive_body(d: &DriveConfig) -> DriveBody {
         io_engine: Some(d.io_engine),
         rate_limiter: d.rate_limiter,
         socket: None,
+        direct: d.direct,
     }
 }
 
@@ -576,12 +602,13 @@ mod tests {
             io_engine: None,
             rate_limiter: None,
             socket: None,
+            direct: false,
         }
     }
 
     #[test]
     fn machine_config_ranges_and_refusals() {
-        let mut s = ConfigStore::default();
+        let mut s = VmResources::default();
         let put = |v, m| MachineConfigBody {
             vcpu_count: Some(v),
             mem_size_mib: Some(m),
@@ -648,7 +675,7 @@ mod tests {
     #[test]
     fn root_device_goes_first_and_is_unique() {
         let (a, b, c) = (temp_file(), temp_file(), temp_file());
-        let mut s = ConfigStore::default();
+        let mut s = VmResources::default();
         s.put_drive("data", &drive_body("data", a.path(), false))
             .unwrap();
         s.put_drive("rootfs", &drive_body("rootfs", b.path(), true))
@@ -660,13 +687,16 @@ mod tests {
         // Re-PUTting the root device itself is an update, not a second root.
         s.put_drive("rootfs", &drive_body("rootfs", c.path(), true))
             .unwrap();
-        assert_eq!(s.vm_config(false), Err(ConfigError::NoBootSource));
+        assert_eq!(
+            s.vm_config(false, BootOptions::default()),
+            Err(ConfigError::NoBootSource)
+        );
         s.set_boot_source(&BootSourceBody {
             kernel_image_path: a.path().to_string_lossy().into(),
             ..Default::default()
         })
         .unwrap();
-        let cfg = s.vm_config(false).unwrap();
+        let cfg = s.vm_config(false, BootOptions::default()).unwrap();
         let ids: Vec<_> = cfg.drives.iter().map(|d| d.drive_id.as_str()).collect();
         assert_eq!(ids, ["rootfs", "data"]);
         assert_eq!(cfg.drives[0].path_on_host, c.path());
@@ -675,7 +705,7 @@ mod tests {
     #[test]
     fn drive_bodies_are_validated() {
         let f = temp_file();
-        let mut s = ConfigStore::default();
+        let mut s = VmResources::default();
         let mut body = drive_body("a", f.path(), true);
         assert!(matches!(
             s.put_drive("b", &body),
@@ -725,7 +755,7 @@ mod tests {
     #[test]
     fn config_round_trips_to_api_form() {
         let f = temp_file();
-        let mut s = ConfigStore::default();
+        let mut s = VmResources::default();
         let mut body = drive_body("rootfs", f.path(), true);
         body.is_read_only = Some(true);
         body.cache_type = Some(CacheType::Writeback);
@@ -754,7 +784,7 @@ mod tests {
 
     #[test]
     fn network_interfaces_follow_firecrackers_rules() {
-        let mut s = ConfigStore::default();
+        let mut s = VmResources::default();
         let mut eth0 = iface("eth0", "tap0", Some("06:00:00:00:00:01"));
         eth0.tx_rate_limiter = Some(RateLimiterConfig {
             bandwidth: None,
@@ -808,7 +838,7 @@ mod tests {
             ..boot
         };
         s.set_boot_source(&boot).unwrap();
-        let cfg = s.vm_config(false).unwrap();
+        let cfg = s.vm_config(false, BootOptions::default()).unwrap();
         let ids: Vec<_> = cfg
             .network_interfaces
             .iter()
