@@ -18,13 +18,12 @@ use super::models::{
     PartialNetworkInterfaceBody, SnapshotCreateBody, SnapshotLoadBody, SnapshotTypeBody,
     VersionInfo, VmStateRequest,
 };
-use super::resources::{ConfigError, VmResources, check_drive_path, rate_limiter};
+use super::resources::{ConfigError, VmResources};
 use super::router::{RouteError, route};
 use super::vmm_control::{ControlError, ExitNotice, RunState, VmmControl};
-use crate::ids::check_resource_id;
 use crate::snapshot::{CreateRequest, LoadRequest, MemBackend, SnapshotType};
 use crate::version::FIRECRACKER_VERSION;
-use crate::vm_config::{BootOptions, RateLimiterConfig};
+use crate::vm_config::BootOptions;
 
 /// Why a request was refused; every variant is a 400 with this text as `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -290,44 +289,17 @@ impl<V: VmmControl> ApiController<V> {
         Ok(())
     }
 
+    /// `PATCH /drives/{id}`: a new backing file and/or throttle for a running drive.
     fn patch_drive(&mut self, id: &str, body: &PartialDriveBody) -> Result<(), ApiError> {
-        check_resource_id(id).map_err(ConfigError::from)?;
-        if body.drive_id != id {
-            return Err(ConfigError::IdMismatch {
-                path: id.into(),
-                body: body.drive_id.clone(),
-            }
-            .into());
+        // Validated in full before anything changes.
+        let update = self.resources.drive_update(id, body)?;
+        if let Some(drive) = &update.swapped {
+            self.vmm.swap_drive(drive)?;
         }
-        let drive = self
-            .resources
-            .drive_config(id)
-            .ok_or_else(|| ConfigError::UnknownDrive(id.into()))?;
-        let read_only = drive.is_read_only;
-        // Validate everything before changing anything.
-        let path = body
-            .path_on_host
-            .as_deref()
-            .map(|p| check_drive_path(p, read_only))
-            .transpose()?;
-        let limiter = body.rate_limiter.as_ref().map(rate_limiter).transpose()?;
-        if let Some(path) = path {
-            self.vmm.swap_drive(id, &path, read_only)?;
-            if let Some(d) = self.resources.drive_config_mut(id) {
-                d.path_on_host = path;
-            }
+        if let Some(limiter) = &update.rate_limiter {
+            self.vmm.update_rate_limiter(id, limiter)?;
         }
-        if let Some(limiter) = limiter {
-            self.vmm.update_rate_limiter(id, &limiter)?;
-            if let Some(d) = self.resources.drive_config_mut(id) {
-                // As applied: a bucket the PATCH leaves out keeps its configuration.
-                let old = d.rate_limiter.unwrap_or_default();
-                d.rate_limiter = Some(RateLimiterConfig {
-                    bandwidth: limiter.bandwidth.or(old.bandwidth),
-                    ops: limiter.ops.or(old.ops),
-                });
-            }
-        }
+        self.resources.commit_drive(id, &update);
         Ok(())
     }
 
@@ -337,44 +309,13 @@ impl<V: VmmControl> ApiController<V> {
         id: &str,
         body: &PartialNetworkInterfaceBody,
     ) -> Result<(), ApiError> {
-        check_resource_id(id).map_err(ConfigError::from)?;
-        if body.iface_id != id {
-            return Err(ConfigError::IdMismatch {
-                path: id.into(),
-                body: body.iface_id.clone(),
-            }
-            .into());
-        }
-        if self.resources.network_interface_mut(id).is_none() {
-            return Err(ConfigError::UnknownNetworkInterface(id.into()).into());
-        }
-        let rx = body
-            .rx_rate_limiter
-            .as_ref()
-            .map(rate_limiter)
-            .transpose()?;
-        let tx = body
-            .tx_rate_limiter
-            .as_ref()
-            .map(rate_limiter)
-            .transpose()?;
-        self.vmm
-            .update_net_rate_limiters(id, rx.as_ref(), tx.as_ref())?;
-        if let Some(iface) = self.resources.network_interface_mut(id) {
-            // As applied: a bucket the PATCH leaves out keeps its configuration.
-            let merge = |old: Option<RateLimiterConfig>, new: Option<RateLimiterConfig>| match new {
-                None => old,
-                Some(new) => {
-                    let old = old.unwrap_or_default();
-                    Some(RateLimiterConfig {
-                        bandwidth: new.bandwidth.or(old.bandwidth),
-                        ops: new.ops.or(old.ops),
-                    })
-                }
-            };
-            iface.rx_rate_limiter = merge(iface.rx_rate_limiter, rx);
-            iface.tx_rate_limiter = merge(iface.tx_rate_limiter, tx);
-        }
+        let update = self.resources.network_interface_update(id, body)?;
+        self.vmm.update_net_rate_limiters(
+            id,
+            update.rx_rate_limiter.as_ref(),
+            update.tx_rate_limiter.as_ref(),
+        )?;
+        self.resources.commit_network_interface(id, &update);
         Ok(())
     }
 

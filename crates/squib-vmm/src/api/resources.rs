@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::action::VmmAction;
 use super::models::{
     BootSourceBody, CpuTemplate, DriveBody, EntropyBody, HugePages, MachineConfigBody,
-    NetworkInterfaceBody, VsockBody,
+    NetworkInterfaceBody, PartialDriveBody, PartialNetworkInterfaceBody, VsockBody,
 };
 use crate::host_file::{self, Accept};
 use crate::ids::{IdError, check_resource_id};
@@ -166,6 +166,24 @@ fn check_partuuid(p: &str) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError::PartUuid(p.to_owned()))
     }
+}
+
+/// A validated `PATCH /drives`: the drive as it becomes with a new file, and a new throttle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveUpdate {
+    /// The drive's configuration with the new `path_on_host`, if one was given.
+    pub swapped: Option<DriveConfig>,
+    /// The buckets given (absent ones keep their configuration).
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// A validated `PATCH /network-interfaces`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkInterfaceUpdate {
+    /// Receive buckets given.
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Transmit buckets given.
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// The configuration being built before boot.
@@ -415,13 +433,6 @@ impl VmResources {
         Ok(())
     }
 
-    /// A configured interface, for post-boot changes to record what the guest has now.
-    pub fn network_interface_mut(&mut self, iface_id: &str) -> Option<&mut NetworkInterfaceConfig> {
-        self.network_interfaces
-            .iter_mut()
-            .find(|i| i.iface_id == iface_id)
-    }
-
     /// The interfaces in API form, in the order configured.
     pub fn network_interface_bodies(&self) -> Vec<NetworkInterfaceBody> {
         self.network_interfaces
@@ -476,14 +487,99 @@ impl VmResources {
         Ok(())
     }
 
-    /// A configured drive.
-    pub fn drive_config(&self, drive_id: &str) -> Option<&DriveConfig> {
-        self.drives.iter().find(|d| d.drive_id == drive_id)
+    /// Validates a `PATCH /drives/{path_id}` against the drive it names; nothing changes until
+    /// [`commit_drive`](Self::commit_drive), once the running VMM has applied it.
+    pub fn drive_update(
+        &self,
+        path_id: &str,
+        body: &PartialDriveBody,
+    ) -> Result<DriveUpdate, ConfigError> {
+        check_resource_id(path_id)?;
+        if body.drive_id != path_id {
+            return Err(ConfigError::IdMismatch {
+                path: path_id.to_owned(),
+                body: body.drive_id.clone(),
+            });
+        }
+        let current = self
+            .drives
+            .iter()
+            .find(|d| d.drive_id == path_id)
+            .ok_or_else(|| ConfigError::UnknownDrive(path_id.to_owned()))?;
+        let swapped = body
+            .path_on_host
+            .as_deref()
+            .map(|p| -> Result<DriveConfig, ConfigError> {
+                Ok(DriveConfig {
+                    path_on_host: check_drive_path(p, current.is_read_only)?,
+                    ..current.clone()
+                })
+            })
+            .transpose()?;
+        Ok(DriveUpdate {
+            swapped,
+            rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
+        })
     }
 
-    /// Records a post-boot change so that `GET /vm/config` reports what the guest has now.
-    pub fn drive_config_mut(&mut self, drive_id: &str) -> Option<&mut DriveConfig> {
-        self.drives.iter_mut().find(|d| d.drive_id == drive_id)
+    /// Records a drive update the running VMM applied, so that `GET /vm/config` (and a snapshot)
+    /// describe what the guest has now.
+    pub fn commit_drive(&mut self, drive_id: &str, update: &DriveUpdate) {
+        if let Some(d) = self.drives.iter_mut().find(|d| d.drive_id == drive_id) {
+            if let Some(swapped) = &update.swapped {
+                d.path_on_host = swapped.path_on_host.clone();
+            }
+            d.rate_limiter = RateLimiterConfig::patched(d.rate_limiter, update.rate_limiter);
+        }
+    }
+
+    /// Validates a `PATCH /network-interfaces/{path_id}`; nothing changes until
+    /// [`commit_network_interface`](Self::commit_network_interface).
+    pub fn network_interface_update(
+        &self,
+        path_id: &str,
+        body: &PartialNetworkInterfaceBody,
+    ) -> Result<NetworkInterfaceUpdate, ConfigError> {
+        check_resource_id(path_id)?;
+        if body.iface_id != path_id {
+            return Err(ConfigError::IdMismatch {
+                path: path_id.to_owned(),
+                body: body.iface_id.clone(),
+            });
+        }
+        if !self
+            .network_interfaces
+            .iter()
+            .any(|i| i.iface_id == path_id)
+        {
+            return Err(ConfigError::UnknownNetworkInterface(path_id.to_owned()));
+        }
+        Ok(NetworkInterfaceUpdate {
+            rx_rate_limiter: body
+                .rx_rate_limiter
+                .as_ref()
+                .map(rate_limiter)
+                .transpose()?,
+            tx_rate_limiter: body
+                .tx_rate_limiter
+                .as_ref()
+                .map(rate_limiter)
+                .transpose()?,
+        })
+    }
+
+    /// Records an interface update the running VMM applied.
+    pub fn commit_network_interface(&mut self, iface_id: &str, update: &NetworkInterfaceUpdate) {
+        if let Some(i) = self
+            .network_interfaces
+            .iter_mut()
+            .find(|i| i.iface_id == iface_id)
+        {
+            i.rx_rate_limiter =
+                RateLimiterConfig::patched(i.rx_rate_limiter, update.rx_rate_limiter);
+            i.tx_rate_limiter =
+                RateLimiterConfig::patched(i.tx_rate_limiter, update.tx_rate_limiter);
+        }
     }
 
     /// The machine configuration (defaults until changed).
