@@ -119,25 +119,22 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             "--kernel" => set_once(&mut kernel, "--kernel", value()?)?,
             "--initrd" => set_once(&mut initrd, "--initrd", value()?)?,
             "--cmdline" => set_once(&mut cmdline, "--cmdline", value()?)?,
-            "--vcpus" => {
+            flag @ ("--vcpus" | "--mem-mib") => {
                 let text = value()?;
-                let body = MachineConfigBody {
-                    vcpu_count: Some(number("--vcpus", &text)?),
-                    ..MachineConfigBody::default()
+                let n = Some(number(flag, &text)?);
+                let body = if flag == "--vcpus" {
+                    MachineConfigBody {
+                        vcpu_count: n,
+                        ..MachineConfigBody::default()
+                    }
+                } else {
+                    MachineConfigBody {
+                        mem_size_mib: n,
+                        ..MachineConfigBody::default()
+                    }
                 };
                 machine.push((
-                    format!("--vcpus {text:?}"),
-                    VmmAction::PatchMachineConfig(body),
-                ));
-            }
-            "--mem-mib" => {
-                let text = value()?;
-                let body = MachineConfigBody {
-                    mem_size_mib: Some(number("--mem-mib", &text)?),
-                    ..MachineConfigBody::default()
-                };
-                machine.push((
-                    format!("--mem-mib {text:?}"),
+                    format!("{flag} {text:?}"),
                     VmmAction::PatchMachineConfig(body),
                 ));
             }

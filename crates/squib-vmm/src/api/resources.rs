@@ -141,10 +141,25 @@ fn check_file(
     Ok(path)
 }
 
-/// Validates a `RateLimiter` body (the one check lives with the type).
-pub fn rate_limiter(body: &RateLimiterConfig) -> Result<RateLimiterConfig, ConfigError> {
-    body.check()?;
-    Ok(*body)
+/// Validates an optional `RateLimiter` body (the one check lives with the type).
+fn rate_limiter(
+    body: Option<&RateLimiterConfig>,
+) -> Result<Option<RateLimiterConfig>, ConfigError> {
+    body.map(|b| b.check().map(|()| *b))
+        .transpose()
+        .map_err(ConfigError::from)
+}
+
+/// A resource id from the path, which the body must repeat.
+fn check_path_id(path_id: &str, body_id: &str) -> Result<(), ConfigError> {
+    check_resource_id(path_id)?;
+    if body_id != path_id {
+        return Err(ConfigError::IdMismatch {
+            path: path_id.to_owned(),
+            body: body_id.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Opens a drive's backing file the way the guest will use it, so permission errors show now.
@@ -321,13 +336,7 @@ impl VmResources {
     }
 
     fn drive(path_id: &str, body: &DriveBody) -> Result<DriveConfig, ConfigError> {
-        check_resource_id(path_id)?;
-        if body.drive_id != path_id {
-            return Err(ConfigError::IdMismatch {
-                path: path_id.to_owned(),
-                body: body.drive_id.clone(),
-            });
-        }
+        check_path_id(path_id, &body.drive_id)?;
         if body.socket.is_some() {
             return Err(ConfigError::VhostUser(path_id.to_owned()));
         }
@@ -351,7 +360,7 @@ impl VmResources {
             cache_type: body.cache_type.unwrap_or_default(),
             io_engine: body.io_engine.unwrap_or_default(),
             direct: body.direct,
-            rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
+            rate_limiter: rate_limiter(body.rate_limiter.as_ref())?,
         })
     }
 
@@ -362,13 +371,7 @@ impl VmResources {
         path_id: &str,
         body: &NetworkInterfaceBody,
     ) -> Result<(), ConfigError> {
-        check_resource_id(path_id)?;
-        if body.iface_id != path_id {
-            return Err(ConfigError::IdMismatch {
-                path: path_id.to_owned(),
-                body: body.iface_id.clone(),
-            });
-        }
+        check_path_id(path_id, &body.iface_id)?;
         let name = &body.host_dev_name;
         if name.is_empty()
             || name.len() > 15
@@ -411,16 +414,8 @@ impl VmResources {
             iface_id: path_id.to_owned(),
             host_dev_name: name.clone(),
             guest_mac,
-            rx_rate_limiter: body
-                .rx_rate_limiter
-                .as_ref()
-                .map(rate_limiter)
-                .transpose()?,
-            tx_rate_limiter: body
-                .tx_rate_limiter
-                .as_ref()
-                .map(rate_limiter)
-                .transpose()?,
+            rx_rate_limiter: rate_limiter(body.rx_rate_limiter.as_ref())?,
+            tx_rate_limiter: rate_limiter(body.tx_rate_limiter.as_ref())?,
         };
         match self
             .network_interfaces
@@ -450,7 +445,7 @@ impl VmResources {
     /// `PUT /entropy`: adds the entropy device or replaces its configuration.
     pub fn set_entropy(&mut self, body: &EntropyBody) -> Result<(), ConfigError> {
         self.entropy = Some(EntropyConfig {
-            rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
+            rate_limiter: rate_limiter(body.rate_limiter.as_ref())?,
         });
         Ok(())
     }
@@ -494,13 +489,7 @@ impl VmResources {
         path_id: &str,
         body: &PartialDriveBody,
     ) -> Result<DriveUpdate, ConfigError> {
-        check_resource_id(path_id)?;
-        if body.drive_id != path_id {
-            return Err(ConfigError::IdMismatch {
-                path: path_id.to_owned(),
-                body: body.drive_id.clone(),
-            });
-        }
+        check_path_id(path_id, &body.drive_id)?;
         let current = self
             .drives
             .iter()
@@ -518,7 +507,7 @@ impl VmResources {
             .transpose()?;
         Ok(DriveUpdate {
             swapped,
-            rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
+            rate_limiter: rate_limiter(body.rate_limiter.as_ref())?,
         })
     }
 
@@ -540,13 +529,7 @@ impl VmResources {
         path_id: &str,
         body: &PartialNetworkInterfaceBody,
     ) -> Result<NetworkInterfaceUpdate, ConfigError> {
-        check_resource_id(path_id)?;
-        if body.iface_id != path_id {
-            return Err(ConfigError::IdMismatch {
-                path: path_id.to_owned(),
-                body: body.iface_id.clone(),
-            });
-        }
+        check_path_id(path_id, &body.iface_id)?;
         if !self
             .network_interfaces
             .iter()
@@ -555,16 +538,8 @@ impl VmResources {
             return Err(ConfigError::UnknownNetworkInterface(path_id.to_owned()));
         }
         Ok(NetworkInterfaceUpdate {
-            rx_rate_limiter: body
-                .rx_rate_limiter
-                .as_ref()
-                .map(rate_limiter)
-                .transpose()?,
-            tx_rate_limiter: body
-                .tx_rate_limiter
-                .as_ref()
-                .map(rate_limiter)
-                .transpose()?,
+            rx_rate_limiter: rate_limiter(body.rx_rate_limiter.as_ref())?,
+            tx_rate_limiter: rate_limiter(body.tx_rate_limiter.as_ref())?,
         })
     }
 
