@@ -477,8 +477,8 @@ impl MmioTransport {
 
     /// Test support: the device's runtime, to run its worker inline.
     #[cfg(feature = "test-util")]
-    pub fn inline_runtime(&mut self) -> Option<&mut dyn crate::runtime::InlineRuntime> {
-        self.device.inline_runtime()
+    pub fn runtime_mut(&mut self) -> &mut dyn crate::device::RuntimeControl {
+        self.device.runtime_mut()
     }
 
     /// Stops the device's worker after the requests in flight are published (VM pause).

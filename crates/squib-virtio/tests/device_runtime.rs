@@ -324,15 +324,27 @@ fn an_inline_worker_serves_on_notification_only_and_breaks_like_a_thread() {
     d.publish_avail_idx(1);
     // Published but not notified: nothing runs behind the driver's back.
     thread::sleep(Duration::from_millis(20));
-    assert_eq!(d.used_idx(), 0, "an inline worker served without a notification");
+    assert_eq!(
+        d.used_idx(),
+        0,
+        "an inline worker served without a notification"
+    );
     d.notify();
-    assert_eq!(d.used_idx(), 1, "the notification did not serve the request");
+    assert_eq!(
+        d.used_idx(),
+        1,
+        "the notification did not serve the request"
+    );
     assert_eq!(slot.status(&d), VIRTIO_BLK_S_OK as u8);
     assert_eq!(d.read_bytes(data, 512), contents[512..1024]);
     // An avail index more than the queue size ahead is a broken ring.
     d.publish_avail_idx(1 + 100);
     d.notify();
-    assert_ne!(d.read_reg(STATUS) & NEEDS_RESET, 0, "a broken ring did not ask for a reset");
+    assert_ne!(
+        d.read_reg(STATUS) & NEEDS_RESET,
+        0,
+        "a broken ring did not ask for a reset"
+    );
     d.write_reg(STATUS, 0);
     assert_eq!(d.read_reg(STATUS), 0);
 }

@@ -20,7 +20,7 @@ use tracing::{debug, error};
 
 use super::handler::{DeviceHandler, MAX_QUEUES, Request};
 use super::worker::{DeviceWorker, InlineWorker, QueueParts, WorkerExit};
-use crate::device::ActivateError;
+use crate::device::{ActivateError, RuntimeControl};
 use crate::queue::QueueSnapshot;
 
 #[derive(Debug)]
@@ -209,21 +209,36 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
     }
 }
 
-/// Test support: a device's runtime seen through [`crate::device::VirtioDevice::inline_runtime`],
-/// whatever its handler type.
-#[cfg(feature = "test-util")]
-pub trait InlineRuntime {
-    /// See [`DeviceRuntime::set_inline`].
-    fn set_inline(&mut self);
-    /// See [`DeviceRuntime::run_inline`].
-    fn run_inline(&mut self, rounds: usize) -> bool;
-}
+impl<H: DeviceHandler + std::fmt::Debug> RuntimeControl for DeviceRuntime<H> {
+    fn is_active(&self) -> bool {
+        DeviceRuntime::is_active(self)
+    }
 
-#[cfg(feature = "test-util")]
-impl<H: DeviceHandler + std::fmt::Debug> InlineRuntime for DeviceRuntime<H> {
+    fn is_paused(&self) -> bool {
+        DeviceRuntime::is_paused(self)
+    }
+
+    fn pause(&mut self) {
+        DeviceRuntime::pause(self);
+    }
+
+    fn resume(&mut self) -> io::Result<()> {
+        DeviceRuntime::resume(self)
+    }
+
+    fn disable_queue(&mut self, index: usize) -> io::Result<()> {
+        DeviceRuntime::disable_queue(self, index)
+    }
+
+    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
+        DeviceRuntime::queue_snapshots(self)
+    }
+    #[cfg(feature = "test-util")]
     fn set_inline(&mut self) {
         DeviceRuntime::set_inline(self);
     }
+
+    #[cfg(feature = "test-util")]
     fn run_inline(&mut self, rounds: usize) -> bool {
         DeviceRuntime::run_inline(self, rounds)
     }

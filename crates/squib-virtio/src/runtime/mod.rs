@@ -21,6 +21,4 @@ mod worker;
 
 pub use handler::{DeviceHandler, EventRegistry, MAX_QUEUES, Pending, StopSignal, WorkerContext};
 pub use lifecycle::DeviceRuntime;
-#[cfg(feature = "test-util")]
-pub use lifecycle::InlineRuntime;
 pub use worker::{DeviceWorker, QueueParts, WorkerExit};

@@ -371,6 +371,7 @@ impl<H: DeviceHandler> InlineWorker<H> {
 
     /// Serves what is ready now (notified queues, ready descriptors, work left pending) for at
     /// most `rounds` rounds; returns whether the device went idle (or broke) within them.
+    #[cfg(feature = "test-util")]
     pub(crate) fn run(&mut self, rounds: usize) -> bool {
         for _ in 0..rounds {
             if self.broken {

@@ -161,14 +161,9 @@ impl GuestDriver {
     /// Like [`GuestDriver::new`], but the device's worker runs inline
     /// (`DeviceRuntime::set_inline`): every [`notify`](Self::notify) serves the device on this
     /// thread before returning, and [`run_device`](Self::run_device) serves host-side events.
-    /// Panics if the device has no runtime.
     pub fn inline(device: Box<dyn VirtioDevice>, mem_size: usize) -> Self {
         let mut driver = Self::new(device, mem_size);
-        driver
-            .transport
-            .inline_runtime()
-            .expect("the device has no runtime to run inline")
-            .set_inline();
+        driver.transport.runtime_mut().set_inline();
         driver.inline = true;
         driver
     }
@@ -179,9 +174,7 @@ impl GuestDriver {
         if !self.inline {
             return true;
         }
-        self.transport
-            .inline_runtime()
-            .is_none_or(|runtime| runtime.run_inline(INLINE_ROUNDS))
+        self.transport.runtime_mut().run_inline(INLINE_ROUNDS)
     }
 
     /// The whole probe sequence: reset, ACKNOWLEDGE, DRIVER, accept `features` (which must be
