@@ -6,8 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use squib_fuzz::{controller, is_sandboxed};
-use squib_vmm::api::http::{self, Parsed};
 use squib_vmm::api::action::VmmAction;
+use squib_vmm::api::http::{self, Parsed};
 use squib_vmm::api::router::route;
 
 /// Firecracker's default `--http-api-max-payload-size`.

@@ -212,7 +212,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
         let Ok((bufs, submitted, wild)) = request(u, &mut d, &mut heap) else {
             break;
         };
-        match add_chain(u, &mut d, &mut heap, &bufs, &mut free, GUEST_MEM)? {
+        match add_chain(u, &mut d, &mut heap, &bufs, &mut free, size, GUEST_MEM)? {
             Shape::NoRoom => break,
             Shape::Direct => {}
             Shape::Indirect => hostile |= features & FEATURE_INDIRECT_DESC == 0,

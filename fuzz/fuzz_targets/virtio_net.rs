@@ -151,7 +151,15 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 0 => {
                     d.select_queue(TX);
                     let (bufs, bytes) = tx_chain(u, &mut d, &mut heap)?;
-                    match add_chain(u, &mut d, &mut heap, &bufs, &mut free[TX], GUEST_MEM)? {
+                    match add_chain(
+                        u,
+                        &mut d,
+                        &mut heap,
+                        &bufs,
+                        &mut free[TX],
+                        sizes[TX],
+                        GUEST_MEM,
+                    )? {
                         Shape::NoRoom => break,
                         Shape::Direct => {}
                         Shape::Indirect => hostile |= features & FEATURE_INDIRECT_DESC == 0,
@@ -166,7 +174,15 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 1 => {
                     d.select_queue(RX);
                     let (bufs, wild) = rx_chain(u, &mut d, &mut heap)?;
-                    match add_chain(u, &mut d, &mut heap, &bufs, &mut free[RX], GUEST_MEM)? {
+                    match add_chain(
+                        u,
+                        &mut d,
+                        &mut heap,
+                        &bufs,
+                        &mut free[RX],
+                        sizes[RX],
+                        GUEST_MEM,
+                    )? {
                         Shape::NoRoom => break,
                         Shape::Direct | Shape::Indirect => {}
                         Shape::Broken => hostile = true,

@@ -83,7 +83,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     device_writes,
                 });
             }
-            match add_chain(u, &mut d, &mut heap, &bufs, &mut free, GUEST_MEM)? {
+            match add_chain(u, &mut d, &mut heap, &bufs, &mut free, size, GUEST_MEM)? {
                 Shape::NoRoom => break,
                 Shape::Direct => {}
                 Shape::Indirect if features & FEATURE_INDIRECT_DESC != 0 => {}

@@ -274,7 +274,16 @@ fn drive(
                 RX => writable_chain(u, d, &mut heap, 4096 + VSOCK_HDR_LEN as u32)?,
                 _ => writable_chain(u, d, &mut heap, 8)?,
             };
-            if add_chain(u, d, &mut heap, &bufs, &mut free[index], GUEST_MEM)? == Shape::NoRoom {
+            if add_chain(
+                u,
+                d,
+                &mut heap,
+                &bufs,
+                &mut free[index],
+                sizes[index],
+                GUEST_MEM,
+            )? == Shape::NoRoom
+            {
                 break;
             }
             added[index] += 1;

@@ -304,13 +304,14 @@ pub mod guest {
 
     /// Queues `bufs` on the selected queue, directly or (1 in 4) through an indirect table whose
     /// entries are sometimes corrupted (nested, wild `next`). `free` counts the descriptors left
-    /// in the table.
+    /// in the table of the queue's `size` entries.
     pub fn add_chain(
         u: &mut Unstructured,
         d: &mut GuestDriver,
         heap: &mut Heap,
         bufs: &[Buf],
         free: &mut u16,
+        size: u16,
         mem_size: usize,
     ) -> Result<Shape> {
         if bufs.is_empty() {
@@ -335,7 +336,13 @@ pub mod guest {
             return Ok(Shape::NoRoom);
         };
         *free -= 1;
-        let mut shape = Shape::Indirect;
+        // A table longer than the queue is a chain longer than the queue (virtio 1.2
+        // §2.7.5.3.1), which the device refuses.
+        let mut shape = if bufs.len() > usize::from(size) {
+            Shape::Broken
+        } else {
+            Shape::Indirect
+        };
         for (i, buf) in bufs.iter().enumerate() {
             let mut flags = if buf.device_writes {
                 VRING_DESC_F_WRITE as u16
