@@ -42,9 +42,16 @@ struct Host {
     listener: UnixListener,
 }
 
+/// SIGPIPE does nothing, so a write to a socket whose peer closed fails with EPIPE: what squib's
+/// process gets (Rust's runtime ignores SIGPIPE before `main`), which libFuzzer's C `main` does
+/// not arrange — the device's and the harness's writes to closed sockets would kill the fuzzer.
+extern "C" fn on_sigpipe(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
 fn host() -> &'static Host {
     static HOST: OnceLock<Host> = OnceLock::new();
     HOST.get_or_init(|| {
+        vmm_sys_util::signal::register_signal_handler(libc::SIGPIPE, on_sigpipe)
+            .expect("SIGPIPE handler");
         let dir = std::env::temp_dir().join(format!("squib-fuzz-vsock-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let uds = dir.join("v.sock");
