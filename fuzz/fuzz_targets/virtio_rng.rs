@@ -117,13 +117,17 @@ fn run(u: &mut Unstructured) -> Result<()> {
         used.push(entry);
     }
     let m = metrics.snapshot();
-    assert_eq!(
-        used.len() as u64,
-        m.entropy_event_count + m.entropy_event_fails,
-        "chains used vs requests counted"
-    );
-    let bytes: u64 = used.iter().map(|e| u64::from(e.len)).sum();
-    assert_eq!(bytes, m.entropy_bytes, "used lengths vs bytes counted");
+    // Only on rings the driver alone wrote: with a bogus avail index the device may complete
+    // more than a ring's worth, which the used ring cannot show entry by entry.
+    if !ring_corrupted {
+        assert_eq!(
+            used.len() as u64,
+            m.entropy_event_count + m.entropy_event_fails,
+            "chains used vs requests counted"
+        );
+        let bytes: u64 = used.iter().map(|e| u64::from(e.len)).sum();
+        assert_eq!(bytes, m.entropy_bytes, "used lengths vs bytes counted");
+    }
     assert!(used.iter().all(|e| e.len <= MAX_REQUEST));
     if !ring_corrupted {
         assert!(
