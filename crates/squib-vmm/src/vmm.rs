@@ -10,7 +10,7 @@
 //! 2. create the VM: irqchip, PIT, KVM's private pages;
 //! 3. map guest RAM (lazily: no page is touched);
 //! 4. (thread) register RAM with KVM — meanwhile: create and configure the vCPUs; join;
-//! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio drives;
+//! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio devices;
 //! 6. load the guest (`boot::load`) and set the boot vCPU's entry state;
 //! 7. start one thread per vCPU, then stdin forwarding.
 
@@ -40,10 +40,10 @@ use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::snapshot::memory::{self as snapshot_memory, MemoryBacking, Pages};
-use crate::snapshot::state::{MachineState, MicrovmState, memory_layout};
+use crate::snapshot::state::{DeviceConfigs, MachineState, MicrovmState, memory_layout};
 use crate::snapshot::{CreateRequest, SnapshotError, SnapshotType, format as snapshot_format};
 use crate::vm_config::{
-    DriveConfig, MachineConfig, VmConfig, check_mem_size_mib, check_vcpu_count,
+    MachineConfig, RateLimiterConfig, VmConfig, check_mem_size_mib, check_vcpu_count,
 };
 
 /// The machine limits, defined with the KVM-free model that checks them.
@@ -158,8 +158,9 @@ struct RunningVm {
     exit: ExitSender,
     legacy: LegacyDevices,
     devices: DeviceManager,
-    /// The drives' configuration, in slot order (a snapshot records it).
-    drives: Vec<DriveConfig>,
+    /// The virtio devices' configuration, with the API's rate-limiter updates (a snapshot
+    /// records it).
+    configs: Mutex<DeviceConfigs>,
     // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
     vm: VmFd,
     mem: GuestMemory,
@@ -246,6 +247,28 @@ impl VmmHandle {
         &self.0.devices
     }
 
+    /// Records a drive's rate-limiter update (applied by the API) for later snapshots.
+    pub fn note_drive_rate_limiter(&self, drive_id: &str, update: &RateLimiterConfig) {
+        self.configs().update_drive_rate_limiter(drive_id, update);
+    }
+
+    /// Records an interface's rate-limiter updates (applied by the API) for later snapshots.
+    pub fn note_net_rate_limiters(
+        &self,
+        iface_id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) {
+        self.configs().update_net_rate_limiters(iface_id, rx, tx);
+    }
+
+    fn configs(&self) -> std::sync::MutexGuard<'_, DeviceConfigs> {
+        self.0
+            .configs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Writes a snapshot of the paused microVM: guest memory to `mem_file_path` (only the pages
     /// the guest touched, or dirtied since the last snapshot for `Diff`), then the state file,
     /// written last and renamed into place. Returns the memory bytes written.
@@ -255,16 +278,6 @@ impl VmmHandle {
             return Err(
                 SnapshotError::WrongState("the microVM must be paused to snapshot it").into(),
             );
-        }
-        if shared.devices.entropy_metrics().is_some() || shared.devices.vsock().is_some() {
-            // Their state saves, but the snapshot does not record their configuration yet, so
-            // a load could not rebuild them: refuse rather than write a file that cannot load.
-            return Err(SnapshotError::Unsupported(
-                "snapshots of microVMs with an entropy or vsock device: the snapshot does not \
-                 record their configuration yet"
-                    .into(),
-            )
-            .into());
         }
         if request.snapshot_type == SnapshotType::Diff {
             if !shared.track_dirty_pages {
@@ -297,7 +310,7 @@ impl VmmHandle {
             vm: VmDevicesState::save(&shared.vm).map_err(SnapshotError::from)?,
             vcpus,
             legacy: shared.legacy.save(),
-            drives: shared.drives.clone(),
+            config: self.configs().clone(),
             devices: shared
                 .devices
                 .save()
@@ -343,7 +356,7 @@ struct Machine {
     mmio: Bus,
     legacy: LegacyDevices,
     devices: DeviceManager,
-    drives: Vec<DriveConfig>,
+    configs: DeviceConfigs,
     exit: ExitSender,
     exit_rx: Receiver<ExitReason>,
     machine: MachineState,
@@ -481,21 +494,13 @@ impl Vmm {
                 BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
             )?;
         }
-        let mut devices = DeviceManager::new();
-        block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
-        devices::net::attach_all(
-            &vm,
-            &mem,
-            &mut mmio,
-            &mut devices,
-            &config.network_interfaces,
-        )?;
-        if let Some(entropy) = &config.entropy {
-            devices::rng::attach(&vm, &mem, &mut mmio, &mut devices, entropy)?;
-        }
-        if let Some(vsock) = &config.vsock {
-            devices::vsock::attach(&vm, &mem, &mut mmio, &mut devices, vsock)?;
-        }
+        let configs = DeviceConfigs {
+            drives: config.drives.clone(),
+            network_interfaces: config.network_interfaces.clone(),
+            entropy: config.entropy,
+            vsock: config.vsock.clone(),
+        };
+        let devices = attach_virtio(&vm, &mem, &mut mmio, &configs)?;
 
         // 6.
         let machine = boot::Machine {
@@ -516,7 +521,7 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives: config.drives.clone(),
+            configs,
             exit,
             exit_rx,
             machine: MachineState {
@@ -591,8 +596,7 @@ impl Vmm {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            let mut devices = DeviceManager::new();
-            block::attach_all(&vm, &mem, &mut mmio, &mut devices, &state.drives)?;
+            let devices = attach_virtio(&vm, &mem, &mut mmio, &state.config)?;
             devices
                 .restore(&state.devices)
                 .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
@@ -606,7 +610,7 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives: state.drives.clone(),
+            configs: state.config.clone(),
             exit,
             exit_rx,
             machine: state.machine.clone(),
@@ -634,7 +638,7 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives,
+            configs,
             exit,
             exit_rx,
             machine,
@@ -652,7 +656,7 @@ impl Vmm {
             exit,
             legacy,
             devices,
-            drives,
+            configs: Mutex::new(configs),
             vm,
             mem,
             machine,
@@ -747,6 +751,26 @@ fn snapshot_msrs(kvm: &Kvm) -> Option<Vec<u32>> {
     kvm_state::saveable_msrs(kvm)
         .inspect_err(|err| tracing::warn!("snapshots of this microVM will fail: {err}"))
         .ok()
+}
+
+/// Builds every virtio device of `configs` and gives each its slot, in the order
+/// [`DeviceConfigs::slot_order`] names (a snapshot's device states follow it).
+fn attach_virtio(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    mmio: &mut Bus,
+    configs: &DeviceConfigs,
+) -> Result<DeviceManager, VmmError> {
+    let mut devices = DeviceManager::new();
+    block::attach_all(vm, mem, mmio, &mut devices, &configs.drives)?;
+    devices::net::attach_all(vm, mem, mmio, &mut devices, &configs.network_interfaces)?;
+    if let Some(entropy) = &configs.entropy {
+        devices::rng::attach(vm, mem, mmio, &mut devices, entropy)?;
+    }
+    if let Some(vsock) = &configs.vsock {
+        devices::vsock::attach(vm, mem, mmio, &mut devices, vsock)?;
+    }
+    Ok(devices)
 }
 
 /// Maps the boot timer at Firecracker's address, and at the one images built before

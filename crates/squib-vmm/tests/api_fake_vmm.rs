@@ -1115,12 +1115,8 @@ fn snapshot_load_validates_its_body_and_starts_the_vm() {
             "not both",
         ),
         (
-            r#"{"snapshot_path":"/s","mem_file_path":"/m","network_overrides":[{"iface_id":"eth0","host_dev_name":"tap0"}]}"#,
-            "no network interface `eth0`",
-        ),
-        (
-            r#"{"snapshot_path":"/s","mem_file_path":"/m","vsock_override":{"uds_path":"/v"}}"#,
-            "no vsock device",
+            r#"{"snapshot_path":"/s","mem_file_path":"/m","vsock_override":{"uds_path":""}}"#,
+            "vsock_override.uds_path must not be empty",
         ),
         (
             r#"{"snapshot_path":"/s","mem_backend":{"backend_type":"Disk","backend_path":"/m"}}"#,

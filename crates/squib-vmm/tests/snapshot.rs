@@ -312,7 +312,7 @@ fn full_snapshot_of_a_running_guest_resumes_in_a_new_process() {
         String::from_utf8_lossy(&described.stderr)
     );
     // Firecracker's output: the format version alone, as a semantic version.
-    assert_eq!(text.trim_end(), "v1.0.0", "{text}");
+    assert_eq!(text.trim_end(), "v2.0.0", "{text}");
 
     let expect = Expect {
         last_tick: last,

@@ -249,9 +249,16 @@ impl VmmControl for KvmVmm {
         // the default machine) is not used; it goes when its thread ends.
         self.pending = None;
         // Everything is read and checked before a VM exists.
-        let (_, state) =
+        let (_, mut state) =
             snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
         state.validate().map_err(ControlError::new)?;
+        state
+            .config
+            .apply_overrides(
+                &request.network_overrides,
+                request.vsock_override.as_deref(),
+            )
+            .map_err(ControlError::new)?;
         let (mem, backing) = match &request.mem_backend {
             MemBackend::File(path) => snapshot::memory::map_file(path, &state.memory),
             MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket),
@@ -274,7 +281,10 @@ impl VmmControl for KvmVmm {
                 smt: false,
                 track_dirty_pages: request.track_dirty_pages,
             },
-            drives: state.drives.clone(),
+            drives: state.config.drives.clone(),
+            network_interfaces: state.config.network_interfaces.clone(),
+            entropy: state.config.entropy,
+            vsock: state.config.vsock.clone(),
             boot_timer: state.machine.boot_timer,
             ..VmConfig::default()
         };
@@ -341,7 +351,9 @@ impl VmmControl for KvmVmm {
         self.drive(drive_id)?
             .block_handle()
             .update_rate_limiter(rate_limiter_spec(config))
-            .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))
+            .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))?;
+        self.running()?.note_drive_rate_limiter(drive_id, config);
+        Ok(())
     }
 
     fn device_counters(&self) -> Vec<DeviceCounters> {
@@ -400,7 +412,9 @@ impl VmmControl for KvmVmm {
                 ControlError::new(format!("network interface `{iface_id}` does not exist"))
             })?
             .update_rate_limiters(rx, tx)
-            .map_err(|e| ControlError::new(format!("network interface `{iface_id}`: {e}")))
+            .map_err(|e| ControlError::new(format!("network interface `{iface_id}`: {e}")))?;
+        self.running()?.note_net_rate_limiters(iface_id, rx, tx);
+        Ok(())
     }
 
     fn net_counters(&self) -> Vec<(String, squib_virtio::net::NetMetricsSnapshot)> {
