@@ -286,15 +286,6 @@ impl VmmHandle {
                 )
                 .into());
             }
-            if !shared.devices.slots().is_empty() {
-                // KVM's dirty log sees the vCPUs' writes only, not the devices' DMA.
-                return Err(SnapshotError::Unsupported(
-                    "Diff snapshots of microVMs with virtio devices: device writes to guest \
-                     memory are not dirty-tracked yet (take a Full snapshot)"
-                        .into(),
-                )
-                .into());
-            }
         }
         let msrs = shared.msrs.as_deref().ok_or(SnapshotError::WrongState(
             "KVM could not list the MSRs to save when this microVM was built",
@@ -397,7 +388,7 @@ impl VmShell {
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         // 2., 3.
         let vm = vm::create(&kvm)?;
-        let mem = vm::create_memory(machine.mem_size_mib)?;
+        let mem = vm::create_memory(machine.mem_size_mib, machine.track_dirty_pages)?;
         let vcpus = std::thread::scope(|scope| {
             // 4. Registration, overlapped with the vCPUs' set-up.
             let registration = std::thread::Builder::new()

@@ -260,8 +260,12 @@ impl VmmControl for KvmVmm {
             )
             .map_err(ControlError::new)?;
         let (mem, backing) = match &request.mem_backend {
-            MemBackend::File(path) => snapshot::memory::map_file(path, &state.memory),
-            MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket),
+            MemBackend::File(path) => {
+                snapshot::memory::map_file(path, &state.memory, request.track_dirty_pages)
+            }
+            MemBackend::Uffd(socket) => {
+                snapshot::memory::uffd_backed(&state.memory, socket, request.track_dirty_pages)
+            }
         }
         .map_err(ControlError::new)?;
         let vmm = Vmm::restore(
