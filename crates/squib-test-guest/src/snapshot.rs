@@ -17,7 +17,14 @@
 //! Those pages are dirtied by the device alone, so a Diff snapshot that misses device writes
 //! restores them stale. Then the summary, and the usual exit.
 
+use crate::checks::DEVICE_ID_NET;
 use crate::cmdline::{Completion, Options};
+use crate::net_checks;
+use crate::rng_checks;
+use crate::virtio_init;
+use crate::virtio_rng::{DEVICE_ID_RNG, RngDevice};
+use crate::virtio_vsock::DEVICE_ID_VSOCK;
+use crate::vsock_checks::{self, SnapshotVsock};
 use crate::dma::DmaBuf;
 use crate::report;
 use crate::serial::println;
@@ -90,6 +97,78 @@ fn read_block(
     }
 }
 
+/// The devices after the disk, set up (and used once) before the rounds, so their drivers are
+/// live when the host snapshots; after the rounds (in the restored machine) each must do new
+/// I/O: the rng reads, the net interface echoes over its (new) TAP, and the vsock device
+/// resets its transport (TRANSPORT_RESET: connections do not survive a snapshot) and a new
+/// connection echoes.
+struct Extras {
+    rng: Option<(RngDevice, DmaBuf, DmaBuf)>,
+    net: Option<net_checks::Cx>,
+    vsock: Option<SnapshotVsock>,
+}
+
+fn prepare_extras(options: &Options) -> Extras {
+    let mut extras = Extras {
+        rng: None,
+        net: None,
+        vsock: None,
+    };
+    for device in options.devices().skip(1) {
+        match virtio_init::device_id(device) {
+            Ok(DEVICE_ID_RNG) => {
+                let rng = RngDevice::init(device)
+                    .unwrap_or_else(|e| report::abort(format_args!("snapshot: rng init: {e}")));
+                let (Ok(a), Ok(b)) = (DmaBuf::new(4096, 4096), DmaBuf::new(4096, 4096)) else {
+                    report::abort(format_args!("snapshot: rng buffers"));
+                };
+                let mut rng = (rng, a, b);
+                if let Err(e) = rng_checks::two_reads(&mut rng.0, &rng.1, &rng.2) {
+                    report::abort(format_args!("snapshot: rng before the snapshot: {e}"));
+                }
+                extras.rng = Some(rng);
+            }
+            Ok(DEVICE_ID_NET) => {
+                let Some(net) = options.net.as_ref() else {
+                    report::abort(format_args!("snapshot: a net device needs guest.net="));
+                };
+                let cx = net_checks::snapshot_prepare(device.base, device.size, net)
+                    .unwrap_or_else(|e| report::abort(format_args!("snapshot: net: {e}")));
+                extras.net = Some(cx);
+            }
+            Ok(DEVICE_ID_VSOCK) => {
+                let vsock = vsock_checks::snapshot_prepare(device)
+                    .unwrap_or_else(|e| report::abort(format_args!("snapshot: vsock: {e}")));
+                extras.vsock = Some(vsock);
+            }
+            Ok(id) => report::abort(format_args!("snapshot: unexpected device type {id}")),
+            Err(e) => report::abort(format_args!("snapshot: device probe: {e}")),
+        }
+    }
+    extras
+}
+
+fn check_extras(extras: &mut Extras) {
+    if let Some((rng, a, b)) = extras.rng.as_mut() {
+        report::record(
+            format_args!("snapshot: virtio-rng reads after the restore"),
+            &rng_checks::two_reads(rng, a, b),
+        );
+    }
+    if let Some(cx) = extras.net.as_mut() {
+        report::record(
+            format_args!("snapshot: virtio-net echoes after the restore"),
+            &net_checks::snapshot_after_restore(cx),
+        );
+    }
+    if let Some(vsock) = extras.vsock.as_mut() {
+        report::record(
+            format_args!("snapshot: virtio-vsock transport reset, then a new connection echoes"),
+            &vsock_checks::snapshot_after_restore(vsock),
+        );
+    }
+}
+
 /// Runs the rounds and ends the run.
 pub fn run(options: &Options) -> ! {
     let mut region = match DmaBuf::new(REGION, 4096) {
@@ -118,6 +197,7 @@ pub fn run(options: &Options) -> ! {
             }
         }
     }
+    let mut extras = prepare_extras(options);
     let mut running = fold(&hashes);
     println!(
         "SNAP ready region={:#x} disk={}",
@@ -196,6 +276,7 @@ pub fn run(options: &Options) -> ! {
             &outcome,
         );
     }
+    check_extras(&mut extras);
     report::finish()
 }
 
