@@ -128,7 +128,7 @@ impl DeviceConfigs {
     /// Records a drive's rate-limiter update (bucket by bucket, as the device applies it).
     pub fn update_drive_rate_limiter(&mut self, drive_id: &str, update: &RateLimiterConfig) {
         if let Some(drive) = self.drives.iter_mut().find(|d| d.drive_id == drive_id) {
-            drive.rate_limiter = Some(merged(drive.rate_limiter, update));
+            drive.rate_limiter = RateLimiterConfig::patched(drive.rate_limiter, Some(*update));
         }
     }
 
@@ -144,22 +144,9 @@ impl DeviceConfigs {
             .iter_mut()
             .find(|n| n.iface_id == iface_id)
         {
-            if let Some(rx) = rx {
-                iface.rx_rate_limiter = Some(merged(iface.rx_rate_limiter, rx));
-            }
-            if let Some(tx) = tx {
-                iface.tx_rate_limiter = Some(merged(iface.tx_rate_limiter, tx));
-            }
+            iface.rx_rate_limiter = RateLimiterConfig::patched(iface.rx_rate_limiter, rx.copied());
+            iface.tx_rate_limiter = RateLimiterConfig::patched(iface.tx_rate_limiter, tx.copied());
         }
-    }
-}
-
-/// `old` with the buckets `update` gives replaced.
-fn merged(old: Option<RateLimiterConfig>, update: &RateLimiterConfig) -> RateLimiterConfig {
-    let old = old.unwrap_or_default();
-    RateLimiterConfig {
-        bandwidth: update.bandwidth.or(old.bandwidth),
-        ops: update.ops.or(old.ops),
     }
 }
 
