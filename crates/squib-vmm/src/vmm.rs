@@ -275,13 +275,11 @@ impl VmmHandle {
                 SnapshotError::WrongState("the microVM must be paused to snapshot it").into(),
             );
         }
-        if request.snapshot_type == SnapshotType::Diff {
-            if !shared.track_dirty_pages {
-                return Err(SnapshotError::WrongState(
-                    "a Diff snapshot needs track_dirty_pages in the machine configuration",
-                )
-                .into());
-            }
+        if request.snapshot_type == SnapshotType::Diff && !shared.track_dirty_pages {
+            return Err(SnapshotError::WrongState(
+                "a Diff snapshot needs track_dirty_pages in the machine configuration",
+            )
+            .into());
         }
         let msrs = shared.msrs.as_deref().ok_or(SnapshotError::WrongState(
             "KVM could not list the MSRs to save when this microVM was built",
