@@ -10,7 +10,9 @@
 //!
 //! A summary prints requests/s, the time each request adds over the bare backend call, and the
 //! heap allocations per request counted by `squib_host::alloc_counter` (all threads: driver,
-//! transport and worker). `SQUIB_BENCH_QUICK=1` shortens the run for a CI smoke test.
+//! transport and worker). `SQUIB_BENCH_QUICK=1` shortens the run for a CI smoke test;
+//! `SQUIB_BENCH_TRACK_DIRTY=1` gives the device guest memory with dirty bitmaps, as a microVM
+//! with `track_dirty_pages` has (every device write marks its pages).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
