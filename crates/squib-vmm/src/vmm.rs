@@ -10,7 +10,7 @@
 //! 2. create the VM: irqchip, PIT, KVM's private pages;
 //! 3. map guest RAM (lazily: no page is touched);
 //! 4. (thread) register RAM with KVM — meanwhile: create and configure the vCPUs; join;
-//! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio drives;
+//! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio devices;
 //! 6. load the guest (`boot::load`) and set the boot vCPU's entry state;
 //! 7. start one thread per vCPU, then stdin forwarding.
 
@@ -40,10 +40,10 @@ use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::snapshot::memory::{self as snapshot_memory, MemoryBacking, Pages};
-use crate::snapshot::state::{MachineState, MicrovmState, memory_layout};
+use crate::snapshot::state::{DeviceConfigs, MachineState, MicrovmState, memory_layout};
 use crate::snapshot::{CreateRequest, SnapshotError, SnapshotType, format as snapshot_format};
 use crate::vm_config::{
-    DriveConfig, MachineConfig, VmConfig, check_mem_size_mib, check_vcpu_count,
+    MachineConfig, RateLimiterConfig, VmConfig, check_mem_size_mib, check_vcpu_count,
 };
 
 /// The machine limits, defined with the KVM-free model that checks them.
@@ -132,9 +132,6 @@ pub struct StartOptions {
     pub console_out: SerialOutput,
     /// Guest console input, forwarded on its own thread (`None`: no input).
     pub console_in: Option<Box<dyn Read + Send>>,
-    /// The calling thread's kind: [`Vmm::start`] installs its seccomp filter on the calling
-    /// thread after starting every other thread and before the vCPUs enter the guest.
-    pub caller: ThreadKind,
 }
 
 impl std::fmt::Debug for StartOptions {
@@ -142,7 +139,6 @@ impl std::fmt::Debug for StartOptions {
         f.debug_struct("StartOptions")
             .field("process_start", &self.process_start)
             .field("console_in", &self.console_in.is_some())
-            .field("caller", &self.caller)
             .finish_non_exhaustive()
     }
 }
@@ -158,8 +154,9 @@ struct RunningVm {
     exit: ExitSender,
     legacy: LegacyDevices,
     devices: DeviceManager,
-    /// The drives' configuration, in slot order (a snapshot records it).
-    drives: Vec<DriveConfig>,
+    /// The virtio devices' configuration, with the API's rate-limiter updates (a snapshot
+    /// records it).
+    configs: Mutex<DeviceConfigs>,
     // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
     vm: VmFd,
     mem: GuestMemory,
@@ -246,6 +243,28 @@ impl VmmHandle {
         &self.0.devices
     }
 
+    /// Records a drive's rate-limiter update (applied by the API) for later snapshots.
+    pub fn note_drive_rate_limiter(&self, drive_id: &str, update: &RateLimiterConfig) {
+        self.configs().update_drive_rate_limiter(drive_id, update);
+    }
+
+    /// Records an interface's rate-limiter updates (applied by the API) for later snapshots.
+    pub fn note_net_rate_limiters(
+        &self,
+        iface_id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) {
+        self.configs().update_net_rate_limiters(iface_id, rx, tx);
+    }
+
+    fn configs(&self) -> std::sync::MutexGuard<'_, DeviceConfigs> {
+        self.0
+            .configs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Writes a snapshot of the paused microVM: guest memory to `mem_file_path` (only the pages
     /// the guest touched, or dirtied since the last snapshot for `Diff`), then the state file,
     /// written last and renamed into place. Returns the memory bytes written.
@@ -256,32 +275,11 @@ impl VmmHandle {
                 SnapshotError::WrongState("the microVM must be paused to snapshot it").into(),
             );
         }
-        if shared.devices.entropy_metrics().is_some() || shared.devices.vsock().is_some() {
-            // Their state saves, but the snapshot does not record their configuration yet, so
-            // a load could not rebuild them: refuse rather than write a file that cannot load.
-            return Err(SnapshotError::Unsupported(
-                "snapshots of microVMs with an entropy or vsock device: the snapshot does not \
-                 record their configuration yet"
-                    .into(),
+        if request.snapshot_type == SnapshotType::Diff && !shared.track_dirty_pages {
+            return Err(SnapshotError::WrongState(
+                "a Diff snapshot needs track_dirty_pages in the machine configuration",
             )
             .into());
-        }
-        if request.snapshot_type == SnapshotType::Diff {
-            if !shared.track_dirty_pages {
-                return Err(SnapshotError::WrongState(
-                    "a Diff snapshot needs track_dirty_pages in the machine configuration",
-                )
-                .into());
-            }
-            if !shared.devices.slots().is_empty() {
-                // KVM's dirty log sees the vCPUs' writes only, not the devices' DMA.
-                return Err(SnapshotError::Unsupported(
-                    "Diff snapshots of microVMs with virtio devices: device writes to guest \
-                     memory are not dirty-tracked yet (take a Full snapshot)"
-                        .into(),
-                )
-                .into());
-            }
         }
         let msrs = shared.msrs.as_deref().ok_or(SnapshotError::WrongState(
             "KVM could not list the MSRs to save when this microVM was built",
@@ -297,7 +295,7 @@ impl VmmHandle {
             vm: VmDevicesState::save(&shared.vm).map_err(SnapshotError::from)?,
             vcpus,
             legacy: shared.legacy.save(),
-            drives: shared.drives.clone(),
+            config: self.configs().clone(),
             devices: shared
                 .devices
                 .save()
@@ -343,7 +341,7 @@ struct Machine {
     mmio: Bus,
     legacy: LegacyDevices,
     devices: DeviceManager,
-    drives: Vec<DriveConfig>,
+    configs: DeviceConfigs,
     exit: ExitSender,
     exit_rx: Receiver<ExitReason>,
     machine: MachineState,
@@ -384,7 +382,7 @@ impl VmShell {
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         // 2., 3.
         let vm = vm::create(&kvm)?;
-        let mem = vm::create_memory(machine.mem_size_mib)?;
+        let mem = vm::create_memory(machine.mem_size_mib, machine.track_dirty_pages)?;
         let vcpus = std::thread::scope(|scope| {
             // 4. Registration, overlapped with the vCPUs' set-up.
             let registration = std::thread::Builder::new()
@@ -481,21 +479,13 @@ impl Vmm {
                 BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
             )?;
         }
-        let mut devices = DeviceManager::new();
-        block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
-        devices::net::attach_all(
-            &vm,
-            &mem,
-            &mut mmio,
-            &mut devices,
-            &config.network_interfaces,
-        )?;
-        if let Some(entropy) = &config.entropy {
-            devices::rng::attach(&vm, &mem, &mut mmio, &mut devices, entropy)?;
-        }
-        if let Some(vsock) = &config.vsock {
-            devices::vsock::attach(&vm, &mem, &mut mmio, &mut devices, vsock)?;
-        }
+        let configs = DeviceConfigs {
+            drives: config.drives.clone(),
+            network_interfaces: config.network_interfaces.clone(),
+            entropy: config.entropy,
+            vsock: config.vsock.clone(),
+        };
+        let devices = attach_virtio(&vm, &mem, &mut mmio, &configs)?;
 
         // 6.
         let machine = boot::Machine {
@@ -516,7 +506,7 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives: config.drives.clone(),
+            configs,
             exit,
             exit_rx,
             machine: MachineState {
@@ -529,7 +519,7 @@ impl Vmm {
             msrs,
         };
         let _ = vcpus_start.set(Instant::now());
-        Self::launch(built, options.console_in, options.caller, false)
+        Self::launch(built, options.console_in, false)
     }
 
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
@@ -591,8 +581,7 @@ impl Vmm {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-            let mut devices = DeviceManager::new();
-            block::attach_all(&vm, &mem, &mut mmio, &mut devices, &state.drives)?;
+            let devices = attach_virtio(&vm, &mem, &mut mmio, &state.config)?;
             devices
                 .restore(&state.devices)
                 .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
@@ -606,7 +595,7 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives: state.drives.clone(),
+            configs: state.config.clone(),
             exit,
             exit_rx,
             machine: state.machine.clone(),
@@ -615,15 +604,16 @@ impl Vmm {
             msrs: snapshot_msrs(&kvm),
         };
         let _ = vcpus_start.set(Instant::now());
-        Self::launch(built, options.console_in, options.caller, !resume)
+        Self::launch(built, options.console_in, !resume)
     }
 
     /// Starts one thread per vCPU (held until every thread has its seccomp filter, and parked
-    /// after that if `paused`), then stdin forwarding; installs `caller`'s filter last.
+    /// after that if `paused`), then stdin forwarding; installs the calling thread's filter
+    /// last. The caller is always the controller's thread (the API thread, which also runs the
+    /// command line and `--config-file`).
     fn launch(
         built: Machine,
         console_in: Option<Box<dyn Read + Send>>,
-        caller: ThreadKind,
         paused: bool,
     ) -> Result<Self, VmmError> {
         let Machine {
@@ -634,7 +624,7 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives,
+            configs,
             exit,
             exit_rx,
             machine,
@@ -652,7 +642,7 @@ impl Vmm {
             exit,
             legacy,
             devices,
-            drives,
+            configs: Mutex::new(configs),
             vm,
             mem,
             machine,
@@ -697,7 +687,7 @@ impl Vmm {
         }
         // Last: the threads started above installed their own filters; the guest runs only
         // once this thread has its own too.
-        if let Err(err) = seccomp::enter(caller) {
+        if let Err(err) = seccomp::enter(ThreadKind::Api) {
             shutdown(&shared);
             return Err(err.into());
         }
@@ -747,6 +737,26 @@ fn snapshot_msrs(kvm: &Kvm) -> Option<Vec<u32>> {
     kvm_state::saveable_msrs(kvm)
         .inspect_err(|err| tracing::warn!("snapshots of this microVM will fail: {err}"))
         .ok()
+}
+
+/// Builds every virtio device of `configs` and gives each its slot, in the order
+/// [`DeviceConfigs::slot_order`] names (a snapshot's device states follow it).
+fn attach_virtio(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    mmio: &mut Bus,
+    configs: &DeviceConfigs,
+) -> Result<DeviceManager, VmmError> {
+    let mut devices = DeviceManager::new();
+    block::attach_all(vm, mem, mmio, &mut devices, &configs.drives)?;
+    devices::net::attach_all(vm, mem, mmio, &mut devices, &configs.network_interfaces)?;
+    if let Some(entropy) = &configs.entropy {
+        devices::rng::attach(vm, mem, mmio, &mut devices, entropy)?;
+    }
+    if let Some(vsock) = &configs.vsock {
+        devices::vsock::attach(vm, mem, mmio, &mut devices, vsock)?;
+    }
+    Ok(devices)
 }
 
 /// Maps the boot timer at Firecracker's address, and at the one images built before

@@ -9,7 +9,6 @@
 //! `squib_host::kvm_memory`), a discarded shell keeps its (untouched, unreserved) address range,
 //! so squib builds at most [`MAX_SHELLS`] of them and then builds at `InstanceStart`.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -24,7 +23,7 @@ use crate::devices::block::{DriveHandle, open_backend, rate_limiter_spec};
 use crate::devices::serial::Stdout;
 use crate::exit::ExitReason;
 use crate::snapshot::{self, CreateRequest, LoadRequest, MemBackend};
-use crate::vm_config::{MachineConfig, RateLimiterConfig, VmConfig};
+use crate::vm_config::{DriveConfig, MachineConfig, RateLimiterConfig, VmConfig};
 use crate::vmm::{StartOptions, VmShell, Vmm, VmmError, VmmHandle};
 
 /// Most shells built ahead per process (each discarded one keeps its address range).
@@ -53,8 +52,6 @@ pub struct KvmVmm {
     shared: Arc<VmSlot>,
     /// The running VM's handle (a clone of the one in `shared`, without the lock).
     handle: Option<VmmHandle>,
-    /// Drive configurations as booted, for re-opening a swapped backend with the same engine.
-    config: Option<VmConfig>,
     /// Forward stdin to the guest console.
     console_in: bool,
     /// The shell built ahead, if any.
@@ -99,7 +96,6 @@ impl KvmVmm {
             process_start,
             shared: Arc::default(),
             handle: None,
-            config: None,
             console_in,
             pending: None,
             shells_built: 0,
@@ -157,7 +153,6 @@ impl KvmVmm {
             console_in: self
                 .console_in
                 .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
-            caller: crate::seccomp::ThreadKind::Api,
         }
     }
 
@@ -228,9 +223,7 @@ impl VmmControl for KvmVmm {
             None => Vmm::start(config, options),
         }
         .map_err(ControlError::new)?;
-        self.adopt(vmm, exit)?;
-        self.config = Some(config.clone());
-        Ok(())
+        self.adopt(vmm, exit)
     }
 
     fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError> {
@@ -249,12 +242,23 @@ impl VmmControl for KvmVmm {
         // the default machine) is not used; it goes when its thread ends.
         self.pending = None;
         // Everything is read and checked before a VM exists.
-        let (_, state) =
+        let (_, mut state) =
             snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
         state.validate().map_err(ControlError::new)?;
+        state
+            .config
+            .apply_overrides(
+                &request.network_overrides,
+                request.vsock_override.as_deref(),
+            )
+            .map_err(ControlError::new)?;
         let (mem, backing) = match &request.mem_backend {
-            MemBackend::File(path) => snapshot::memory::map_file(path, &state.memory),
-            MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket),
+            MemBackend::File(path) => {
+                snapshot::memory::map_file(path, &state.memory, request.track_dirty_pages)
+            }
+            MemBackend::Uffd(socket) => {
+                snapshot::memory::uffd_backed(&state.memory, socket, request.track_dirty_pages)
+            }
         }
         .map_err(ControlError::new)?;
         let vmm = Vmm::restore(
@@ -274,11 +278,13 @@ impl VmmControl for KvmVmm {
                 smt: false,
                 track_dirty_pages: request.track_dirty_pages,
             },
-            drives: state.drives.clone(),
+            drives: state.config.drives.clone(),
+            network_interfaces: state.config.network_interfaces.clone(),
+            entropy: state.config.entropy,
+            vsock: state.config.vsock.clone(),
             boot_timer: state.machine.boot_timer,
             ..VmConfig::default()
         };
-        self.config = Some(config.clone());
         Ok(config)
     }
 
@@ -304,32 +310,10 @@ impl VmmControl for KvmVmm {
         Ok(())
     }
 
-    fn swap_drive(
-        &mut self,
-        drive_id: &str,
-        path: &Path,
-        read_only: bool,
-    ) -> Result<(), ControlError> {
-        let mut drive_config = self
-            .config
-            .as_ref()
-            .and_then(|c| c.drives.iter().find(|d| d.drive_id == drive_id))
-            .cloned()
-            .ok_or_else(|| ControlError::new(format!("drive `{drive_id}` does not exist")))?;
-        drive_config.path_on_host = path.to_owned();
-        drive_config.is_read_only = read_only;
-        let backend = open_backend(&drive_config).map_err(ControlError::new)?;
-        self.drive(drive_id)?
-            .swap_backend(backend)
-            .map_err(ControlError::new)?;
-        if let Some(d) = self
-            .config
-            .as_mut()
-            .and_then(|c| c.drives.iter_mut().find(|d| d.drive_id == drive_id))
-        {
-            d.path_on_host = path.to_owned();
-        }
-        Ok(())
+    fn swap_drive(&mut self, drive: &DriveConfig) -> Result<(), ControlError> {
+        let handle = self.drive(&drive.drive_id)?;
+        let backend = open_backend(drive).map_err(ControlError::new)?;
+        handle.swap_backend(backend).map_err(ControlError::new)
     }
 
     fn update_rate_limiter(
@@ -341,7 +325,9 @@ impl VmmControl for KvmVmm {
         self.drive(drive_id)?
             .block_handle()
             .update_rate_limiter(rate_limiter_spec(config))
-            .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))
+            .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))?;
+        self.running()?.note_drive_rate_limiter(drive_id, config);
+        Ok(())
     }
 
     fn device_counters(&self) -> Vec<DeviceCounters> {
@@ -400,7 +386,9 @@ impl VmmControl for KvmVmm {
                 ControlError::new(format!("network interface `{iface_id}` does not exist"))
             })?
             .update_rate_limiters(rx, tx)
-            .map_err(|e| ControlError::new(format!("network interface `{iface_id}`: {e}")))
+            .map_err(|e| ControlError::new(format!("network interface `{iface_id}`: {e}")))?;
+        self.running()?.note_net_rate_limiters(iface_id, rx, tx);
+        Ok(())
     }
 
     fn net_counters(&self) -> Vec<(String, squib_virtio::net::NetMetricsSnapshot)> {
