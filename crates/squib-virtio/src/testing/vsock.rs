@@ -12,7 +12,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::driver::Buf;
@@ -391,20 +391,34 @@ impl VsockGuest {
     /// again at once, and the device notified once per 16 buffers (as a driver batches refills)
     /// or before the guest waits.
     pub fn recv(&mut self, timeout: Duration) -> Option<(VsockHdr, Vec<u8>)> {
+        let mut payload = Vec::new();
+        let hdr = self.recv_into(timeout, &mut payload)?;
+        Some((hdr, payload))
+    }
+
+    /// [`VsockGuest::recv`] with the payload copied once into `payload` (replacing its
+    /// contents, reusing its memory), as a driver copies a packet to its reader.
+    pub fn recv_into(&mut self, timeout: Duration, payload: &mut Vec<u8>) -> Option<VsockHdr> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some((head, len)) = self.pop_used(0) {
                 let addr = GuestAddress(RX_BUFS + u64::from(head) * u64::from(RX_BUF_LEN));
-                let raw = self.read(addr, len as usize);
-                let hdr = VsockHdr::from_bytes(&raw[..HDR_LEN.min(raw.len())]);
-                let payload = raw.get(HDR_LEN..).unwrap_or_default().to_vec();
+                let mut raw = [0u8; HDR_LEN];
+                let hdr_len = HDR_LEN.min(len as usize);
+                self.mem.read_slice(&mut raw[..hdr_len], addr).unwrap();
+                let hdr = VsockHdr::from_bytes(&raw);
+                let data_len = (len as usize).saturating_sub(HDR_LEN);
+                payload.resize(data_len, 0);
+                self.mem
+                    .read_slice(payload, addr.unchecked_add(HDR_LEN as u64))
+                    .unwrap();
                 self.post_rx(head);
                 self.unkicked_rx += 1;
                 if self.unkicked_rx >= 16 {
                     self.unkicked_rx = 0;
                     self.kick(0);
                 }
-                return Some((hdr, payload));
+                return Some(hdr);
             }
             if self.unkicked_rx > 0 {
                 self.unkicked_rx = 0;
