@@ -11,7 +11,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY};
 use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -255,6 +255,19 @@ impl VsockGuest {
             .unwrap();
     }
 
+    /// Notifies queue `index` unless the device asked not to be (`VRING_USED_F_NO_NOTIFY`, set
+    /// while it drains the ring), as Linux's `virtqueue_kick_prepare` does without EVENT_IDX.
+    pub fn notify(&mut self, index: u16) {
+        fence(Ordering::SeqCst);
+        let flags: u16 = self
+            .mem
+            .read_obj(GuestAddress(self.rings[usize::from(index)].used()))
+            .unwrap();
+        if flags & VRING_USED_F_NO_NOTIFY as u16 == 0 {
+            self.kick(index);
+        }
+    }
+
     /// `len` bytes of guest memory (never freed; wraps around the heap when it runs out, which
     /// is fine for buffers whose packets completed).
     pub fn alloc(&mut self, len: u32) -> GuestAddress {
@@ -343,7 +356,7 @@ impl VsockGuest {
     }
 
     /// Sends one packet on the tx queue (header and payload in separate buffers, as Linux
-    /// does) and kicks. The chain's completion is collected by [`VsockGuest::reap_tx`].
+    /// does) and kicks unless the device is draining the ring. The chain's completion is collected by [`VsockGuest::reap_tx`].
     pub fn send(&mut self, hdr: &VsockHdr, payload: &[u8]) {
         let h = self.alloc(HDR_LEN as u32);
         self.write(h, &hdr.to_bytes());
@@ -360,7 +373,7 @@ impl VsockGuest {
                 ],
             );
         }
-        self.kick(1);
+        self.notify(1);
     }
 
     /// Waits until the device has completed every tx chain published so far.

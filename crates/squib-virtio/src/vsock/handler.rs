@@ -32,6 +32,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, Kill, State};
+use super::device::QUEUE_SIZE;
 use super::metrics::VsockMetrics;
 use super::packet::{HDR_LEN, HOST_CID, Header, Segments, TYPE_STREAM, op, shutdown};
 use crate::GuestMemory;
@@ -50,6 +51,8 @@ pub(crate) const MAX_PAYLOAD: u32 = 64 << 10;
 const RX_BATCH_BYTES: u64 = MAX_PAYLOAD as u64;
 /// Most rx chains one such `readv` fills.
 const RX_BATCH_CHAINS: usize = 16;
+/// Most tx packets served before the worker looks at its other events again.
+const TX_PER_TURN: usize = QUEUE_SIZE as usize;
 /// Connections and pending host handshakes at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// RSTs for dead connections waiting for rx buffers; more are dropped (`killq_resync`).
@@ -320,30 +323,48 @@ impl VsockHandler {
 
     // ---- guest → host (tx queue) ----
 
-    fn process_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<(), QueueError> {
-        let mut completed = false;
+    /// Serves the tx ring until it is empty, or for [`TX_PER_TURN`] packets (then returns
+    /// pending, so host socket events are seen in between). Driver notifications are off
+    /// meanwhile (a kick could not make the packets go any sooner) and back on before the worker
+    /// sleeps, with a last look for packets published in between.
+    fn process_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
+        let mut completed = 0usize;
+        let mut pending = Pending::NONE;
         let stop = cx.stop_signal();
-        while !stop.is_set() {
+        'serve: while !stop.is_set() {
             let Some(queue) = cx.queues.get_mut(TX) else {
-                return Ok(());
+                return Ok(pending);
             };
-            let Some(chain) = queue.pop(cx.mem)? else {
-                break;
-            };
-            let head = chain.head_index();
-            match Segments::collect(chain, cx.mem, false) {
-                Ok(segments) => self.handle_packet(&segments, cx),
-                Err(_) => self.metrics.tx_queue_event_fails(1),
+            queue.disable_notification(cx.mem)?;
+            while !stop.is_set() {
+                if completed == TX_PER_TURN {
+                    pending = Pending::queue(TX);
+                    break 'serve;
+                }
+                let Some(queue) = cx.queues.get_mut(TX) else {
+                    return Ok(pending);
+                };
+                let Some(chain) = queue.pop(cx.mem)? else {
+                    if cx.rearm(TX)? {
+                        continue 'serve;
+                    }
+                    break 'serve;
+                };
+                let head = chain.head_index();
+                match Segments::collect(chain, cx.mem, false) {
+                    Ok(segments) => self.handle_packet(&segments, cx),
+                    Err(_) => self.metrics.tx_queue_event_fails(1),
+                }
+                if let Some(queue) = cx.queues.get_mut(TX) {
+                    queue.complete(cx.mem, head, 0)?;
+                }
+                completed += 1;
             }
-            if let Some(queue) = cx.queues.get_mut(TX) {
-                queue.complete(cx.mem, head, 0)?;
-            }
-            completed = true;
         }
-        if completed {
+        if completed > 0 {
             cx.notify_used(TX)?;
         }
-        Ok(())
+        Ok(pending)
     }
 
     fn handle_packet(&mut self, segments: &Segments, cx: &mut WorkerContext<'_>) {
@@ -1018,17 +1039,18 @@ impl DeviceHandler for VsockHandler {
         queue: usize,
         cx: &mut WorkerContext<'_>,
     ) -> Result<Pending, QueueError> {
+        let mut pending = Pending::NONE;
         match queue {
             RX => self.metrics.rx_queue_event_count(1),
             TX => {
                 self.metrics.tx_queue_event_count(1);
-                self.process_tx(cx)?;
+                pending = self.process_tx(cx)?;
             }
             EVENT => self.send_pending_events(cx)?,
             _ => {}
         }
         self.fill_rx(cx)?;
-        Ok(Pending::NONE)
+        Ok(pending)
     }
 
     fn process_event(
