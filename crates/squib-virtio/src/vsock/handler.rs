@@ -10,7 +10,8 @@
 //! Every socket sits in the worker's epoll set, level-triggered, watched only for what the
 //! connection can act on ([`Connection::wanted_interest`]): a host peer that stops reading, or a
 //! guest that stops granting credit, stalls that connection and nothing else. Connections with
-//! something for the guest wait in a round-robin ring, one packet per turn, so none starves.
+//! something for the guest wait in a round-robin ring, one control packet or one read of host
+//! data (one `readv` into up to 64 KiB of rx buffers) per turn, so none starves.
 //! Guest-controlled values are hostile: malformed chains and packets are dropped and counted,
 //! protocol violations reset the connection, packets for connections that do not exist get an
 //! RST — nothing panics and nothing blocks.
