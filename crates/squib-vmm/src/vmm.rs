@@ -132,9 +132,6 @@ pub struct StartOptions {
     pub console_out: SerialOutput,
     /// Guest console input, forwarded on its own thread (`None`: no input).
     pub console_in: Option<Box<dyn Read + Send>>,
-    /// The calling thread's kind: [`Vmm::start`] installs its seccomp filter on the calling
-    /// thread after starting every other thread and before the vCPUs enter the guest.
-    pub caller: ThreadKind,
 }
 
 impl std::fmt::Debug for StartOptions {
@@ -142,7 +139,6 @@ impl std::fmt::Debug for StartOptions {
         f.debug_struct("StartOptions")
             .field("process_start", &self.process_start)
             .field("console_in", &self.console_in.is_some())
-            .field("caller", &self.caller)
             .finish_non_exhaustive()
     }
 }
@@ -529,7 +525,7 @@ impl Vmm {
             msrs,
         };
         let _ = vcpus_start.set(Instant::now());
-        Self::launch(built, options.console_in, options.caller, false)
+        Self::launch(built, options.console_in, false)
     }
 
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
@@ -615,15 +611,16 @@ impl Vmm {
             msrs: snapshot_msrs(&kvm),
         };
         let _ = vcpus_start.set(Instant::now());
-        Self::launch(built, options.console_in, options.caller, !resume)
+        Self::launch(built, options.console_in, !resume)
     }
 
     /// Starts one thread per vCPU (held until every thread has its seccomp filter, and parked
-    /// after that if `paused`), then stdin forwarding; installs `caller`'s filter last.
+    /// after that if `paused`), then stdin forwarding; installs the calling thread's filter
+    /// last. The caller is always the controller's thread (the API thread, which also runs the
+    /// command line and `--config-file`).
     fn launch(
         built: Machine,
         console_in: Option<Box<dyn Read + Send>>,
-        caller: ThreadKind,
         paused: bool,
     ) -> Result<Self, VmmError> {
         let Machine {
@@ -697,7 +694,7 @@ impl Vmm {
         }
         // Last: the threads started above installed their own filters; the guest runs only
         // once this thread has its own too.
-        if let Err(err) = seccomp::enter(caller) {
+        if let Err(err) = seccomp::enter(ThreadKind::Api) {
             shutdown(&shared);
             return Err(err.into());
         }
