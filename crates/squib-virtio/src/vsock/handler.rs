@@ -325,7 +325,7 @@ impl VsockHandler {
     // ---- guest → host (tx queue) ----
 
     /// Serves the tx ring until it is empty, or for [`TX_PER_TURN`] packets (then returns
-    /// pending, so host socket events are seen in between). Driver notifications are off
+    /// pending, so host socket events are seen in between), answering on the rx ring as it goes. Driver notifications are off
     /// meanwhile (a kick could not make the packets go any sooner) and back on before the worker
     /// sleeps, with a last look for packets published in between.
     fn process_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
@@ -360,6 +360,9 @@ impl VsockHandler {
                     queue.complete(cx.mem, head, 0)?;
                 }
                 completed += 1;
+                // A credit update the packet earned goes out now, not after the drain: the
+                // guest writes its next packets while we forward the rest of these.
+                self.fill_rx(cx)?;
             }
         }
         if completed > 0 {
