@@ -30,7 +30,8 @@ pub const RX_BUF_LEN: u32 = 4096 + HDR_LEN as u32;
 pub const VSOCK_GUEST_MEM: usize = 16 << 20;
 const QUEUE_BASE: [u64; 3] = [0x0, 0x10000, 0x20000];
 const RX_BUFS: u64 = 0x100000;
-const HEAP_START: u64 = 0x200000;
+/// Past the last rx buffer: the heap wraps around onto itself, never onto a posted rx buffer.
+const HEAP_START: u64 = (RX_BUFS + RING_SIZE as u64 * RX_BUF_LEN as u64).next_multiple_of(0x1000);
 
 /// Packet ops.
 #[allow(missing_docs)]
