@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 use vm_memory::volatile_memory::Error as VolatileMemoryError;
-use vm_memory::{Bytes, VolatileSlice, WriteVolatile};
+use vm_memory::{Bytes, WriteVolatile};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -986,7 +986,7 @@ fn batch_undo(batch: &mut Vec<(u16, Segments, u32)>, keep: usize, cx: &mut Worke
 }
 
 /// Copies guest bytes into the connection's host-bound buffer in stack-sized chunks.
-fn copy_into(conn: &mut Connection, slice: &VolatileSlice<'_, ()>) {
+fn copy_into(conn: &mut Connection, slice: &crate::GuestSlice<'_>) {
     let mut chunk = [0u8; 4096];
     let mut offset = 0;
     while offset < slice.len() {
