@@ -42,9 +42,7 @@ use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::snapshot::memory::{self as snapshot_memory, MemoryBacking, Pages};
 use crate::snapshot::state::{DeviceConfigs, MachineState, MicrovmState, memory_layout};
 use crate::snapshot::{CreateRequest, SnapshotError, SnapshotType, format as snapshot_format};
-use crate::vm_config::{
-    MachineConfig, RateLimiterConfig, VmConfig, check_mem_size_mib, check_vcpu_count,
-};
+use crate::vm_config::{MachineConfig, VmConfig, check_mem_size_mib, check_vcpu_count};
 
 /// The machine limits, defined with the KVM-free model that checks them.
 pub use crate::vm_config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
@@ -154,9 +152,6 @@ struct RunningVm {
     exit: ExitSender,
     legacy: LegacyDevices,
     devices: DeviceManager,
-    /// The virtio devices' configuration, with the API's rate-limiter updates (a snapshot
-    /// records it).
-    configs: Mutex<DeviceConfigs>,
     // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
     vm: VmFd,
     mem: GuestMemory,
@@ -243,32 +238,17 @@ impl VmmHandle {
         &self.0.devices
     }
 
-    /// Records a drive's rate-limiter update (applied by the API) for later snapshots.
-    pub fn note_drive_rate_limiter(&self, drive_id: &str, update: &RateLimiterConfig) {
-        self.configs().update_drive_rate_limiter(drive_id, update);
-    }
-
-    /// Records an interface's rate-limiter updates (applied by the API) for later snapshots.
-    pub fn note_net_rate_limiters(
-        &self,
-        iface_id: &str,
-        rx: Option<&RateLimiterConfig>,
-        tx: Option<&RateLimiterConfig>,
-    ) {
-        self.configs().update_net_rate_limiters(iface_id, rx, tx);
-    }
-
-    fn configs(&self) -> std::sync::MutexGuard<'_, DeviceConfigs> {
-        self.0
-            .configs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Writes a snapshot of the paused microVM: guest memory to `mem_file_path` (only the pages
     /// the guest touched, or dirtied since the last snapshot for `Diff`), then the state file,
-    /// written last and renamed into place. Returns the memory bytes written.
-    pub fn create_snapshot(&self, request: &CreateRequest) -> Result<u64, VmmError> {
+    /// written last and renamed into place. `config` is the devices' configuration as the
+    /// controller's resources hold it now (with every `PATCH` since the boot); a snapshot whose
+    /// configuration does not match the running devices is refused, never written. Returns the
+    /// memory bytes written.
+    pub fn create_snapshot(
+        &self,
+        request: &CreateRequest,
+        config: &DeviceConfigs,
+    ) -> Result<u64, VmmError> {
         let shared = &self.0;
         if shared.control.state() != VmState::Paused {
             return Err(
@@ -295,12 +275,15 @@ impl VmmHandle {
             vm: VmDevicesState::save(&shared.vm).map_err(SnapshotError::from)?,
             vcpus,
             legacy: shared.legacy.save(),
-            config: self.configs().clone(),
+            config: config.clone(),
             devices: shared
                 .devices
                 .save()
                 .map_err(|e| SnapshotError::Unsupported(e.to_string()))?,
         };
+        // What a load will check, checked before anything is written: above all that the
+        // configuration given matches the devices saved.
+        state.validate()?;
         let pages = match request.snapshot_type {
             SnapshotType::Full => Pages::Touched,
             SnapshotType::Diff => Pages::Dirty,
@@ -341,7 +324,6 @@ struct Machine {
     mmio: Bus,
     legacy: LegacyDevices,
     devices: DeviceManager,
-    configs: DeviceConfigs,
     exit: ExitSender,
     exit_rx: Receiver<ExitReason>,
     machine: MachineState,
@@ -506,7 +488,6 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            configs,
             exit,
             exit_rx,
             machine: MachineState {
@@ -595,7 +576,6 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            configs: state.config.clone(),
             exit,
             exit_rx,
             machine: state.machine.clone(),
@@ -624,7 +604,6 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            configs,
             exit,
             exit_rx,
             machine,
@@ -642,7 +621,6 @@ impl Vmm {
             exit,
             legacy,
             devices,
-            configs: Mutex::new(configs),
             vm,
             mem,
             machine,

@@ -218,7 +218,8 @@ impl<V: VmmControl> ApiController<V> {
                     ));
                 }
                 let begin = Instant::now();
-                self.vmm.create_snapshot(&request)?;
+                self.vmm
+                    .create_snapshot(&request, &self.resources.device_configs())?;
                 let operation = match request.snapshot_type {
                     SnapshotType::Full => "full_create_snapshot",
                     SnapshotType::Diff => "diff_create_snapshot",

@@ -22,6 +22,7 @@ use crate::control::VmState;
 use crate::devices::block::{DriveHandle, open_backend, rate_limiter_spec};
 use crate::devices::serial::Stdout;
 use crate::exit::ExitReason;
+use crate::snapshot::state::DeviceConfigs;
 use crate::snapshot::{self, CreateRequest, LoadRequest, MemBackend};
 use crate::vm_config::{DriveConfig, MachineConfig, RateLimiterConfig, VmConfig};
 use crate::vmm::{StartOptions, VmShell, Vmm, VmmError, VmmHandle};
@@ -226,9 +227,13 @@ impl VmmControl for KvmVmm {
         self.adopt(vmm, exit)
     }
 
-    fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError> {
+    fn create_snapshot(
+        &mut self,
+        request: &CreateRequest,
+        config: &DeviceConfigs,
+    ) -> Result<(), ControlError> {
         self.running()?
-            .create_snapshot(request)
+            .create_snapshot(request, config)
             .map(drop)
             .map_err(ControlError::new)
     }
@@ -326,7 +331,6 @@ impl VmmControl for KvmVmm {
             .block_handle()
             .update_rate_limiter(rate_limiter_spec(config))
             .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))?;
-        self.running()?.note_drive_rate_limiter(drive_id, config);
         Ok(())
     }
 
@@ -387,7 +391,6 @@ impl VmmControl for KvmVmm {
             })?
             .update_rate_limiters(rx, tx)
             .map_err(|e| ControlError::new(format!("network interface `{iface_id}`: {e}")))?;
-        self.running()?.note_net_rate_limiters(iface_id, rx, tx);
         Ok(())
     }
 

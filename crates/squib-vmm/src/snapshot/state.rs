@@ -9,9 +9,7 @@ use crate::devices::manager::{DeviceKind, SavedDevice};
 use crate::devices::rng::ENTROPY_ID;
 use crate::devices::vsock::VSOCK_ID;
 use crate::kvm::state::{VcpuState, VmDevicesState};
-use crate::vm_config::{
-    DriveConfig, EntropyConfig, NetworkInterfaceConfig, RateLimiterConfig, VsockConfig,
-};
+use crate::vm_config::{DriveConfig, EntropyConfig, NetworkInterfaceConfig, VsockConfig};
 use crate::vmm::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 
 /// The machine a snapshot restores into.
@@ -123,30 +121,6 @@ impl DeviceConfigs {
             vsock.uds_path = path.to_owned();
         }
         Ok(())
-    }
-
-    /// Records a drive's rate-limiter update (bucket by bucket, as the device applies it).
-    pub fn update_drive_rate_limiter(&mut self, drive_id: &str, update: &RateLimiterConfig) {
-        if let Some(drive) = self.drives.iter_mut().find(|d| d.drive_id == drive_id) {
-            drive.rate_limiter = RateLimiterConfig::patched(drive.rate_limiter, Some(*update));
-        }
-    }
-
-    /// Records an interface's rate-limiter updates.
-    pub fn update_net_rate_limiters(
-        &mut self,
-        iface_id: &str,
-        rx: Option<&RateLimiterConfig>,
-        tx: Option<&RateLimiterConfig>,
-    ) {
-        if let Some(iface) = self
-            .network_interfaces
-            .iter_mut()
-            .find(|n| n.iface_id == iface_id)
-        {
-            iface.rx_rate_limiter = RateLimiterConfig::patched(iface.rx_rate_limiter, rx.copied());
-            iface.tx_rate_limiter = RateLimiterConfig::patched(iface.tx_rate_limiter, tx.copied());
-        }
     }
 }
 
@@ -261,34 +235,17 @@ mod tests {
     }
 
     #[test]
-    fn configs_round_trip_through_json_with_their_rate_limiter_updates() {
+    fn configs_round_trip_through_json_with_their_rate_limiters() {
         let mut c = configs();
         let bucket = |size| TokenBucketConfig {
             size,
             one_time_burst: 0,
             refill_time_ms: 100,
         };
-        c.update_net_rate_limiters(
-            "eth0",
-            Some(&RateLimiterConfig {
-                bandwidth: Some(bucket(1000)),
-                ops: None,
-            }),
-            None,
-        );
-        c.update_net_rate_limiters(
-            "eth0",
-            Some(&RateLimiterConfig {
-                bandwidth: None,
-                ops: Some(bucket(10)),
-            }),
-            None,
-        );
-        let rx = c.network_interfaces[0].rx_rate_limiter.unwrap();
-        assert_eq!(
-            (rx.bandwidth, rx.ops),
-            (Some(bucket(1000)), Some(bucket(10)))
-        );
+        c.network_interfaces[0].rx_rate_limiter = Some(crate::vm_config::RateLimiterConfig {
+            bandwidth: Some(bucket(1000)),
+            ops: Some(bucket(10)),
+        });
         let text = serde_json::to_string(&c).unwrap();
         let back: DeviceConfigs = serde_json::from_str(&text).unwrap();
         assert_eq!(back, c);
