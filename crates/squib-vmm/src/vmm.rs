@@ -425,6 +425,13 @@ impl VmShell {
     pub fn fits(&self, machine: &MachineConfig) -> bool {
         self.machine == *machine
     }
+
+    /// Whether [`Vmm::restore`] can restore a snapshot of `vcpu_count` vCPUs into this shell:
+    /// whatever its memory size (the restore replaces its RAM), as long as it has no vCPU the
+    /// snapshot lacks (missing ones are created).
+    pub fn can_restore(&self, vcpu_count: u8) -> bool {
+        self.vcpus.len() <= usize::from(vcpu_count)
+    }
 }
 
 impl Vmm {
@@ -535,21 +542,36 @@ impl Vmm {
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
     /// memory file, or registered with a page-fault handler: `backing`), then starts its
     /// vCPU threads — parked unless `resume`. Nothing runs before every piece of state is
-    /// restored. A restore builds its own VM: a prepared [`VmShell`] has fresh anonymous
-    /// memory, where a restored guest's memory comes from the snapshot.
+    /// restored.
+    ///
+    /// With a `shell` built ahead ([`VmShell::can_restore`]), the restore reuses its VM
+    /// (irqchip, PIT) and vCPUs, and swaps its memory slots for `mem`: a VM's first memory slot
+    /// costs milliseconds here, later slot changes a fraction of one, and closing a VM costs
+    /// more still. The shell's own RAM never ran a guest and leaves the VM before `mem` enters
+    /// it; without a shell the restore builds a VM of its own.
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         state: &MicrovmState,
         mem: GuestMemory,
         backing: MemoryBacking,
         track_dirty_pages: bool,
         resume: bool,
+        shell: Option<VmShell>,
         options: StartOptions,
     ) -> Result<Self, VmmError> {
         let build_start = BuildStart::now();
         state.validate()?;
-        signals::install_kick_handler().map_err(VmmError::KickSignal)?;
-        let kvm = Kvm::new().map_err(VmmError::Kvm)?;
-        let vm = vm::create(&kvm)?;
+        let (vm, shell_vcpus, shell_mem, msrs) = match shell {
+            Some(shell) if shell.can_restore(state.machine.vcpu_count) => {
+                (shell.vm, shell.vcpus, Some(shell.mem), shell.msrs)
+            }
+            Some(_) => return Err(VmmError::ShellMismatch),
+            None => {
+                signals::install_kick_handler().map_err(VmmError::KickSignal)?;
+                let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+                (vm::create(&kvm)?, Vec::new(), None, snapshot_msrs(&kvm))
+            }
+        };
         let (exit_tx, exit_rx) = mpsc::channel();
         let exit = ExitSender::new(exit_tx);
         let vcpus_start = Arc::new(OnceLock::new());
@@ -557,14 +579,21 @@ impl Vmm {
             let registration = std::thread::Builder::new()
                 .name("mem-register".into())
                 .stack_size(64 << 10)
-                .spawn_scoped(scope, || vm::register_memory(&vm, &mem, track_dirty_pages))
+                .spawn_scoped(scope, || {
+                    if let Some(shell_mem) = &shell_mem {
+                        vm::unregister_memory(&vm, shell_mem)?;
+                    }
+                    vm::register_memory(&vm, &mem, track_dirty_pages)
+                })
                 .map_err(|source| VmmError::Thread {
                     what: "memory registration",
                     source,
                 })?;
-            let mut vcpus = Vec::with_capacity(state.vcpus.len());
-            for index in 0..state.machine.vcpu_count {
-                vcpus.push(Vcpu::new(&vm, index)?);
+            // The shell's vCPUs never ran: restoring their state overwrites all of it.
+            let mut vcpus = shell_vcpus;
+            vcpus.reserve(state.vcpus.len().saturating_sub(vcpus.len()));
+            for index in vcpus.len()..usize::from(state.machine.vcpu_count) {
+                vcpus.push(Vcpu::new(&vm, index as u8)?);
             }
             state.vm.restore(&vm).map_err(SnapshotError::from)?;
             for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
@@ -612,7 +641,7 @@ impl Vmm {
             machine: state.machine.clone(),
             track_dirty_pages,
             backing,
-            msrs: snapshot_msrs(&kvm),
+            msrs,
         };
         let _ = vcpus_start.set(Instant::now());
         Self::launch(built, options.console_in, options.caller, !resume)

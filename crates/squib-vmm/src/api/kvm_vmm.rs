@@ -61,6 +61,9 @@ pub struct KvmVmm {
     pending: Option<PendingShell>,
     /// Shells built ahead so far.
     shells_built: u32,
+    /// Shells a snapshot load could not use, kept until the process exits (as the VMM itself
+    /// is): closing a VM costs milliseconds that a load should not wait for.
+    unused_shells: Vec<VmShell>,
 }
 
 /// Stops the process from another thread (a signal): the VM if it runs, else the server.
@@ -103,16 +106,23 @@ impl KvmVmm {
             console_in,
             pending: None,
             shells_built: 0,
+            unused_shells: Vec::new(),
         }
     }
 
     /// The shell built ahead for `machine`, waiting for it if it is still being built; `None`
     /// when there is none or it does not fit (then it is dropped on its thread's end).
     fn take_shell(&mut self, machine: &MachineConfig) -> Option<VmShell> {
-        let pending = self.pending.take()?;
-        if pending.machine != *machine {
+        if self.pending.as_ref()?.machine != *machine {
+            self.pending = None;
             return None;
         }
+        self.take_any_shell()
+    }
+
+    /// The shell built ahead, whatever its machine, waiting for it if it is still being built.
+    fn take_any_shell(&mut self) -> Option<VmShell> {
+        let pending = self.pending.take()?;
         match pending.thread.join() {
             Ok(Ok(shell)) => Some(shell),
             Ok(Err(e)) => {
@@ -245,10 +255,8 @@ impl VmmControl for KvmVmm {
         request: &LoadRequest,
         exit: ExitNotice,
     ) -> Result<VmConfig, ControlError> {
-        // A restore builds its own VM around the snapshot's memory: the shell built ahead (for
-        // the default machine) is not used; it goes when its thread ends.
-        self.pending = None;
-        // Everything is read and checked before a VM exists.
+        // Everything is read and checked before the VM built ahead is taken (it may still be
+        // building meanwhile).
         let (_, state) =
             snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
         state.validate().map_err(ControlError::new)?;
@@ -257,12 +265,23 @@ impl VmmControl for KvmVmm {
             MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket),
         }
         .map_err(ControlError::new)?;
+        // The restore takes over the VM and vCPUs built ahead (its RAM is replaced). A shell it
+        // cannot use is kept, not closed: closing a VM costs milliseconds.
+        let shell = match self.take_any_shell() {
+            Some(shell) if shell.can_restore(state.machine.vcpu_count) => Some(shell),
+            Some(shell) => {
+                self.unused_shells.push(shell);
+                None
+            }
+            None => None,
+        };
         let vmm = Vmm::restore(
             &state,
             mem,
             backing,
             request.track_dirty_pages,
             request.resume_vm,
+            shell,
             self.options(),
         )
         .map_err(ControlError::new)?;

@@ -80,3 +80,12 @@ pub fn register_memory(
     }
     Ok(())
 }
+
+/// Deletes the slots [`register_memory`] made for `mem`: `vm` no longer maps any of it.
+pub fn unregister_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        kvm_memory::remove_memory_region(vm, slot as u32, region)
+            .map_err(kvm_op("SET_USER_MEMORY_REGION (delete)"))?;
+    }
+    Ok(())
+}
