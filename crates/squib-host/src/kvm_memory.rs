@@ -63,30 +63,6 @@ pub fn set_user_memory_region(
     unsafe { vm.set_user_memory_region(descriptor) }
 }
 
-/// Deletes memory slot `slot` of `vm`, which [`set_user_memory_region`] filled from `region`:
-/// the guest no longer sees that range. A VM's first slot costs milliseconds to set up here
-/// and later slot changes do not, so a VM built ahead can take other guest RAM this way.
-///
-/// The mapping stays pinned (see the module docs): nothing is unmapped.
-pub fn remove_memory_region(
-    vm: &VmFd,
-    slot: u32,
-    region: &GuestRegionMmap<()>,
-) -> Result<(), kvm_ioctls::Error> {
-    let descriptor = kvm_userspace_memory_region {
-        slot,
-        flags: 0,
-        guest_phys_addr: region.start_addr().0,
-        // Zero deletes the slot.
-        memory_size: 0,
-        userspace_addr: region.as_ptr() as u64,
-    };
-    // SAFETY: a zero-size region deletes the slot: the kernel stops using the slot's range and
-    // is given no new range to use, so no host memory becomes reachable from the guest. A slot
-    // that does not exist is an error from the kernel, not UB.
-    unsafe { vm.set_user_memory_region(descriptor) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,23 +82,5 @@ mod tests {
             GuestRegionMmap::<()>::from_range(GuestAddress(0x8_0000), 0x10_0000, None).unwrap();
         let err = set_user_memory_region(&vm, 1, &overlapping, SlotFlags::default()).unwrap_err();
         assert_eq!(err.errno(), libc::EEXIST);
-    }
-
-    #[test]
-    fn a_removed_slot_frees_its_guest_range() {
-        if !std::path::Path::new("/dev/kvm").exists() {
-            eprintln!("SKIPPED: /dev/kvm is absent; the KVM memory-slot test did not run");
-            return;
-        }
-        let kvm = kvm_ioctls::Kvm::new().unwrap();
-        let vm = kvm.create_vm().unwrap();
-        let small = GuestRegionMmap::<()>::from_range(GuestAddress(0), 0x10_0000, None).unwrap();
-        let large = GuestRegionMmap::<()>::from_range(GuestAddress(0), 0x40_0000, None).unwrap();
-        set_user_memory_region(&vm, 0, &small, SlotFlags::default()).unwrap();
-        // The larger range overlaps the slot until it is removed.
-        let err = set_user_memory_region(&vm, 1, &large, SlotFlags::default()).unwrap_err();
-        assert_eq!(err.errno(), libc::EEXIST);
-        remove_memory_region(&vm, 0, &small).unwrap();
-        set_user_memory_region(&vm, 0, &large, SlotFlags::default()).unwrap();
     }
 }

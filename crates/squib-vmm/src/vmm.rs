@@ -3,13 +3,13 @@
 //!
 //! Start-up sequence ([`Vmm::start`]). Steps 1–4 depend only on the machine size, so they form
 //! a [`VmShell`] that the API builds ahead of `InstanceStart`, off its thread
-//! ([`Vmm::start_on`] finishes from one); KVM's memory-slot registration costs milliseconds
-//! here, so it runs on its own thread, overlapped with the vCPU set-up:
+//! ([`Vmm::start_on`] finishes from one). Guest RAM is registered with KVM before the irqchip
+//! exists: after it, KVM's first memory-slot change waits 5–7 ms here (see `kvm::vm::create`):
 //!
 //! 1. validate the machine; open `/dev/kvm`;
-//! 2. create the VM: irqchip, PIT, KVM's private pages;
-//! 3. map guest RAM (lazily: no page is touched);
-//! 4. (thread) register RAM with KVM — meanwhile: create and configure the vCPUs; join;
+//! 2. map guest RAM (lazily: no page is touched);
+//! 3. create the VM: RAM registered, then irqchip, PIT, KVM's private pages;
+//! 4. create and configure the vCPUs;
 //! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio drives;
 //! 6. load the guest (`boot::load`) and set the boot vCPU's entry state;
 //! 7. start one thread per vCPU, then stdin forwarding.
@@ -382,36 +382,18 @@ impl VmShell {
         let vcpu_count = machine.vcpu_count;
         signals::install_kick_handler().map_err(VmmError::KickSignal)?;
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
-        // 2., 3.
-        let vm = vm::create(&kvm)?;
+        // 2.-4. RAM first: it is cheap before the irqchip, not after (see `vm::create`).
         let mem = vm::create_memory(machine.mem_size_mib)?;
-        let vcpus = std::thread::scope(|scope| {
-            // 4. Registration, overlapped with the vCPUs' set-up.
-            let registration = std::thread::Builder::new()
-                .name("mem-register".into())
-                .stack_size(64 << 10)
-                .spawn_scoped(scope, || {
-                    vm::register_memory(&vm, &mem, machine.track_dirty_pages)
-                })
-                .map_err(|source| VmmError::Thread {
-                    what: "memory registration",
-                    source,
-                })?;
-            let supported_cpuid = kvm
-                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-                .map_err(VmmError::Cpuid)?;
-            let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
-            for index in 0..vcpu_count {
-                let vcpu = Vcpu::new(&vm, index)?;
-                vcpu.configure(&supported_cpuid, vcpu_count)?;
-                vcpus.push(vcpu);
-            }
-            match registration.join() {
-                Ok(result) => result?,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-            Ok::<_, VmmError>(vcpus)
-        })?;
+        let vm = vm::create(&kvm, &mem, machine.track_dirty_pages)?;
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::Cpuid)?;
+        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+        for index in 0..vcpu_count {
+            let vcpu = Vcpu::new(&vm, index)?;
+            vcpu.configure(&supported_cpuid, vcpu_count)?;
+            vcpus.push(vcpu);
+        }
         Ok(Self {
             machine: machine.clone(),
             vm,
@@ -424,13 +406,6 @@ impl VmShell {
     /// Whether this shell is what `machine` asks for.
     pub fn fits(&self, machine: &MachineConfig) -> bool {
         self.machine == *machine
-    }
-
-    /// Whether [`Vmm::restore`] can restore a snapshot of `vcpu_count` vCPUs into this shell:
-    /// whatever its memory size (the restore replaces its RAM), as long as it has no vCPU the
-    /// snapshot lacks (missing ones are created).
-    pub fn can_restore(&self, vcpu_count: u8) -> bool {
-        self.vcpus.len() <= usize::from(vcpu_count)
     }
 }
 
@@ -542,91 +517,55 @@ impl Vmm {
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
     /// memory file, or registered with a page-fault handler: `backing`), then starts its
     /// vCPU threads — parked unless `resume`. Nothing runs before every piece of state is
-    /// restored.
-    ///
-    /// With a `shell` built ahead ([`VmShell::can_restore`]), the restore reuses its VM
-    /// (irqchip, PIT) and vCPUs, and swaps its memory slots for `mem`: a VM's first memory slot
-    /// costs milliseconds here, later slot changes a fraction of one, and closing a VM costs
-    /// more still. The shell's own RAM never ran a guest and leaves the VM before `mem` enters
-    /// it; without a shell the restore builds a VM of its own.
-    #[allow(clippy::too_many_arguments)]
+    /// restored. A restore builds its own VM: a prepared [`VmShell`] has other RAM, and
+    /// swapping a VM's memory slot shortly after its irqchip was created waits milliseconds
+    /// (see `vm::create`), where a new VM with the snapshot's RAM registered first does not.
     pub fn restore(
         state: &MicrovmState,
         mem: GuestMemory,
         backing: MemoryBacking,
         track_dirty_pages: bool,
         resume: bool,
-        shell: Option<VmShell>,
         options: StartOptions,
     ) -> Result<Self, VmmError> {
         let build_start = BuildStart::now();
         state.validate()?;
-        let (vm, shell_vcpus, shell_mem, msrs) = match shell {
-            Some(shell) if shell.can_restore(state.machine.vcpu_count) => {
-                (shell.vm, shell.vcpus, Some(shell.mem), shell.msrs)
-            }
-            Some(_) => return Err(VmmError::ShellMismatch),
-            None => {
-                signals::install_kick_handler().map_err(VmmError::KickSignal)?;
-                let kvm = Kvm::new().map_err(VmmError::Kvm)?;
-                (vm::create(&kvm)?, Vec::new(), None, snapshot_msrs(&kvm))
-            }
-        };
+        signals::install_kick_handler().map_err(VmmError::KickSignal)?;
+        let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+        // Registration first: the devices check their rings against guest memory, and a Uffd
+        // handler must be the only thing a fault can wait on.
+        let vm = vm::create(&kvm, &mem, track_dirty_pages)?;
         let (exit_tx, exit_rx) = mpsc::channel();
         let exit = ExitSender::new(exit_tx);
         let vcpus_start = Arc::new(OnceLock::new());
-        let (vcpus, pio, mmio, legacy, devices) = std::thread::scope(|scope| {
-            let registration = std::thread::Builder::new()
-                .name("mem-register".into())
-                .stack_size(64 << 10)
-                .spawn_scoped(scope, || {
-                    if let Some(shell_mem) = &shell_mem {
-                        vm::unregister_memory(&vm, shell_mem)?;
-                    }
-                    vm::register_memory(&vm, &mem, track_dirty_pages)
-                })
-                .map_err(|source| VmmError::Thread {
-                    what: "memory registration",
-                    source,
-                })?;
-            // The shell's vCPUs never ran: restoring their state overwrites all of it.
-            let mut vcpus = shell_vcpus;
-            vcpus.reserve(state.vcpus.len().saturating_sub(vcpus.len()));
-            for index in vcpus.len()..usize::from(state.machine.vcpu_count) {
-                vcpus.push(Vcpu::new(&vm, index as u8)?);
-            }
-            state.vm.restore(&vm).map_err(SnapshotError::from)?;
-            for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
-                saved.restore(vcpu.fd()).map_err(SnapshotError::from)?;
-            }
-            let mut pio = Bus::new("pio");
-            let mut mmio = Bus::new("mmio");
-            let legacy = devices::attach_legacy(
-                &vm,
-                &mut pio,
-                &exit,
-                options.console_out,
-                Some(&state.legacy),
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for index in 0..state.machine.vcpu_count {
+            vcpus.push(Vcpu::new(&vm, index)?);
+        }
+        state.vm.restore(&vm).map_err(SnapshotError::from)?;
+        for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
+            saved.restore(vcpu.fd()).map_err(SnapshotError::from)?;
+        }
+        let mut pio = Bus::new("pio");
+        let mut mmio = Bus::new("mmio");
+        let legacy = devices::attach_legacy(
+            &vm,
+            &mut pio,
+            &exit,
+            options.console_out,
+            Some(&state.legacy),
+        )?;
+        if state.machine.boot_timer {
+            attach_boot_timer(
+                &mut mmio,
+                BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
             )?;
-            if state.machine.boot_timer {
-                attach_boot_timer(
-                    &mut mmio,
-                    BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
-                )?;
-            }
-            // The devices check their rings against guest memory: after registration, so
-            // that a Uffd handler is the only thing a fault can wait on.
-            match registration.join() {
-                Ok(result) => result?,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-            let mut devices = DeviceManager::new();
-            block::attach_all(&vm, &mem, &mut mmio, &mut devices, &state.drives)?;
-            devices
-                .restore(&state.devices)
-                .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, devices))
-        })?;
+        }
+        let mut devices = DeviceManager::new();
+        block::attach_all(&vm, &mem, &mut mmio, &mut devices, &state.drives)?;
+        devices
+            .restore(&state.devices)
+            .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         let built = Machine {
             vm,
             mem,
@@ -641,7 +580,7 @@ impl Vmm {
             machine: state.machine.clone(),
             track_dirty_pages,
             backing,
-            msrs,
+            msrs: snapshot_msrs(&kvm),
         };
         let _ = vcpus_start.set(Instant::now());
         Self::launch(built, options.console_in, options.caller, !resume)

@@ -61,9 +61,9 @@ pub struct KvmVmm {
     pending: Option<PendingShell>,
     /// Shells built ahead so far.
     shells_built: u32,
-    /// Shells a snapshot load could not use, kept until the process exits (as the VMM itself
-    /// is): closing a VM costs milliseconds that a load should not wait for.
-    unused_shells: Vec<VmShell>,
+    /// The shell a snapshot load did not use (maybe still building), kept until the process
+    /// exits as the VMM itself is: closing a VM costs milliseconds a load should not wait for.
+    unused_shell: Option<PendingShell>,
 }
 
 /// Stops the process from another thread (a signal): the VM if it runs, else the server.
@@ -106,23 +106,17 @@ impl KvmVmm {
             console_in,
             pending: None,
             shells_built: 0,
-            unused_shells: Vec::new(),
+            unused_shell: None,
         }
     }
 
     /// The shell built ahead for `machine`, waiting for it if it is still being built; `None`
     /// when there is none or it does not fit (then it is dropped on its thread's end).
     fn take_shell(&mut self, machine: &MachineConfig) -> Option<VmShell> {
-        if self.pending.as_ref()?.machine != *machine {
-            self.pending = None;
+        let pending = self.pending.take()?;
+        if pending.machine != *machine {
             return None;
         }
-        self.take_any_shell()
-    }
-
-    /// The shell built ahead, whatever its machine, waiting for it if it is still being built.
-    fn take_any_shell(&mut self) -> Option<VmShell> {
-        let pending = self.pending.take()?;
         match pending.thread.join() {
             Ok(Ok(shell)) => Some(shell),
             Ok(Err(e)) => {
@@ -218,7 +212,12 @@ impl VmmControl for KvmVmm {
         let spawned = std::thread::Builder::new()
             .name("vm-prepare".into())
             .stack_size(256 << 10)
-            .spawn(move || VmShell::build(&for_thread));
+            .spawn(move || {
+                let shell = VmShell::build(&for_thread);
+                // The guest console's writer too, off the path of the first output.
+                crate::devices::serial::start_stdout_writer();
+                shell
+            });
         match spawned {
             Ok(thread) => {
                 self.shells_built += 1;
@@ -255,8 +254,7 @@ impl VmmControl for KvmVmm {
         request: &LoadRequest,
         exit: ExitNotice,
     ) -> Result<VmConfig, ControlError> {
-        // Everything is read and checked before the VM built ahead is taken (it may still be
-        // building meanwhile).
+        // Everything is read and checked before a VM exists.
         let (_, state) =
             snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
         state.validate().map_err(ControlError::new)?;
@@ -265,23 +263,15 @@ impl VmmControl for KvmVmm {
             MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket),
         }
         .map_err(ControlError::new)?;
-        // The restore takes over the VM and vCPUs built ahead (its RAM is replaced). A shell it
-        // cannot use is kept, not closed: closing a VM costs milliseconds.
-        let shell = match self.take_any_shell() {
-            Some(shell) if shell.can_restore(state.machine.vcpu_count) => Some(shell),
-            Some(shell) => {
-                self.unused_shells.push(shell);
-                None
-            }
-            None => None,
-        };
+        // A restore builds its own VM (see `Vmm::restore`): the shell built ahead is neither
+        // waited for nor closed here.
+        self.unused_shell = self.pending.take();
         let vmm = Vmm::restore(
             &state,
             mem,
             backing,
             request.track_dirty_pages,
             request.resume_vm,
-            shell,
             self.options(),
         )
         .map_err(ControlError::new)?;
