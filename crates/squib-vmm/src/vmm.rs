@@ -334,6 +334,32 @@ pub struct Vmm {
     exit_rx: Receiver<ExitReason>,
 }
 
+/// A microVM rebuilt from a snapshot ([`Vmm::restore`]), its vCPU threads not started yet.
+pub struct RestoredVm {
+    built: Machine,
+    console_in: Option<Box<dyn Read + Send>>,
+    caller: ThreadKind,
+    paused: bool,
+    vcpus_start: Arc<OnceLock<Instant>>,
+}
+
+impl std::fmt::Debug for RestoredVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoredVm")
+            .field("paused", &self.paused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestoredVm {
+    /// Starts the vCPU threads (parked if the load did not ask to resume), then stdin
+    /// forwarding; installs the caller's seccomp filter last.
+    pub fn launch(self) -> Result<Vmm, VmmError> {
+        let _ = self.vcpus_start.set(Instant::now());
+        Vmm::launch(self.built, self.console_in, self.caller, self.paused)
+    }
+}
+
 /// A built machine, ready for its vCPU threads.
 struct Machine {
     vm: VmFd,
@@ -515,9 +541,9 @@ impl Vmm {
     }
 
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
-    /// memory file, or registered with a page-fault handler: `backing`), then starts its
-    /// vCPU threads — parked unless `resume`. Nothing runs before every piece of state is
-    /// restored. A restore builds its own VM: a prepared [`VmShell`] has other RAM, and
+    /// memory file, or registered with a page-fault handler: `backing`);
+    /// [`RestoredVm::launch`] then starts its vCPU threads — parked unless `resume`. Nothing
+    /// runs before every piece of state is restored. A restore builds its own VM: a prepared [`VmShell`] has other RAM, and
     /// swapping a VM's memory slot shortly after its irqchip was created waits milliseconds
     /// (see `vm::create`), where a new VM with the snapshot's RAM registered first does not.
     pub fn restore(
@@ -527,7 +553,7 @@ impl Vmm {
         track_dirty_pages: bool,
         resume: bool,
         options: StartOptions,
-    ) -> Result<Self, VmmError> {
+    ) -> Result<RestoredVm, VmmError> {
         let build_start = BuildStart::now();
         state.validate()?;
         signals::install_kick_handler().map_err(VmmError::KickSignal)?;
@@ -582,8 +608,13 @@ impl Vmm {
             backing,
             msrs: snapshot_msrs(&kvm),
         };
-        let _ = vcpus_start.set(Instant::now());
-        Self::launch(built, options.console_in, options.caller, !resume)
+        Ok(RestoredVm {
+            built,
+            console_in: options.console_in,
+            caller: options.caller,
+            paused: !resume,
+            vcpus_start,
+        })
     }
 
     /// Starts one thread per vCPU (held until every thread has its seccomp filter, and parked

@@ -61,9 +61,9 @@ pub struct KvmVmm {
     pending: Option<PendingShell>,
     /// Shells built ahead so far.
     shells_built: u32,
-    /// The shell a snapshot load did not use (maybe still building), kept until the process
-    /// exits as the VMM itself is: closing a VM costs milliseconds a load should not wait for.
-    unused_shell: Option<PendingShell>,
+    /// The shell a snapshot load did not use, kept until the process exits as the VMM itself
+    /// is: closing a VM costs milliseconds a load should not wait for.
+    unused_shell: Option<VmShell>,
 }
 
 /// Stops the process from another thread (a signal): the VM if it runs, else the server.
@@ -263,10 +263,9 @@ impl VmmControl for KvmVmm {
             MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket),
         }
         .map_err(ControlError::new)?;
-        // A restore builds its own VM (see `Vmm::restore`): the shell built ahead is neither
-        // waited for nor closed here.
-        self.unused_shell = self.pending.take();
-        let vmm = Vmm::restore(
+        // A restore builds its own VM (see `Vmm::restore`), meanwhile the shell built ahead
+        // may still be building.
+        let restored = Vmm::restore(
             &state,
             mem,
             backing,
@@ -275,6 +274,12 @@ impl VmmControl for KvmVmm {
             self.options(),
         )
         .map_err(ControlError::new)?;
+        // That thread is unfiltered, so it ends before the guest runs (it has usually finished
+        // by now). Its shell is kept, not closed: closing a VM costs milliseconds.
+        if let Some(pending) = self.pending.take() {
+            self.unused_shell = pending.thread.join().ok().and_then(Result::ok);
+        }
+        let vmm = restored.launch().map_err(ControlError::new)?;
         self.adopt(vmm, exit)?;
         let config = VmConfig {
             machine: crate::vm_config::MachineConfig {
