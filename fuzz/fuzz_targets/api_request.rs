@@ -7,20 +7,21 @@
 use libfuzzer_sys::fuzz_target;
 use squib_fuzz::{controller, is_sandboxed};
 use squib_vmm::api::http::{self, Parsed};
-use squib_vmm::api::router::{ApiRequest, route};
+use squib_vmm::api::action::VmmAction;
+use squib_vmm::api::router::route;
 
 /// Firecracker's default `--http-api-max-payload-size`.
 const MAX_PAYLOAD: usize = 51_200;
 
 /// Requests that name host files must stay in the sandbox; logger and metrics create files.
-fn allowed(request: &ApiRequest) -> bool {
+fn allowed(request: &VmmAction) -> bool {
     match request {
-        ApiRequest::PutBootSource(b) => {
+        VmmAction::PutBootSource(b) => {
             is_sandboxed(&b.kernel_image_path) && b.initrd_path.as_deref().is_none_or(is_sandboxed)
         }
-        ApiRequest::PutDrive(_, d) => d.path_on_host.as_deref().is_none_or(is_sandboxed),
-        ApiRequest::PatchDrive(_, d) => d.path_on_host.as_deref().is_none_or(is_sandboxed),
-        ApiRequest::PutLogger(_) | ApiRequest::PutMetrics(_) => false,
+        VmmAction::PutDrive(_, d) => d.path_on_host.as_deref().is_none_or(is_sandboxed),
+        VmmAction::PatchDrive(_, d) => d.path_on_host.as_deref().is_none_or(is_sandboxed),
+        VmmAction::PutLogger(_) | VmmAction::PutMetrics(_) => false,
         _ => true,
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Once;
 use squib_vmm::api::controller::{ApiController, InstanceSettings};
 use squib_vmm::api::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
 use squib_vmm::snapshot::{CreateRequest, LoadRequest};
-use squib_vmm::vm_config::{RateLimiterConfig, VmConfig};
+use squib_vmm::vm_config::{DriveConfig, RateLimiterConfig, VmConfig};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// A VMM that records nothing and always agrees: the targets exercise parsing and validation.
@@ -36,7 +36,7 @@ impl VmmControl for FakeVmm {
     fn send_ctrl_alt_del(&mut self) -> Result<(), ControlError> {
         Ok(())
     }
-    fn swap_drive(&mut self, _: &str, _: &Path, _: bool) -> Result<(), ControlError> {
+    fn swap_drive(&mut self, _: &DriveConfig) -> Result<(), ControlError> {
         Ok(())
     }
     fn update_rate_limiter(&mut self, _: &str, _: &RateLimiterConfig) -> Result<(), ControlError> {
@@ -63,6 +63,7 @@ pub fn controller() -> ApiController<FakeVmm> {
     let settings = InstanceSettings {
         id: "fuzz".into(),
         boot_timer: false,
+        boot_options: Default::default(),
     };
     let wake = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     ApiController::new(settings, FakeVmm::default(), None, wake)

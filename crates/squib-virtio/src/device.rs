@@ -84,6 +84,32 @@ pub struct Activation {
     pub acked_features: u64,
 }
 
+/// The lifecycle of a device's worker as the device's transport-facing side drives it, whatever
+/// the worker serves: [`DeviceRuntime`](crate::runtime::DeviceRuntime) implements it, and
+/// [`VirtioDevice`]'s pause, resume, queue-stop and snapshot methods use it by default.
+pub trait RuntimeControl: Send + Debug {
+    /// Activated and not reset since (running or paused).
+    fn is_active(&self) -> bool;
+    /// Paused: the queues and the handler can be saved.
+    fn is_paused(&self) -> bool;
+    /// Stops serving once the requests in flight are published (a no-op unless running).
+    fn pause(&mut self);
+    /// Serves again after a pause or a restore (a no-op unless paused).
+    fn resume(&mut self) -> io::Result<()>;
+    /// Stops serving queue `index`; the others go on.
+    fn disable_queue(&mut self, index: usize) -> io::Result<()>;
+    /// The queues' state while paused.
+    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>>;
+
+    /// Refuses to save a device whose worker is running.
+    fn ensure_quiescent(&self) -> Result<(), StateError> {
+        if self.is_active() && !self.is_paused() {
+            return Err(StateError::Running);
+        }
+        Ok(())
+    }
+}
+
 /// A virtio device model, driven by a transport.
 pub trait VirtioDevice: Send + Debug {
     /// The virtio device ID (`VIRTIO_ID_BLOCK`, ...).
@@ -125,19 +151,39 @@ pub trait VirtioDevice: Send + Debug {
     /// within one request's time whatever the guest keeps queueing.
     fn reset(&mut self);
 
+    /// The device's worker runtime, through which the lifecycle methods below act.
+    fn runtime(&self) -> &dyn RuntimeControl;
+
+    /// The same, to change it.
+    fn runtime_mut(&mut self) -> &mut dyn RuntimeControl;
+
     /// The driver stopped queue `index` (QueueReady = 0 after DRIVER_OK): once this returns the
     /// device no longer touches that queue.
-    fn disable_queue(&mut self, index: usize);
+    fn disable_queue(&mut self, index: usize) {
+        if let Err(error) = self.runtime_mut().disable_queue(index) {
+            tracing::error!(
+                device_type = self.device_type(),
+                %error,
+                "cannot restart the device worker after stopping a queue"
+            );
+        }
+    }
 
     /// Stops serving after the requests in flight are published (VM pause, snapshot). A no-op
     /// unless active.
-    fn pause(&mut self);
+    fn pause(&mut self) {
+        self.runtime_mut().pause();
+    }
 
-    /// Serves again after [`pause`](Self::pause) or [`restore`](Self::restore).
-    fn resume(&mut self) -> Result<(), ActivateError>;
+    /// Serves again after [`pause`](Self::pause) or [`restore_state`](Self::restore_state).
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        Ok(self.runtime_mut().resume()?)
+    }
 
     /// The queues' state while paused (`None` while running or inactive).
-    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>>;
+    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
+        self.runtime().queue_snapshots()
+    }
 
     /// The device's own state for a snapshot: only while paused or inactive.
     fn save_state(&self) -> Result<DeviceState, StateError>;

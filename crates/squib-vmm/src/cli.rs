@@ -8,16 +8,17 @@
 //!       [--no-seccomp | --seccomp-filter FILE]   (taken out by `seccomp::take_flags` in `main`)
 //! ```
 //!
-//! Every option also accepts `--name=value`. Errors are one line naming the problem.
+//! Every option also accepts `--name=value`. The flags become the [`VmmAction`]s the API would
+//! take for the same microVM (see [`CliRun`]), so their values are validated by `VmResources`,
+//! like every other front end's. Errors are one line naming the flag and the problem.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
 
+use crate::api::action::VmmAction;
+use crate::api::models::{BootSourceBody, DriveBody, MachineConfigBody};
+use crate::api::resources::VmResources;
 use crate::arch::x86_64::layout::MAX_VIRTIO_MMIO_SLOTS;
-use crate::ids::check_resource_id;
-use crate::vm_config::{
-    BootSource, CacheType, DriveConfig, IoEngine, VmConfig, check_mem_size_mib, check_vcpu_count,
-};
+use crate::vm_config::{BootOptions, CacheType, IoEngine};
 
 /// The usage text.
 pub const USAGE: &str =
@@ -31,11 +32,42 @@ pub const USAGE: &str =
 #[derive(Debug, PartialEq)]
 pub enum Command {
     /// Boot this microVM.
-    Run(Box<VmConfig>),
+    Run(Box<CliRun>),
     /// Print the usage.
     Help,
     /// Print the version.
     Version,
+}
+
+/// A microVM described on the command line. The flags become the API requests that would
+/// describe the same microVM, applied by the same [`VmResources`] (so a path, a size or an id is
+/// validated once, in one place, whichever front end gave it); what the API cannot say (the boot
+/// timer, the boot options) travels beside them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CliRun {
+    /// Each action with the flag it came from, for error messages.
+    actions: Vec<(String, VmmAction)>,
+    /// `--boot-timer`.
+    pub boot_timer: bool,
+    /// `--boot-protocol`, `--no-acpi`, `--no-mptable`, `--no-cmdline-devices`.
+    pub boot_options: BootOptions,
+}
+
+impl CliRun {
+    /// The actions in the order they apply, each with the flag it came from.
+    pub fn actions(&self) -> impl Iterator<Item = (&str, &VmmAction)> {
+        self.actions.iter().map(|(flag, a)| (flag.as_str(), a))
+    }
+
+    /// Applies the actions to `resources`; a refusal names the flag.
+    pub fn configure(&self, resources: &mut VmResources) -> Result<(), UsageError> {
+        for (flag, action) in self.actions() {
+            resources
+                .apply(action)
+                .map_err(|e| usage(format!("{flag}: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 /// A command-line mistake, as one line.
@@ -43,17 +75,22 @@ pub enum Command {
 #[error("{0}")]
 pub struct UsageError(String);
 
-fn usage(message: impl Into<String>) -> UsageError {
+/// A mistake, said in one line.
+pub fn usage(message: impl Into<String>) -> UsageError {
     UsageError(message.into())
 }
 
-/// Parses squib's arguments (without the program name).
+/// Parses squib's arguments (without the program name). Only the syntax is checked here; the
+/// values are checked when the actions are applied.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
     let mut args = args.into_iter();
-    let mut config = VmConfig::default();
-    let mut kernel: Option<PathBuf> = None;
-    let mut initrd: Option<PathBuf> = None;
+    let mut kernel: Option<String> = None;
+    let mut initrd: Option<String> = None;
     let mut cmdline: Option<String> = None;
+    let mut machine: Vec<(String, VmmAction)> = Vec::new();
+    let mut drives: Vec<(String, DriveBody)> = Vec::new();
+    let mut boot_timer = false;
+    let mut boot_options = BootOptions::default();
 
     while let Some(arg) = args.next() {
         let arg = arg
@@ -65,39 +102,51 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             }
             _ => (arg.clone(), None),
         };
-        let mut value = || -> Result<OsString, UsageError> {
-            match &inline {
-                Some(v) => Ok(v.into()),
+        let mut value = || -> Result<String, UsageError> {
+            let value = match &inline {
+                Some(v) => v.into(),
                 None => args
                     .next()
-                    .ok_or_else(|| usage(format!("{name} needs a value"))),
-            }
+                    .ok_or_else(|| usage(format!("{name} needs a value")))?,
+            };
+            value
+                .into_string()
+                .map_err(|v| usage(format!("{name} {v:?} is not valid UTF-8")))
         };
         match name.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
-            "--kernel" => set_once(
-                &mut kernel,
-                "--kernel",
-                existing_path("--kernel", value()?)?,
-            )?,
-            "--initrd" => set_once(
-                &mut initrd,
-                "--initrd",
-                existing_path("--initrd", value()?)?,
-            )?,
-            "--cmdline" => set_once(&mut cmdline, "--cmdline", utf8("--cmdline", value()?)?)?,
-            "--vcpus" => config.machine.vcpu_count = parse_vcpus(&utf8("--vcpus", value()?)?)?,
-            "--mem-mib" => config.machine.mem_size_mib = parse_mem(&utf8("--mem-mib", value()?)?)?,
-            "--disk" => {
-                let drive = parse_disk(&utf8("--disk", value()?)?, config.drives.len())?;
-                config.drives.push(drive);
+            "--kernel" => set_once(&mut kernel, "--kernel", value()?)?,
+            "--initrd" => set_once(&mut initrd, "--initrd", value()?)?,
+            "--cmdline" => set_once(&mut cmdline, "--cmdline", value()?)?,
+            flag @ ("--vcpus" | "--mem-mib") => {
+                let text = value()?;
+                let n = Some(number(flag, &text)?);
+                let body = if flag == "--vcpus" {
+                    MachineConfigBody {
+                        vcpu_count: n,
+                        ..MachineConfigBody::default()
+                    }
+                } else {
+                    MachineConfigBody {
+                        mem_size_mib: n,
+                        ..MachineConfigBody::default()
+                    }
+                };
+                machine.push((
+                    format!("{flag} {text:?}"),
+                    VmmAction::PatchMachineConfig(body),
+                ));
             }
-            "--boot-timer" if inline.is_none() => config.boot_timer = true,
+            "--disk" => {
+                let spec = value()?;
+                let drive = parse_disk(&spec, drives.len())?;
+                drives.push((format!("--disk {spec}"), drive));
+            }
+            "--boot-timer" if inline.is_none() => boot_timer = true,
             "--boot-timer" => return Err(usage("--boot-timer takes no value")),
             "--boot-protocol" => {
-                let text = utf8("--boot-protocol", value()?)?;
-                config.boot_options.protocol = text
+                boot_options.protocol = value()?
                     .parse()
                     .map_err(|e| usage(format!("--boot-protocol: {e}")))?;
             }
@@ -105,11 +154,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                 if inline.is_some() {
                     return Err(usage(format!("{flag} takes no value")));
                 }
-                let options = &mut config.boot_options;
                 match flag {
-                    "--no-acpi" => options.acpi = false,
-                    "--no-mptable" => options.mptable = false,
-                    _ => options.cmdline_devices = false,
+                    "--no-acpi" => boot_options.acpi = false,
+                    "--no-mptable" => boot_options.mptable = false,
+                    _ => boot_options.cmdline_devices = false,
                 }
             }
             other if other.starts_with('-') => {
@@ -120,13 +168,29 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     }
 
     let kernel = kernel.ok_or_else(|| usage("--kernel is required"))?;
-    check_drives(&config.drives)?;
-    config.boot = Some(BootSource {
-        kernel_image_path: kernel,
-        initrd_path: initrd,
+    check_drive_ids(&drives)?;
+    // The boot source is named by the flag of whichever of its files a refusal is about.
+    let boot = BootSourceBody {
+        kernel_image_path: kernel.clone(),
         boot_args: cmdline,
-    });
-    Ok(Command::Run(Box::new(config)))
+        initrd_path: initrd.clone(),
+    };
+    let boot_flag = match initrd {
+        Some(initrd) => format!("--kernel {kernel} / --initrd {initrd}"),
+        None => format!("--kernel {kernel}"),
+    };
+    let mut actions = vec![(boot_flag, VmmAction::PutBootSource(boot))];
+    actions.extend(machine);
+    actions.extend(
+        drives
+            .into_iter()
+            .map(|(flag, d)| (flag, VmmAction::PutDrive(d.drive_id.clone(), d))),
+    );
+    Ok(Command::Run(Box::new(CliRun {
+        actions,
+        boot_timer,
+        boot_options,
+    })))
 }
 
 fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), UsageError> {
@@ -136,90 +200,56 @@ fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), UsageEr
     Ok(())
 }
 
-fn utf8(name: &str, value: OsString) -> Result<String, UsageError> {
-    value
-        .into_string()
-        .map_err(|v| usage(format!("{name} {v:?} is not valid UTF-8")))
+fn number(name: &str, text: &str) -> Result<u64, UsageError> {
+    text.parse::<u64>()
+        .map_err(|_| usage(format!("{name} {text:?}: expected a number")))
 }
 
-fn existing_path(name: &str, value: OsString) -> Result<PathBuf, UsageError> {
-    let path = PathBuf::from(value);
-    check_exists(name, &path)?;
-    Ok(path)
-}
-
-fn check_exists(name: &str, path: &Path) -> Result<(), UsageError> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            Err(usage(format!("{name} {} is a directory", path.display())))
-        }
-        Ok(_) => Ok(()),
-        Err(err) => Err(usage(format!("{name} {}: {err}", path.display()))),
-    }
-}
-
-fn parse_vcpus(text: &str) -> Result<u8, UsageError> {
-    let n = text
-        .parse::<u64>()
-        .map_err(|_| usage(format!("--vcpus {text:?}: expected a number")))?;
-    check_vcpu_count(n).map_err(|e| usage(format!("--vcpus {text:?}: {e}")))
-}
-
-fn parse_mem(text: &str) -> Result<usize, UsageError> {
-    let n = text
-        .parse::<u64>()
-        .map_err(|_| usage(format!("--mem-mib {text:?}: expected a number")))?;
-    check_mem_size_mib(n).map_err(|e| usage(format!("--mem-mib {text:?}: {e}")))
-}
-
-/// `PATH[,ro][,engine=sync|async|threads][,direct][,id=NAME][,cache=unsafe|writeback]`; `index` names the
-/// drive (`disk0`, …) when no id is given.
-fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, UsageError> {
+/// `PATH[,ro][,engine=sync|async|threads][,direct][,id=NAME][,cache=unsafe|writeback]`; `index`
+/// names the drive (`disk0`, …) when no id is given.
+fn parse_disk(spec: &str, index: usize) -> Result<DriveBody, UsageError> {
     let mut parts = spec.split(',');
-    let path = PathBuf::from(parts.next().unwrap_or_default());
-    if path.as_os_str().is_empty() {
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
         return Err(usage(format!("--disk {spec:?}: the path is missing")));
     }
-    check_exists("--disk", &path)?;
-    let mut drive = DriveConfig {
+    let mut drive = DriveBody {
         drive_id: format!("disk{index}"),
-        path_on_host: path,
-        is_read_only: false,
-        is_root_device: false,
-        partuuid: None,
-        cache_type: CacheType::Unsafe,
-        io_engine: IoEngine::Sync,
-        direct: false,
-        rate_limiter: None,
+        path_on_host: Some(path.to_owned()),
+        is_read_only: Some(false),
+        cache_type: Some(CacheType::Unsafe),
+        io_engine: Some(IoEngine::Sync),
+        ..DriveBody::default()
     };
     for option in parts {
         match option.split_once('=') {
-            None if option == "ro" => drive.is_read_only = true,
+            None if option == "ro" => drive.is_read_only = Some(true),
             None if option == "direct" => drive.direct = true,
-            Some(("engine", "sync")) => drive.io_engine = IoEngine::Sync,
-            Some(("engine", "async")) => drive.io_engine = IoEngine::Async,
-            Some(("engine", "threads")) => drive.io_engine = IoEngine::Threads,
-            Some(("cache", "unsafe")) => drive.cache_type = CacheType::Unsafe,
-            Some(("cache", "writeback")) => drive.cache_type = CacheType::Writeback,
-            Some(("id", id)) => {
-                check_resource_id(id).map_err(|e| usage(format!("--disk {spec:?}: {e}")))?;
-                drive.drive_id = id.to_owned();
-            }
+            Some(("engine", "sync")) => drive.io_engine = Some(IoEngine::Sync),
+            Some(("engine", "async")) => drive.io_engine = Some(IoEngine::Async),
+            Some(("engine", "threads")) => drive.io_engine = Some(IoEngine::Threads),
+            Some(("cache", "unsafe")) => drive.cache_type = Some(CacheType::Unsafe),
+            Some(("cache", "writeback")) => drive.cache_type = Some(CacheType::Writeback),
+            Some(("id", id)) => drive.drive_id = id.to_owned(),
             _ => return Err(usage(format!("--disk {spec:?}: unknown option {option:?}"))),
         }
     }
     Ok(drive)
 }
 
-fn check_drives(drives: &[DriveConfig]) -> Result<(), UsageError> {
+/// On the command line a repeated id is a mistake, not the API's replacement.
+fn check_drive_ids(drives: &[(String, DriveBody)]) -> Result<(), UsageError> {
     if drives.len() > MAX_VIRTIO_MMIO_SLOTS {
         return Err(usage(format!(
             "{} disks given: at most {MAX_VIRTIO_MMIO_SLOTS}",
             drives.len()
         )));
     }
-    for (i, drive) in drives.iter().enumerate() {
-        if drives[..i].iter().any(|d| d.drive_id == drive.drive_id) {
+    for (i, (_, drive)) in drives.iter().enumerate() {
+        if drives[..i]
+            .iter()
+            .any(|(_, d)| d.drive_id == drive.drive_id)
+        {
             return Err(usage(format!("disk id {:?} used twice", drive.drive_id)));
         }
     }
@@ -228,7 +258,10 @@ fn check_drives(drives: &[DriveConfig]) -> Result<(), UsageError> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::vm_config::VmConfig;
 
     struct Files {
         dir: tempfile::TempDir,
@@ -251,15 +284,26 @@ mod tests {
         parse(args.iter().map(OsString::from))
     }
 
-    fn run(args: &[&str]) -> VmConfig {
-        match parse_strs(args).unwrap() {
-            Command::Run(config) => *config,
+    /// The microVM the command line describes, as the VMM would get it.
+    fn configure(args: &[&str]) -> Result<VmConfig, UsageError> {
+        match parse_strs(args)? {
+            Command::Run(run) => {
+                let mut resources = VmResources::default();
+                run.configure(&mut resources)?;
+                Ok(resources
+                    .vm_config(run.boot_timer, run.boot_options)
+                    .unwrap())
+            }
             other => panic!("expected a run, got {other:?}"),
         }
     }
 
+    fn run(args: &[&str]) -> VmConfig {
+        configure(args).unwrap()
+    }
+
     fn err(args: &[&str]) -> String {
-        parse_strs(args).unwrap_err().to_string()
+        configure(args).unwrap_err().to_string()
     }
 
     #[test]
@@ -336,7 +380,8 @@ mod tests {
             (&["--kernel"], "--kernel needs a value"),
             (
                 &["--kernel", "/nonexistent/vmlinux"],
-                "--kernel /nonexistent/vmlinux: No such file",
+                "--kernel /nonexistent/vmlinux: cannot use kernel_image_path \
+                 `/nonexistent/vmlinux`: No such file",
             ),
             (&["--kernel", "/tmp"], "is a directory"),
             (&["--kernel", &k, "--kernel", &k], "--kernel given twice"),
@@ -416,6 +461,78 @@ mod tests {
                 "{args:?}: not one line: {message:?}"
             );
         }
+    }
+
+    #[test]
+    fn flags_are_the_api_requests_for_the_same_microvm() {
+        let f = Files::new();
+        let disk = f.path("b.img");
+        let Command::Run(run) = parse_strs(&[
+            "--kernel",
+            &f.path("vmlinux"),
+            "--cmdline",
+            "console=ttyS0",
+            "--vcpus",
+            "2",
+            "--disk",
+            &format!("{disk},ro,id=data,cache=writeback,engine=async"),
+        ])
+        .unwrap() else {
+            panic!("expected a run")
+        };
+        let actions: Vec<&VmmAction> = run.actions().map(|(_, a)| a).collect();
+        let api = |method: &str, path: &str, body: String| {
+            crate::api::router::route(method, path, body.as_bytes()).unwrap()
+        };
+        let expected = [
+            api(
+                "PUT",
+                "/boot-source",
+                format!(
+                    r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}}"#,
+                    f.path("vmlinux")
+                ),
+            ),
+            api("PATCH", "/machine-config", r#"{"vcpu_count": 2}"#.into()),
+            api(
+                "PUT",
+                "/drives/data",
+                format!(
+                    r#"{{"drive_id": "data", "path_on_host": "{disk}", "is_root_device": false,
+                        "is_read_only": true, "cache_type": "Writeback", "io_engine": "Async"}}"#
+                ),
+            ),
+        ];
+        assert_eq!(actions, expected.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn paths_are_checked_as_the_api_checks_them() {
+        // The API's check opens without blocking and refuses what is not a regular file: a FIFO
+        // as the kernel is refused at once instead of hanging the start on `open`.
+        let f = Files::new();
+        let fifo = f.dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let fifo = fifo.display().to_string();
+        let message = err(&["--kernel", &fifo]);
+        assert!(
+            message.starts_with(&format!("--kernel {fifo}: cannot use kernel_image_path")),
+            "{message}"
+        );
+        let mut resources = VmResources::default();
+        let body = BootSourceBody {
+            kernel_image_path: fifo.clone(),
+            ..BootSourceBody::default()
+        };
+        let api = resources
+            .apply(&VmmAction::PutBootSource(body))
+            .unwrap_err()
+            .to_string();
+        assert!(message.ends_with(&api), "{message} vs the API's {api}");
     }
 
     #[test]

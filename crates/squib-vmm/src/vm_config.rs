@@ -1,9 +1,10 @@
 //! What a microVM is made of, as the CLI, the config file and the API describe it.
 //!
-//! Every front end (command line, `--config-file`, the REST API) produces a `VmConfig`; the VMM
-//! builds the machine from it. The machine limits are checked here, once, for every front end
-//! ([`check_vcpu_count`], [`check_mem_size_mib`]); the VMM checks them again at its boundary
-//! with the same functions. `CacheType` and `IoEngine` are also the API's and the config file's
+//! Every front end (command line, `--config-file`, the REST API) configures the same
+//! [`VmResources`](crate::api::resources::VmResources), which validates each value once and hands
+//! the VMM a finished `VmConfig`. The machine limits live here ([`check_vcpu_count`],
+//! [`check_mem_size_mib`]); the VMM checks them again at its boundary with the same functions,
+//! since `Vmm` is a public API of its own. `CacheType` and `IoEngine` are also the API's and the config file's
 //! types (Firecracker's names).
 
 use std::path::PathBuf;
@@ -231,6 +232,19 @@ pub struct RateLimiterError {
 }
 
 impl RateLimiterConfig {
+    /// The limiter after a `PATCH` that gives `update`: a bucket the update leaves out keeps its
+    /// configuration (what Firecracker's update does).
+    pub fn patched(current: Option<Self>, update: Option<Self>) -> Option<Self> {
+        let Some(update) = update else {
+            return current;
+        };
+        let current = current.unwrap_or_default();
+        Some(Self {
+            bandwidth: update.bandwidth.or(current.bandwidth),
+            ops: update.ops.or(current.ops),
+        })
+    }
+
     /// Checks that every bucket can be represented (its refill time in nanoseconds fits).
     pub fn check(&self) -> Result<(), RateLimiterError> {
         for (bucket, b) in [("bandwidth", &self.bandwidth), ("ops", &self.ops)] {
@@ -268,4 +282,38 @@ pub struct DriveConfig {
     pub direct: bool,
     /// Optional throttle.
     pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(size: u64) -> Option<TokenBucketConfig> {
+        Some(TokenBucketConfig {
+            size,
+            one_time_burst: 0,
+            refill_time_ms: 100,
+        })
+    }
+
+    #[test]
+    fn a_patch_replaces_the_buckets_it_gives_and_keeps_the_others() {
+        let current = Some(RateLimiterConfig {
+            bandwidth: bucket(1),
+            ops: bucket(2),
+        });
+        let update = Some(RateLimiterConfig {
+            bandwidth: bucket(3),
+            ops: None,
+        });
+        assert_eq!(
+            RateLimiterConfig::patched(current, update),
+            Some(RateLimiterConfig {
+                bandwidth: bucket(3),
+                ops: bucket(2),
+            })
+        );
+        assert_eq!(RateLimiterConfig::patched(current, None), current);
+        assert_eq!(RateLimiterConfig::patched(None, update), update);
+    }
 }

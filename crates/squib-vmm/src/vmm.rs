@@ -132,9 +132,6 @@ pub struct StartOptions {
     pub console_out: SerialOutput,
     /// Guest console input, forwarded on its own thread (`None`: no input).
     pub console_in: Option<Box<dyn Read + Send>>,
-    /// The calling thread's kind: [`Vmm::start`] installs its seccomp filter on the calling
-    /// thread after starting every other thread and before the vCPUs enter the guest.
-    pub caller: ThreadKind,
 }
 
 impl std::fmt::Debug for StartOptions {
@@ -142,7 +139,6 @@ impl std::fmt::Debug for StartOptions {
         f.debug_struct("StartOptions")
             .field("process_start", &self.process_start)
             .field("console_in", &self.console_in.is_some())
-            .field("caller", &self.caller)
             .finish_non_exhaustive()
     }
 }
@@ -338,7 +334,6 @@ pub struct Vmm {
 pub struct RestoredVm {
     built: Machine,
     console_in: Option<Box<dyn Read + Send>>,
-    caller: ThreadKind,
     paused: bool,
     vcpus_start: Arc<OnceLock<Instant>>,
 }
@@ -353,10 +348,10 @@ impl std::fmt::Debug for RestoredVm {
 
 impl RestoredVm {
     /// Starts the vCPU threads (parked if the load did not ask to resume), then stdin
-    /// forwarding; installs the caller's seccomp filter last.
+    /// forwarding; installs the calling (API) thread's seccomp filter last.
     pub fn launch(self) -> Result<Vmm, VmmError> {
         let _ = self.vcpus_start.set(Instant::now());
-        Vmm::launch(self.built, self.console_in, self.caller, self.paused)
+        Vmm::launch(self.built, self.console_in, self.paused)
     }
 }
 
@@ -537,7 +532,7 @@ impl Vmm {
             msrs,
         };
         let _ = vcpus_start.set(Instant::now());
-        Self::launch(built, options.console_in, options.caller, false)
+        Self::launch(built, options.console_in, false)
     }
 
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
@@ -611,18 +606,18 @@ impl Vmm {
         Ok(RestoredVm {
             built,
             console_in: options.console_in,
-            caller: options.caller,
             paused: !resume,
             vcpus_start,
         })
     }
 
     /// Starts one thread per vCPU (held until every thread has its seccomp filter, and parked
-    /// after that if `paused`), then stdin forwarding; installs `caller`'s filter last.
+    /// after that if `paused`), then stdin forwarding; installs the calling thread's filter
+    /// last. The caller is always the controller's thread (the API thread, which also runs the
+    /// command line and `--config-file`).
     fn launch(
         built: Machine,
         console_in: Option<Box<dyn Read + Send>>,
-        caller: ThreadKind,
         paused: bool,
     ) -> Result<Self, VmmError> {
         let Machine {
@@ -696,7 +691,7 @@ impl Vmm {
         }
         // Last: the threads started above installed their own filters; the guest runs only
         // once this thread has its own too.
-        if let Err(err) = seccomp::enter(caller) {
+        if let Err(err) = seccomp::enter(ThreadKind::Api) {
             shutdown(&shared);
             return Err(err.into());
         }

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use squib_vmm::api::controller::{ApiController, InstanceSettings};
 use squib_vmm::api::server::{ApiServer, REQUEST_TIMEOUT};
 use squib_vmm::api::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
 use squib_vmm::snapshot::{CreateRequest, LoadRequest};
-use squib_vmm::vm_config::{MachineConfig, RateLimiterConfig, VmConfig};
+use squib_vmm::vm_config::{DriveConfig, MachineConfig, RateLimiterConfig, VmConfig};
 
 /// What the fake VMM was asked to do.
 #[derive(Debug, Default)]
@@ -81,7 +81,8 @@ impl VmmControl for FakeVmm {
         }
         Ok(())
     }
-    fn swap_drive(&mut self, id: &str, path: &Path, ro: bool) -> Result<(), ControlError> {
+    fn swap_drive(&mut self, drive: &DriveConfig) -> Result<(), ControlError> {
+        let (id, path, ro) = (&drive.drive_id, &drive.path_on_host, drive.is_read_only);
         self.log(format!("swap {id} {} ro={ro}", path.display()));
         Ok(())
     }
@@ -177,6 +178,7 @@ impl Running {
         let settings = InstanceSettings {
             id: "fake_vm".into(),
             boot_timer: false,
+            boot_options: Default::default(),
         };
         let wake = server.wake_event().unwrap();
         let fake = vmm.clone();

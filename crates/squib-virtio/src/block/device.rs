@@ -15,9 +15,8 @@ use super::config::{
 };
 use super::drive_state::{BlockHandle, DriveState};
 use super::handler::BlockHandler;
-use crate::device::{ActivateError, Activation, COMMON_FEATURES, VirtioDevice};
+use crate::device::{ActivateError, Activation, COMMON_FEATURES, RuntimeControl, VirtioDevice};
 use crate::persist::{DeviceState, StateError};
-use crate::queue::QueueSnapshot;
 use crate::rate_limiter::RateLimiter;
 use crate::runtime::{DeviceRuntime, QueueParts};
 
@@ -215,28 +214,16 @@ impl VirtioDevice for BlockDevice {
         self.shared.set_interrupt(None);
     }
 
-    fn disable_queue(&mut self, index: usize) {
-        if let Err(error) = self.runtime.disable_queue(index) {
-            tracing::error!(%error, "virtio-blk: cannot restart the worker after stopping a queue");
-        }
+    fn runtime(&self) -> &dyn RuntimeControl {
+        &self.runtime
     }
 
-    fn pause(&mut self) {
-        self.runtime.pause();
-    }
-
-    fn resume(&mut self) -> Result<(), ActivateError> {
-        Ok(self.runtime.resume()?)
-    }
-
-    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
-        self.runtime.queue_snapshots()
+    fn runtime_mut(&mut self) -> &mut dyn RuntimeControl {
+        &mut self.runtime
     }
 
     fn save_state(&self) -> Result<DeviceState, StateError> {
-        if self.runtime.is_active() && !self.runtime.is_paused() {
-            return Err(StateError::Running);
-        }
+        self.runtime.ensure_quiescent()?;
         Ok(DeviceState::Block(BlockState {
             config_generation: self.shared.config_generation(),
         }))

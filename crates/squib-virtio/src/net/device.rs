@@ -21,9 +21,8 @@ use super::handle::{Limiters, NetHandle, Shared};
 use super::handler::{Negotiated, NetHandler};
 use super::header::{MAX_OFFLOAD_FRAME, MAX_PLAIN_FRAME, VNET_HDR_LEN};
 use super::metrics::Counter;
-use crate::device::{ActivateError, Activation, COMMON_FEATURES, VirtioDevice};
+use crate::device::{ActivateError, Activation, COMMON_FEATURES, RuntimeControl, VirtioDevice};
 use crate::persist::{DeviceState, StateError};
-use crate::queue::QueueSnapshot;
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
 use crate::runtime::{DeviceRuntime, QueueParts};
 
@@ -283,22 +282,12 @@ impl VirtioDevice for NetDevice {
         drop(self.runtime.reset());
     }
 
-    fn disable_queue(&mut self, index: usize) {
-        if let Err(error) = self.runtime.disable_queue(index) {
-            tracing::error!(%error, "virtio-net: cannot restart the worker after stopping a queue");
-        }
+    fn runtime(&self) -> &dyn RuntimeControl {
+        &self.runtime
     }
 
-    fn pause(&mut self) {
-        self.runtime.pause();
-    }
-
-    fn resume(&mut self) -> Result<(), ActivateError> {
-        Ok(self.runtime.resume()?)
-    }
-
-    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
-        self.runtime.queue_snapshots()
+    fn runtime_mut(&mut self) -> &mut dyn RuntimeControl {
+        &mut self.runtime
     }
 
     fn save_state(&self) -> Result<DeviceState, StateError> {

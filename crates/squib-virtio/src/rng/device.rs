@@ -9,9 +9,8 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 
 use super::handler::RngHandler;
 use super::metrics::{RngMetrics, RngMetricsSnapshot};
-use crate::device::{ActivateError, Activation, FEATURE_VERSION_1, VirtioDevice};
+use crate::device::{ActivateError, Activation, FEATURE_VERSION_1, RuntimeControl, VirtioDevice};
 use crate::persist::{DeviceState, StateError};
-use crate::queue::QueueSnapshot;
 use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterSpec};
 use crate::runtime::{DeviceRuntime, QueueParts};
 
@@ -161,28 +160,16 @@ impl VirtioDevice for RngDevice {
         drop(self.runtime.reset());
     }
 
-    fn disable_queue(&mut self, index: usize) {
-        if let Err(error) = self.runtime.disable_queue(index) {
-            tracing::error!(%error, "virtio-rng: cannot restart the worker after stopping a queue");
-        }
+    fn runtime(&self) -> &dyn RuntimeControl {
+        &self.runtime
     }
 
-    fn pause(&mut self) {
-        self.runtime.pause();
-    }
-
-    fn resume(&mut self) -> Result<(), ActivateError> {
-        Ok(self.runtime.resume()?)
-    }
-
-    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
-        self.runtime.queue_snapshots()
+    fn runtime_mut(&mut self) -> &mut dyn RuntimeControl {
+        &mut self.runtime
     }
 
     fn save_state(&self) -> Result<DeviceState, StateError> {
-        if self.runtime.is_active() && !self.runtime.is_paused() {
-            return Err(StateError::Running);
-        }
+        self.runtime.ensure_quiescent()?;
         Ok(DeviceState::Entropy)
     }
 

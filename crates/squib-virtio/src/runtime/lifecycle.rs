@@ -20,7 +20,7 @@ use tracing::{debug, error};
 
 use super::handler::{DeviceHandler, MAX_QUEUES};
 use super::worker::{DeviceWorker, QueueParts, WorkerExit};
-use crate::device::ActivateError;
+use crate::device::{ActivateError, RuntimeControl};
 use crate::queue::QueueSnapshot;
 
 #[derive(Debug)]
@@ -166,5 +166,31 @@ impl<H: DeviceHandler + std::fmt::Debug> DeviceRuntime<H> {
             State::Paused(exit) => Some(&exit.handler),
             State::Idle | State::Running(_) => None,
         }
+    }
+}
+
+impl<H: DeviceHandler + std::fmt::Debug> RuntimeControl for DeviceRuntime<H> {
+    fn is_active(&self) -> bool {
+        DeviceRuntime::is_active(self)
+    }
+
+    fn is_paused(&self) -> bool {
+        DeviceRuntime::is_paused(self)
+    }
+
+    fn pause(&mut self) {
+        DeviceRuntime::pause(self);
+    }
+
+    fn resume(&mut self) -> io::Result<()> {
+        DeviceRuntime::resume(self)
+    }
+
+    fn disable_queue(&mut self, index: usize) -> io::Result<()> {
+        DeviceRuntime::disable_queue(self, index)
+    }
+
+    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
+        DeviceRuntime::queue_snapshots(self)
     }
 }

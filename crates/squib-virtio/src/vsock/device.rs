@@ -15,9 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::handler::{HandlerConfig, VsockHandler};
 use super::metrics::{VsockMetrics, VsockMetricsSnapshot};
-use crate::device::{ActivateError, Activation, FEATURE_VERSION_1, VirtioDevice};
+use crate::device::{ActivateError, Activation, FEATURE_VERSION_1, RuntimeControl, VirtioDevice};
 use crate::persist::{DeviceState, StateError};
-use crate::queue::QueueSnapshot;
 use crate::runtime::{DeviceRuntime, QueueParts};
 
 /// Descriptors per queue (rx, tx, event).
@@ -231,29 +230,16 @@ impl VirtioDevice for VsockDevice {
         drop(self.runtime.reset());
     }
 
-    fn disable_queue(&mut self, index: usize) {
-        if let Err(error) = self.runtime.disable_queue(index) {
-            tracing::error!(%error, "virtio-vsock: cannot restart the worker after stopping a queue");
-        }
+    fn runtime(&self) -> &dyn RuntimeControl {
+        &self.runtime
     }
 
-    fn pause(&mut self) {
-        // The handler, and with it every connection, waits for the resume.
-        self.runtime.pause();
-    }
-
-    fn resume(&mut self) -> Result<(), ActivateError> {
-        Ok(self.runtime.resume()?)
-    }
-
-    fn queue_snapshots(&self) -> Option<Vec<QueueSnapshot>> {
-        self.runtime.queue_snapshots()
+    fn runtime_mut(&mut self) -> &mut dyn RuntimeControl {
+        &mut self.runtime
     }
 
     fn save_state(&self) -> Result<DeviceState, StateError> {
-        if self.runtime.is_active() && !self.runtime.is_paused() {
-            return Err(StateError::Running);
-        }
+        self.runtime.ensure_quiescent()?;
         Ok(DeviceState::Vsock(VsockState {
             guest_cid: self.guest_cid,
         }))

@@ -1,6 +1,6 @@
-//! The controller: applies routed API requests to the pre-boot store or the running VMM.
+//! The controller: applies [`VmmAction`]s to the pre-boot [`VmResources`] or the running VMM.
 //!
-//! Before `InstanceStart` requests edit the [`ConfigStore`]; after it, the resources Firecracker
+//! Before `InstanceStart` requests edit the [`VmResources`]; after it, the resources Firecracker
 //! calls pre-boot only are refused, and runtime requests go to the [`VmmControl`].
 
 use std::path::Path;
@@ -9,6 +9,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::action::VmmAction;
 use super::http::{Request, Response, Status};
 use super::logger::{LogConfigError, Logger};
 use super::metrics::{FLUSH_INTERVAL, Metrics, MetricsError};
@@ -17,13 +18,12 @@ use super::models::{
     PartialNetworkInterfaceBody, SnapshotCreateBody, SnapshotLoadBody, SnapshotTypeBody,
     VersionInfo, VmStateRequest,
 };
-use super::router::{ApiRequest, RouteError, route};
-use super::store::{ConfigError, ConfigStore, check_drive_path, rate_limiter};
+use super::resources::{ConfigError, VmResources};
+use super::router::{RouteError, route};
 use super::vmm_control::{ControlError, ExitNotice, RunState, VmmControl};
-use crate::ids::check_resource_id;
 use crate::snapshot::{CreateRequest, LoadRequest, MemBackend, SnapshotType};
 use crate::version::FIRECRACKER_VERSION;
-use crate::vm_config::RateLimiterConfig;
+use crate::vm_config::BootOptions;
 
 /// Why a request was refused; every variant is a 400 with this text as `fault_message`.
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +64,15 @@ pub struct InstanceSettings {
     pub id: String,
     /// `--boot-timer`.
     pub boot_timer: bool,
+    /// Boot protocol and machine descriptions (squib's command line; the defaults otherwise).
+    pub boot_options: BootOptions,
 }
 
 /// Serves API requests for one microVM.
 #[derive(Debug)]
 pub struct ApiController<V: VmmControl> {
     settings: InstanceSettings,
-    store: ConfigStore,
+    resources: VmResources,
     vmm: V,
     started: bool,
     metrics: Metrics,
@@ -90,7 +92,7 @@ impl<V: VmmControl> ApiController<V> {
     ) -> Self {
         Self {
             settings,
-            store: ConfigStore::default(),
+            resources: VmResources::default(),
             vmm,
             started: false,
             metrics: Metrics::new(logger.as_ref().map(Logger::counters)),
@@ -98,6 +100,13 @@ impl<V: VmmControl> ApiController<V> {
             logger,
             exit_event,
         }
+    }
+
+    /// Starts from resources configured already (the command line's, applied before the
+    /// controller exists so that its mistakes are reported as usage errors).
+    pub fn with_resources(mut self, resources: VmResources) -> Self {
+        self.resources = resources;
+        self
     }
 
     /// The VMM (tests inspect their fake through it).
@@ -121,8 +130,8 @@ impl<V: VmmControl> ApiController<V> {
     }
 
     /// Applies one request.
-    pub fn handle(&mut self, request: ApiRequest) -> Result<Response, ApiError> {
-        use ApiRequest as R;
+    pub fn handle(&mut self, request: VmmAction) -> Result<Response, ApiError> {
+        use VmmAction as R;
         let done = Ok(Response::no_content());
         match request {
             R::GetInstanceInfo => Ok(Response::json(&InstanceInfo {
@@ -135,37 +144,24 @@ impl<V: VmmControl> ApiController<V> {
                 firecracker_version: FIRECRACKER_VERSION.into(),
             })),
             R::GetVmConfig => Ok(Response::json(&self.full_config())),
-            R::GetMachineConfig => Ok(Response::json(&self.store.machine_body())),
-            R::PutBootSource(body) => {
-                self.pre_boot("PUT /boot-source")?;
-                self.store.set_boot_source(&body)?;
-                done
-            }
-            R::PutMachineConfig(body) => {
-                self.pre_boot("PUT /machine-config")?;
-                self.store.put_machine_config(&body)?;
-                self.prepare_ahead();
-                done
-            }
-            R::PatchMachineConfig(body) => {
-                self.pre_boot("PATCH /machine-config")?;
-                self.store.patch_machine_config(&body)?;
-                self.prepare_ahead();
-                done
-            }
-            R::PutDrive(id, body) => {
-                self.pre_boot("PUT /drives")?;
-                self.store.put_drive(&id, &body)?;
+            R::GetMachineConfig => Ok(Response::json(&self.resources.machine_body())),
+            action @ (R::PutBootSource(_)
+            | R::PutMachineConfig(_)
+            | R::PatchMachineConfig(_)
+            | R::PutDrive(..)
+            | R::PutNetworkInterface(..)
+            | R::PutEntropy(_)
+            | R::PutVsock(_)) => {
+                self.pre_boot(action.endpoint())?;
+                self.resources.apply(&action)?;
+                if matches!(action, R::PutMachineConfig(_) | R::PatchMachineConfig(_)) {
+                    self.prepare_ahead();
+                }
                 done
             }
             R::PatchDrive(id, body) => {
                 self.post_boot("PATCH /drives")?;
                 self.patch_drive(&id, &body)?;
-                done
-            }
-            R::PutNetworkInterface(id, body) => {
-                self.pre_boot("PUT /network-interfaces")?;
-                self.store.put_network_interface(&id, &body)?;
                 done
             }
             R::PatchNetworkInterface(id, body) => {
@@ -181,16 +177,6 @@ impl<V: VmmControl> ApiController<V> {
             R::PutMetrics(body) => {
                 self.pre_boot("PUT /metrics")?;
                 self.configure_metrics(Path::new(&body.metrics_path))?;
-                done
-            }
-            R::PutEntropy(body) => {
-                self.pre_boot("PUT /entropy")?;
-                self.store.set_entropy(&body)?;
-                done
-            }
-            R::PutVsock(body) => {
-                self.pre_boot("PUT /vsock")?;
-                self.store.set_vsock(&body)?;
                 done
             }
             R::Action(ActionType::InstanceStart) => {
@@ -243,7 +229,7 @@ impl<V: VmmControl> ApiController<V> {
                 if self.started {
                     return Err(ApiError::AfterBoot("PUT /snapshot/load"));
                 }
-                if self.store.is_configured() {
+                if self.resources.is_configured() {
                     return Err(ApiError::Snapshot(
                         "loading a snapshot is not allowed after configuring boot-specific \
                          resources"
@@ -254,7 +240,7 @@ impl<V: VmmControl> ApiController<V> {
                 let begin = Instant::now();
                 let exit = self.exit_event.try_clone().map_err(ControlError::new)?;
                 let config = self.vmm.load_snapshot(&request, ExitNotice::new(exit))?;
-                self.store.adopt_loaded(&config);
+                self.resources.adopt_loaded(&config);
                 self.started = true;
                 self.metrics
                     .record_latency("load_snapshot", begin.elapsed());
@@ -284,7 +270,7 @@ impl<V: VmmControl> ApiController<V> {
     /// [`VmmControl::prepare`]); called at start and after every change of the machine config.
     pub fn prepare_ahead(&mut self) {
         if !self.started {
-            self.vmm.prepare(self.store.machine());
+            self.vmm.prepare(self.resources.machine());
         }
     }
 
@@ -293,7 +279,9 @@ impl<V: VmmControl> ApiController<V> {
         if self.started {
             return Err(ApiError::AlreadyStarted);
         }
-        let config = self.store.vm_config(self.settings.boot_timer)?;
+        let config = self
+            .resources
+            .vm_config(self.settings.boot_timer, self.settings.boot_options)?;
         let exit = self.exit_event.try_clone().map_err(ControlError::new)?;
         self.vmm.start(&config, ExitNotice::new(exit))?;
         self.started = true;
@@ -301,44 +289,17 @@ impl<V: VmmControl> ApiController<V> {
         Ok(())
     }
 
+    /// `PATCH /drives/{id}`: a new backing file and/or throttle for a running drive.
     fn patch_drive(&mut self, id: &str, body: &PartialDriveBody) -> Result<(), ApiError> {
-        check_resource_id(id).map_err(ConfigError::from)?;
-        if body.drive_id != id {
-            return Err(ConfigError::IdMismatch {
-                path: id.into(),
-                body: body.drive_id.clone(),
-            }
-            .into());
+        // Validated in full before anything changes.
+        let update = self.resources.drive_update(id, body)?;
+        if let Some(drive) = &update.swapped {
+            self.vmm.swap_drive(drive)?;
         }
-        let drive = self
-            .store
-            .drive_config(id)
-            .ok_or_else(|| ConfigError::UnknownDrive(id.into()))?;
-        let read_only = drive.is_read_only;
-        // Validate everything before changing anything.
-        let path = body
-            .path_on_host
-            .as_deref()
-            .map(|p| check_drive_path(p, read_only))
-            .transpose()?;
-        let limiter = body.rate_limiter.as_ref().map(rate_limiter).transpose()?;
-        if let Some(path) = path {
-            self.vmm.swap_drive(id, &path, read_only)?;
-            if let Some(d) = self.store.drive_config_mut(id) {
-                d.path_on_host = path;
-            }
+        if let Some(limiter) = &update.rate_limiter {
+            self.vmm.update_rate_limiter(id, limiter)?;
         }
-        if let Some(limiter) = limiter {
-            self.vmm.update_rate_limiter(id, &limiter)?;
-            if let Some(d) = self.store.drive_config_mut(id) {
-                // As applied: a bucket the PATCH leaves out keeps its configuration.
-                let old = d.rate_limiter.unwrap_or_default();
-                d.rate_limiter = Some(RateLimiterConfig {
-                    bandwidth: limiter.bandwidth.or(old.bandwidth),
-                    ops: limiter.ops.or(old.ops),
-                });
-            }
-        }
+        self.resources.commit_drive(id, &update);
         Ok(())
     }
 
@@ -348,44 +309,13 @@ impl<V: VmmControl> ApiController<V> {
         id: &str,
         body: &PartialNetworkInterfaceBody,
     ) -> Result<(), ApiError> {
-        check_resource_id(id).map_err(ConfigError::from)?;
-        if body.iface_id != id {
-            return Err(ConfigError::IdMismatch {
-                path: id.into(),
-                body: body.iface_id.clone(),
-            }
-            .into());
-        }
-        if self.store.network_interface_mut(id).is_none() {
-            return Err(ConfigError::UnknownNetworkInterface(id.into()).into());
-        }
-        let rx = body
-            .rx_rate_limiter
-            .as_ref()
-            .map(rate_limiter)
-            .transpose()?;
-        let tx = body
-            .tx_rate_limiter
-            .as_ref()
-            .map(rate_limiter)
-            .transpose()?;
-        self.vmm
-            .update_net_rate_limiters(id, rx.as_ref(), tx.as_ref())?;
-        if let Some(iface) = self.store.network_interface_mut(id) {
-            // As applied: a bucket the PATCH leaves out keeps its configuration.
-            let merge = |old: Option<RateLimiterConfig>, new: Option<RateLimiterConfig>| match new {
-                None => old,
-                Some(new) => {
-                    let old = old.unwrap_or_default();
-                    Some(RateLimiterConfig {
-                        bandwidth: new.bandwidth.or(old.bandwidth),
-                        ops: new.ops.or(old.ops),
-                    })
-                }
-            };
-            iface.rx_rate_limiter = merge(iface.rx_rate_limiter, rx);
-            iface.tx_rate_limiter = merge(iface.tx_rate_limiter, tx);
-        }
+        let update = self.resources.network_interface_update(id, body)?;
+        self.vmm.update_net_rate_limiters(
+            id,
+            update.rx_rate_limiter.as_ref(),
+            update.tx_rate_limiter.as_ref(),
+        )?;
+        self.resources.commit_network_interface(id, &update);
         Ok(())
     }
 
@@ -437,12 +367,12 @@ impl<V: VmmControl> ApiController<V> {
     /// The whole configuration in `--config-file` form.
     pub fn full_config(&self) -> FullVmConfig {
         FullVmConfig {
-            boot_source: self.store.boot_source_body(),
-            drives: self.store.drive_bodies(),
-            network_interfaces: self.store.network_interface_bodies(),
-            entropy: self.store.entropy_body(),
-            vsock: self.store.vsock_body(),
-            machine_config: Some(self.store.machine_body()),
+            boot_source: self.resources.boot_source_body(),
+            drives: self.resources.drive_bodies(),
+            network_interfaces: self.resources.network_interface_bodies(),
+            entropy: self.resources.entropy_body(),
+            vsock: self.resources.vsock_body(),
+            machine_config: Some(self.resources.machine_body()),
             logger: self.logger.as_ref().map(Logger::settings),
             metrics: self.metrics.path().map(|p| super::models::MetricsBody {
                 metrics_path: p.display().to_string(),
@@ -451,34 +381,13 @@ impl<V: VmmControl> ApiController<V> {
         }
     }
 
-    /// Applies a `--config-file`: every section through the same validation as its endpoint.
+    /// Applies a `--config-file`: every section as the action of its endpoint.
     pub fn apply_config_file(&mut self, config: &FullVmConfig) -> Result<(), ApiError> {
         if let Some(name) = config.first_unsupported() {
             return Err(RouteError::Unsupported(format!("`{name}` in the config file")).into());
         }
-        if let Some(logger) = &config.logger {
-            self.configure_logger(logger.clone())?;
-        }
-        if let Some(metrics) = &config.metrics {
-            self.configure_metrics(Path::new(&metrics.metrics_path))?;
-        }
-        if let Some(boot) = &config.boot_source {
-            self.store.set_boot_source(boot)?;
-        }
-        if let Some(machine) = &config.machine_config {
-            self.store.put_machine_config(machine)?;
-        }
-        for drive in &config.drives {
-            self.store.put_drive(&drive.drive_id, drive)?;
-        }
-        for iface in &config.network_interfaces {
-            self.store.put_network_interface(&iface.iface_id, iface)?;
-        }
-        if let Some(entropy) = &config.entropy {
-            self.store.set_entropy(entropy)?;
-        }
-        if let Some(vsock) = &config.vsock {
-            self.store.set_vsock(vsock)?;
+        for action in VmmAction::from_config_file(config) {
+            self.handle(action)?;
         }
         Ok(())
     }

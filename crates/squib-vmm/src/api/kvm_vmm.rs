@@ -9,7 +9,6 @@
 //! `squib_host::kvm_memory`), a discarded shell keeps its (untouched, unreserved) address range,
 //! so squib builds at most [`MAX_SHELLS`] of them and then builds at `InstanceStart`.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -24,7 +23,7 @@ use crate::devices::block::{DriveHandle, open_backend, rate_limiter_spec};
 use crate::devices::serial::Stdout;
 use crate::exit::ExitReason;
 use crate::snapshot::{self, CreateRequest, LoadRequest, MemBackend};
-use crate::vm_config::{MachineConfig, RateLimiterConfig, VmConfig};
+use crate::vm_config::{DriveConfig, MachineConfig, RateLimiterConfig, VmConfig};
 use crate::vmm::{StartOptions, VmShell, Vmm, VmmError, VmmHandle};
 
 /// Most shells built ahead per process (each discarded one keeps its address range).
@@ -53,8 +52,6 @@ pub struct KvmVmm {
     shared: Arc<VmSlot>,
     /// The running VM's handle (a clone of the one in `shared`, without the lock).
     handle: Option<VmmHandle>,
-    /// Drive configurations as booted, for re-opening a swapped backend with the same engine.
-    config: Option<VmConfig>,
     /// Forward stdin to the guest console.
     console_in: bool,
     /// The shell built ahead, if any.
@@ -102,7 +99,6 @@ impl KvmVmm {
             process_start,
             shared: Arc::default(),
             handle: None,
-            config: None,
             console_in,
             pending: None,
             shells_built: 0,
@@ -161,7 +157,6 @@ impl KvmVmm {
             console_in: self
                 .console_in
                 .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
-            caller: crate::seccomp::ThreadKind::Api,
         }
     }
 
@@ -237,9 +232,7 @@ impl VmmControl for KvmVmm {
             None => Vmm::start(config, options),
         }
         .map_err(ControlError::new)?;
-        self.adopt(vmm, exit)?;
-        self.config = Some(config.clone());
-        Ok(())
+        self.adopt(vmm, exit)
     }
 
     fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError> {
@@ -292,7 +285,6 @@ impl VmmControl for KvmVmm {
             boot_timer: state.machine.boot_timer,
             ..VmConfig::default()
         };
-        self.config = Some(config.clone());
         Ok(config)
     }
 
@@ -318,32 +310,10 @@ impl VmmControl for KvmVmm {
         Ok(())
     }
 
-    fn swap_drive(
-        &mut self,
-        drive_id: &str,
-        path: &Path,
-        read_only: bool,
-    ) -> Result<(), ControlError> {
-        let mut drive_config = self
-            .config
-            .as_ref()
-            .and_then(|c| c.drives.iter().find(|d| d.drive_id == drive_id))
-            .cloned()
-            .ok_or_else(|| ControlError::new(format!("drive `{drive_id}` does not exist")))?;
-        drive_config.path_on_host = path.to_owned();
-        drive_config.is_read_only = read_only;
-        let backend = open_backend(&drive_config).map_err(ControlError::new)?;
-        self.drive(drive_id)?
-            .swap_backend(backend)
-            .map_err(ControlError::new)?;
-        if let Some(d) = self
-            .config
-            .as_mut()
-            .and_then(|c| c.drives.iter_mut().find(|d| d.drive_id == drive_id))
-        {
-            d.path_on_host = path.to_owned();
-        }
-        Ok(())
+    fn swap_drive(&mut self, drive: &DriveConfig) -> Result<(), ControlError> {
+        let handle = self.drive(&drive.drive_id)?;
+        let backend = open_backend(drive).map_err(ControlError::new)?;
+        handle.swap_backend(backend).map_err(ControlError::new)
     }
 
     fn update_rate_limiter(

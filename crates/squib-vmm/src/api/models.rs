@@ -2,7 +2,7 @@
 //!
 //! These types only describe shape: every request body refuses unknown fields, and enums take
 //! only Firecracker's spellings. Whether the *values* make sense is decided by
-//! [`ConfigStore`](super::store::ConfigStore), which turns them into a `VmConfig`.
+//! [`VmResources`](super::resources::VmResources), which turns them into a `VmConfig`.
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -73,7 +73,7 @@ pub struct MachineConfigBody {
 }
 
 /// `PUT /drives/{drive_id}` (`Drive`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveBody {
     /// Must equal the path's `drive_id`.
@@ -101,6 +101,10 @@ pub struct DriveBody {
     /// vhost-user-block socket (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// Bypass the host page cache (`O_DIRECT`): squib's command line only (`--disk …,direct`),
+    /// never read from or written to JSON, since Firecracker's API has no such field.
+    #[serde(skip)]
+    pub direct: bool,
 }
 
 /// `PUT /network-interfaces/{iface_id}` (`NetworkInterface`).

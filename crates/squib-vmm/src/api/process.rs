@@ -1,11 +1,13 @@
-//! squib run the Firecracker way: Firecracker v1.16's command line, then the API server and/or
-//! a `--config-file`, until the microVM stops.
+//! The one process runner: from either command line to the microVM's exit status.
 //!
-//! Every flag of Firecracker's binary is accepted with Firecracker's meaning; those whose
-//! feature squib lacks (MMDS, PCI) stop squib at start with one line naming the
-//! feature and Firecracker's bad-arguments status (153), never a silent ignore. `--no-seccomp`
-//! and `--seccomp-filter` are taken out before, in `main` (`seccomp::take_flags`): both modes
-//! have them. `main` picks this mode whenever `--kernel` is absent.
+//! Two command lines lead here. Firecracker v1.16's (no `--kernel`): every flag of Firecracker's
+//! binary is accepted with Firecracker's meaning, those whose feature squib lacks (MMDS, PCI) stop
+//! squib at start with one line naming the feature and Firecracker's bad-arguments status (153),
+//! never a silent ignore; then the API server and/or a `--config-file`. squib's own (`--kernel`,
+//! see [`crate::cli`]): its flags become API actions applied to the same [`VmResources`], and the
+//! microVM starts at once without an API socket. Both then run the same controller, VMM, logger,
+//! signal handling and exit path. `--no-seccomp` and `--seccomp-filter` are taken out before, in
+//! `main` (`seccomp::take_flags`): both command lines have them.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -23,8 +25,10 @@ use super::http::DEFAULT_MAX_PAYLOAD;
 use super::kvm_vmm::KvmVmm;
 use super::logger::Logger;
 use super::models::{FullVmConfig, LogLevel, LoggerBody};
+use super::resources::VmResources;
 use super::server::ApiServer;
 use super::vmm_control::{ExitNotice, VmmControl};
+use crate::cli::{self, CliRun};
 use crate::exit::{STATUS_ARG_PARSING, STATUS_BAD_CONFIGURATION, STATUS_GENERIC_ERROR};
 use crate::ids::check_instance_id;
 
@@ -87,8 +91,8 @@ impl StartTimes {
 pub struct ProcessArgs {
     /// `--api-sock`.
     pub api_sock: PathBuf,
-    /// `--config-file`.
-    pub config_file: Option<PathBuf>,
+    /// What starts the microVM.
+    pub boot: Boot,
     /// `--no-api`.
     pub no_api: bool,
     /// `--id`.
@@ -104,6 +108,17 @@ pub struct ProcessArgs {
     pub max_payload: usize,
     /// The jailer's timing flags.
     pub start_times: StartTimes,
+}
+
+/// What starts the microVM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Boot {
+    /// An API client's `InstanceStart` (or `PUT /snapshot/load`).
+    OnRequest,
+    /// `--config-file`: applied and started at once.
+    ConfigFile(PathBuf),
+    /// squib's own command line (`--kernel` …): applied and started at once.
+    CommandLine(Box<CliRun>),
 }
 
 /// What the command line asks for.
@@ -284,7 +299,8 @@ pub fn parse_args(args: &[OsString]) -> Result<ProcessCommand, ArgsError> {
     };
     let out = ProcessArgs {
         api_sock: PathBuf::from(value("--api-sock").unwrap_or_else(|| DEFAULT_API_SOCK.into())),
-        config_file: value("--config-file").map(PathBuf::from),
+        boot: value("--config-file")
+            .map_or(Boot::OnRequest, |p| Boot::ConfigFile(PathBuf::from(p))),
         no_api: flag("--no-api"),
         id,
         logger: LoggerBody {
@@ -303,7 +319,7 @@ pub fn parse_args(args: &[OsString]) -> Result<ProcessCommand, ArgsError> {
             parent_cpu_time_us: number("--parent-cpu-time-us")?,
         },
     };
-    if out.no_api && out.config_file.is_none() {
+    if out.no_api && out.boot == Boot::OnRequest {
         return Err(usage("--no-api requires --config-file".into()));
     }
     Ok(ProcessCommand::Run(Box::new(out)))
@@ -318,9 +334,35 @@ pub fn help_text() -> String {
     )
 }
 
-/// Runs squib in Firecracker mode; returns the process exit status.
+/// Parses squib's own command line (`--kernel` …) into the same process arguments: no API
+/// socket, Firecracker's defaults for the rest.
+pub fn parse_command_line(args: &[OsString]) -> Result<ProcessCommand, ArgsError> {
+    match cli::parse(args.iter().cloned()) {
+        Ok(cli::Command::Help) => Ok(ProcessCommand::Help),
+        Ok(cli::Command::Version) => Ok(ProcessCommand::Version),
+        Err(e) => Err(ArgsError::Usage(format!("{e}\n{}", cli::USAGE))),
+        Ok(cli::Command::Run(run)) => Ok(ProcessCommand::Run(Box::new(ProcessArgs {
+            api_sock: PathBuf::from(DEFAULT_API_SOCK),
+            no_api: true,
+            id: DEFAULT_ID.into(),
+            logger: LoggerBody::default(),
+            metrics_path: None,
+            boot_timer: run.boot_timer,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            start_times: StartTimes::default(),
+            boot: Boot::CommandLine(run),
+        }))),
+    }
+}
+
+/// Runs squib with either command line; returns the process exit status.
 pub fn run(args: &[OsString], process_start: Instant) -> i32 {
-    let args = match parse_args(args) {
+    let parsed = if is_cli_mode(args) {
+        parse_command_line(args)
+    } else {
+        parse_args(args)
+    };
+    let args = match parsed {
         Ok(ProcessCommand::Run(a)) => a,
         Ok(ProcessCommand::Help) => {
             println!("{}", help_text());
@@ -352,6 +394,15 @@ pub fn run(args: &[OsString], process_start: Instant) -> i32 {
             return i32::from(e.status());
         }
     };
+    // squib's command line is applied before anything is logged, so that its mistakes are one
+    // `squib: …` line and the usage, as a parser's would be.
+    let mut resources = VmResources::default();
+    if let Boot::CommandLine(run) = &args.boot
+        && let Err(e) = run.configure(&mut resources)
+    {
+        eprintln!("squib: {e}\n{}", cli::USAGE);
+        return i32::from(STATUS_ARG_PARSING);
+    }
     let logger = match Logger::install(&args.logger, &args.id) {
         Ok(l) => l,
         Err(e) => {
@@ -364,10 +415,22 @@ pub fn run(args: &[OsString], process_start: Instant) -> i32 {
     if !crate::seccomp::enabled() {
         warn!("--no-seccomp: no seccomp filter is installed");
     }
-    let console_in = std::io::stdin().is_terminal()
-        && squib_host::terminal::enter_raw_mode(std::io::stdin().as_fd()).unwrap_or(false);
+    // Whatever ends the process from here restores the terminal first.
+    std::panic::set_hook(Box::new(|info| {
+        squib_host::terminal::restore();
+        eprintln!("squib: {info}");
+    }));
+    let stdin = std::io::stdin();
+    let raw = stdin.is_terminal()
+        && squib_host::terminal::enter_raw_mode(stdin.as_fd()).unwrap_or_else(|e| {
+            warn!("stdin stays in line mode: {e}");
+            false
+        });
+    // squib's command line hands the guest stdin whatever it is; Firecracker's only a terminal.
+    let console_in = raw || matches!(args.boot, Boot::CommandLine(_));
     let process_start = args.start_times.process_start(process_start);
-    let status = match serve(&args, logger, KvmVmm::new(process_start, console_in)) {
+    let vmm = KvmVmm::new(process_start, console_in);
+    let status = match serve(&args, resources, logger, vmm) {
         Ok(status) => status,
         Err(status) => status,
     };
@@ -375,7 +438,12 @@ pub fn run(args: &[OsString], process_start: Instant) -> i32 {
     status
 }
 
-fn serve(args: &ProcessArgs, logger: Option<Logger>, vmm: KvmVmm) -> Result<i32, i32> {
+fn serve(
+    args: &ProcessArgs,
+    resources: VmResources,
+    logger: Option<Logger>,
+    vmm: KvmVmm,
+) -> Result<i32, i32> {
     let host_err = |what: &str, e: &dyn std::fmt::Display| {
         error!("{what}: {e}");
         i32::from(STATUS_GENERIC_ERROR)
@@ -383,6 +451,10 @@ fn serve(args: &ProcessArgs, logger: Option<Logger>, vmm: KvmVmm) -> Result<i32,
     let settings = InstanceSettings {
         id: args.id.clone(),
         boot_timer: args.boot_timer,
+        boot_options: match &args.boot {
+            Boot::CommandLine(run) => run.boot_options,
+            _ => Default::default(),
+        },
     };
     let mut server = if args.no_api {
         None
@@ -396,7 +468,7 @@ fn serve(args: &ProcessArgs, logger: Option<Logger>, vmm: KvmVmm) -> Result<i32,
     let stopper_wake = wake.try_clone().map_err(|e| host_err("eventfd", &e))?;
     spawn_signal_waiter(vmm.stopper(ExitNotice::new(stopper_wake)));
     let loop_wake = wake.try_clone().map_err(|e| host_err("eventfd", &e))?;
-    let mut controller = ApiController::new(settings, vmm, logger, wake);
+    let mut controller = ApiController::new(settings, vmm, logger, wake).with_resources(resources);
     if server.is_some() {
         // As Firecracker: measured once the API socket listens, and only with the API.
         controller.record_startup_times(
@@ -409,11 +481,15 @@ fn serve(args: &ProcessArgs, logger: Option<Logger>, vmm: KvmVmm) -> Result<i32,
             .configure_metrics(path)
             .map_err(|e| host_err("--metrics-path", &e))?;
     }
-    match &args.config_file {
-        Some(path) => boot_from_file(&mut controller, path)?,
+    match &args.boot {
+        Boot::ConfigFile(path) => boot_from_file(&mut controller, path)?,
+        Boot::CommandLine(_) => controller.start().map_err(|e| {
+            error!("cannot start the microVM: {e}");
+            i32::from(STATUS_GENERIC_ERROR)
+        })?,
         // Start on request: build what the (default) machine size determines while the client
         // configures the rest.
-        None => controller.prepare_ahead(),
+        Boot::OnRequest => controller.prepare_ahead(),
     }
     match &mut server {
         Some(server) => server
@@ -545,7 +621,7 @@ mod tests {
             "6",
         ]);
         assert_eq!(a.api_sock, Path::new("/tmp/a.sock"));
-        assert_eq!(a.config_file.as_deref(), Some(Path::new("/tmp/c.json")));
+        assert_eq!(a.boot, Boot::ConfigFile(PathBuf::from("/tmp/c.json")));
         assert!(a.no_api && a.boot_timer);
         assert_eq!(
             (a.id.as_str(), a.max_payload),

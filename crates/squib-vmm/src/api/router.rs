@@ -1,4 +1,4 @@
-//! From an HTTP method, path and body to a typed [`ApiRequest`], or a fault saying why not.
+//! From an HTTP method, path and body to a [`VmmAction`], or a fault saying why not.
 //!
 //! Routing knows every Firecracker v1.16 resource: the ones squib implements parse into requests;
 //! the others are refused by name, so a client learns that the feature is missing rather than
@@ -6,80 +6,8 @@
 
 use serde::de::DeserializeOwned;
 
-use super::models::{
-    ActionBody, ActionType, BootSourceBody, DriveBody, EntropyBody, LoggerBody, MachineConfigBody,
-    MetricsBody, NetworkInterfaceBody, PartialDriveBody, PartialNetworkInterfaceBody,
-    SnapshotCreateBody, SnapshotLoadBody, VmBody, VsockBody,
-};
-
-/// A request squib serves.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ApiRequest {
-    /// `GET /`.
-    GetInstanceInfo,
-    /// `GET /version`.
-    GetVersion,
-    /// `GET /vm/config`.
-    GetVmConfig,
-    /// `GET /machine-config`.
-    GetMachineConfig,
-    /// `PUT /boot-source`.
-    PutBootSource(BootSourceBody),
-    /// `PUT /machine-config`.
-    PutMachineConfig(MachineConfigBody),
-    /// `PATCH /machine-config`.
-    PatchMachineConfig(MachineConfigBody),
-    /// `PUT /drives/{id}`: the path's id and the body.
-    PutDrive(String, DriveBody),
-    /// `PATCH /drives/{id}`.
-    PatchDrive(String, PartialDriveBody),
-    /// `PUT /network-interfaces/{id}`.
-    PutNetworkInterface(String, NetworkInterfaceBody),
-    /// `PATCH /network-interfaces/{id}`.
-    PatchNetworkInterface(String, PartialNetworkInterfaceBody),
-    /// `PUT /actions`.
-    Action(ActionType),
-    /// `PATCH /vm`.
-    PatchVm(VmBody),
-    /// `PUT /logger`.
-    PutLogger(LoggerBody),
-    /// `PUT /metrics`.
-    PutMetrics(MetricsBody),
-    /// `PUT /snapshot/create`.
-    CreateSnapshot(SnapshotCreateBody),
-    /// `PUT /snapshot/load`.
-    LoadSnapshot(SnapshotLoadBody),
-    /// `PUT /entropy`.
-    PutEntropy(EntropyBody),
-    /// `PUT /vsock`.
-    PutVsock(VsockBody),
-}
-
-impl ApiRequest {
-    /// A short name for logs and the API-request metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::GetInstanceInfo => "instance_info",
-            Self::GetVersion => "version",
-            Self::GetVmConfig => "vm_config",
-            Self::GetMachineConfig | Self::PutMachineConfig(_) | Self::PatchMachineConfig(_) => {
-                "machine_config"
-            }
-            Self::PutBootSource(_) => "boot_source",
-            Self::PutDrive(..) | Self::PatchDrive(..) => "drives",
-            // Firecracker's metric names: `network_count`, `network_fails`.
-            Self::PutNetworkInterface(..) | Self::PatchNetworkInterface(..) => "network",
-            Self::Action(_) => "actions",
-            Self::PatchVm(_) => "vm",
-            Self::PutLogger(_) => "logger",
-            Self::PutMetrics(_) => "metrics",
-            Self::CreateSnapshot(_) => "snapshot_create",
-            Self::LoadSnapshot(_) => "snapshot_load",
-            Self::PutEntropy(_) => "entropy",
-            Self::PutVsock(_) => "vsock",
-        }
-    }
-}
+use super::action::VmmAction;
+use super::models::ActionBody;
 
 /// Why a request could not be routed or parsed.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +54,7 @@ const UNSUPPORTED: &[(&str, &str)] = &[
 ];
 
 /// Routes one request.
-pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, RouteError> {
+pub fn route(method: &str, path: &str, body: &[u8]) -> Result<VmmAction, RouteError> {
     let invalid = || RouteError::InvalidPathMethod {
         method: method.into(),
         path: path.into(),
@@ -137,41 +65,39 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, RouteE
         None => return Err(invalid()),
     };
     Ok(match (method, segments.as_slice()) {
-        ("GET", []) => ApiRequest::GetInstanceInfo,
-        ("GET", ["version"]) => ApiRequest::GetVersion,
-        ("GET", ["vm", "config"]) => ApiRequest::GetVmConfig,
-        ("GET", ["machine-config"]) => ApiRequest::GetMachineConfig,
-        ("PUT", ["boot-source"]) => ApiRequest::PutBootSource(parse_body(method, path, body)?),
-        ("PUT", ["machine-config"]) => {
-            ApiRequest::PutMachineConfig(parse_body(method, path, body)?)
-        }
+        ("GET", []) => VmmAction::GetInstanceInfo,
+        ("GET", ["version"]) => VmmAction::GetVersion,
+        ("GET", ["vm", "config"]) => VmmAction::GetVmConfig,
+        ("GET", ["machine-config"]) => VmmAction::GetMachineConfig,
+        ("PUT", ["boot-source"]) => VmmAction::PutBootSource(parse_body(method, path, body)?),
+        ("PUT", ["machine-config"]) => VmmAction::PutMachineConfig(parse_body(method, path, body)?),
         ("PATCH", ["machine-config"]) => {
-            ApiRequest::PatchMachineConfig(parse_body(method, path, body)?)
+            VmmAction::PatchMachineConfig(parse_body(method, path, body)?)
         }
         ("PUT", ["network-interfaces", id]) if !id.is_empty() => {
-            ApiRequest::PutNetworkInterface((*id).into(), parse_body(method, path, body)?)
+            VmmAction::PutNetworkInterface((*id).into(), parse_body(method, path, body)?)
         }
         ("PATCH", ["network-interfaces", id]) if !id.is_empty() => {
-            ApiRequest::PatchNetworkInterface((*id).into(), parse_body(method, path, body)?)
+            VmmAction::PatchNetworkInterface((*id).into(), parse_body(method, path, body)?)
         }
         ("PUT", ["drives", id]) if !id.is_empty() => {
-            ApiRequest::PutDrive((*id).into(), parse_body(method, path, body)?)
+            VmmAction::PutDrive((*id).into(), parse_body(method, path, body)?)
         }
         ("PATCH", ["drives", id]) if !id.is_empty() => {
-            ApiRequest::PatchDrive((*id).into(), parse_body(method, path, body)?)
+            VmmAction::PatchDrive((*id).into(), parse_body(method, path, body)?)
         }
         ("PUT", ["actions"]) => {
-            ApiRequest::Action(parse_body::<ActionBody>(method, path, body)?.action_type)
+            VmmAction::Action(parse_body::<ActionBody>(method, path, body)?.action_type)
         }
-        ("PATCH", ["vm"]) => ApiRequest::PatchVm(parse_body(method, path, body)?),
-        ("PUT", ["logger"]) => ApiRequest::PutLogger(parse_body(method, path, body)?),
-        ("PUT", ["metrics"]) => ApiRequest::PutMetrics(parse_body(method, path, body)?),
+        ("PATCH", ["vm"]) => VmmAction::PatchVm(parse_body(method, path, body)?),
+        ("PUT", ["logger"]) => VmmAction::PutLogger(parse_body(method, path, body)?),
+        ("PUT", ["metrics"]) => VmmAction::PutMetrics(parse_body(method, path, body)?),
         ("PUT", ["snapshot", "create"]) => {
-            ApiRequest::CreateSnapshot(parse_body(method, path, body)?)
+            VmmAction::CreateSnapshot(parse_body(method, path, body)?)
         }
-        ("PUT", ["snapshot", "load"]) => ApiRequest::LoadSnapshot(parse_body(method, path, body)?),
-        ("PUT", ["entropy"]) => ApiRequest::PutEntropy(parse_body(method, path, body)?),
-        ("PUT", ["vsock"]) => ApiRequest::PutVsock(parse_body(method, path, body)?),
+        ("PUT", ["snapshot", "load"]) => VmmAction::LoadSnapshot(parse_body(method, path, body)?),
+        ("PUT", ["entropy"]) => VmmAction::PutEntropy(parse_body(method, path, body)?),
+        ("PUT", ["vsock"]) => VmmAction::PutVsock(parse_body(method, path, body)?),
         (_, [first, ..]) => match UNSUPPORTED.iter().find(|(name, _)| name == first) {
             Some((_, what)) => return Err(RouteError::Unsupported((*what).into())),
             None => return Err(invalid()),
@@ -197,56 +123,56 @@ fn parse_body<T: DeserializeOwned>(method: &str, path: &str, body: &[u8]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::models::VmStateRequest;
+    use crate::api::models::{ActionType, VmBody, VmStateRequest};
 
     #[test]
     fn routes_every_supported_resource() {
-        assert_eq!(route("GET", "/", b"").unwrap(), ApiRequest::GetInstanceInfo);
+        assert_eq!(route("GET", "/", b"").unwrap(), VmmAction::GetInstanceInfo);
         assert_eq!(
             route("GET", "/version", b"").unwrap(),
-            ApiRequest::GetVersion
+            VmmAction::GetVersion
         );
         assert_eq!(
             route("GET", "/vm/config", b"").unwrap(),
-            ApiRequest::GetVmConfig
+            VmmAction::GetVmConfig
         );
         assert_eq!(
             route("GET", "/machine-config", b"").unwrap(),
-            ApiRequest::GetMachineConfig
+            VmmAction::GetMachineConfig
         );
         assert!(matches!(
             route("PUT", "/boot-source", br#"{"kernel_image_path":"/k"}"#).unwrap(),
-            ApiRequest::PutBootSource(b) if b.kernel_image_path == "/k"
+            VmmAction::PutBootSource(b) if b.kernel_image_path == "/k"
         ));
         assert!(matches!(
             route("PATCH", "/machine-config", br#"{"vcpu_count":2}"#).unwrap(),
-            ApiRequest::PatchMachineConfig(m) if m.vcpu_count == Some(2)
+            VmmAction::PatchMachineConfig(m) if m.vcpu_count == Some(2)
         ));
         assert!(matches!(
             route("PUT", "/drives/root", br#"{"drive_id":"root","is_root_device":true}"#).unwrap(),
-            ApiRequest::PutDrive(id, d) if id == "root" && d.is_root_device
+            VmmAction::PutDrive(id, d) if id == "root" && d.is_root_device
         ));
         assert!(matches!(
             route("PATCH", "/drives/root", br#"{"drive_id":"root","path_on_host":"/x"}"#).unwrap(),
-            ApiRequest::PatchDrive(id, d) if id == "root" && d.path_on_host.as_deref() == Some("/x")
+            VmmAction::PatchDrive(id, d) if id == "root" && d.path_on_host.as_deref() == Some("/x")
         ));
         assert_eq!(
             route("PUT", "/actions", br#"{"action_type":"InstanceStart"}"#).unwrap(),
-            ApiRequest::Action(ActionType::InstanceStart)
+            VmmAction::Action(ActionType::InstanceStart)
         );
         assert!(matches!(
             route("PATCH", "/vm", br#"{"state":"Paused"}"#).unwrap(),
-            ApiRequest::PatchVm(VmBody {
+            VmmAction::PatchVm(VmBody {
                 state: VmStateRequest::Paused
             })
         ));
         assert!(matches!(
             route("PUT", "/logger", br#"{"level":"warning"}"#).unwrap(),
-            ApiRequest::PutLogger(_)
+            VmmAction::PutLogger(_)
         ));
         assert!(matches!(
             route("PUT", "/metrics", br#"{"metrics_path":"/m"}"#).unwrap(),
-            ApiRequest::PutMetrics(_)
+            VmmAction::PutMetrics(_)
         ));
         assert!(matches!(
             route(
@@ -255,7 +181,7 @@ mod tests {
                 br#"{"snapshot_path":"/s","mem_file_path":"/m","snapshot_type":"Diff"}"#
             )
             .unwrap(),
-            ApiRequest::CreateSnapshot(b) if b.snapshot_path == "/s"
+            VmmAction::CreateSnapshot(b) if b.snapshot_path == "/s"
         ));
         assert!(matches!(
             route(
@@ -264,7 +190,7 @@ mod tests {
                 br#"{"snapshot_path":"/s","mem_backend":{"backend_type":"Uffd","backend_path":"/u"},"resume_vm":true}"#
             )
             .unwrap(),
-            ApiRequest::LoadSnapshot(b) if b.resume_vm == Some(true)
+            VmmAction::LoadSnapshot(b) if b.resume_vm == Some(true)
         ));
         assert!(route("PUT", "/snapshot/create", br#"{"snapshot_path":"/s"}"#).is_err());
         assert!(route("GET", "/snapshot/load", b"").is_err());
@@ -307,12 +233,12 @@ mod tests {
         let body = br#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:00:00:00:01"}"#;
         assert!(matches!(
             route("PUT", "/network-interfaces/eth0", body).unwrap(),
-            ApiRequest::PutNetworkInterface(id, b) if id == "eth0" && b.host_dev_name == "tap0"
+            VmmAction::PutNetworkInterface(id, b) if id == "eth0" && b.host_dev_name == "tap0"
         ));
         let patch = br#"{"iface_id":"eth0","rx_rate_limiter":{"ops":{"size":1,"refill_time":10}}}"#;
         assert!(matches!(
             route("PATCH", "/network-interfaces/eth0", patch).unwrap(),
-            ApiRequest::PatchNetworkInterface(id, b) if id == "eth0" && b.rx_rate_limiter.is_some()
+            VmmAction::PatchNetworkInterface(id, b) if id == "eth0" && b.rx_rate_limiter.is_some()
         ));
         // Firecracker's PATCH takes only the limiters.
         let bad = route(
@@ -329,12 +255,12 @@ mod tests {
         assert!(matches!(
             route("PUT", "/entropy", br#"{"rate_limiter":{"ops":{"size":5,"refill_time":100}}}"#)
                 .unwrap(),
-            ApiRequest::PutEntropy(b) if b.rate_limiter.is_some_and(|r| r.ops.is_some())
+            VmmAction::PutEntropy(b) if b.rate_limiter.is_some_and(|r| r.ops.is_some())
         ));
         assert!(matches!(
             route("PUT", "/vsock", br#"{"vsock_id":"v","guest_cid":3,"uds_path":"/v.sock"}"#)
                 .unwrap(),
-            ApiRequest::PutVsock(b) if b.guest_cid == 3 && b.uds_path == "/v.sock"
+            VmmAction::PutVsock(b) if b.guest_cid == 3 && b.uds_path == "/v.sock"
         ));
         assert!(route("PUT", "/vsock", br#"{"guest_cid":3}"#).is_err());
         assert!(

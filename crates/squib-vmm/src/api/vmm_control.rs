@@ -7,7 +7,7 @@
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::snapshot::{CreateRequest, LoadRequest};
-use crate::vm_config::{MachineConfig, RateLimiterConfig, VmConfig};
+use crate::vm_config::{DriveConfig, MachineConfig, RateLimiterConfig, VmConfig};
 
 /// The state `GET /` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,13 +113,9 @@ pub trait VmmControl: Send {
     /// Presses Ctrl+Alt+Del on the i8042.
     fn send_ctrl_alt_del(&mut self) -> Result<(), ControlError>;
     /// Puts a new backing file behind a running drive and tells the guest its config changed.
-    /// `read_only` is the drive's configured mode, which the new file is opened in.
-    fn swap_drive(
-        &mut self,
-        drive_id: &str,
-        path: &std::path::Path,
-        read_only: bool,
-    ) -> Result<(), ControlError>;
+    /// `drive` is the drive's configuration with the new `path_on_host`, validated by the
+    /// resources: the file is opened as it says (mode, cache type, engine).
+    fn swap_drive(&mut self, drive: &DriveConfig) -> Result<(), ControlError>;
     /// Changes a running drive's throttle: a given bucket replaces the current one (starting
     /// full; size or refill time 0 removes the limit), an absent one is kept.
     fn update_rate_limiter(

@@ -1,20 +1,22 @@
-//! The pre-boot configuration: what `PUT`s and a `--config-file` build up before `InstanceStart`.
+//! The microVM's resources (Firecracker's `VmResources`): what the command line, `PUT`s and a
+//! `--config-file` build up before `InstanceStart`, or what a loaded snapshot brought.
 //!
 //! Every value is validated here, once, whichever front end sent it, and stored as the VMM's own
-//! types; [`ConfigStore::vm_config`] hands the VMM a finished `VmConfig`. Files are opened at
+//! types; [`VmResources::vm_config`] hands the VMM a finished `VmConfig`. Files are opened at
 //! configuration time, as Firecracker does, so a wrong path is reported by the request that named
 //! it rather than by `InstanceStart`.
 
 use std::path::{Path, PathBuf};
 
+use super::action::VmmAction;
 use super::models::{
     BootSourceBody, CpuTemplate, DriveBody, EntropyBody, HugePages, MachineConfigBody,
-    NetworkInterfaceBody, VsockBody,
+    NetworkInterfaceBody, PartialDriveBody, PartialNetworkInterfaceBody, VsockBody,
 };
 use crate::host_file::{self, Accept};
 use crate::ids::{IdError, check_resource_id};
 use crate::vm_config::{
-    BootSource, DriveConfig, EntropyConfig, MachineConfig, MachineLimitError,
+    BootOptions, BootSource, DriveConfig, EntropyConfig, MachineConfig, MachineLimitError,
     NetworkInterfaceConfig, RateLimiterConfig, RateLimiterError, VmConfig, VsockConfig,
     check_mem_size_mib, check_vcpu_count,
 };
@@ -64,6 +66,9 @@ pub enum ConfigError {
         /// The OS error or the problem.
         reason: String,
     },
+    /// An action that does not configure resources (a caller's mistake, not the client's).
+    #[error("{0} does not configure the microVM's resources")]
+    NotConfiguration(&'static str),
     /// A NUL byte in the command line.
     #[error("boot_args must not contain NUL bytes")]
     BootArgsNul,
@@ -136,10 +141,25 @@ fn check_file(
     Ok(path)
 }
 
-/// Validates a `RateLimiter` body (the one check lives with the type).
-pub fn rate_limiter(body: &RateLimiterConfig) -> Result<RateLimiterConfig, ConfigError> {
-    body.check()?;
-    Ok(*body)
+/// Validates an optional `RateLimiter` body (the one check lives with the type).
+fn rate_limiter(
+    body: Option<&RateLimiterConfig>,
+) -> Result<Option<RateLimiterConfig>, ConfigError> {
+    body.map(|b| b.check().map(|()| *b))
+        .transpose()
+        .map_err(ConfigError::from)
+}
+
+/// A resource id from the path, which the body must repeat.
+fn check_path_id(path_id: &str, body_id: &str) -> Result<(), ConfigError> {
+    check_resource_id(path_id)?;
+    if body_id != path_id {
+        return Err(ConfigError::IdMismatch {
+            path: path_id.to_owned(),
+            body: body_id.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Opens a drive's backing file the way the guest will use it, so permission errors show now.
@@ -163,9 +183,27 @@ fn check_partuuid(p: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// A validated `PATCH /drives`: the drive as it becomes with a new file, and a new throttle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveUpdate {
+    /// The drive's configuration with the new `path_on_host`, if one was given.
+    pub swapped: Option<DriveConfig>,
+    /// The buckets given (absent ones keep their configuration).
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// A validated `PATCH /network-interfaces`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkInterfaceUpdate {
+    /// Receive buckets given.
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Transmit buckets given.
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
 /// The configuration being built before boot.
 #[derive(Debug, Default)]
-pub struct ConfigStore {
+pub struct VmResources {
     boot: Option<BootSource>,
     machine: MachineConfig,
     /// In the order configured; [`vm_config`](Self::vm_config) moves the root device first.
@@ -176,7 +214,7 @@ pub struct ConfigStore {
     vsock: Option<VsockConfig>,
 }
 
-impl ConfigStore {
+impl VmResources {
     /// Takes the machine and drives of a loaded snapshot, so that `GET /vm/config` reports them
     /// and `PATCH /drives` finds them.
     pub fn adopt_loaded(&mut self, config: &VmConfig) {
@@ -188,6 +226,22 @@ impl ConfigStore {
     /// as in Firecracker).
     pub fn is_configured(&self) -> bool {
         self.boot.is_some() || !self.drives.is_empty() || self.machine != MachineConfig::default()
+    }
+
+    /// Applies one action that configures the machine or a device (`PUT /boot-source`,
+    /// `/machine-config`, `/drives`, `/network-interfaces`, `/entropy`, `/vsock`), whichever front
+    /// end produced it: the one place where requests become validated resources.
+    pub fn apply(&mut self, action: &VmmAction) -> Result<(), ConfigError> {
+        match action {
+            VmmAction::PutBootSource(body) => self.set_boot_source(body),
+            VmmAction::PutMachineConfig(body) => self.put_machine_config(body),
+            VmmAction::PatchMachineConfig(body) => self.patch_machine_config(body),
+            VmmAction::PutDrive(id, body) => self.put_drive(id, body),
+            VmmAction::PutNetworkInterface(id, body) => self.put_network_interface(id, body),
+            VmmAction::PutEntropy(body) => self.set_entropy(body),
+            VmmAction::PutVsock(body) => self.set_vsock(body),
+            other => Err(ConfigError::NotConfiguration(other.endpoint())),
+        }
     }
 
     /// `PUT /boot-source`.
@@ -282,13 +336,7 @@ impl ConfigStore {
     }
 
     fn drive(path_id: &str, body: &DriveBody) -> Result<DriveConfig, ConfigError> {
-        check_resource_id(path_id)?;
-        if body.drive_id != path_id {
-            return Err(ConfigError::IdMismatch {
-                path: path_id.to_owned(),
-                body: body.drive_id.clone(),
-            });
-        }
+        check_path_id(path_id, &body.drive_id)?;
         if body.socket.is_some() {
             return Err(ConfigError::VhostUser(path_id.to_owned()));
         }
@@ -311,8 +359,8 @@ impl ConfigStore {
             partuuid: body.partuuid.clone().filter(|_| body.is_root_device),
             cache_type: body.cache_type.unwrap_or_default(),
             io_engine: body.io_engine.unwrap_or_default(),
-            direct: false,
-            rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
+            direct: body.direct,
+            rate_limiter: rate_limiter(body.rate_limiter.as_ref())?,
         })
     }
 
@@ -323,13 +371,7 @@ impl ConfigStore {
         path_id: &str,
         body: &NetworkInterfaceBody,
     ) -> Result<(), ConfigError> {
-        check_resource_id(path_id)?;
-        if body.iface_id != path_id {
-            return Err(ConfigError::IdMismatch {
-                path: path_id.to_owned(),
-                body: body.iface_id.clone(),
-            });
-        }
+        check_path_id(path_id, &body.iface_id)?;
         let name = &body.host_dev_name;
         if name.is_empty()
             || name.len() > 15
@@ -372,16 +414,8 @@ impl ConfigStore {
             iface_id: path_id.to_owned(),
             host_dev_name: name.clone(),
             guest_mac,
-            rx_rate_limiter: body
-                .rx_rate_limiter
-                .as_ref()
-                .map(rate_limiter)
-                .transpose()?,
-            tx_rate_limiter: body
-                .tx_rate_limiter
-                .as_ref()
-                .map(rate_limiter)
-                .transpose()?,
+            rx_rate_limiter: rate_limiter(body.rx_rate_limiter.as_ref())?,
+            tx_rate_limiter: rate_limiter(body.tx_rate_limiter.as_ref())?,
         };
         match self
             .network_interfaces
@@ -392,13 +426,6 @@ impl ConfigStore {
             None => self.network_interfaces.push(iface),
         }
         Ok(())
-    }
-
-    /// A configured interface, for post-boot changes to record what the guest has now.
-    pub fn network_interface_mut(&mut self, iface_id: &str) -> Option<&mut NetworkInterfaceConfig> {
-        self.network_interfaces
-            .iter_mut()
-            .find(|i| i.iface_id == iface_id)
     }
 
     /// The interfaces in API form, in the order configured.
@@ -418,7 +445,7 @@ impl ConfigStore {
     /// `PUT /entropy`: adds the entropy device or replaces its configuration.
     pub fn set_entropy(&mut self, body: &EntropyBody) -> Result<(), ConfigError> {
         self.entropy = Some(EntropyConfig {
-            rate_limiter: body.rate_limiter.as_ref().map(rate_limiter).transpose()?,
+            rate_limiter: rate_limiter(body.rate_limiter.as_ref())?,
         });
         Ok(())
     }
@@ -455,14 +482,79 @@ impl ConfigStore {
         Ok(())
     }
 
-    /// A configured drive.
-    pub fn drive_config(&self, drive_id: &str) -> Option<&DriveConfig> {
-        self.drives.iter().find(|d| d.drive_id == drive_id)
+    /// Validates a `PATCH /drives/{path_id}` against the drive it names; nothing changes until
+    /// [`commit_drive`](Self::commit_drive), once the running VMM has applied it.
+    pub fn drive_update(
+        &self,
+        path_id: &str,
+        body: &PartialDriveBody,
+    ) -> Result<DriveUpdate, ConfigError> {
+        check_path_id(path_id, &body.drive_id)?;
+        let current = self
+            .drives
+            .iter()
+            .find(|d| d.drive_id == path_id)
+            .ok_or_else(|| ConfigError::UnknownDrive(path_id.to_owned()))?;
+        let swapped = body
+            .path_on_host
+            .as_deref()
+            .map(|p| -> Result<DriveConfig, ConfigError> {
+                Ok(DriveConfig {
+                    path_on_host: check_drive_path(p, current.is_read_only)?,
+                    ..current.clone()
+                })
+            })
+            .transpose()?;
+        Ok(DriveUpdate {
+            swapped,
+            rate_limiter: rate_limiter(body.rate_limiter.as_ref())?,
+        })
     }
 
-    /// Records a post-boot change so that `GET /vm/config` reports what the guest has now.
-    pub fn drive_config_mut(&mut self, drive_id: &str) -> Option<&mut DriveConfig> {
-        self.drives.iter_mut().find(|d| d.drive_id == drive_id)
+    /// Records a drive update the running VMM applied, so that `GET /vm/config` (and a snapshot)
+    /// describe what the guest has now.
+    pub fn commit_drive(&mut self, drive_id: &str, update: &DriveUpdate) {
+        if let Some(d) = self.drives.iter_mut().find(|d| d.drive_id == drive_id) {
+            if let Some(swapped) = &update.swapped {
+                d.path_on_host = swapped.path_on_host.clone();
+            }
+            d.rate_limiter = RateLimiterConfig::patched(d.rate_limiter, update.rate_limiter);
+        }
+    }
+
+    /// Validates a `PATCH /network-interfaces/{path_id}`; nothing changes until
+    /// [`commit_network_interface`](Self::commit_network_interface).
+    pub fn network_interface_update(
+        &self,
+        path_id: &str,
+        body: &PartialNetworkInterfaceBody,
+    ) -> Result<NetworkInterfaceUpdate, ConfigError> {
+        check_path_id(path_id, &body.iface_id)?;
+        if !self
+            .network_interfaces
+            .iter()
+            .any(|i| i.iface_id == path_id)
+        {
+            return Err(ConfigError::UnknownNetworkInterface(path_id.to_owned()));
+        }
+        Ok(NetworkInterfaceUpdate {
+            rx_rate_limiter: rate_limiter(body.rx_rate_limiter.as_ref())?,
+            tx_rate_limiter: rate_limiter(body.tx_rate_limiter.as_ref())?,
+        })
+    }
+
+    /// Records an interface update the running VMM applied.
+    pub fn commit_network_interface(&mut self, iface_id: &str, update: &NetworkInterfaceUpdate) {
+        if let Some(i) = self
+            .network_interfaces
+            .iter_mut()
+            .find(|i| i.iface_id == iface_id)
+        {
+            i.rx_rate_limiter =
+                RateLimiterConfig::patched(i.rx_rate_limiter, update.rx_rate_limiter);
+            i.tx_rate_limiter =
+                RateLimiterConfig::patched(i.tx_rate_limiter, update.tx_rate_limiter);
+        }
     }
 
     /// The machine configuration (defaults until changed).
@@ -472,7 +564,11 @@ impl ConfigStore {
 
     /// The finished configuration. As in Firecracker, the root device comes first, so it is
     /// `/dev/vda`; the other drives keep the order they were added in.
-    pub fn vm_config(&self, boot_timer: bool) -> Result<VmConfig, ConfigError> {
+    pub fn vm_config(
+        &self,
+        boot_timer: bool,
+        boot_options: BootOptions,
+    ) -> Result<VmConfig, ConfigError> {
         let boot = self.boot.clone().ok_or(ConfigError::NoBootSource)?;
         Ok(VmConfig {
             boot: Some(boot),
@@ -480,7 +576,7 @@ impl ConfigStore {
             drives: self.ordered_drives().cloned().collect(),
             network_interfaces: self.network_interfaces.clone(),
             boot_timer,
-            boot_options: Default::default(),
+            boot_options,
             entropy: self.entropy,
             vsock: self.vsock.clone(),
         })
@@ -549,6 +645,7 @@ fn drive_body(d: &DriveConfig) -> DriveBody {
         io_engine: Some(d.io_engine),
         rate_limiter: d.rate_limiter,
         socket: None,
+        direct: d.direct,
     }
 }
 
@@ -576,12 +673,13 @@ mod tests {
             io_engine: None,
             rate_limiter: None,
             socket: None,
+            direct: false,
         }
     }
 
     #[test]
     fn machine_config_ranges_and_refusals() {
-        let mut s = ConfigStore::default();
+        let mut s = VmResources::default();
         let put = |v, m| MachineConfigBody {
             vcpu_count: Some(v),
             mem_size_mib: Some(m),
@@ -648,7 +746,7 @@ mod tests {
     #[test]
     fn root_device_goes_first_and_is_unique() {
         let (a, b, c) = (temp_file(), temp_file(), temp_file());
-        let mut s = ConfigStore::default();
+        let mut s = VmResources::default();
         s.put_drive("data", &drive_body("data", a.path(), false))
             .unwrap();
         s.put_drive("rootfs", &drive_body("rootfs", b.path(), true))
@@ -660,13 +758,16 @@ mod tests {
         // Re-PUTting the root device itself is an update, not a second root.
         s.put_drive("rootfs", &drive_body("rootfs", c.path(), true))
             .unwrap();
-        assert_eq!(s.vm_config(false), Err(ConfigError::NoBootSource));
+        assert_eq!(
+            s.vm_config(false, BootOptions::default()),
+            Err(ConfigError::NoBootSource)
+        );
         s.set_boot_source(&BootSourceBody {
             kernel_image_path: a.path().to_string_lossy().into(),
             ..Default::default()
         })
         .unwrap();
-        let cfg = s.vm_config(false).unwrap();
+        let cfg = s.vm_config(false, BootOptions::default()).unwrap();
         let ids: Vec<_> = cfg.drives.iter().map(|d| d.drive_id.as_str()).collect();
         assert_eq!(ids, ["rootfs", "data"]);
         assert_eq!(cfg.drives[0].path_on_host, c.path());
@@ -675,7 +776,7 @@ mod tests {
     #[test]
     fn drive_bodies_are_validated() {
         let f = temp_file();
-        let mut s = ConfigStore::default();
+        let mut s = VmResources::default();
         let mut body = drive_body("a", f.path(), true);
         assert!(matches!(
             s.put_drive("b", &body),
@@ -725,7 +826,7 @@ mod tests {
     #[test]
     fn config_round_trips_to_api_form() {
         let f = temp_file();
-        let mut s = ConfigStore::default();
+        let mut s = VmResources::default();
         let mut body = drive_body("rootfs", f.path(), true);
         body.is_read_only = Some(true);
         body.cache_type = Some(CacheType::Writeback);
@@ -754,7 +855,7 @@ mod tests {
 
     #[test]
     fn network_interfaces_follow_firecrackers_rules() {
-        let mut s = ConfigStore::default();
+        let mut s = VmResources::default();
         let mut eth0 = iface("eth0", "tap0", Some("06:00:00:00:00:01"));
         eth0.tx_rate_limiter = Some(RateLimiterConfig {
             bandwidth: None,
@@ -808,7 +909,7 @@ mod tests {
             ..boot
         };
         s.set_boot_source(&boot).unwrap();
-        let cfg = s.vm_config(false).unwrap();
+        let cfg = s.vm_config(false, BootOptions::default()).unwrap();
         let ids: Vec<_> = cfg
             .network_interfaces
             .iter()
