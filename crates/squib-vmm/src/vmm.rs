@@ -10,7 +10,7 @@
 //! 2. map guest RAM (lazily: no page is touched);
 //! 3. create the VM: RAM registered, then irqchip, PIT, KVM's private pages;
 //! 4. create and configure the vCPUs;
-//! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio drives;
+//! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio devices;
 //! 6. load the guest (`boot::load`) and set the boot vCPU's entry state;
 //! 7. start one thread per vCPU, then stdin forwarding.
 
@@ -40,11 +40,9 @@ use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::snapshot::memory::{self as snapshot_memory, MemoryBacking, Pages};
-use crate::snapshot::state::{MachineState, MicrovmState, memory_layout};
+use crate::snapshot::state::{DeviceConfigs, MachineState, MicrovmState, memory_layout};
 use crate::snapshot::{CreateRequest, SnapshotError, SnapshotType, format as snapshot_format};
-use crate::vm_config::{
-    DriveConfig, MachineConfig, VmConfig, check_mem_size_mib, check_vcpu_count,
-};
+use crate::vm_config::{MachineConfig, VmConfig, check_mem_size_mib, check_vcpu_count};
 
 /// The machine limits, defined with the KVM-free model that checks them.
 pub use crate::vm_config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
@@ -154,8 +152,6 @@ struct RunningVm {
     exit: ExitSender,
     legacy: LegacyDevices,
     devices: DeviceManager,
-    /// The drives' configuration, in slot order (a snapshot records it).
-    drives: Vec<DriveConfig>,
     // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
     vm: VmFd,
     mem: GuestMemory,
@@ -244,40 +240,26 @@ impl VmmHandle {
 
     /// Writes a snapshot of the paused microVM: guest memory to `mem_file_path` (only the pages
     /// the guest touched, or dirtied since the last snapshot for `Diff`), then the state file,
-    /// written last and renamed into place. Returns the memory bytes written.
-    pub fn create_snapshot(&self, request: &CreateRequest) -> Result<u64, VmmError> {
+    /// written last and renamed into place. `config` is the devices' configuration as the
+    /// controller's resources hold it now (with every `PATCH` since the boot); a snapshot whose
+    /// configuration does not match the running devices is refused, never written. Returns the
+    /// memory bytes written.
+    pub fn create_snapshot(
+        &self,
+        request: &CreateRequest,
+        config: &DeviceConfigs,
+    ) -> Result<u64, VmmError> {
         let shared = &self.0;
         if shared.control.state() != VmState::Paused {
             return Err(
                 SnapshotError::WrongState("the microVM must be paused to snapshot it").into(),
             );
         }
-        if shared.devices.entropy_metrics().is_some() || shared.devices.vsock().is_some() {
-            // Their state saves, but the snapshot does not record their configuration yet, so
-            // a load could not rebuild them: refuse rather than write a file that cannot load.
-            return Err(SnapshotError::Unsupported(
-                "snapshots of microVMs with an entropy or vsock device: the snapshot does not \
-                 record their configuration yet"
-                    .into(),
+        if request.snapshot_type == SnapshotType::Diff && !shared.track_dirty_pages {
+            return Err(SnapshotError::WrongState(
+                "a Diff snapshot needs track_dirty_pages in the machine configuration",
             )
             .into());
-        }
-        if request.snapshot_type == SnapshotType::Diff {
-            if !shared.track_dirty_pages {
-                return Err(SnapshotError::WrongState(
-                    "a Diff snapshot needs track_dirty_pages in the machine configuration",
-                )
-                .into());
-            }
-            if !shared.devices.slots().is_empty() {
-                // KVM's dirty log sees the vCPUs' writes only, not the devices' DMA.
-                return Err(SnapshotError::Unsupported(
-                    "Diff snapshots of microVMs with virtio devices: device writes to guest \
-                     memory are not dirty-tracked yet (take a Full snapshot)"
-                        .into(),
-                )
-                .into());
-            }
         }
         let msrs = shared.msrs.as_deref().ok_or(SnapshotError::WrongState(
             "KVM could not list the MSRs to save when this microVM was built",
@@ -293,12 +275,15 @@ impl VmmHandle {
             vm: VmDevicesState::save(&shared.vm).map_err(SnapshotError::from)?,
             vcpus,
             legacy: shared.legacy.save(),
-            drives: shared.drives.clone(),
+            config: config.clone(),
             devices: shared
                 .devices
                 .save()
                 .map_err(|e| SnapshotError::Unsupported(e.to_string()))?,
         };
+        // What a load will check, checked before anything is written: above all that the
+        // configuration given matches the devices saved.
+        state.validate()?;
         let pages = match request.snapshot_type {
             SnapshotType::Full => Pages::Touched,
             SnapshotType::Diff => Pages::Dirty,
@@ -364,7 +349,6 @@ struct Machine {
     mmio: Bus,
     legacy: LegacyDevices,
     devices: DeviceManager,
-    drives: Vec<DriveConfig>,
     exit: ExitSender,
     exit_rx: Receiver<ExitReason>,
     machine: MachineState,
@@ -404,7 +388,7 @@ impl VmShell {
         signals::install_kick_handler().map_err(VmmError::KickSignal)?;
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         // 2.-4. RAM first: it is cheap before the irqchip, not after (see `vm::create`).
-        let mem = vm::create_memory(machine.mem_size_mib)?;
+        let mem = vm::create_memory(machine.mem_size_mib, machine.track_dirty_pages)?;
         let vm = vm::create(&kvm, &mem, machine.track_dirty_pages)?;
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -484,21 +468,13 @@ impl Vmm {
                 BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
             )?;
         }
-        let mut devices = DeviceManager::new();
-        block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
-        devices::net::attach_all(
-            &vm,
-            &mem,
-            &mut mmio,
-            &mut devices,
-            &config.network_interfaces,
-        )?;
-        if let Some(entropy) = &config.entropy {
-            devices::rng::attach(&vm, &mem, &mut mmio, &mut devices, entropy)?;
-        }
-        if let Some(vsock) = &config.vsock {
-            devices::vsock::attach(&vm, &mem, &mut mmio, &mut devices, vsock)?;
-        }
+        let configs = DeviceConfigs {
+            drives: config.drives.clone(),
+            network_interfaces: config.network_interfaces.clone(),
+            entropy: config.entropy,
+            vsock: config.vsock.clone(),
+        };
+        let devices = attach_virtio(&vm, &mem, &mut mmio, &configs)?;
 
         // 6.
         let machine = boot::Machine {
@@ -519,7 +495,6 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives: config.drives.clone(),
             exit,
             exit_rx,
             machine: MachineState {
@@ -538,9 +513,10 @@ impl Vmm {
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
     /// memory file, or registered with a page-fault handler: `backing`);
     /// [`RestoredVm::launch`] then starts its vCPU threads — parked unless `resume`. Nothing
-    /// runs before every piece of state is restored. A restore builds its own VM: a prepared [`VmShell`] has other RAM, and
-    /// swapping a VM's memory slot shortly after its irqchip was created waits milliseconds
-    /// (see `vm::create`), where a new VM with the snapshot's RAM registered first does not.
+    /// runs before every piece of state is restored. A restore builds its own VM: a prepared
+    /// [`VmShell`] has other RAM, and swapping a VM's memory slot shortly after its irqchip was
+    /// created waits milliseconds (see `vm::create`), where a new VM with the snapshot's RAM
+    /// registered first does not.
     pub fn restore(
         state: &MicrovmState,
         mem: GuestMemory,
@@ -582,8 +558,7 @@ impl Vmm {
                 BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
             )?;
         }
-        let mut devices = DeviceManager::new();
-        block::attach_all(&vm, &mem, &mut mmio, &mut devices, &state.drives)?;
+        let devices = attach_virtio(&vm, &mem, &mut mmio, &state.config)?;
         devices
             .restore(&state.devices)
             .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
@@ -595,7 +570,6 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives: state.drives.clone(),
             exit,
             exit_rx,
             machine: state.machine.clone(),
@@ -628,7 +602,6 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives,
             exit,
             exit_rx,
             machine,
@@ -646,7 +619,6 @@ impl Vmm {
             exit,
             legacy,
             devices,
-            drives,
             vm,
             mem,
             machine,
@@ -741,6 +713,26 @@ fn snapshot_msrs(kvm: &Kvm) -> Option<Vec<u32>> {
     kvm_state::saveable_msrs(kvm)
         .inspect_err(|err| tracing::warn!("snapshots of this microVM will fail: {err}"))
         .ok()
+}
+
+/// Builds every virtio device of `configs` and gives each its slot, in the order
+/// [`DeviceConfigs::slot_order`] names (a snapshot's device states follow it).
+fn attach_virtio(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    mmio: &mut Bus,
+    configs: &DeviceConfigs,
+) -> Result<DeviceManager, VmmError> {
+    let mut devices = DeviceManager::new();
+    block::attach_all(vm, mem, mmio, &mut devices, &configs.drives)?;
+    devices::net::attach_all(vm, mem, mmio, &mut devices, &configs.network_interfaces)?;
+    if let Some(entropy) = &configs.entropy {
+        devices::rng::attach(vm, mem, mmio, &mut devices, entropy)?;
+    }
+    if let Some(vsock) = &configs.vsock {
+        devices::vsock::attach(vm, mem, mmio, &mut devices, vsock)?;
+    }
+    Ok(devices)
 }
 
 /// Maps the boot timer at Firecracker's address, and at the one images built before

@@ -142,7 +142,8 @@ impl VsockGuest {
     /// Probes `device` (VERSION_1 only), sets up the three queues, DRIVER_OK, and posts
     /// `RING_SIZE` rx buffers.
     pub fn activated(device: Box<dyn VirtioDevice>) -> Self {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), VSOCK_GUEST_MEM)]).unwrap();
+        let mem = squib_host::guest_memory::anonymous(&[(GuestAddress(0), VSOCK_GUEST_MEM)], false)
+            .unwrap();
         let transport = MmioTransport::new(device, mem.clone()).unwrap();
         let epoll = Epoll::new().unwrap();
         epoll

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 use vm_memory::volatile_memory::Error as VolatileMemoryError;
-use vm_memory::{Bytes, ReadVolatile, VolatileSlice, WriteVolatile};
+use vm_memory::{Bytes, ReadVolatile, WriteVolatile};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -841,7 +841,7 @@ impl VsockHandler {
 }
 
 /// Copies guest bytes into the connection's host-bound buffer in stack-sized chunks.
-fn copy_into(conn: &mut Connection, slice: &VolatileSlice<'_, ()>) {
+fn copy_into(conn: &mut Connection, slice: &crate::GuestSlice<'_>) {
     let mut chunk = [0u8; 4096];
     let mut offset = 0;
     while offset < slice.len() {

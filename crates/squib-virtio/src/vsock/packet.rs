@@ -2,7 +2,7 @@
 //! packets: its fields, decoded from and encoded to the 44 little-endian bytes on the ring, and
 //! a fixed-capacity list of a chain's buffers (no allocation per packet).
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::GuestMemory;
 use crate::queue::Chain;
@@ -190,7 +190,7 @@ impl Segments {
         mem: &GuestMemory,
         offset: u64,
         limit: u64,
-        mut f: impl FnMut(&VolatileSlice<'_, ()>) -> Result<usize, E>,
+        mut f: impl FnMut(&crate::GuestSlice<'_>) -> Result<usize, E>,
     ) -> Result<u64, E> {
         let mut skip = offset;
         let mut left = limit;

@@ -22,6 +22,7 @@ use crate::control::VmState;
 use crate::devices::block::{DriveHandle, open_backend, rate_limiter_spec};
 use crate::devices::serial::Stdout;
 use crate::exit::ExitReason;
+use crate::snapshot::state::DeviceConfigs;
 use crate::snapshot::{self, CreateRequest, LoadRequest, MemBackend};
 use crate::vm_config::{DriveConfig, MachineConfig, RateLimiterConfig, VmConfig};
 use crate::vmm::{StartOptions, VmShell, Vmm, VmmError, VmmHandle};
@@ -235,9 +236,13 @@ impl VmmControl for KvmVmm {
         self.adopt(vmm, exit)
     }
 
-    fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError> {
+    fn create_snapshot(
+        &mut self,
+        request: &CreateRequest,
+        config: &DeviceConfigs,
+    ) -> Result<(), ControlError> {
         self.running()?
-            .create_snapshot(request)
+            .create_snapshot(request, config)
             .map(drop)
             .map_err(ControlError::new)
     }
@@ -248,12 +253,23 @@ impl VmmControl for KvmVmm {
         exit: ExitNotice,
     ) -> Result<VmConfig, ControlError> {
         // Everything is read and checked before a VM exists.
-        let (_, state) =
+        let (_, mut state) =
             snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
         state.validate().map_err(ControlError::new)?;
+        state
+            .config
+            .apply_overrides(
+                &request.network_overrides,
+                request.vsock_override.as_deref(),
+            )
+            .map_err(ControlError::new)?;
         let (mem, backing) = match &request.mem_backend {
-            MemBackend::File(path) => snapshot::memory::map_file(path, &state.memory),
-            MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket),
+            MemBackend::File(path) => {
+                snapshot::memory::map_file(path, &state.memory, request.track_dirty_pages)
+            }
+            MemBackend::Uffd(socket) => {
+                snapshot::memory::uffd_backed(&state.memory, socket, request.track_dirty_pages)
+            }
         }
         .map_err(ControlError::new)?;
         // A restore builds its own VM (see `Vmm::restore`), meanwhile the shell built ahead
@@ -281,7 +297,10 @@ impl VmmControl for KvmVmm {
                 smt: false,
                 track_dirty_pages: request.track_dirty_pages,
             },
-            drives: state.drives.clone(),
+            drives: state.config.drives.clone(),
+            network_interfaces: state.config.network_interfaces.clone(),
+            entropy: state.config.entropy,
+            vsock: state.config.vsock.clone(),
             boot_timer: state.machine.boot_timer,
             ..VmConfig::default()
         };
@@ -325,7 +344,8 @@ impl VmmControl for KvmVmm {
         self.drive(drive_id)?
             .block_handle()
             .update_rate_limiter(rate_limiter_spec(config))
-            .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))
+            .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))?;
+        Ok(())
     }
 
     fn device_counters(&self) -> Vec<DeviceCounters> {
@@ -384,7 +404,8 @@ impl VmmControl for KvmVmm {
                 ControlError::new(format!("network interface `{iface_id}` does not exist"))
             })?
             .update_rate_limiters(rx, tx)
-            .map_err(|e| ControlError::new(format!("network interface `{iface_id}`: {e}")))
+            .map_err(|e| ControlError::new(format!("network interface `{iface_id}`: {e}")))?;
+        Ok(())
     }
 
     fn net_counters(&self) -> Vec<(String, squib_virtio::net::NetMetricsSnapshot)> {

@@ -25,7 +25,7 @@ pub enum VmError {
         /// Size asked for.
         mib: usize,
         /// Why.
-        source: vm_memory::mmap::FromRangesError,
+        source: squib_host::guest_memory::GuestMemoryError,
     },
 }
 
@@ -58,16 +58,19 @@ pub fn create(kvm: &Kvm, mem: &GuestMemory, track_dirty_pages: bool) -> Result<V
 }
 
 /// Maps `mem_mib` MiB of guest RAM around the MMIO gap. Pages are not touched (no
-/// pre-faulting): they are allocated as the guest first uses them.
-pub fn create_memory(mem_mib: usize) -> Result<GuestMemory, VmError> {
+/// pre-faulting): they are allocated as the guest first uses them. With `track_dirty_pages`
+/// each region carries a dirty bitmap that the devices' writes mark (KVM logs the vCPUs').
+pub fn create_memory(mem_mib: usize, track_dirty_pages: bool) -> Result<GuestMemory, VmError> {
     let bytes = (mem_mib as u64) << 20;
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(bytes)
         .into_iter()
         .map(|(addr, len)| (addr, len as usize))
         .collect();
-    GuestMemory::from_ranges(&ranges).map_err(|source| VmError::Memory {
-        mib: mem_mib,
-        source,
+    squib_host::guest_memory::anonymous(&ranges, track_dirty_pages).map_err(|source| {
+        VmError::Memory {
+            mib: mem_mib,
+            source,
+        }
     })
 }
 
