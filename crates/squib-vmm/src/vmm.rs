@@ -3,13 +3,13 @@
 //!
 //! Start-up sequence ([`Vmm::start`]). Steps 1–4 depend only on the machine size, so they form
 //! a [`VmShell`] that the API builds ahead of `InstanceStart`, off its thread
-//! ([`Vmm::start_on`] finishes from one); KVM's memory-slot registration costs milliseconds
-//! here, so it runs on its own thread, overlapped with the vCPU set-up:
+//! ([`Vmm::start_on`] finishes from one). Guest RAM is registered with KVM before the irqchip
+//! exists: after it, KVM's first memory-slot change waits 5–7 ms here (see `kvm::vm::create`):
 //!
 //! 1. validate the machine; open `/dev/kvm`;
-//! 2. create the VM: irqchip, PIT, KVM's private pages;
-//! 3. map guest RAM (lazily: no page is touched);
-//! 4. (thread) register RAM with KVM — meanwhile: create and configure the vCPUs; join;
+//! 2. map guest RAM (lazily: no page is touched);
+//! 3. create the VM: RAM registered, then irqchip, PIT, KVM's private pages;
+//! 4. create and configure the vCPUs;
 //! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio devices;
 //! 6. load the guest (`boot::load`) and set the boot vCPU's entry state;
 //! 7. start one thread per vCPU, then stdin forwarding.
@@ -315,6 +315,31 @@ pub struct Vmm {
     exit_rx: Receiver<ExitReason>,
 }
 
+/// A microVM rebuilt from a snapshot ([`Vmm::restore`]), its vCPU threads not started yet.
+pub struct RestoredVm {
+    built: Machine,
+    console_in: Option<Box<dyn Read + Send>>,
+    paused: bool,
+    vcpus_start: Arc<OnceLock<Instant>>,
+}
+
+impl std::fmt::Debug for RestoredVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoredVm")
+            .field("paused", &self.paused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestoredVm {
+    /// Starts the vCPU threads (parked if the load did not ask to resume), then stdin
+    /// forwarding; installs the calling (API) thread's seccomp filter last.
+    pub fn launch(self) -> Result<Vmm, VmmError> {
+        let _ = self.vcpus_start.set(Instant::now());
+        Vmm::launch(self.built, self.console_in, self.paused)
+    }
+}
+
 /// A built machine, ready for its vCPU threads.
 struct Machine {
     vm: VmFd,
@@ -362,36 +387,18 @@ impl VmShell {
         let vcpu_count = machine.vcpu_count;
         signals::install_kick_handler().map_err(VmmError::KickSignal)?;
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
-        // 2., 3.
-        let vm = vm::create(&kvm)?;
+        // 2.-4. RAM first: it is cheap before the irqchip, not after (see `vm::create`).
         let mem = vm::create_memory(machine.mem_size_mib, machine.track_dirty_pages)?;
-        let vcpus = std::thread::scope(|scope| {
-            // 4. Registration, overlapped with the vCPUs' set-up.
-            let registration = std::thread::Builder::new()
-                .name("mem-register".into())
-                .stack_size(64 << 10)
-                .spawn_scoped(scope, || {
-                    vm::register_memory(&vm, &mem, machine.track_dirty_pages)
-                })
-                .map_err(|source| VmmError::Thread {
-                    what: "memory registration",
-                    source,
-                })?;
-            let supported_cpuid = kvm
-                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-                .map_err(VmmError::Cpuid)?;
-            let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
-            for index in 0..vcpu_count {
-                let vcpu = Vcpu::new(&vm, index)?;
-                vcpu.configure(&supported_cpuid, vcpu_count)?;
-                vcpus.push(vcpu);
-            }
-            match registration.join() {
-                Ok(result) => result?,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-            Ok::<_, VmmError>(vcpus)
-        })?;
+        let vm = vm::create(&kvm, &mem, machine.track_dirty_pages)?;
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::Cpuid)?;
+        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+        for index in 0..vcpu_count {
+            let vcpu = Vcpu::new(&vm, index)?;
+            vcpu.configure(&supported_cpuid, vcpu_count)?;
+            vcpus.push(vcpu);
+        }
         Ok(Self {
             machine: machine.clone(),
             vm,
@@ -504,10 +511,12 @@ impl Vmm {
     }
 
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
-    /// memory file, or registered with a page-fault handler: `backing`), then starts its
-    /// vCPU threads — parked unless `resume`. Nothing runs before every piece of state is
-    /// restored. A restore builds its own VM: a prepared [`VmShell`] has fresh anonymous
-    /// memory, where a restored guest's memory comes from the snapshot.
+    /// memory file, or registered with a page-fault handler: `backing`);
+    /// [`RestoredVm::launch`] then starts its vCPU threads — parked unless `resume`. Nothing
+    /// runs before every piece of state is restored. A restore builds its own VM: a prepared
+    /// [`VmShell`] has other RAM, and swapping a VM's memory slot shortly after its irqchip was
+    /// created waits milliseconds (see `vm::create`), where a new VM with the snapshot's RAM
+    /// registered first does not.
     pub fn restore(
         state: &MicrovmState,
         mem: GuestMemory,
@@ -515,59 +524,44 @@ impl Vmm {
         track_dirty_pages: bool,
         resume: bool,
         options: StartOptions,
-    ) -> Result<Self, VmmError> {
+    ) -> Result<RestoredVm, VmmError> {
         let build_start = BuildStart::now();
         state.validate()?;
         signals::install_kick_handler().map_err(VmmError::KickSignal)?;
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
-        let vm = vm::create(&kvm)?;
+        // Registration first: the devices check their rings against guest memory, and a Uffd
+        // handler must be the only thing a fault can wait on.
+        let vm = vm::create(&kvm, &mem, track_dirty_pages)?;
         let (exit_tx, exit_rx) = mpsc::channel();
         let exit = ExitSender::new(exit_tx);
         let vcpus_start = Arc::new(OnceLock::new());
-        let (vcpus, pio, mmio, legacy, devices) = std::thread::scope(|scope| {
-            let registration = std::thread::Builder::new()
-                .name("mem-register".into())
-                .stack_size(64 << 10)
-                .spawn_scoped(scope, || vm::register_memory(&vm, &mem, track_dirty_pages))
-                .map_err(|source| VmmError::Thread {
-                    what: "memory registration",
-                    source,
-                })?;
-            let mut vcpus = Vec::with_capacity(state.vcpus.len());
-            for index in 0..state.machine.vcpu_count {
-                vcpus.push(Vcpu::new(&vm, index)?);
-            }
-            state.vm.restore(&vm).map_err(SnapshotError::from)?;
-            for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
-                saved.restore(vcpu.fd()).map_err(SnapshotError::from)?;
-            }
-            let mut pio = Bus::new("pio");
-            let mut mmio = Bus::new("mmio");
-            let legacy = devices::attach_legacy(
-                &vm,
-                &mut pio,
-                &exit,
-                options.console_out,
-                Some(&state.legacy),
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for index in 0..state.machine.vcpu_count {
+            vcpus.push(Vcpu::new(&vm, index)?);
+        }
+        state.vm.restore(&vm).map_err(SnapshotError::from)?;
+        for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
+            saved.restore(vcpu.fd()).map_err(SnapshotError::from)?;
+        }
+        let mut pio = Bus::new("pio");
+        let mut mmio = Bus::new("mmio");
+        let legacy = devices::attach_legacy(
+            &vm,
+            &mut pio,
+            &exit,
+            options.console_out,
+            Some(&state.legacy),
+        )?;
+        if state.machine.boot_timer {
+            attach_boot_timer(
+                &mut mmio,
+                BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
             )?;
-            if state.machine.boot_timer {
-                attach_boot_timer(
-                    &mut mmio,
-                    BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
-                )?;
-            }
-            // The devices check their rings against guest memory: after registration, so
-            // that a Uffd handler is the only thing a fault can wait on.
-            match registration.join() {
-                Ok(result) => result?,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-            let devices = attach_virtio(&vm, &mem, &mut mmio, &state.config)?;
-            devices
-                .restore(&state.devices)
-                .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, devices))
-        })?;
+        }
+        let devices = attach_virtio(&vm, &mem, &mut mmio, &state.config)?;
+        devices
+            .restore(&state.devices)
+            .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         let built = Machine {
             vm,
             mem,
@@ -583,8 +577,12 @@ impl Vmm {
             backing,
             msrs: snapshot_msrs(&kvm),
         };
-        let _ = vcpus_start.set(Instant::now());
-        Self::launch(built, options.console_in, !resume)
+        Ok(RestoredVm {
+            built,
+            console_in: options.console_in,
+            paused: !resume,
+            vcpus_start,
+        })
     }
 
     /// Starts one thread per vCPU (held until every thread has its seccomp filter, and parked

@@ -59,6 +59,9 @@ pub struct KvmVmm {
     pending: Option<PendingShell>,
     /// Shells built ahead so far.
     shells_built: u32,
+    /// The shell a snapshot load did not use, kept until the process exits as the VMM itself
+    /// is: closing a VM costs milliseconds a load should not wait for.
+    unused_shell: Option<VmShell>,
 }
 
 /// Stops the process from another thread (a signal): the VM if it runs, else the server.
@@ -100,6 +103,7 @@ impl KvmVmm {
             console_in,
             pending: None,
             shells_built: 0,
+            unused_shell: None,
         }
     }
 
@@ -204,7 +208,12 @@ impl VmmControl for KvmVmm {
         let spawned = std::thread::Builder::new()
             .name("vm-prepare".into())
             .stack_size(256 << 10)
-            .spawn(move || VmShell::build(&for_thread));
+            .spawn(move || {
+                let shell = VmShell::build(&for_thread);
+                // The guest console's writer too, off the path of the first output.
+                crate::devices::serial::start_stdout_writer();
+                shell
+            });
         match spawned {
             Ok(thread) => {
                 self.shells_built += 1;
@@ -243,9 +252,6 @@ impl VmmControl for KvmVmm {
         request: &LoadRequest,
         exit: ExitNotice,
     ) -> Result<VmConfig, ControlError> {
-        // A restore builds its own VM around the snapshot's memory: the shell built ahead (for
-        // the default machine) is not used; it goes when its thread ends.
-        self.pending = None;
         // Everything is read and checked before a VM exists.
         let (_, mut state) =
             snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
@@ -266,7 +272,9 @@ impl VmmControl for KvmVmm {
             }
         }
         .map_err(ControlError::new)?;
-        let vmm = Vmm::restore(
+        // A restore builds its own VM (see `Vmm::restore`), meanwhile the shell built ahead
+        // may still be building.
+        let restored = Vmm::restore(
             &state,
             mem,
             backing,
@@ -275,6 +283,12 @@ impl VmmControl for KvmVmm {
             self.options(),
         )
         .map_err(ControlError::new)?;
+        // That thread is unfiltered, so it ends before the guest runs (it has usually finished
+        // by now). Its shell is kept, not closed: closing a VM costs milliseconds.
+        if let Some(pending) = self.pending.take() {
+            self.unused_shell = pending.thread.join().ok().and_then(Result::ok);
+        }
+        let vmm = restored.launch().map_err(ControlError::new)?;
         self.adopt(vmm, exit)?;
         let config = VmConfig {
             machine: crate::vm_config::MachineConfig {
