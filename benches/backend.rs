@@ -399,7 +399,8 @@ fn main() {
     let disk = create_disk(&std::env::temp_dir(), size);
     let setup = Setup {
         // 32 slots of one 4 KiB block for the ring rows; 16 threads 8 KiB apart for the others.
-        mem: GuestMemory::from_ranges(&[(GuestAddress(0), 32 * 2 * BLOCK)]).unwrap(),
+        mem: squib_host::guest_memory::anonymous(&[(GuestAddress(0), 32 * 2 * BLOCK)], false)
+            .unwrap(),
         offsets: offsets(size),
         tally: Mutex::new(BTreeMap::new()),
         ring_tally: Mutex::new(BTreeMap::new()),

@@ -10,7 +10,9 @@
 //!
 //! A summary prints requests/s, the time each request adds over the bare backend call, and the
 //! heap allocations per request counted by `squib_host::alloc_counter` (all threads: driver,
-//! transport and worker). `SQUIB_BENCH_QUICK=1` shortens the run for a CI smoke test.
+//! transport and worker). `SQUIB_BENCH_QUICK=1` shortens the run for a CI smoke test;
+//! `SQUIB_BENCH_TRACK_DIRTY=1` gives the device guest memory with dirty bitmaps, as a microVM
+//! with `track_dirty_pages` has (every device write marks its pages).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -71,7 +73,12 @@ impl Guest {
         let device = BlockDevice::new(disk, config).unwrap();
         let handle = device.handle();
         let features = FEATURE_VERSION_1 | FEATURE_EVENT_IDX;
-        let mut driver = GuestDriver::activated(Box::new(device), GUEST_MEM, features);
+        // SQUIB_BENCH_TRACK_DIRTY=1: guest memory with dirty bitmaps, as with
+        // `track_dirty_pages` (every device write marks its pages).
+        let track = std::env::var_os("SQUIB_BENCH_TRACK_DIRTY").is_some_and(|v| v == "1");
+        let mem =
+            squib_host::guest_memory::anonymous(&[(GuestAddress(0), GUEST_MEM)], track).unwrap();
+        let mut driver = GuestDriver::activated_with_memory(Box::new(device), mem, features);
         let slots = (0..MAX_DEPTH)
             .map(|_| (BlockSlot::alloc(&mut driver), driver.alloc(BLOCK)))
             .collect();
@@ -192,7 +199,7 @@ fn main() {
         .configure_from_args();
 
     let disk = Arc::new(MemDisk::with_contents(vec![0x5a; DISK], false));
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), GUEST_MEM)]).unwrap();
+    let mem = squib_host::guest_memory::anonymous(&[(GuestAddress(0), GUEST_MEM)], false).unwrap();
     let tally = Tally::default();
     let mut guest = Guest::new(Arc::clone(&disk));
 

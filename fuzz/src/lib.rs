@@ -8,6 +8,7 @@ use std::sync::Once;
 use squib_vmm::api::controller::{ApiController, InstanceSettings};
 use squib_vmm::api::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
 use squib_vmm::snapshot::{CreateRequest, LoadRequest};
+use squib_vmm::snapshot::state::DeviceConfigs;
 use squib_vmm::vm_config::{DriveConfig, RateLimiterConfig, VmConfig};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -46,7 +47,7 @@ impl VmmControl for FakeVmm {
         Vec::new()
     }
     // The API's validation is what is fuzzed; no snapshot file is ever written or read.
-    fn create_snapshot(&mut self, _: &CreateRequest) -> Result<(), ControlError> {
+    fn create_snapshot(&mut self, _: &CreateRequest, _: &DeviceConfigs) -> Result<(), ControlError> {
         Err(ControlError::new("the fuzzing VMM takes no snapshots"))
     }
     fn load_snapshot(&mut self, _: &LoadRequest, _: ExitNotice) -> Result<VmConfig, ControlError> {

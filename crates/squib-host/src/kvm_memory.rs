@@ -15,10 +15,12 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestMemoryRegion, GuestRegionMmap, MmapRegion};
+use vm_memory::GuestMemoryRegion;
+
+use crate::guest_memory::{GuestMapping, GuestRegion};
 
 /// Mappings registered with KVM: never unmapped before the process exits.
-static PINNED: Mutex<Vec<Arc<MmapRegion<()>>>> = Mutex::new(Vec::new());
+static PINNED: Mutex<Vec<Arc<GuestMapping>>> = Mutex::new(Vec::new());
 
 /// How KVM should treat a memory slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,7 +37,7 @@ pub struct SlotFlags {
 pub fn set_user_memory_region(
     vm: &VmFd,
     slot: u32,
-    region: &GuestRegionMmap<()>,
+    region: &GuestRegion,
     flags: SlotFlags,
 ) -> Result<(), kvm_ioctls::Error> {
     let mapping = region.get_mmap();
@@ -66,7 +68,7 @@ pub fn set_user_memory_region(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestAddress;
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
 
     #[test]
     fn registers_and_refuses_overlap() {
@@ -76,11 +78,13 @@ mod tests {
         }
         let kvm = kvm_ioctls::Kvm::new().unwrap();
         let vm = kvm.create_vm().unwrap();
-        let region = GuestRegionMmap::<()>::from_range(GuestAddress(0), 0x10_0000, None).unwrap();
-        set_user_memory_region(&vm, 0, &region, SlotFlags::default()).unwrap();
-        let overlapping =
-            GuestRegionMmap::<()>::from_range(GuestAddress(0x8_0000), 0x10_0000, None).unwrap();
-        let err = set_user_memory_region(&vm, 1, &overlapping, SlotFlags::default()).unwrap_err();
+        let region = |at| crate::guest_memory::anonymous(&[(GuestAddress(at), 0x10_0000)], false);
+        let first = region(0).unwrap();
+        let first = first.iter().next().unwrap();
+        set_user_memory_region(&vm, 0, first, SlotFlags::default()).unwrap();
+        let overlapping = region(0x8_0000).unwrap();
+        let overlapping = overlapping.iter().next().unwrap();
+        let err = set_user_memory_region(&vm, 1, overlapping, SlotFlags::default()).unwrap_err();
         assert_eq!(err.errno(), libc::EEXIST);
     }
 }

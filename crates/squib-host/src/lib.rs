@@ -9,6 +9,7 @@ pub mod bad_syscall;
 pub mod block_io;
 pub mod clock;
 pub mod guest_io;
+pub mod guest_memory;
 pub mod jail;
 pub mod kvm_memory;
 pub mod kvm_xsave;

@@ -29,9 +29,9 @@ use std::mem::ManuallyDrop;
 use std::os::fd::AsRawFd;
 
 use io_uring::{IoUring, opcode, squeue, types};
-use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::guest_memory::{self, GuestMemory};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::block_io::DirectIoAlignment;
@@ -147,7 +147,7 @@ struct FixedBuffer {
 pub struct BlockRing {
     ring: ManuallyDrop<IoUring>,
     /// Keeps every guest address the kernel may touch mapped.
-    mem: ManuallyDrop<GuestMemoryMmap>,
+    mem: ManuallyDrop<GuestMemory>,
     /// `slots * segments_per_slot` iovecs; slot `s` owns `[s * per .. (s + 1) * per]`.
     iovecs: ManuallyDrop<Box<[libc::iovec]>>,
     segments_per_slot: usize,
@@ -192,7 +192,7 @@ impl BlockRing {
     ///
     /// # Errors
     /// [`RingError`] when the kernel has no usable io_uring or refuses the registrations.
-    pub fn new(file: &File, mem: &GuestMemoryMmap, config: RingConfig) -> Result<Self, RingError> {
+    pub fn new(file: &File, mem: &GuestMemory, config: RingConfig) -> Result<Self, RingError> {
         if config.slots == 0 {
             return Err(RingError::NoSlots);
         }
@@ -327,7 +327,8 @@ impl BlockRing {
                 {
                     return Err(PushError::Misaligned);
                 }
-                let count = self.fill_iovecs(index, segments, direct)?;
+                let read = matches!(op, RingOp::Read { .. });
+                let count = self.fill_iovecs(index, segments, direct, read)?;
                 self.transfer_entry(index, count, op, offset)?
             }
             RingOp::SyncData => opcode::Fsync::new(DISK)
@@ -364,12 +365,15 @@ impl BlockRing {
         Ok(())
     }
 
-    /// Writes the slot's iovecs from `segments`; returns how many.
+    /// Writes the slot's iovecs from `segments`; returns how many. For a read (`into_memory`)
+    /// the segments' pages are marked dirty now: the kernel writes them behind vm-memory's back,
+    /// and the request completes before any snapshot can look (the devices pause first).
     fn fill_iovecs(
         &mut self,
         slot: usize,
         segments: impl IntoIterator<Item = (GuestAddress, usize)>,
         direct: Option<DirectIoAlignment>,
+        into_memory: bool,
     ) -> Result<usize, PushError> {
         let per = self.segments_per_slot;
         let storage = &mut self.iovecs[slot * per..(slot + 1) * per];
@@ -388,6 +392,9 @@ impl BlockRing {
                     || !len.is_multiple_of(align.offset()))
             {
                 return Err(PushError::Misaligned);
+            }
+            if into_memory {
+                guest_memory::mark_dirty(&slice);
             }
             *iovec = libc::iovec {
                 iov_base: host.cast(),
@@ -604,17 +611,15 @@ mod tests {
 
     use super::*;
 
-    fn setup(
-        slots: u16,
-        fixed_buffers: bool,
-    ) -> (tempfile::NamedTempFile, GuestMemoryMmap, BlockRing) {
+    fn setup(slots: u16, fixed_buffers: bool) -> (tempfile::NamedTempFile, GuestMemory, BlockRing) {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         let contents: Vec<u8> = (0..16384u32).map(|i| (i % 251) as u8).collect();
         file.write_all(&contents).unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 0x10000),
-            (GuestAddress(0x10000), 0x10000),
-        ])
+        // Dirty pages tracked: reads into guest memory must mark theirs.
+        let mem = guest_memory::anonymous(
+            &[(GuestAddress(0), 0x10000), (GuestAddress(0x10000), 0x10000)],
+            true,
+        )
         .unwrap();
         let config = RingConfig {
             slots,
@@ -648,6 +653,13 @@ mod tests {
                 .unwrap();
             let done = wait_one(&mut ring);
             assert_eq!((done.slot, done.result.unwrap()), (1, 0x400));
+            // The kernel wrote those pages behind vm-memory: the ring marked them dirty.
+            let dirty: Vec<_> = mem.iter().map(guest_memory::take_dirty_pages).collect();
+            assert_eq!(
+                dirty,
+                [vec![(15, 1)], vec![(0, 1)]],
+                "fixed buffers: {fixed}"
+            );
             let mut got = [0u8; 0x100];
             mem.read_slice(&mut got, GuestAddress(0xff00)).unwrap();
             assert_eq!(got[0], (512 % 251) as u8);
@@ -661,6 +673,12 @@ mod tests {
             )
             .unwrap();
             assert_eq!(wait_one(&mut ring).result.unwrap(), 512);
+            let dirty: Vec<_> = mem.iter().map(guest_memory::take_dirty_pages).collect();
+            assert_eq!(
+                dirty,
+                [vec![(2, 1)], vec![]],
+                "only the test's own write_slice"
+            );
             ring.push(2, RingOp::SyncData, [], None).unwrap();
             assert_eq!(wait_one(&mut ring).result.unwrap(), 0);
             let on_disk = std::fs::read(file.path()).unwrap();
@@ -718,7 +736,7 @@ mod tests {
     #[test]
     fn a_kernel_without_io_uring_is_a_clear_error() {
         let file = tempfile::tempfile().unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let mem = guest_memory::anonymous(&[(GuestAddress(0), 0x1000)], false).unwrap();
         let config = RingConfig {
             slots: 1,
             segments_per_slot: 1,

@@ -64,7 +64,7 @@ fn fdinfo_flags(file: &File) -> u32 {
 }
 
 fn memory() -> GuestMemory {
-    GuestMemory::from_ranges(&[(GuestAddress(0), 4 * 1024 * 1024)]).unwrap()
+    squib_host::guest_memory::anonymous(&[(GuestAddress(0), 4 * 1024 * 1024)], false).unwrap()
 }
 
 fn seg(addr: u64, len: u32) -> Segment {

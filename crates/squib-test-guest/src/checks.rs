@@ -16,7 +16,7 @@ use crate::virtio_rng::DEVICE_ID_RNG;
 use crate::virtio_vsock::DEVICE_ID_VSOCK;
 
 /// virtio's device id for a network card.
-const DEVICE_ID_NET: u32 = 1;
+pub(crate) const DEVICE_ID_NET: u32 = 1;
 use crate::vsock_checks;
 use crate::serial::println;
 use crate::time::{self, Deadline};

@@ -21,7 +21,7 @@ const IN_FLIGHT: usize = 64;
 const MTU_PAYLOAD: usize = 1500 - 20 - 8;
 
 #[derive(Debug)]
-enum CheckError {
+pub(crate) enum CheckError {
     Net(NetError),
     NoReply(&'static str),
     Mismatch { seq: usize },
@@ -139,7 +139,8 @@ fn rx_before_buffers(dev: &mut NetDevice, net: &NetOptions, host_mac: &mut [u8; 
     Err(CheckError::NoReply("ARP reply"))
 }
 
-struct Cx {
+/// A set-up interface: the device, the host's MAC learnt by ARP, and a frame buffer.
+pub(crate) struct Cx {
     dev: NetDevice,
     net: NetOptions,
     host_mac: [u8; 6],
@@ -377,4 +378,25 @@ fn checksum(header: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// For the snapshot mode: the interface at `base`, its rx buffers posted and the host's MAC
+/// learnt (ARP), with one UDP echo done — ready when the host takes its snapshot.
+pub(crate) fn snapshot_prepare(base: u64, size: u64, net: &NetOptions) -> Result<Cx, CheckError> {
+    let mut dev = NetDevice::init(base, size)?;
+    let mut host_mac = BROADCAST;
+    rx_before_buffers(&mut dev, net, &mut host_mac)?;
+    let mut cx = Cx {
+        dev,
+        net: *net,
+        host_mac,
+        buf: [0; MAX_FRAME],
+    };
+    cx.echo_one(64, 1)?;
+    Ok(cx)
+}
+
+/// After a restore: a new UDP echo through the (possibly new) TAP.
+pub(crate) fn snapshot_after_restore(cx: &mut Cx) -> Result<(), CheckError> {
+    cx.echo_one(256, 2)
 }

@@ -18,7 +18,7 @@ const READ_BYTES: u32 = 512;
 const RATE_CHUNK: u32 = 1024;
 
 #[derive(Debug)]
-enum RngCheckError {
+pub(crate) enum RngCheckError {
     Read(ReadError),
     Short { asked: u32, got: u32 },
     Same,
@@ -75,7 +75,7 @@ pub fn check(options: &Options, device: &MmioDevice) {
     }
 }
 
-fn two_reads(rng: &mut RngDevice, first: &DmaBuf, second: &DmaBuf) -> Result<(), RngCheckError> {
+pub(crate) fn two_reads(rng: &mut RngDevice, first: &DmaBuf, second: &DmaBuf) -> Result<(), RngCheckError> {
     for buf in [first, second] {
         let got = rng.read(buf, READ_BYTES)?;
         if got != READ_BYTES {

@@ -11,9 +11,20 @@
 //! With a disk (`vda`), every chunk's first 4 KiB also goes to disk block `chunk` (from sector
 //! 1024) in the same round, so I/O runs before and after the snapshot; at the end each block is
 //! read back and must equal its chunk: data written before the snapshot, the device's restored
-//! queue state and new I/O after it all have to be right. Then the summary, and the usual exit.
+//! queue state and new I/O after it all have to be right. Each round also reads the block it
+//! just wrote back into its own 4 KiB slot of a second region (slot `round % READ_SLOTS`), which
+//! only the device writes, and records the hash it must have: at the end every slot must match.
+//! Those pages are dirtied by the device alone, so a Diff snapshot that misses device writes
+//! restores them stale. Then the summary, and the usual exit.
 
+use crate::checks::DEVICE_ID_NET;
 use crate::cmdline::{Completion, Options};
+use crate::net_checks;
+use crate::rng_checks;
+use crate::virtio_init;
+use crate::virtio_rng::{DEVICE_ID_RNG, RngDevice};
+use crate::virtio_vsock::DEVICE_ID_VSOCK;
+use crate::vsock_checks::{self, SnapshotVsock};
 use crate::dma::DmaBuf;
 use crate::report;
 use crate::serial::println;
@@ -52,6 +63,9 @@ fn fold(hashes: &[u64]) -> u64 {
     hashes.iter().fold(0u64, |acc, &h| acc.rotate_left(5) ^ h)
 }
 
+/// Read-back slots: more than `ROUNDS`, so a normal run never reuses one.
+const READ_SLOTS: usize = 160;
+
 /// First sector of the disk blocks, clear of the ones the checks use.
 const DISK_SECTOR: u64 = 1024;
 const BLOCK: usize = 4096;
@@ -64,6 +78,94 @@ fn write_block(disk: &mut BlockDevice, region: &DmaBuf, index: usize) -> Result<
         Ok(Status::Ok) => Ok(()),
         Ok(status) => Err(DiskError::Status(status)),
         Err(error) => Err(DiskError::Request(error)),
+    }
+}
+
+/// Reads disk block `index` into read-back slot `slot`.
+fn read_block(
+    disk: &mut BlockDevice,
+    readback: &DmaBuf,
+    index: usize,
+    slot: usize,
+) -> Result<(), DiskError> {
+    let sector = DISK_SECTOR + (index * BLOCK / 512) as u64;
+    let seg = segment(readback, slot * BLOCK, BLOCK);
+    match disk.run(Op::Read, sector, &[seg], Completion::Poll) {
+        Ok(Status::Ok) => Ok(()),
+        Ok(status) => Err(DiskError::Status(status)),
+        Err(error) => Err(DiskError::Request(error)),
+    }
+}
+
+/// The devices after the disk, set up (and used once) before the rounds, so their drivers are
+/// live when the host snapshots; after the rounds (in the restored machine) each must do new
+/// I/O: the rng reads, the net interface echoes over its (new) TAP, and the vsock device
+/// resets its transport (TRANSPORT_RESET: connections do not survive a snapshot) and a new
+/// connection echoes.
+struct Extras {
+    rng: Option<(RngDevice, DmaBuf, DmaBuf)>,
+    net: Option<net_checks::Cx>,
+    vsock: Option<SnapshotVsock>,
+}
+
+fn prepare_extras(options: &Options) -> Extras {
+    let mut extras = Extras {
+        rng: None,
+        net: None,
+        vsock: None,
+    };
+    for device in options.devices().skip(1) {
+        match virtio_init::device_id(device) {
+            Ok(DEVICE_ID_RNG) => {
+                let rng = RngDevice::init(device)
+                    .unwrap_or_else(|e| report::abort(format_args!("snapshot: rng init: {e}")));
+                let (Ok(a), Ok(b)) = (DmaBuf::new(4096, 4096), DmaBuf::new(4096, 4096)) else {
+                    report::abort(format_args!("snapshot: rng buffers"));
+                };
+                let mut rng = (rng, a, b);
+                if let Err(e) = rng_checks::two_reads(&mut rng.0, &rng.1, &rng.2) {
+                    report::abort(format_args!("snapshot: rng before the snapshot: {e}"));
+                }
+                extras.rng = Some(rng);
+            }
+            Ok(DEVICE_ID_NET) => {
+                let Some(net) = options.net.as_ref() else {
+                    report::abort(format_args!("snapshot: a net device needs guest.net="));
+                };
+                let cx = net_checks::snapshot_prepare(device.base, device.size, net)
+                    .unwrap_or_else(|e| report::abort(format_args!("snapshot: net: {e}")));
+                extras.net = Some(cx);
+            }
+            Ok(DEVICE_ID_VSOCK) => {
+                let vsock = vsock_checks::snapshot_prepare(device)
+                    .unwrap_or_else(|e| report::abort(format_args!("snapshot: vsock: {e}")));
+                extras.vsock = Some(vsock);
+            }
+            Ok(id) => report::abort(format_args!("snapshot: unexpected device type {id}")),
+            Err(e) => report::abort(format_args!("snapshot: device probe: {e}")),
+        }
+    }
+    extras
+}
+
+fn check_extras(extras: &mut Extras) {
+    if let Some((rng, a, b)) = extras.rng.as_mut() {
+        report::record(
+            format_args!("snapshot: virtio-rng reads after the restore"),
+            &rng_checks::two_reads(rng, a, b),
+        );
+    }
+    if let Some(cx) = extras.net.as_mut() {
+        report::record(
+            format_args!("snapshot: virtio-net echoes after the restore"),
+            &net_checks::snapshot_after_restore(cx),
+        );
+    }
+    if let Some(vsock) = extras.vsock.as_mut() {
+        report::record(
+            format_args!("snapshot: virtio-vsock transport reset, then a new connection echoes"),
+            &vsock_checks::snapshot_after_restore(vsock),
+        );
     }
 }
 
@@ -82,6 +184,11 @@ pub fn run(options: &Options) -> ! {
         fill(chunk, i as u64 + 1_000_000);
         hashes[i] = fnv1a(chunk);
     }
+    let readback = match DmaBuf::new(READ_SLOTS * BLOCK, BLOCK) {
+        Ok(buf) => buf,
+        Err(error) => report::abort(format_args!("snapshot: {error}")),
+    };
+    let mut read_hashes = [fnv1a(&[0u8; BLOCK]); READ_SLOTS];
     let mut disk_result = Ok(0u64);
     if let Some(disk) = disk.as_mut() {
         for i in 0..CHUNKS {
@@ -90,6 +197,7 @@ pub fn run(options: &Options) -> ! {
             }
         }
     }
+    let mut extras = prepare_extras(options);
     let mut running = fold(&hashes);
     println!(
         "SNAP ready region={:#x} disk={}",
@@ -109,8 +217,15 @@ pub fn run(options: &Options) -> ! {
         hashes[index] = fnv1a(chunk);
         running = fold(&hashes);
         if let (Some(disk), Ok(writes)) = (disk.as_mut(), &mut disk_result) {
-            match write_block(disk, &region, index) {
-                Ok(()) => *writes += 1,
+            let slot = (round as usize) % READ_SLOTS;
+            match write_block(disk, &region, index)
+                .and_then(|()| read_block(disk, &readback, index, slot))
+            {
+                Ok(()) => {
+                    *writes += 1;
+                    read_hashes[slot] =
+                        fnv1a(&region.as_slice()[index * CHUNK..index * CHUNK + BLOCK]);
+                }
                 Err(error) => disk_result = Err(error),
             }
         }
@@ -137,6 +252,23 @@ pub fn run(options: &Options) -> ! {
         format_args!("snapshot: memory checksum after {rounds} rounds"),
         &outcome,
     );
+    if disk.is_some() {
+        let stale = readback
+            .as_slice()
+            .chunks_exact(BLOCK)
+            .zip(&read_hashes)
+            .filter(|(slot, hash)| fnv1a(slot) != **hash)
+            .count();
+        let outcome = match &disk_result {
+            Ok(_) if stale != 0 => Err(DiskError::Stale(stale)),
+            Ok(_) => Ok(()),
+            Err(_) => Err(DiskError::Aborted),
+        };
+        report::record(
+            format_args!("snapshot: vda reads into memory match after {rounds} rounds"),
+            &outcome,
+        );
+    }
     if let Some(disk) = disk.as_mut() {
         let outcome = disk_result.and_then(|writes| verify_disk(disk, &region).map(|()| writes));
         report::record(
@@ -144,6 +276,7 @@ pub fn run(options: &Options) -> ! {
             &outcome,
         );
     }
+    check_extras(&mut extras);
     report::finish()
 }
 
@@ -173,6 +306,8 @@ enum DiskError {
     Status(Status),
     Request(RequestError),
     Mismatch(usize),
+    Stale(usize),
+    Aborted,
     NoMemory,
 }
 
@@ -182,6 +317,11 @@ impl core::fmt::Display for DiskError {
             Self::Status(status) => write!(f, "request status {status}"),
             Self::Request(error) => write!(f, "{error}"),
             Self::Mismatch(i) => write!(f, "block {i} differs from its memory chunk"),
+            Self::Stale(n) => write!(
+                f,
+                "{n} of {READ_SLOTS} read-back slots do not hold what the device read"
+            ),
+            Self::Aborted => f.write_str("a disk request failed during the rounds"),
             Self::NoMemory => f.write_str("DMA arena exhausted"),
         }
     }

@@ -24,11 +24,12 @@ pub fn pattern(position: usize) -> u8 {
 }
 
 #[derive(Debug)]
-enum CheckError {
+pub(crate) enum CheckError {
     Vsock(VsockError),
     Mismatch { position: usize, got: u8 },
     Accepted,
     NeverStalled,
+    NotReset,
 }
 
 impl From<VsockError> for CheckError {
@@ -48,6 +49,7 @@ impl core::fmt::Display for CheckError {
             ),
             Self::Accepted => f.write_str("a connection to a port nobody listens on succeeded"),
             Self::NeverStalled => f.write_str("the non-reading peer never ran out of credit"),
+            Self::NotReset => f.write_str("the connection opened before the snapshot is not reset"),
         }
     }
 }
@@ -261,5 +263,55 @@ fn host_echo(vsock: &mut Vsock, scratch: &mut Scratch) -> Outcome {
         vsock.pump()?;
     }
     vsock.close(id)?;
+    Ok(())
+}
+
+/// For the snapshot mode: the device, buffers, and a connection to the echo port that has
+/// echoed once — open when the host takes its snapshot.
+pub struct SnapshotVsock {
+    vsock: Vsock,
+    scratch: Scratch,
+    before: usize,
+}
+
+/// Sets up [`SnapshotVsock`] on `device`.
+pub fn snapshot_prepare(device: &MmioDevice) -> Result<SnapshotVsock, VsockError> {
+    let mut vsock = Vsock::init(device)?;
+    let (Ok(out), Ok(inp)) = (DmaBuf::new(4096, 4096), DmaBuf::new(4096, 4096)) else {
+        return Err(VsockError::TimedOut("for DMA memory"));
+    };
+    let mut scratch = Scratch { out, inp };
+    let before = vsock.connect(ECHO_PORT)?;
+    echo(&mut vsock, &mut scratch, before, 4096).map_err(|e| match e {
+        CheckError::Vsock(e) => e,
+        _ => VsockError::TimedOut("for a byte-exact echo before the snapshot"),
+    })?;
+    Ok(SnapshotVsock {
+        vsock,
+        scratch,
+        before,
+    })
+}
+
+/// After a restore: the device must send TRANSPORT_RESET, which resets the connection opened
+/// before the snapshot; a new connection to the echo port must then echo byte-exact.
+pub fn snapshot_after_restore(s: &mut SnapshotVsock) -> Result<(), CheckError> {
+    let deadline = Deadline::standard();
+    while s.vsock.transport_resets == 0 {
+        s.vsock.pump()?;
+        if deadline.passed() {
+            return Err(VsockError::TimedOut("for a TRANSPORT_RESET event").into());
+        }
+    }
+    if !matches!(s.vsock.is_open(s.before), Err(VsockError::Reset)) {
+        return Err(CheckError::NotReset);
+    }
+    let id = s.vsock.connect(ECHO_PORT)?;
+    echo(&mut s.vsock, &mut s.scratch, id, 64 << 10)?;
+    s.vsock.close(id)?;
+    println!(
+        "# vsock: {} transport reset(s) seen",
+        s.vsock.transport_resets
+    );
     Ok(())
 }

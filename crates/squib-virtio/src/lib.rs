@@ -31,5 +31,6 @@ pub mod vsock;
 
 pub use block::engine::{AsyncFileBackend, SyncFileBackend};
 
-/// Guest memory as squib maps it: anonymous or file-backed mmaps, no dirty bitmap.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as squib maps it: mmaps with a dirty bitmap when dirty pages are tracked (see
+/// `squib_host::guest_memory`).
+pub use squib_host::guest_memory::{GuestMemory, GuestSlice};

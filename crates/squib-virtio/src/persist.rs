@@ -14,6 +14,8 @@ use crate::queue::{QueueError, QueueSnapshot};
 pub enum DeviceState {
     /// virtio-blk.
     Block(crate::block::BlockState),
+    /// virtio-net: frames in flight are not kept; the TAP is reopened on load.
+    Net(crate::net::NetState),
     /// virtio-rng: nothing beyond its queue (the limiter's buckets start full, as on boot).
     Entropy,
     /// virtio-vsock: its connections do not survive a snapshot; the guest is told with a

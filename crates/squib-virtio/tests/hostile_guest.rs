@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use squib_virtio::GuestMemory;
 use squib_virtio::block::backend::BlockBackend;
 use squib_virtio::block::engine::{
     AsyncFileBackend, SyncFileBackend, UringFileBackend, UringOptions,
@@ -1365,7 +1364,7 @@ fn bounds_rig(open: fn(&std::path::Path) -> Arc<dyn BlockBackend>) -> BoundsRig 
         .iter()
         .map(|&(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    let mem = GuestMemory::from_ranges(&ranges).unwrap();
+    let mem = squib_host::guest_memory::anonymous(&ranges, false).unwrap();
     let mut d = GuestDriver::with_memory(Box::new(device), mem);
     // Without EVENT_IDX, so that a buffer over the used ring cannot hide avail_event from kick.
     assert!(d.negotiate(ALL_RW & !F_EVENT_IDX));

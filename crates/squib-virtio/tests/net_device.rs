@@ -492,3 +492,44 @@ fn echoed_frames_are_never_lost_one_at_a_time() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     echo.join().unwrap();
 }
+
+#[test]
+fn save_and_restore_keep_the_queues_and_refuse_another_mac() {
+    let features = VERSION_1 | EVENT_IDX | GUEST_CSUM;
+    let (mut d, tap, _h, _) = device_with(NetConfig::default(), features);
+    d.transport().pause();
+    let state = d.transport().save_state().unwrap();
+    assert_eq!(
+        state.device,
+        squib_virtio::persist::DeviceState::Net(squib_virtio::net::NetState { guest_mac: None })
+    );
+    // Restored onto its queues (the VMM restores onto a new device; the queues come from the
+    // state either way), the device serves both directions again.
+    d.transport().restore_state(&state).unwrap();
+    d.transport().resume().unwrap();
+    assert!(
+        tap.offloads().csum,
+        "the negotiated offloads are applied again"
+    );
+    let payload = frame(100, 1);
+    send(&mut d, &payload);
+    let sent = tap.take_sent();
+    assert_eq!(&sent[0][HDR..], &payload[..]);
+    let (head, addr) = post_rx(&mut d, RX_BUFFER_MIN as u32);
+    let incoming = frame(200, 2);
+    assert!(tap.inject(&incoming));
+    let used = d.wait_used().expect("rx completion after the restore");
+    assert_eq!(used.head, head);
+    assert_eq!(&d.read_bytes(addr, used.len as usize)[HDR..], &incoming[..]);
+
+    // A device configured with another MAC is not the one that was saved.
+    let mac = "06:00:00:00:00:01".parse().unwrap();
+    let config = NetConfig {
+        guest_mac: Some(mac),
+        ..NetConfig::default()
+    };
+    let (mut other, ..) = device_with(config, features);
+    other.transport().pause();
+    let err = other.transport().restore_state(&state).unwrap_err();
+    assert!(err.to_string().contains("guest_mac"), "{err}");
+}

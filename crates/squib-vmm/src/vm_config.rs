@@ -35,7 +35,7 @@ pub struct VmConfig {
 }
 
 /// The entropy device (virtio-rng).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntropyConfig {
     /// Throttles the random bytes (bandwidth) and requests (ops) served.
     pub rate_limiter: Option<RateLimiterConfig>,
@@ -43,7 +43,7 @@ pub struct EntropyConfig {
 
 /// The vsock device, in Firecracker's hybrid design: host-initiated connections arrive on the
 /// Unix socket `uds_path`; guest-initiated ones to port `P` go to `<uds_path>_<P>`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockConfig {
     /// The guest's context id (3 or more).
     pub guest_cid: u32,
@@ -207,7 +207,7 @@ pub struct RateLimiterConfig {
 }
 
 /// One virtio-net interface on a TAP device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkInterfaceConfig {
     /// The API's `iface_id`.
     pub iface_id: String,

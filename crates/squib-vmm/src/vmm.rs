@@ -3,14 +3,14 @@
 //!
 //! Start-up sequence ([`Vmm::start`]). Steps 1–4 depend only on the machine size, so they form
 //! a [`VmShell`] that the API builds ahead of `InstanceStart`, off its thread
-//! ([`Vmm::start_on`] finishes from one); KVM's memory-slot registration costs milliseconds
-//! here, so it runs on its own thread, overlapped with the vCPU set-up:
+//! ([`Vmm::start_on`] finishes from one). Guest RAM is registered with KVM before the irqchip
+//! exists: after it, KVM's first memory-slot change waits 5–7 ms here (see `kvm::vm::create`):
 //!
 //! 1. validate the machine; open `/dev/kvm`;
-//! 2. create the VM: irqchip, PIT, KVM's private pages;
-//! 3. map guest RAM (lazily: no page is touched);
-//! 4. (thread) register RAM with KVM — meanwhile: create and configure the vCPUs; join;
-//! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio drives;
+//! 2. map guest RAM (lazily: no page is touched);
+//! 3. create the VM: RAM registered, then irqchip, PIT, KVM's private pages;
+//! 4. create and configure the vCPUs;
+//! 5. attach the devices: legacy PIO devices, boot timer, virtio-mmio devices;
 //! 6. load the guest (`boot::load`) and set the boot vCPU's entry state;
 //! 7. start one thread per vCPU, then stdin forwarding.
 
@@ -40,11 +40,9 @@ use crate::kvm::vcpu::{RunOutcome, Vcpu, VcpuError};
 use crate::kvm::vm::{self, VmError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::snapshot::memory::{self as snapshot_memory, MemoryBacking, Pages};
-use crate::snapshot::state::{MachineState, MicrovmState, memory_layout};
+use crate::snapshot::state::{DeviceConfigs, MachineState, MicrovmState, memory_layout};
 use crate::snapshot::{CreateRequest, SnapshotError, SnapshotType, format as snapshot_format};
-use crate::vm_config::{
-    DriveConfig, MachineConfig, VmConfig, check_mem_size_mib, check_vcpu_count,
-};
+use crate::vm_config::{MachineConfig, VmConfig, check_mem_size_mib, check_vcpu_count};
 
 /// The machine limits, defined with the KVM-free model that checks them.
 pub use crate::vm_config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
@@ -154,8 +152,6 @@ struct RunningVm {
     exit: ExitSender,
     legacy: LegacyDevices,
     devices: DeviceManager,
-    /// The drives' configuration, in slot order (a snapshot records it).
-    drives: Vec<DriveConfig>,
     // Kept for the VM's whole life; the guest memory mapping is also pinned by squib-host.
     vm: VmFd,
     mem: GuestMemory,
@@ -244,40 +240,26 @@ impl VmmHandle {
 
     /// Writes a snapshot of the paused microVM: guest memory to `mem_file_path` (only the pages
     /// the guest touched, or dirtied since the last snapshot for `Diff`), then the state file,
-    /// written last and renamed into place. Returns the memory bytes written.
-    pub fn create_snapshot(&self, request: &CreateRequest) -> Result<u64, VmmError> {
+    /// written last and renamed into place. `config` is the devices' configuration as the
+    /// controller's resources hold it now (with every `PATCH` since the boot); a snapshot whose
+    /// configuration does not match the running devices is refused, never written. Returns the
+    /// memory bytes written.
+    pub fn create_snapshot(
+        &self,
+        request: &CreateRequest,
+        config: &DeviceConfigs,
+    ) -> Result<u64, VmmError> {
         let shared = &self.0;
         if shared.control.state() != VmState::Paused {
             return Err(
                 SnapshotError::WrongState("the microVM must be paused to snapshot it").into(),
             );
         }
-        if shared.devices.entropy_metrics().is_some() || shared.devices.vsock().is_some() {
-            // Their state saves, but the snapshot does not record their configuration yet, so
-            // a load could not rebuild them: refuse rather than write a file that cannot load.
-            return Err(SnapshotError::Unsupported(
-                "snapshots of microVMs with an entropy or vsock device: the snapshot does not \
-                 record their configuration yet"
-                    .into(),
+        if request.snapshot_type == SnapshotType::Diff && !shared.track_dirty_pages {
+            return Err(SnapshotError::WrongState(
+                "a Diff snapshot needs track_dirty_pages in the machine configuration",
             )
             .into());
-        }
-        if request.snapshot_type == SnapshotType::Diff {
-            if !shared.track_dirty_pages {
-                return Err(SnapshotError::WrongState(
-                    "a Diff snapshot needs track_dirty_pages in the machine configuration",
-                )
-                .into());
-            }
-            if !shared.devices.slots().is_empty() {
-                // KVM's dirty log sees the vCPUs' writes only, not the devices' DMA.
-                return Err(SnapshotError::Unsupported(
-                    "Diff snapshots of microVMs with virtio devices: device writes to guest \
-                     memory are not dirty-tracked yet (take a Full snapshot)"
-                        .into(),
-                )
-                .into());
-            }
         }
         let msrs = shared.msrs.as_deref().ok_or(SnapshotError::WrongState(
             "KVM could not list the MSRs to save when this microVM was built",
@@ -293,12 +275,15 @@ impl VmmHandle {
             vm: VmDevicesState::save(&shared.vm).map_err(SnapshotError::from)?,
             vcpus,
             legacy: shared.legacy.save(),
-            drives: shared.drives.clone(),
+            config: config.clone(),
             devices: shared
                 .devices
                 .save()
                 .map_err(|e| SnapshotError::Unsupported(e.to_string()))?,
         };
+        // What a load will check, checked before anything is written: above all that the
+        // configuration given matches the devices saved.
+        state.validate()?;
         let pages = match request.snapshot_type {
             SnapshotType::Full => Pages::Touched,
             SnapshotType::Diff => Pages::Dirty,
@@ -330,6 +315,31 @@ pub struct Vmm {
     exit_rx: Receiver<ExitReason>,
 }
 
+/// A microVM rebuilt from a snapshot ([`Vmm::restore`]), its vCPU threads not started yet.
+pub struct RestoredVm {
+    built: Machine,
+    console_in: Option<Box<dyn Read + Send>>,
+    paused: bool,
+    vcpus_start: Arc<OnceLock<Instant>>,
+}
+
+impl std::fmt::Debug for RestoredVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoredVm")
+            .field("paused", &self.paused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestoredVm {
+    /// Starts the vCPU threads (parked if the load did not ask to resume), then stdin
+    /// forwarding; installs the calling (API) thread's seccomp filter last.
+    pub fn launch(self) -> Result<Vmm, VmmError> {
+        let _ = self.vcpus_start.set(Instant::now());
+        Vmm::launch(self.built, self.console_in, self.paused)
+    }
+}
+
 /// A built machine, ready for its vCPU threads.
 struct Machine {
     vm: VmFd,
@@ -339,7 +349,6 @@ struct Machine {
     mmio: Bus,
     legacy: LegacyDevices,
     devices: DeviceManager,
-    drives: Vec<DriveConfig>,
     exit: ExitSender,
     exit_rx: Receiver<ExitReason>,
     machine: MachineState,
@@ -378,36 +387,18 @@ impl VmShell {
         let vcpu_count = machine.vcpu_count;
         signals::install_kick_handler().map_err(VmmError::KickSignal)?;
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
-        // 2., 3.
-        let vm = vm::create(&kvm)?;
-        let mem = vm::create_memory(machine.mem_size_mib)?;
-        let vcpus = std::thread::scope(|scope| {
-            // 4. Registration, overlapped with the vCPUs' set-up.
-            let registration = std::thread::Builder::new()
-                .name("mem-register".into())
-                .stack_size(64 << 10)
-                .spawn_scoped(scope, || {
-                    vm::register_memory(&vm, &mem, machine.track_dirty_pages)
-                })
-                .map_err(|source| VmmError::Thread {
-                    what: "memory registration",
-                    source,
-                })?;
-            let supported_cpuid = kvm
-                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-                .map_err(VmmError::Cpuid)?;
-            let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
-            for index in 0..vcpu_count {
-                let vcpu = Vcpu::new(&vm, index)?;
-                vcpu.configure(&supported_cpuid, vcpu_count)?;
-                vcpus.push(vcpu);
-            }
-            match registration.join() {
-                Ok(result) => result?,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-            Ok::<_, VmmError>(vcpus)
-        })?;
+        // 2.-4. RAM first: it is cheap before the irqchip, not after (see `vm::create`).
+        let mem = vm::create_memory(machine.mem_size_mib, machine.track_dirty_pages)?;
+        let vm = vm::create(&kvm, &mem, machine.track_dirty_pages)?;
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::Cpuid)?;
+        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+        for index in 0..vcpu_count {
+            let vcpu = Vcpu::new(&vm, index)?;
+            vcpu.configure(&supported_cpuid, vcpu_count)?;
+            vcpus.push(vcpu);
+        }
         Ok(Self {
             machine: machine.clone(),
             vm,
@@ -477,21 +468,13 @@ impl Vmm {
                 BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
             )?;
         }
-        let mut devices = DeviceManager::new();
-        block::attach_all(&vm, &mem, &mut mmio, &mut devices, &config.drives)?;
-        devices::net::attach_all(
-            &vm,
-            &mem,
-            &mut mmio,
-            &mut devices,
-            &config.network_interfaces,
-        )?;
-        if let Some(entropy) = &config.entropy {
-            devices::rng::attach(&vm, &mem, &mut mmio, &mut devices, entropy)?;
-        }
-        if let Some(vsock) = &config.vsock {
-            devices::vsock::attach(&vm, &mem, &mut mmio, &mut devices, vsock)?;
-        }
+        let configs = DeviceConfigs {
+            drives: config.drives.clone(),
+            network_interfaces: config.network_interfaces.clone(),
+            entropy: config.entropy,
+            vsock: config.vsock.clone(),
+        };
+        let devices = attach_virtio(&vm, &mem, &mut mmio, &configs)?;
 
         // 6.
         let machine = boot::Machine {
@@ -512,7 +495,6 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives: config.drives.clone(),
             exit,
             exit_rx,
             machine: MachineState {
@@ -529,10 +511,12 @@ impl Vmm {
     }
 
     /// Builds a microVM from a snapshot's `state` and its guest memory `mem` (mapped from the
-    /// memory file, or registered with a page-fault handler: `backing`), then starts its
-    /// vCPU threads — parked unless `resume`. Nothing runs before every piece of state is
-    /// restored. A restore builds its own VM: a prepared [`VmShell`] has fresh anonymous
-    /// memory, where a restored guest's memory comes from the snapshot.
+    /// memory file, or registered with a page-fault handler: `backing`);
+    /// [`RestoredVm::launch`] then starts its vCPU threads — parked unless `resume`. Nothing
+    /// runs before every piece of state is restored. A restore builds its own VM: a prepared
+    /// [`VmShell`] has other RAM, and swapping a VM's memory slot shortly after its irqchip was
+    /// created waits milliseconds (see `vm::create`), where a new VM with the snapshot's RAM
+    /// registered first does not.
     pub fn restore(
         state: &MicrovmState,
         mem: GuestMemory,
@@ -540,60 +524,44 @@ impl Vmm {
         track_dirty_pages: bool,
         resume: bool,
         options: StartOptions,
-    ) -> Result<Self, VmmError> {
+    ) -> Result<RestoredVm, VmmError> {
         let build_start = BuildStart::now();
         state.validate()?;
         signals::install_kick_handler().map_err(VmmError::KickSignal)?;
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
-        let vm = vm::create(&kvm)?;
+        // Registration first: the devices check their rings against guest memory, and a Uffd
+        // handler must be the only thing a fault can wait on.
+        let vm = vm::create(&kvm, &mem, track_dirty_pages)?;
         let (exit_tx, exit_rx) = mpsc::channel();
         let exit = ExitSender::new(exit_tx);
         let vcpus_start = Arc::new(OnceLock::new());
-        let (vcpus, pio, mmio, legacy, devices) = std::thread::scope(|scope| {
-            let registration = std::thread::Builder::new()
-                .name("mem-register".into())
-                .stack_size(64 << 10)
-                .spawn_scoped(scope, || vm::register_memory(&vm, &mem, track_dirty_pages))
-                .map_err(|source| VmmError::Thread {
-                    what: "memory registration",
-                    source,
-                })?;
-            let mut vcpus = Vec::with_capacity(state.vcpus.len());
-            for index in 0..state.machine.vcpu_count {
-                vcpus.push(Vcpu::new(&vm, index)?);
-            }
-            state.vm.restore(&vm).map_err(SnapshotError::from)?;
-            for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
-                saved.restore(vcpu.fd()).map_err(SnapshotError::from)?;
-            }
-            let mut pio = Bus::new("pio");
-            let mut mmio = Bus::new("mmio");
-            let legacy = devices::attach_legacy(
-                &vm,
-                &mut pio,
-                &exit,
-                options.console_out,
-                Some(&state.legacy),
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for index in 0..state.machine.vcpu_count {
+            vcpus.push(Vcpu::new(&vm, index)?);
+        }
+        state.vm.restore(&vm).map_err(SnapshotError::from)?;
+        for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
+            saved.restore(vcpu.fd()).map_err(SnapshotError::from)?;
+        }
+        let mut pio = Bus::new("pio");
+        let mut mmio = Bus::new("mmio");
+        let legacy = devices::attach_legacy(
+            &vm,
+            &mut pio,
+            &exit,
+            options.console_out,
+            Some(&state.legacy),
+        )?;
+        if state.machine.boot_timer {
+            attach_boot_timer(
+                &mut mmio,
+                BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
             )?;
-            if state.machine.boot_timer {
-                attach_boot_timer(
-                    &mut mmio,
-                    BootTimer::new(build_start, options.process_start, vcpus_start.clone()),
-                )?;
-            }
-            // The devices check their rings against guest memory: after registration, so
-            // that a Uffd handler is the only thing a fault can wait on.
-            match registration.join() {
-                Ok(result) => result?,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-            let mut devices = DeviceManager::new();
-            block::attach_all(&vm, &mem, &mut mmio, &mut devices, &state.drives)?;
-            devices
-                .restore(&state.devices)
-                .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
-            Ok::<_, VmmError>((vcpus, pio, mmio, legacy, devices))
-        })?;
+        }
+        let devices = attach_virtio(&vm, &mem, &mut mmio, &state.config)?;
+        devices
+            .restore(&state.devices)
+            .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         let built = Machine {
             vm,
             mem,
@@ -602,7 +570,6 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives: state.drives.clone(),
             exit,
             exit_rx,
             machine: state.machine.clone(),
@@ -610,8 +577,12 @@ impl Vmm {
             backing,
             msrs: snapshot_msrs(&kvm),
         };
-        let _ = vcpus_start.set(Instant::now());
-        Self::launch(built, options.console_in, !resume)
+        Ok(RestoredVm {
+            built,
+            console_in: options.console_in,
+            paused: !resume,
+            vcpus_start,
+        })
     }
 
     /// Starts one thread per vCPU (held until every thread has its seccomp filter, and parked
@@ -631,7 +602,6 @@ impl Vmm {
             mmio,
             legacy,
             devices,
-            drives,
             exit,
             exit_rx,
             machine,
@@ -649,7 +619,6 @@ impl Vmm {
             exit,
             legacy,
             devices,
-            drives,
             vm,
             mem,
             machine,
@@ -744,6 +713,26 @@ fn snapshot_msrs(kvm: &Kvm) -> Option<Vec<u32>> {
     kvm_state::saveable_msrs(kvm)
         .inspect_err(|err| tracing::warn!("snapshots of this microVM will fail: {err}"))
         .ok()
+}
+
+/// Builds every virtio device of `configs` and gives each its slot, in the order
+/// [`DeviceConfigs::slot_order`] names (a snapshot's device states follow it).
+fn attach_virtio(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    mmio: &mut Bus,
+    configs: &DeviceConfigs,
+) -> Result<DeviceManager, VmmError> {
+    let mut devices = DeviceManager::new();
+    block::attach_all(vm, mem, mmio, &mut devices, &configs.drives)?;
+    devices::net::attach_all(vm, mem, mmio, &mut devices, &configs.network_interfaces)?;
+    if let Some(entropy) = &configs.entropy {
+        devices::rng::attach(vm, mem, mmio, &mut devices, entropy)?;
+    }
+    if let Some(vsock) = &configs.vsock {
+        devices::vsock::attach(vm, mem, mmio, &mut devices, vsock)?;
+    }
+    Ok(devices)
 }
 
 /// Maps the boot timer at Firecracker's address, and at the one images built before

@@ -14,6 +14,7 @@ use serde_json::Value;
 use squib_vmm::api::controller::{ApiController, InstanceSettings};
 use squib_vmm::api::server::{ApiServer, REQUEST_TIMEOUT};
 use squib_vmm::api::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
+use squib_vmm::snapshot::state::DeviceConfigs;
 use squib_vmm::snapshot::{CreateRequest, LoadRequest};
 use squib_vmm::vm_config::{DriveConfig, MachineConfig, RateLimiterConfig, VmConfig};
 
@@ -21,6 +22,8 @@ use squib_vmm::vm_config::{DriveConfig, MachineConfig, RateLimiterConfig, VmConf
 #[derive(Debug, Default)]
 struct Calls {
     started: Option<VmConfig>,
+    /// The device configuration the last snapshot was given.
+    snapshot_config: Option<DeviceConfigs>,
     /// Machine sizes the controller asked to prepare ahead, as (vCPUs, MiB).
     prepared: Vec<(u8, usize)>,
     log: Vec<String>,
@@ -94,7 +97,12 @@ impl VmmControl for FakeVmm {
         self.log(format!("limit {id} {config:?}"));
         Ok(())
     }
-    fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError> {
+    fn create_snapshot(
+        &mut self,
+        request: &CreateRequest,
+        config: &DeviceConfigs,
+    ) -> Result<(), ControlError> {
+        self.calls.lock().unwrap().snapshot_config = Some(config.clone());
         self.log(format!(
             "snapshot {} {} {:?}",
             request.snapshot_path.display(),
@@ -124,6 +132,16 @@ impl VmmControl for FakeVmm {
             direct: false,
             rate_limiter: None,
         });
+        config
+            .network_interfaces
+            .push(squib_vmm::vm_config::NetworkInterfaceConfig {
+                iface_id: "eth0".into(),
+                host_dev_name: "tap0".into(),
+                guest_mac: None,
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
+            });
+        config.entropy = Some(Default::default());
         calls.started = Some(config.clone());
         calls.exit = Some(exit);
         if !request.resume_vm {
@@ -1104,6 +1122,49 @@ fn snapshot_create_needs_a_paused_vm_and_records_its_latency() {
 }
 
 #[test]
+fn a_snapshot_records_the_drive_as_patched_since_the_boot() {
+    let running = Running::start(51_200);
+    let mut c = running.connect();
+    let kernel = running.file("vmlinux", 16);
+    let first = running.file("first.img", 4096);
+    let second = running.file("second.img", 4096);
+    let boot = format!(r#"{{"kernel_image_path":"{kernel}"}}"#);
+    assert_eq!(c.call("PUT", "/boot-source", &boot).0, 204);
+    let drive = format!(
+        r#"{{"drive_id":"data","path_on_host":"{first}","is_root_device":false,"is_read_only":false}}"#
+    );
+    assert_eq!(c.call("PUT", "/drives/data", &drive).0, 204);
+    assert_eq!(
+        c.call("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)
+            .0,
+        204
+    );
+    let swap = format!(r#"{{"drive_id":"data","path_on_host":"{second}"}}"#);
+    assert_eq!(c.call("PATCH", "/drives/data", &swap), (204, String::new()));
+    let limit =
+        r#"{"drive_id":"data","rate_limiter":{"bandwidth":{"size":4096,"refill_time":100}}}"#;
+    assert_eq!(c.call("PATCH", "/drives/data", limit), (204, String::new()));
+    assert_eq!(c.call("PATCH", "/vm", r#"{"state":"Paused"}"#).0, 204);
+    let create = r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#;
+    assert_eq!(c.call("PUT", "/snapshot/create", create).0, 204);
+    let saved = running
+        .vmm
+        .calls
+        .lock()
+        .unwrap()
+        .snapshot_config
+        .clone()
+        .unwrap();
+    // A load must reopen the file the guest had, not the one it booted with.
+    assert_eq!(
+        saved.drives[0].path_on_host,
+        std::path::PathBuf::from(&second)
+    );
+    let limiter = saved.drives[0].rate_limiter.and_then(|r| r.bandwidth);
+    assert_eq!(limiter.map(|b| b.size), Some(4096));
+}
+
+#[test]
 fn snapshot_load_validates_its_body_and_starts_the_vm() {
     let running = Running::start(51_200);
     let mut c = running.connect();
@@ -1117,12 +1178,8 @@ fn snapshot_load_validates_its_body_and_starts_the_vm() {
             "not both",
         ),
         (
-            r#"{"snapshot_path":"/s","mem_file_path":"/m","network_overrides":[{"iface_id":"eth0","host_dev_name":"tap0"}]}"#,
-            "no network interface `eth0`",
-        ),
-        (
-            r#"{"snapshot_path":"/s","mem_file_path":"/m","vsock_override":{"uds_path":"/v"}}"#,
-            "no vsock device",
+            r#"{"snapshot_path":"/s","mem_file_path":"/m","vsock_override":{"uds_path":""}}"#,
+            "vsock_override.uds_path must not be empty",
         ),
         (
             r#"{"snapshot_path":"/s","mem_backend":{"backend_type":"Disk","backend_path":"/m"}}"#,
@@ -1153,6 +1210,33 @@ fn snapshot_load_validates_its_body_and_starts_the_vm() {
         204,
         "PATCH a loaded drive"
     );
+    // Every device the snapshot brought is the API's to report and patch, and a later
+    // snapshot records it.
+    assert_eq!(
+        config["network-interfaces"][0]["iface_id"], "eth0",
+        "{config}"
+    );
+    assert!(config["entropy"].is_object(), "{config}");
+    let patch = r#"{"iface_id":"eth0","rx_rate_limiter":{"ops":{"size":10,"refill_time":100}}}"#;
+    assert_eq!(
+        c.call("PATCH", "/network-interfaces/eth0", patch),
+        (204, String::new()),
+        "PATCH a loaded interface"
+    );
+    let create = r#"{"snapshot_path":"/s2","mem_file_path":"/m2"}"#;
+    assert_eq!(c.call("PUT", "/snapshot/create", create).0, 204);
+    let saved = running
+        .vmm
+        .calls
+        .lock()
+        .unwrap()
+        .snapshot_config
+        .clone()
+        .unwrap();
+    assert_eq!(saved.drives[0].drive_id, "rootfs");
+    assert!(saved.entropy.is_some());
+    let rx = saved.network_interfaces[0].rx_rate_limiter;
+    assert_eq!(rx.and_then(|r| r.ops).map(|b| b.size), Some(10));
     let (code, _) = c.call("PUT", "/snapshot/load", body);
     assert_eq!(code, 400, "a second load");
     let (code, _) = c.call("PUT", "/boot-source", r#"{"kernel_image_path":"/k"}"#);

@@ -291,7 +291,7 @@ fn refused_features_exit_153_naming_them() {
 fn snapshot_flags_print_versions_as_firecracker_does() {
     let out = common::run_squib(&["--snapshot-version"], Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.0.0\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v2.0.0\n");
     // A file that is no snapshot: one line, Firecracker's generic error status.
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("not-a-snapshot");

@@ -135,9 +135,12 @@ fn level(measurements: &[Measurement]) -> Level {
              vsock device through the virtio-mmio transport; the host end of the connection is a \
              thread on a real Unix socket. Guest → host sends 1 MiB as 64 KiB RW packets within \
              the device's credit until the host thread has read it; host → guest has the host \
-             thread write 1 MiB that the guest takes in 4 KiB rx buffers, returning credit every \
-             64 KiB. The baseline copies 1 MiB between two host threads over a socket pair. No \
-             VM exits are involved: on KVM every queue notification adds an ioeventfd exit."
+             thread write 1 MiB that the guest takes in 4 KiB rx buffers, copying each payload \
+             once to its reader's buffer and returning credit every 64 KiB. Like Linux's driver, \
+             the guest skips the tx kick while the device has notifications off \
+             (VRING_USED_F_NO_NOTIFY). The baseline copies 1 MiB between two host threads over a \
+             socket pair. No VM exits are involved: on KVM every queue notification adds an \
+             ioeventfd exit."
                 .to_owned(),
             vhost.to_owned(),
         ],

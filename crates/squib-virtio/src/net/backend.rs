@@ -4,18 +4,18 @@ use std::fmt::Debug;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
+use crate::GuestSlice;
 use squib_host::tap::{Tap, TapOffloads};
-use vm_memory::VolatileSlice;
 
 /// A frame source and sink with a pollable descriptor, frames carrying a 12-byte virtio-net
 /// header. Implemented by [`Tap`]; tests use an in-memory one (`testing::FakeTap`).
 pub trait NetBackend: Send + Sync + Debug {
     /// Reads one frame into `bufs`; returns its full length, which exceeds the buffers' total
     /// when it was truncated (the frame is consumed either way). `WouldBlock` when none waits.
-    fn read_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
+    fn read_frame(&self, bufs: &[GuestSlice<'_>]) -> io::Result<usize>;
 
     /// Writes one frame from `bufs`.
-    fn write_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
+    fn write_frame(&self, bufs: &[GuestSlice<'_>]) -> io::Result<usize>;
 
     /// Sets the offloads the reader accepts (what the driver negotiated).
     fn set_offloads(&self, offloads: TapOffloads) -> io::Result<()>;
@@ -25,11 +25,11 @@ pub trait NetBackend: Send + Sync + Debug {
 }
 
 impl NetBackend for Tap {
-    fn read_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+    fn read_frame(&self, bufs: &[GuestSlice<'_>]) -> io::Result<usize> {
         Tap::read_frame(self, bufs)
     }
 
-    fn write_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+    fn write_frame(&self, bufs: &[GuestSlice<'_>]) -> io::Result<usize> {
         Tap::write_frame(self, bufs)
     }
 

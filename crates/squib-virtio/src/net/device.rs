@@ -7,6 +7,7 @@ use std::io;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use squib_host::tap::TapOffloads;
 use tracing::debug;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -92,6 +93,27 @@ impl fmt::Display for MacAddr {
         let [a, b, c, d, e, g] = self.0;
         write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
     }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a snapshot keeps of a net device: its MAC, checked on restore. Frames in flight are
+/// not kept (a network may drop them); the TAP is opened anew, with the negotiated offloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetState {
+    /// The MAC the guest reads, if one was configured.
+    pub guest_mac: Option<MacAddr>,
 }
 
 /// How the VMM configures one interface.
@@ -291,15 +313,28 @@ impl VirtioDevice for NetDevice {
     }
 
     fn save_state(&self) -> Result<DeviceState, StateError> {
-        Err(StateError::Unsupported("virtio-net"))
+        self.runtime.ensure_quiescent()?;
+        Ok(DeviceState::Net(NetState {
+            guest_mac: self.guest_mac,
+        }))
     }
 
     fn restore_state(
         &mut self,
-        _state: &DeviceState,
-        _activation: Option<Activation>,
+        state: &DeviceState,
+        activation: Option<Activation>,
     ) -> Result<(), StateError> {
-        Err(StateError::Unsupported("virtio-net"))
+        match state {
+            DeviceState::Net(saved) if saved.guest_mac == self.guest_mac => {}
+            _ => return Err(StateError::StateMismatch("virtio-net (same guest_mac)")),
+        }
+        drop(self.runtime.reset());
+        if let Some(activation) = activation {
+            // Re-applies the negotiated offloads to the (possibly new) TAP device.
+            let (handler, parts) = self.prepare(activation)?;
+            self.runtime.restore_paused(handler, parts);
+        }
+        Ok(())
     }
 }
 

@@ -26,18 +26,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use squib_host::guest_io::IOVECS_PER_CALL;
+use squib_host::guest_memory::empty_slice;
 use tracing::{debug, error, warn};
-use vm_memory::{Bytes, GuestMemoryBackend, VolatileSlice};
+use vm_memory::{Bytes, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 
 use super::handle::{Limiters, Shared};
 use super::header::{MAX_OFFLOAD_FRAME, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
 use super::metrics::Counter;
-use crate::GuestMemory;
 use crate::queue::{Chain, QueueError, VirtQueue};
 use crate::rate_limiter::RateLimiter;
 use crate::runtime::poll::PollWindow;
 use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
+use crate::{GuestMemory, GuestSlice};
 
 /// The receive queue's index.
 pub(crate) const RX_QUEUE: usize = 0;
@@ -277,8 +278,7 @@ impl NetHandler {
         };
         let metrics = &self.shared.metrics;
         queue.disable_notification(mem)?;
-        let empty: &'static mut [u8] = &mut [];
-        let mut slices = [VolatileSlice::from(empty); IOVECS_PER_CALL];
+        let mut slices = [empty_slice(); IOVECS_PER_CALL];
         for _ in 0..BATCH {
             if stop.is_set()
                 || self
@@ -437,8 +437,7 @@ fn receive_frame(
     limiter: Option<&mut RateLimiter>,
 ) -> Result<Rx, QueueError> {
     let metrics = &shared.metrics;
-    let empty: &'static mut [u8] = &mut [];
-    let mut slices = [VolatileSlice::from(empty); IOVECS_PER_CALL];
+    let mut slices = [empty_slice(); IOVECS_PER_CALL];
     // (head, capacity) of each gathered chain.
     let mut chains = [(0u16, 0usize); MAX_RX_CHAINS];
     let (mut nchains, mut nslices, mut total) = (0usize, 0usize, 0usize);
@@ -512,7 +511,7 @@ fn read_into(
     mem: &GuestMemory,
     queue: &mut VirtQueue,
     shared: &Shared,
-    slices: &[VolatileSlice<'_>],
+    slices: &[GuestSlice<'_>],
     chains: &[(u16, usize)],
     capacity: usize,
 ) -> Result<Rx, QueueError> {
@@ -568,7 +567,7 @@ fn read_into(
 }
 
 /// Writes `bytes` at byte `offset` of the frame laid over `slices`.
-fn write_at(slices: &[VolatileSlice<'_>], mut offset: usize, mut bytes: &[u8]) {
+fn write_at(slices: &[GuestSlice<'_>], mut offset: usize, mut bytes: &[u8]) {
     for slice in slices {
         if bytes.is_empty() {
             return;
@@ -599,7 +598,7 @@ fn gather<'m>(
     mem: &'m GuestMemory,
     mut chain: Chain<'m>,
     access: Access,
-    out: &mut [VolatileSlice<'m>],
+    out: &mut [GuestSlice<'m>],
 ) -> Option<(usize, usize)> {
     let (mut count, mut total) = (0usize, 0usize);
     for desc in chain.by_ref() {

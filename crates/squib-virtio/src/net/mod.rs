@@ -13,7 +13,8 @@ mod header;
 mod metrics;
 
 pub use device::{
-    MacAddr, NetConfig, NetDevice, NetError, QUEUE_SIZE, RX_BUFFER_MIN, RX_BUFFER_MIN_OFFLOADS,
+    MacAddr, NetConfig, NetDevice, NetError, NetState, QUEUE_SIZE, RX_BUFFER_MIN,
+    RX_BUFFER_MIN_OFFLOADS,
 };
 pub use handle::NetHandle;
 pub use header::VNET_HDR_LEN;

@@ -117,7 +117,7 @@ impl RngHandler {
 }
 
 /// Fills `slice` completely, retrying short reads and `EINTR`.
-fn fill_all(slice: &vm_memory::VolatileSlice<'_, ()>) -> io::Result<()> {
+fn fill_all(slice: &crate::GuestSlice<'_>) -> io::Result<()> {
     let mut done = 0;
     while done < slice.len() {
         let rest = slice

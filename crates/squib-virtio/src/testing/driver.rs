@@ -122,7 +122,8 @@ impl GuestDriver {
     /// `device` behind a fresh transport over `mem_size` bytes of guest memory at address 0;
     /// the driver has not touched any register yet.
     pub fn new(device: Box<dyn VirtioDevice>, mem_size: usize) -> Self {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), mem_size)]).unwrap();
+        let mem =
+            squib_host::guest_memory::anonymous(&[(GuestAddress(0), mem_size)], false).unwrap();
         Self::with_memory(device, mem)
     }
 
@@ -181,7 +182,19 @@ impl GuestDriver {
     /// offered), FEATURES_OK, set up every queue the device has at its maximum size (capped at
     /// 256), DRIVER_OK. Queue 0 is selected.
     pub fn activated(device: Box<dyn VirtioDevice>, mem_size: usize, features: u64) -> Self {
-        let mut driver = Self::new(device, mem_size);
+        Self::activated_on(Self::new(device, mem_size), features)
+    }
+
+    /// [`GuestDriver::activated`] over `mem` (e.g. memory that tracks dirty pages).
+    pub fn activated_with_memory(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemory,
+        features: u64,
+    ) -> Self {
+        Self::activated_on(Self::with_memory(device, mem), features)
+    }
+
+    fn activated_on(mut driver: Self, features: u64) -> Self {
         assert!(
             driver.negotiate(features),
             "the device refused features {features:#x}"

@@ -8,7 +8,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 
 use squib_host::tap::TapOffloads;
-use vm_memory::{Bytes, VolatileSlice};
+use vm_memory::Bytes;
+
+use crate::GuestSlice;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::net::VNET_HDR_LEN;
@@ -76,7 +78,7 @@ impl Default for FakeTap {
 }
 
 impl NetBackend for FakeTap {
-    fn read_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+    fn read_frame(&self, bufs: &[GuestSlice<'_>]) -> io::Result<usize> {
         let Some(frame) = lock(&self.inbound).pop_front() else {
             let _ = self.event.read();
             return Err(io::ErrorKind::WouldBlock.into());
@@ -104,7 +106,7 @@ impl NetBackend for FakeTap {
         Ok(VNET_HDR_LEN + frame.len())
     }
 
-    fn write_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+    fn write_frame(&self, bufs: &[GuestSlice<'_>]) -> io::Result<usize> {
         let mut frame = Vec::new();
         for buf in bufs {
             let mut chunk = vec![0u8; buf.len()];

@@ -11,8 +11,8 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY};
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::driver::Buf;
@@ -30,7 +30,8 @@ pub const RX_BUF_LEN: u32 = 4096 + HDR_LEN as u32;
 pub const VSOCK_GUEST_MEM: usize = 16 << 20;
 const QUEUE_BASE: [u64; 3] = [0x0, 0x10000, 0x20000];
 const RX_BUFS: u64 = 0x100000;
-const HEAP_START: u64 = 0x200000;
+/// Past the last rx buffer: the heap wraps around onto itself, never onto a posted rx buffer.
+const HEAP_START: u64 = (RX_BUFS + RING_SIZE as u64 * RX_BUF_LEN as u64).next_multiple_of(0x1000);
 
 /// Packet ops.
 #[allow(missing_docs)]
@@ -142,7 +143,8 @@ impl VsockGuest {
     /// Probes `device` (VERSION_1 only), sets up the three queues, DRIVER_OK, and posts
     /// `RING_SIZE` rx buffers.
     pub fn activated(device: Box<dyn VirtioDevice>) -> Self {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), VSOCK_GUEST_MEM)]).unwrap();
+        let mem = squib_host::guest_memory::anonymous(&[(GuestAddress(0), VSOCK_GUEST_MEM)], false)
+            .unwrap();
         let transport = MmioTransport::new(device, mem.clone()).unwrap();
         let epoll = Epoll::new().unwrap();
         epoll
@@ -255,6 +257,19 @@ impl VsockGuest {
             .unwrap();
     }
 
+    /// Notifies queue `index` unless the device asked not to be (`VRING_USED_F_NO_NOTIFY`, set
+    /// while it drains the ring), as Linux's `virtqueue_kick_prepare` does without EVENT_IDX.
+    pub fn notify(&mut self, index: u16) {
+        fence(Ordering::SeqCst);
+        let flags: u16 = self
+            .mem
+            .read_obj(GuestAddress(self.rings[usize::from(index)].used()))
+            .unwrap();
+        if flags & VRING_USED_F_NO_NOTIFY as u16 == 0 {
+            self.kick(index);
+        }
+    }
+
     /// `len` bytes of guest memory (never freed; wraps around the heap when it runs out, which
     /// is fine for buffers whose packets completed).
     pub fn alloc(&mut self, len: u32) -> GuestAddress {
@@ -343,7 +358,7 @@ impl VsockGuest {
     }
 
     /// Sends one packet on the tx queue (header and payload in separate buffers, as Linux
-    /// does) and kicks. The chain's completion is collected by [`VsockGuest::reap_tx`].
+    /// does) and kicks unless the device is draining the ring. The chain's completion is collected by [`VsockGuest::reap_tx`].
     pub fn send(&mut self, hdr: &VsockHdr, payload: &[u8]) {
         let h = self.alloc(HDR_LEN as u32);
         self.write(h, &hdr.to_bytes());
@@ -360,7 +375,7 @@ impl VsockGuest {
                 ],
             );
         }
-        self.kick(1);
+        self.notify(1);
     }
 
     /// Waits until the device has completed every tx chain published so far.
@@ -391,20 +406,34 @@ impl VsockGuest {
     /// again at once, and the device notified once per 16 buffers (as a driver batches refills)
     /// or before the guest waits.
     pub fn recv(&mut self, timeout: Duration) -> Option<(VsockHdr, Vec<u8>)> {
+        let mut payload = Vec::new();
+        let hdr = self.recv_into(timeout, &mut payload)?;
+        Some((hdr, payload))
+    }
+
+    /// [`VsockGuest::recv`] with the payload copied once into `payload` (replacing its
+    /// contents, reusing its memory), as a driver copies a packet to its reader.
+    pub fn recv_into(&mut self, timeout: Duration, payload: &mut Vec<u8>) -> Option<VsockHdr> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some((head, len)) = self.pop_used(0) {
                 let addr = GuestAddress(RX_BUFS + u64::from(head) * u64::from(RX_BUF_LEN));
-                let raw = self.read(addr, len as usize);
-                let hdr = VsockHdr::from_bytes(&raw[..HDR_LEN.min(raw.len())]);
-                let payload = raw.get(HDR_LEN..).unwrap_or_default().to_vec();
+                let mut raw = [0u8; HDR_LEN];
+                let hdr_len = HDR_LEN.min(len as usize);
+                self.mem.read_slice(&mut raw[..hdr_len], addr).unwrap();
+                let hdr = VsockHdr::from_bytes(&raw);
+                let data_len = (len as usize).saturating_sub(HDR_LEN);
+                payload.resize(data_len, 0);
+                self.mem
+                    .read_slice(payload, addr.unchecked_add(HDR_LEN as u64))
+                    .unwrap();
                 self.post_rx(head);
                 self.unkicked_rx += 1;
                 if self.unkicked_rx >= 16 {
                     self.unkicked_rx = 0;
                     self.kick(0);
                 }
-                return Some((hdr, payload));
+                return Some(hdr);
             }
             if self.unkicked_rx > 0 {
                 self.unkicked_rx = 0;

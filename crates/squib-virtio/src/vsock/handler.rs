@@ -10,7 +10,8 @@
 //! Every socket sits in the worker's epoll set, level-triggered, watched only for what the
 //! connection can act on ([`Connection::wanted_interest`]): a host peer that stops reading, or a
 //! guest that stops granting credit, stalls that connection and nothing else. Connections with
-//! something for the guest wait in a round-robin ring, one packet per turn, so none starves.
+//! something for the guest wait in a round-robin ring, one control packet or one read of host
+//! data (one `readv` into up to 64 KiB of rx buffers) per turn, so none starves.
 //! Guest-controlled values are hostile: malformed chains and packets are dropped and counted,
 //! protocol violations reset the connection, packets for connections that do not exist get an
 //! RST — nothing panics and nothing blocks.
@@ -26,17 +27,19 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 use vm_memory::volatile_memory::Error as VolatileMemoryError;
-use vm_memory::{Bytes, ReadVolatile, VolatileSlice, WriteVolatile};
+use vm_memory::{Bytes, WriteVolatile};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, Kill, State};
+use super::device::QUEUE_SIZE;
 use super::metrics::VsockMetrics;
 use super::packet::{HDR_LEN, HOST_CID, Header, Segments, TYPE_STREAM, op, shutdown};
 use crate::GuestMemory;
 use crate::queue::QueueError;
 use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
+use squib_host::guest_io::IOVECS_PER_CALL;
 
 pub(crate) const RX: usize = 0;
 pub(crate) const TX: usize = 1;
@@ -44,6 +47,13 @@ pub(crate) const EVENT: usize = 2;
 
 /// Largest payload of one packet either way (Linux's `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`).
 pub(crate) const MAX_PAYLOAD: u32 = 64 << 10;
+/// Most host data one connection moves into rx buffers per turn of the round-robin, with one
+/// `readv` across as many buffers as that takes (16 of Linux's 4 KiB rx buffers).
+const RX_BATCH_BYTES: u64 = MAX_PAYLOAD as u64;
+/// Most rx chains one such `readv` fills.
+const RX_BATCH_CHAINS: usize = 16;
+/// Most tx packets served before the worker looks at its other events again.
+const TX_PER_TURN: usize = QUEUE_SIZE as usize;
 /// Connections and pending host handshakes at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// RSTs for dead connections waiting for rx buffers; more are dropped (`killq_resync`).
@@ -121,6 +131,9 @@ pub(crate) struct VsockHandler {
     resets: VecDeque<(u32, u32)>,
     next_local_port: u32,
     transport_reset_pending: bool,
+    /// The rx chains after the first that the last batched read filled, in ring order, with the
+    /// length each used (allocated once; at most [`RX_BATCH_CHAINS`] - 1 entries).
+    rx_batch: Vec<(u16, Segments, u32)>,
 }
 
 /// Turns vm-memory's error for a socket I/O into `io::Error`.
@@ -155,6 +168,7 @@ impl VsockHandler {
             resets: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
             transport_reset_pending: false,
+            rx_batch: Vec::with_capacity(RX_BATCH_CHAINS),
         }
     }
 
@@ -310,30 +324,51 @@ impl VsockHandler {
 
     // ---- guest → host (tx queue) ----
 
-    fn process_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<(), QueueError> {
-        let mut completed = false;
+    /// Serves the tx ring until it is empty, or for [`TX_PER_TURN`] packets (then returns
+    /// pending, so host socket events are seen in between), answering on the rx ring as it goes. Driver notifications are off
+    /// meanwhile (a kick could not make the packets go any sooner) and back on before the worker
+    /// sleeps, with a last look for packets published in between.
+    fn process_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
+        let mut completed = 0usize;
+        let mut pending = Pending::NONE;
         let stop = cx.stop_signal();
-        while !stop.is_set() {
+        'serve: while !stop.is_set() {
             let Some(queue) = cx.queues.get_mut(TX) else {
-                return Ok(());
+                return Ok(pending);
             };
-            let Some(chain) = queue.pop(cx.mem)? else {
-                break;
-            };
-            let head = chain.head_index();
-            match Segments::collect(chain, cx.mem, false) {
-                Ok(segments) => self.handle_packet(&segments, cx),
-                Err(_) => self.metrics.tx_queue_event_fails(1),
+            queue.disable_notification(cx.mem)?;
+            while !stop.is_set() {
+                if completed == TX_PER_TURN {
+                    pending = Pending::queue(TX);
+                    break 'serve;
+                }
+                let Some(queue) = cx.queues.get_mut(TX) else {
+                    return Ok(pending);
+                };
+                let Some(chain) = queue.pop(cx.mem)? else {
+                    if cx.rearm(TX)? {
+                        continue 'serve;
+                    }
+                    break 'serve;
+                };
+                let head = chain.head_index();
+                match Segments::collect(chain, cx.mem, false) {
+                    Ok(segments) => self.handle_packet(&segments, cx),
+                    Err(_) => self.metrics.tx_queue_event_fails(1),
+                }
+                if let Some(queue) = cx.queues.get_mut(TX) {
+                    queue.complete(cx.mem, head, 0)?;
+                }
+                completed += 1;
+                // A credit update the packet earned goes out now, not after the drain: the
+                // guest writes its next packets while we forward the rest of these.
+                self.fill_rx(cx)?;
             }
-            if let Some(queue) = cx.queues.get_mut(TX) {
-                queue.complete(cx.mem, head, 0)?;
-            }
-            completed = true;
         }
-        if completed {
+        if completed > 0 {
             cx.notify_used(TX)?;
         }
-        Ok(())
+        Ok(pending)
     }
 
     fn handle_packet(&mut self, segments: &Segments, cx: &mut WorkerContext<'_>) {
@@ -575,12 +610,20 @@ impl VsockHandler {
             let queue = &mut cx.queues[RX];
             match used {
                 Some(len) => {
+                    // In ring order: the first chain holds the batch's first bytes.
                     queue.complete(cx.mem, head, len)?;
-                    self.metrics.rx_packets_count(1);
+                    for &(head, _, len) in &self.rx_batch {
+                        queue.complete(cx.mem, head, len)?;
+                        self.metrics
+                            .rx_bytes_count(u64::from(len.saturating_sub(HDR_LEN as u32)));
+                    }
+                    self.metrics
+                        .rx_packets_count(1 + self.rx_batch.len() as u64);
                     completed = true;
                 }
                 None => queue.undo_pop(),
             }
+            self.rx_batch.clear();
         }
         if completed {
             cx.notify_used(RX)?;
@@ -602,7 +645,11 @@ impl VsockHandler {
         }
         let guest_cid = self.guest_cid;
         let metrics = Arc::clone(&self.metrics);
-        let conn = self.conn_mut(index)?;
+        // Borrows only `entries`: the batch below fills `rx_batch` beside it.
+        let Some(Slot::Conn(conn)) = self.entries.get_mut(index as usize).map(|e| &mut e.slot)
+        else {
+            return None;
+        };
         conn.queued = false;
         let mut header = Header {
             src_cid: HOST_CID,
@@ -626,31 +673,12 @@ impl VsockHandler {
                 && !conn.guest_done_receiving
                 && conn.peer_credit() > 0
             {
-                let room = segments.total() - HDR_LEN as u64;
-                let limit = room
-                    .min(u64::from(conn.peer_credit()))
-                    .min(u64::from(MAX_PAYLOAD));
-                let mut eof = false;
-                let stream = &conn.stream;
-                let read = segments.for_each_slice(cx.mem, HDR_LEN as u64, limit, |slice| {
-                    let mut slice = *slice;
-                    match (&*stream).read_volatile(&mut slice).map_err(io_error) {
-                        Ok(0) => {
-                            eof = true;
-                            Ok(0)
-                        }
-                        Ok(n) => Ok(n),
-                        Err(e) if would_block(&e) => Ok(0),
-                        Err(e) => Err(e),
-                    }
-                });
-                match read {
-                    Ok(0) if eof => conn.host_closed(),
-                    Ok(0) => conn.host_readable = false,
-                    Ok(n) => {
-                        payload = n as u32;
+                match read_host_data(conn, &header, segments, &mut self.rx_batch, cx) {
+                    Ok(n) if n > 0 => {
+                        payload = n;
                         header.op = op::RW;
                     }
+                    Ok(_) => {}
                     Err(_) => {
                         metrics.rx_read_fails(1);
                         host_failed = true;
@@ -840,8 +868,125 @@ impl VsockHandler {
     }
 }
 
+/// Reads the connection's host data into the rx chain `first` and, while the socket may hold
+/// more, into the next chains on the ring (up to [`RX_BATCH_BYTES`] within the guest's credit,
+/// [`RX_BATCH_CHAINS`] chains), with one `readv`: Linux posts 4 KiB rx buffers, and one system
+/// call per buffer would cost more than the copy. Every chain after `first` that got data gets
+/// its RW header here and is left in `batch` for the caller to complete after `first`; chains
+/// that got none go back to the ring. Returns the bytes `first` got; 0 when the socket had none
+/// (it is then no longer marked readable) or reached EOF (the guest is told).
+fn read_host_data(
+    conn: &mut Connection,
+    template: &Header,
+    first: &Segments,
+    batch: &mut Vec<(u16, Segments, u32)>,
+    cx: &mut WorkerContext<'_>,
+) -> io::Result<u32> {
+    let mem = cx.mem;
+    let budget = u64::from(conn.peer_credit()).min(RX_BATCH_BYTES);
+    let first_room = (first.total() - HDR_LEN as u64).min(budget);
+    if first_room == 0 {
+        return Ok(0);
+    }
+    // More chains only while the socket may hold more than the first takes.
+    let mut gathered = first_room;
+    if let Some(queue) = cx.queues.get_mut(RX) {
+        while gathered < budget && batch.len() + 1 < RX_BATCH_CHAINS {
+            let Some(chain) = queue.pop(mem).ok().flatten() else {
+                break;
+            };
+            let head = chain.head_index();
+            let Ok(segments) = Segments::collect(chain, mem, true) else {
+                // Left for the next turn, which completes it as malformed.
+                queue.undo_pop();
+                break;
+            };
+            let room = (segments.total() - HDR_LEN as u64).min(budget - gathered);
+            gathered += room;
+            batch.push((head, segments, room as u32));
+        }
+    }
+    // One iovec per buffer: the first chain's, then each gathered chain's, each chain's room
+    // trimmed to the iovecs that fit one call.
+    let Some(seed) = first.slices(mem, HDR_LEN as u64, first_room).next() else {
+        batch_undo(batch, 0, cx);
+        return Ok(0);
+    };
+    let mut iovecs = [seed; IOVECS_PER_CALL];
+    let mut count = 0;
+    let mut first_cap = 0u64;
+    let rooms = std::iter::once((first, first_room, None)).chain(
+        batch
+            .iter_mut()
+            .map(|(_, s, room)| (&*s, u64::from(*room), Some(room))),
+    );
+    for (segments, room, batch_room) in rooms {
+        let mut cap = 0u64;
+        for slice in segments.slices(mem, HDR_LEN as u64, room) {
+            if count == IOVECS_PER_CALL {
+                break;
+            }
+            cap += slice.len() as u64;
+            iovecs[count] = slice;
+            count += 1;
+        }
+        match batch_room {
+            Some(batch_room) => *batch_room = cap as u32,
+            None => first_cap = cap,
+        }
+    }
+    let read = match squib_host::guest_io::readv_volatile(&conn.stream, &iovecs[..count]) {
+        Ok(0) => {
+            conn.host_closed();
+            0
+        }
+        Ok(n) => n as u64,
+        Err(e) if would_block(&e) => {
+            conn.host_readable = false;
+            0
+        }
+        Err(e) => {
+            batch_undo(batch, 0, cx);
+            return Err(e);
+        }
+    };
+    let first_got = read.min(first_cap);
+    let mut left = read - first_got;
+    let mut used = 0;
+    for (_, segments, room) in batch.iter_mut() {
+        let got = left.min(u64::from(*room)) as u32;
+        if got == 0 {
+            break;
+        }
+        left -= u64::from(got);
+        let mut header = *template;
+        header.op = op::RW;
+        header.len = got;
+        conn.stamp(&mut header);
+        conn.sent(got);
+        // Inside guest memory and at least a header long: checked by `collect`.
+        let _ = segments.write_header(mem, &header);
+        *room = HDR_LEN as u32 + got;
+        used += 1;
+    }
+    batch_undo(batch, used, cx);
+    Ok(first_got as u32)
+}
+
+/// Returns the gathered chains past the first `keep` to the ring.
+fn batch_undo(batch: &mut Vec<(u16, Segments, u32)>, keep: usize, cx: &mut WorkerContext<'_>) {
+    let extra = batch.len().saturating_sub(keep);
+    if extra > 0
+        && let Some(queue) = cx.queues.get_mut(RX)
+    {
+        // At most RX_BATCH_CHAINS, far below u16::MAX.
+        queue.undo_pops(extra as u16);
+    }
+    batch.truncate(keep);
+}
+
 /// Copies guest bytes into the connection's host-bound buffer in stack-sized chunks.
-fn copy_into(conn: &mut Connection, slice: &VolatileSlice<'_, ()>) {
+fn copy_into(conn: &mut Connection, slice: &crate::GuestSlice<'_>) {
     let mut chunk = [0u8; 4096];
     let mut offset = 0;
     while offset < slice.len() {
@@ -898,17 +1043,18 @@ impl DeviceHandler for VsockHandler {
         queue: usize,
         cx: &mut WorkerContext<'_>,
     ) -> Result<Pending, QueueError> {
+        let mut pending = Pending::NONE;
         match queue {
             RX => self.metrics.rx_queue_event_count(1),
             TX => {
                 self.metrics.tx_queue_event_count(1);
-                self.process_tx(cx)?;
+                pending = self.process_tx(cx)?;
             }
             EVENT => self.send_pending_events(cx)?,
             _ => {}
         }
         self.fill_rx(cx)?;
-        Ok(Pending::NONE)
+        Ok(pending)
     }
 
     fn process_event(

@@ -2,7 +2,7 @@
 //! packets: its fields, decoded from and encoded to the 44 little-endian bytes on the ring, and
 //! a fixed-capacity list of a chain's buffers (no allocation per packet).
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::GuestMemory;
 use crate::queue::Chain;
@@ -190,7 +190,7 @@ impl Segments {
         mem: &GuestMemory,
         offset: u64,
         limit: u64,
-        mut f: impl FnMut(&VolatileSlice<'_, ()>) -> Result<usize, E>,
+        mut f: impl FnMut(&crate::GuestSlice<'_>) -> Result<usize, E>,
     ) -> Result<u64, E> {
         let mut skip = offset;
         let mut left = limit;
@@ -221,6 +221,34 @@ impl Segments {
             }
         }
         Ok(done)
+    }
+
+    /// The guest memory of bytes `offset..offset + limit`, buffer by buffer, in order (what
+    /// one vectored call moves; [`Self::for_each_slice`] for one call per buffer).
+    pub(crate) fn slices<'m>(
+        &self,
+        mem: &'m GuestMemory,
+        offset: u64,
+        limit: u64,
+    ) -> impl Iterator<Item = crate::GuestSlice<'m>> {
+        let mut skip = offset;
+        let mut left = limit;
+        self.bufs().filter_map(move |(addr, len)| {
+            let len = u64::from(len);
+            if left == 0 || skip >= len {
+                skip -= skip.min(len);
+                return None;
+            }
+            let n = (len - skip).min(left);
+            // Inside guest memory (checked when the segments were collected); should that ever
+            // fail, the walk stops there rather than skip a buffer.
+            let slice = addr
+                .checked_add(skip)
+                .and_then(|start| mem.get_slice(start, n as usize).ok());
+            skip = 0;
+            left = if slice.is_some() { left - n } else { 0 };
+            slice
+        })
     }
 
     fn bufs(&self) -> impl Iterator<Item = (GuestAddress, u32)> + '_ {

@@ -21,6 +21,7 @@ use super::models::{
 use super::resources::{ConfigError, VmResources};
 use super::router::{RouteError, route};
 use super::vmm_control::{ControlError, ExitNotice, RunState, VmmControl};
+use crate::snapshot::state::NetworkOverride;
 use crate::snapshot::{CreateRequest, LoadRequest, MemBackend, SnapshotType};
 use crate::version::FIRECRACKER_VERSION;
 use crate::vm_config::BootOptions;
@@ -217,7 +218,8 @@ impl<V: VmmControl> ApiController<V> {
                     ));
                 }
                 let begin = Instant::now();
-                self.vmm.create_snapshot(&request)?;
+                self.vmm
+                    .create_snapshot(&request, &self.resources.device_configs())?;
                 let operation = match request.snapshot_type {
                     SnapshotType::Full => "full_create_snapshot",
                     SnapshotType::Diff => "diff_create_snapshot",
@@ -440,18 +442,21 @@ fn load_request(body: &SnapshotLoadBody) -> Result<LoadRequest, ApiError> {
             ));
         }
     };
-    // squib snapshots hold no network or vsock device yet, so any override names a missing one.
-    if let Some(o) = body.network_overrides.as_ref().and_then(|o| o.first()) {
-        return Err(ApiError::Snapshot(format!(
-            "network_overrides: the snapshot has no network interface `{}`",
-            o.iface_id
-        )));
-    }
-    if body.vsock_override.is_some() {
-        return Err(ApiError::Snapshot(
-            "vsock_override: the snapshot has no vsock device".into(),
-        ));
-    }
+    // Whether the snapshot has the devices they name is checked against the snapshot's state.
+    let network_overrides = body
+        .network_overrides
+        .iter()
+        .flatten()
+        .map(|o| NetworkOverride {
+            iface_id: o.iface_id.clone(),
+            host_dev_name: o.host_dev_name.clone(),
+        })
+        .collect();
+    let vsock_override = body
+        .vsock_override
+        .as_ref()
+        .map(|o| snapshot_path("vsock_override.uds_path", &o.uds_path))
+        .transpose()?;
     Ok(LoadRequest {
         snapshot_path: snapshot_path("snapshot_path", &body.snapshot_path)?,
         mem_backend,
@@ -460,5 +465,7 @@ fn load_request(body: &SnapshotLoadBody) -> Result<LoadRequest, ApiError> {
             .or(body.enable_diff_snapshots)
             .unwrap_or(false),
         resume_vm: body.resume_vm.unwrap_or(false),
+        network_overrides,
+        vsock_override,
     })
 }

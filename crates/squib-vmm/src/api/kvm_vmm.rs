@@ -22,6 +22,7 @@ use crate::control::VmState;
 use crate::devices::block::{DriveHandle, open_backend, rate_limiter_spec};
 use crate::devices::serial::Stdout;
 use crate::exit::ExitReason;
+use crate::snapshot::state::DeviceConfigs;
 use crate::snapshot::{self, CreateRequest, LoadRequest, MemBackend};
 use crate::vm_config::{DriveConfig, MachineConfig, RateLimiterConfig, VmConfig};
 use crate::vmm::{StartOptions, VmShell, Vmm, VmmError, VmmHandle};
@@ -58,6 +59,9 @@ pub struct KvmVmm {
     pending: Option<PendingShell>,
     /// Shells built ahead so far.
     shells_built: u32,
+    /// The shell a snapshot load did not use, kept until the process exits as the VMM itself
+    /// is: closing a VM costs milliseconds a load should not wait for.
+    unused_shell: Option<VmShell>,
 }
 
 /// Stops the process from another thread (a signal): the VM if it runs, else the server.
@@ -99,6 +103,7 @@ impl KvmVmm {
             console_in,
             pending: None,
             shells_built: 0,
+            unused_shell: None,
         }
     }
 
@@ -203,7 +208,12 @@ impl VmmControl for KvmVmm {
         let spawned = std::thread::Builder::new()
             .name("vm-prepare".into())
             .stack_size(256 << 10)
-            .spawn(move || VmShell::build(&for_thread));
+            .spawn(move || {
+                let shell = VmShell::build(&for_thread);
+                // The guest console's writer too, off the path of the first output.
+                crate::devices::serial::start_stdout_writer();
+                shell
+            });
         match spawned {
             Ok(thread) => {
                 self.shells_built += 1;
@@ -226,9 +236,13 @@ impl VmmControl for KvmVmm {
         self.adopt(vmm, exit)
     }
 
-    fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError> {
+    fn create_snapshot(
+        &mut self,
+        request: &CreateRequest,
+        config: &DeviceConfigs,
+    ) -> Result<(), ControlError> {
         self.running()?
-            .create_snapshot(request)
+            .create_snapshot(request, config)
             .map(drop)
             .map_err(ControlError::new)
     }
@@ -238,19 +252,29 @@ impl VmmControl for KvmVmm {
         request: &LoadRequest,
         exit: ExitNotice,
     ) -> Result<VmConfig, ControlError> {
-        // A restore builds its own VM around the snapshot's memory: the shell built ahead (for
-        // the default machine) is not used; it goes when its thread ends.
-        self.pending = None;
         // Everything is read and checked before a VM exists.
-        let (_, state) =
+        let (_, mut state) =
             snapshot::format::read(&request.snapshot_path).map_err(ControlError::new)?;
         state.validate().map_err(ControlError::new)?;
+        state
+            .config
+            .apply_overrides(
+                &request.network_overrides,
+                request.vsock_override.as_deref(),
+            )
+            .map_err(ControlError::new)?;
         let (mem, backing) = match &request.mem_backend {
-            MemBackend::File(path) => snapshot::memory::map_file(path, &state.memory),
-            MemBackend::Uffd(socket) => snapshot::memory::uffd_backed(&state.memory, socket),
+            MemBackend::File(path) => {
+                snapshot::memory::map_file(path, &state.memory, request.track_dirty_pages)
+            }
+            MemBackend::Uffd(socket) => {
+                snapshot::memory::uffd_backed(&state.memory, socket, request.track_dirty_pages)
+            }
         }
         .map_err(ControlError::new)?;
-        let vmm = Vmm::restore(
+        // A restore builds its own VM (see `Vmm::restore`), meanwhile the shell built ahead
+        // may still be building.
+        let restored = Vmm::restore(
             &state,
             mem,
             backing,
@@ -259,6 +283,12 @@ impl VmmControl for KvmVmm {
             self.options(),
         )
         .map_err(ControlError::new)?;
+        // That thread is unfiltered, so it ends before the guest runs (it has usually finished
+        // by now). Its shell is kept, not closed: closing a VM costs milliseconds.
+        if let Some(pending) = self.pending.take() {
+            self.unused_shell = pending.thread.join().ok().and_then(Result::ok);
+        }
+        let vmm = restored.launch().map_err(ControlError::new)?;
         self.adopt(vmm, exit)?;
         let config = VmConfig {
             machine: crate::vm_config::MachineConfig {
@@ -267,7 +297,10 @@ impl VmmControl for KvmVmm {
                 smt: false,
                 track_dirty_pages: request.track_dirty_pages,
             },
-            drives: state.drives.clone(),
+            drives: state.config.drives.clone(),
+            network_interfaces: state.config.network_interfaces.clone(),
+            entropy: state.config.entropy,
+            vsock: state.config.vsock.clone(),
             boot_timer: state.machine.boot_timer,
             ..VmConfig::default()
         };
@@ -311,7 +344,8 @@ impl VmmControl for KvmVmm {
         self.drive(drive_id)?
             .block_handle()
             .update_rate_limiter(rate_limiter_spec(config))
-            .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))
+            .map_err(|e| ControlError::new(format!("drive `{drive_id}`: {e}")))?;
+        Ok(())
     }
 
     fn device_counters(&self) -> Vec<DeviceCounters> {
@@ -370,7 +404,8 @@ impl VmmControl for KvmVmm {
                 ControlError::new(format!("network interface `{iface_id}` does not exist"))
             })?
             .update_rate_limiters(rx, tx)
-            .map_err(|e| ControlError::new(format!("network interface `{iface_id}`: {e}")))
+            .map_err(|e| ControlError::new(format!("network interface `{iface_id}`: {e}")))?;
+        Ok(())
     }
 
     fn net_counters(&self) -> Vec<(String, squib_virtio::net::NetMetricsSnapshot)> {

@@ -15,6 +15,7 @@ use super::models::{
 };
 use crate::host_file::{self, Accept};
 use crate::ids::{IdError, check_resource_id};
+use crate::snapshot::state::DeviceConfigs;
 use crate::vm_config::{
     BootOptions, BootSource, DriveConfig, EntropyConfig, MachineConfig, MachineLimitError,
     NetworkInterfaceConfig, RateLimiterConfig, RateLimiterError, VmConfig, VsockConfig,
@@ -215,11 +216,25 @@ pub struct VmResources {
 }
 
 impl VmResources {
-    /// Takes the machine and drives of a loaded snapshot, so that `GET /vm/config` reports them
-    /// and `PATCH /drives` finds them.
+    /// Takes the machine and devices of a loaded snapshot, so that `GET /vm/config` reports them,
+    /// `PATCH` finds them and a later snapshot records them.
     pub fn adopt_loaded(&mut self, config: &VmConfig) {
         self.machine = config.machine.clone();
         self.drives = config.drives.clone();
+        self.network_interfaces = config.network_interfaces.clone();
+        self.entropy = config.entropy;
+        self.vsock = config.vsock.clone();
+    }
+
+    /// The virtio devices' configuration as the guest has it now (every `PATCH` since the boot
+    /// or the load included), in slot order: what a snapshot records.
+    pub fn device_configs(&self) -> DeviceConfigs {
+        DeviceConfigs {
+            drives: self.ordered_drives().cloned().collect(),
+            network_interfaces: self.network_interfaces.clone(),
+            entropy: self.entropy,
+            vsock: self.vsock.clone(),
+        }
     }
 
     /// Whether anything was configured (a snapshot loads only into an unconfigured microVM,

@@ -6,6 +6,7 @@
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::snapshot::state::DeviceConfigs;
 use crate::snapshot::{CreateRequest, LoadRequest};
 use crate::vm_config::{DriveConfig, MachineConfig, RateLimiterConfig, VmConfig};
 
@@ -124,7 +125,11 @@ pub trait VmmControl: Send {
         config: &RateLimiterConfig,
     ) -> Result<(), ControlError>;
     /// Writes a snapshot of the paused microVM.
-    fn create_snapshot(&mut self, request: &CreateRequest) -> Result<(), ControlError>;
+    fn create_snapshot(
+        &mut self,
+        request: &CreateRequest,
+        config: &DeviceConfigs,
+    ) -> Result<(), ControlError>;
     /// Builds the microVM from a snapshot instead of booting it; `exit` as for `start`.
     /// Returns the configuration the snapshot describes (machine, drives), which the API then
     /// reports and lets drives be patched against.

@@ -91,7 +91,8 @@ mod tests {
     #[test]
     fn initrd_bytes_are_copied() {
         use std::io::Write;
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let mem =
+            squib_host::guest_memory::anonymous(&[(GuestAddress(0), 0x40_0000)], false).unwrap();
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(b"initrd!").unwrap();
         use std::io::Seek;

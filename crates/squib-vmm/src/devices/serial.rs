@@ -228,7 +228,8 @@ impl ConsoleBuffer {
     }
 }
 
-/// The process's console buffer over stdout, started with the first guest output.
+/// The process's console buffer over stdout, started with the first guest output or by
+/// [`start_stdout_writer`].
 static STDOUT: OnceLock<Option<Arc<ConsoleBuffer>>> = OnceLock::new();
 
 fn stdout_buffer() -> Option<&'static Arc<ConsoleBuffer>> {
@@ -243,6 +244,12 @@ fn stdout_buffer() -> Option<&'static Arc<ConsoleBuffer>> {
             },
         )
         .as_ref()
+}
+
+/// Starts the stdout writer thread now rather than at the guest's first output, which would
+/// otherwise wait for the thread's creation and its seccomp filter.
+pub fn start_stdout_writer() {
+    let _ = stdout_buffer();
 }
 
 /// Writes what the guest printed so far to stdout, waiting at most `timeout`: call it before

@@ -22,7 +22,7 @@ use super::state::MicrovmState;
 /// The file's first bytes.
 pub const MAGIC: [u8; 8] = *b"SQUIBSNP";
 /// Bumped whenever the payload's layout changes; a file of another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Header size.
 pub const HEADER_LEN: usize = 64;
 /// Largest payload accepted: a 32-vCPU state is well under 2 MiB.
@@ -235,7 +235,7 @@ mod tests {
         let mut not = header_bytes(FORMAT_VERSION, 0);
         not[0] = b'X';
         assert!(err(&not).contains("not a squib snapshot"));
-        assert!(err(&header_bytes(FORMAT_VERSION + 1, 0)).contains("format version 2"));
+        assert!(err(&header_bytes(FORMAT_VERSION + 1, 0)).contains("format version 3"));
         assert!(err(&header_bytes(FORMAT_VERSION, 10)).contains("truncated"));
         let mut long = header_bytes(FORMAT_VERSION, 0);
         long.push(0);

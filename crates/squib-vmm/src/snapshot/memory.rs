@@ -10,9 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use kvm_ioctls::VmFd;
-use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestRegionMmap, mmap::MmapRegionBuilder,
-};
+use squib_host::guest_memory::{self, GuestRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend};
 
 use super::SnapshotError;
 use super::state::MemoryRegionState;
@@ -133,13 +132,27 @@ fn file_pages(file: &File, state: &MemoryRegionState) -> Result<Vec<(u64, u64)>,
 pub enum Pages {
     /// Every page the guest ever touched.
     Touched,
-    /// Pages written since the last snapshot (KVM dirty log; slots must log dirty pages).
+    /// Pages written since the last snapshot: by the vCPUs (KVM's dirty log; slots must log
+    /// dirty pages) or by the devices (the regions' dirty bitmaps).
     Dirty,
 }
 
+/// The pages of region `slot` written since the last call, by the vCPUs or the devices; both
+/// records are cleared.
+fn written_pages(
+    vm: &VmFd,
+    slot: u32,
+    region: &GuestRegion,
+    len: u64,
+) -> Result<Vec<(u64, u64)>, SnapshotError> {
+    let by_vcpus = dirty_pages(vm, slot, len)?;
+    let by_devices = guest_memory::take_dirty_pages(region);
+    Ok(union(len / PAGE_SIZE, &by_vcpus, &by_devices))
+}
+
 /// Writes guest memory to a new sparse file at `path`; returns the bytes written. With
-/// `track_dirty` a `Touched` snapshot also clears KVM's dirty log, so the next `Dirty` one
-/// holds only what changed after it.
+/// `track_dirty` a `Touched` snapshot also clears the dirty records (KVM's log and the
+/// devices' bitmaps), so the next `Dirty` one holds only what changed after it.
 pub fn write(
     vm: &VmFd,
     mem: &GuestMemory,
@@ -158,7 +171,7 @@ pub fn write(
         let runs = match pages {
             Pages::Touched => {
                 if track_dirty {
-                    dirty_pages(vm, slot as u32, state.size)?;
+                    written_pages(vm, slot as u32, region, state.size)?;
                 }
                 let touched = touched_pages(region.as_ptr() as u64, state.size)?;
                 let count = state.size / PAGE_SIZE;
@@ -170,7 +183,7 @@ pub fn write(
                     MemoryBacking::Uffd(_) => vec![(0, count)],
                 }
             }
-            Pages::Dirty => dirty_pages(vm, slot as u32, state.size)?,
+            Pages::Dirty => written_pages(vm, slot as u32, region, state.size)?,
         };
         for (first, count) in runs {
             let offset = first * PAGE_SIZE;
@@ -193,10 +206,12 @@ pub fn write(
 
 /// Maps the memory file at `path` as guest RAM, `MAP_PRIVATE`: pages are read in on first
 /// touch and the guest's writes stay in this process (copy-on-write), so loading costs the
-/// same whatever the memory size and several clones can share one file.
+/// same whatever the memory size and several clones can share one file. With `track_dirty`
+/// the regions carry dirty bitmaps (for later Diff snapshots).
 pub fn map_file(
     path: &Path,
     layout: &[MemoryRegionState],
+    track_dirty: bool,
 ) -> Result<(GuestMemory, MemoryBacking), SnapshotError> {
     let file = File::open(path).map_err(io("open the memory file", path))?;
     let len = file
@@ -218,15 +233,14 @@ pub fn map_file(
     let file = std::sync::Arc::new(file);
     let mut regions = Vec::with_capacity(layout.len());
     for state in layout {
-        let mapping = MmapRegionBuilder::new(state.size as usize)
+        let mapping = guest_memory::mapping_builder(state.size as usize, track_dirty)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
             .with_file_offset(FileOffset::from_arc(file.clone(), state.file_offset))
             .build()
             .map_err(|e| SnapshotError::Map(e.to_string()))?;
-        let region: GuestRegionMmap<()> =
-            GuestRegionMmap::new(mapping, GuestAddress(state.guest_addr))
-                .ok_or_else(|| SnapshotError::Map("region overflows the address space".into()))?;
+        let region = GuestRegion::new(mapping, GuestAddress(state.guest_addr))
+            .ok_or_else(|| SnapshotError::Map("region overflows the address space".into()))?;
         regions.push(region);
     }
     let mem = GuestMemory::from_regions(regions).map_err(|e| SnapshotError::Map(e.to_string()))?;
@@ -257,16 +271,18 @@ pub struct UffdBackend {
 /// Anonymous guest RAM for `layout` registered with a new userfaultfd, which is handed with
 /// the regions' mappings to the page-fault handler listening at `socket` (Firecracker's
 /// handshake: one JSON array and the descriptor, `SCM_RIGHTS`). Every page then comes from the
-/// handler on first touch.
+/// handler on first touch. With `track_dirty` the regions carry dirty bitmaps.
 pub fn uffd_backed(
     layout: &[MemoryRegionState],
     socket: &Path,
+    track_dirty: bool,
 ) -> Result<(GuestMemory, MemoryBacking), SnapshotError> {
     let ranges: Vec<(GuestAddress, usize)> = layout
         .iter()
         .map(|r| (GuestAddress(r.guest_addr), r.size as usize))
         .collect();
-    let mem = GuestMemory::from_ranges(&ranges).map_err(|e| SnapshotError::Map(e.to_string()))?;
+    let mem = guest_memory::anonymous(&ranges, track_dirty)
+        .map_err(|e| SnapshotError::Map(e.to_string()))?;
     let uffd =
         squib_host::uffd::Userfaultfd::new().map_err(io("create a userfaultfd for", socket))?;
     let mut mappings = Vec::with_capacity(layout.len());
@@ -317,7 +333,8 @@ mod tests {
 
     #[test]
     fn touched_pages_sees_only_written_pages() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 64 << 12)]).unwrap();
+        let mem =
+            squib_host::guest_memory::anonymous(&[(GuestAddress(0), 64 << 12)], false).unwrap();
         vm_memory::Bytes::write_obj(&mem, 1u8, GuestAddress(3 << 12)).unwrap();
         vm_memory::Bytes::write_obj(&mem, 1u8, GuestAddress((4 << 12) + 7)).unwrap();
         vm_memory::Bytes::write_obj(&mem, 1u8, GuestAddress(40 << 12)).unwrap();

@@ -102,6 +102,9 @@ pub enum SnapshotError {
     /// Saving or restoring KVM state failed.
     #[error(transparent)]
     State(#[from] crate::kvm::state::StateError),
+    /// A load's override names a device the snapshot does not have.
+    #[error("{0}")]
+    Override(String),
     /// Something the snapshot cannot capture yet.
     #[error("cannot snapshot this microVM: {0}")]
     Unsupported(String),
@@ -151,6 +154,10 @@ pub struct LoadRequest {
     pub track_dirty_pages: bool,
     /// Resume the vCPUs at once (otherwise the microVM loads paused).
     pub resume_vm: bool,
+    /// New TAP devices for the snapshot's interfaces.
+    pub network_overrides: Vec<state::NetworkOverride>,
+    /// A new Unix socket for the snapshot's vsock device.
+    pub vsock_override: Option<PathBuf>,
 }
 
 /// `--describe-snapshot`: the file's format version as Firecracker prints it (`v1.0.0`), after

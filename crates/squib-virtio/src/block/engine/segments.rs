@@ -4,10 +4,11 @@ use std::io;
 
 use squib_host::block_io::DirectIoAlignment;
 use squib_host::guest_io::IOVECS_PER_CALL;
-use vm_memory::{GuestMemoryBackend, VolatileSlice};
+use squib_host::guest_memory::empty_slice;
+use vm_memory::GuestMemoryBackend;
 
-use crate::GuestMemory;
 use crate::block::backend::{BackendError, Segment};
+use crate::{GuestMemory, GuestSlice};
 
 /// The segments of one request, each checked to lie in guest memory, and their total length.
 #[derive(Debug)]
@@ -39,7 +40,7 @@ impl<'a> GuestSegments<'a> {
 
     /// The request's memory as host slices, in order (a segment spanning two memory regions
     /// yields two).
-    fn slices(&self) -> impl Iterator<Item = Result<VolatileSlice<'a>, BackendError>> + use<'a> {
+    fn slices(&self) -> impl Iterator<Item = Result<GuestSlice<'a>, BackendError>> + use<'a> {
         let mem = self.mem;
         self.segments.iter().flat_map(move |segment| {
             mem.get_slices(segment.addr, segment.len as usize)
@@ -51,7 +52,7 @@ impl<'a> GuestSegments<'a> {
     /// `io` also gets the batch's byte offset inside the request.
     pub(super) fn for_each_batch(
         &self,
-        mut io: impl FnMut(&[VolatileSlice<'a>], u64) -> io::Result<()>,
+        mut io: impl FnMut(&[GuestSlice<'a>], u64) -> io::Result<()>,
     ) -> Result<(), BackendError> {
         // The common request, one segment in one memory region, needs no batch.
         if let [segment] = self.segments
@@ -59,8 +60,7 @@ impl<'a> GuestSegments<'a> {
         {
             return Ok(io(&[slice], 0)?);
         }
-        let empty: &'static mut [u8] = &mut [];
-        let mut batch = [VolatileSlice::from(empty); IOVECS_PER_CALL];
+        let mut batch = [empty_slice(); IOVECS_PER_CALL];
         let mut count = 0;
         let mut batch_start = 0;
         let mut batch_len = 0;
@@ -114,7 +114,7 @@ impl<'a> GuestSegments<'a> {
         &self,
         at: u64,
         len: usize,
-        mut visit: impl FnMut(VolatileSlice<'a>, std::ops::Range<usize>),
+        mut visit: impl FnMut(GuestSlice<'a>, std::ops::Range<usize>),
     ) -> Result<(), BackendError> {
         let end = at + len as u64;
         let mut position = 0u64;

@@ -15,10 +15,13 @@ use crate::block::backend::{BackendError, BlockBackend, Segment};
 const REGION: u64 = 0x10_0000;
 
 fn memory() -> GuestMemory {
-    GuestMemory::from_ranges(&[
-        (GuestAddress(0), REGION as usize),
-        (GuestAddress(REGION), REGION as usize),
-    ])
+    squib_host::guest_memory::anonymous(
+        &[
+            (GuestAddress(0), REGION as usize),
+            (GuestAddress(REGION), REGION as usize),
+        ],
+        false,
+    )
     .unwrap()
 }
 

@@ -157,7 +157,8 @@ mod tests {
 
     #[test]
     fn zero_page_fields_are_where_the_kernel_reads_them() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem =
+            squib_host::guest_memory::anonymous(&[(GuestAddress(0), 0x10_0000)], false).unwrap();
         let e820 = e820_map(64 << 20);
         let page = ZeroPage {
             cmdline: (0x2_0000, 42),

@@ -28,7 +28,8 @@ mod tests {
 
     #[test]
     fn maps_the_first_gigabyte_one_to_one() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem =
+            squib_host::guest_memory::anonymous(&[(GuestAddress(0), 0x10_0000)], false).unwrap();
         assert_eq!(write_identity_map(&mem).unwrap(), 0x9000);
         assert_eq!(mem.read_obj::<u64>(GuestAddress(0x9000)).unwrap(), 0xa003);
         assert_eq!(mem.read_obj::<u64>(GuestAddress(0xa000)).unwrap(), 0xb003);
@@ -41,7 +42,7 @@ mod tests {
 
     #[test]
     fn too_little_memory_is_an_error() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0xa000)]).unwrap();
+        let mem = squib_host::guest_memory::anonymous(&[(GuestAddress(0), 0xa000)], false).unwrap();
         assert!(write_identity_map(&mem).is_err());
     }
 }

@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn descriptor_tables_land_at_their_addresses() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let mem = squib_host::guest_memory::anonymous(&[(GuestAddress(0), 0x1000)], false).unwrap();
         write_descriptor_tables(&mem).unwrap();
         assert_eq!(
             mem.read_obj::<u64>(GuestAddress(0x508)).unwrap(),
