@@ -59,9 +59,12 @@ pub struct KvmVmm {
     pending: Option<PendingShell>,
     /// Shells built ahead so far.
     shells_built: u32,
-    /// The shell a snapshot load did not use, kept until the process exits as the VMM itself
-    /// is: closing a VM costs milliseconds a load should not wait for.
-    unused_shell: Option<VmShell>,
+    /// Threads still building shells for a machine size that changed since: their threads run
+    /// without a seccomp filter, so they are joined before any guest code runs.
+    superseded: Vec<JoinHandle<Result<VmShell, VmmError>>>,
+    /// Shells built ahead and not used, kept until the process exits as the VMM itself is:
+    /// closing a VM costs milliseconds a start or a load should not wait for.
+    unused_shells: Vec<VmShell>,
 }
 
 /// Stops the process from another thread (a signal): the VM if it runs, else the server.
@@ -103,15 +106,17 @@ impl KvmVmm {
             console_in,
             pending: None,
             shells_built: 0,
-            unused_shell: None,
+            superseded: Vec::new(),
+            unused_shells: Vec::new(),
         }
     }
 
     /// The shell built ahead for `machine`, waiting for it if it is still being built; `None`
-    /// when there is none or it does not fit (then it is dropped on its thread's end).
+    /// when there is none or it does not fit (then it is superseded).
     fn take_shell(&mut self, machine: &MachineConfig) -> Option<VmShell> {
         let pending = self.pending.take()?;
         if pending.machine != *machine {
+            self.superseded.push(pending.thread);
             return None;
         }
         match pending.thread.join() {
@@ -124,6 +129,21 @@ impl KvmVmm {
             Err(_) => {
                 warn!("the thread preparing the VM panicked");
                 None
+            }
+        }
+    }
+
+    /// Ends every thread still building a shell nobody will use (they run unfiltered, so none
+    /// may outlive the start of the guest) and keeps their shells. Waits only for a build still
+    /// under way, which is rare: a superseded build started before the request that replaced it.
+    fn retire_prepared(&mut self) {
+        let threads = self
+            .superseded
+            .drain(..)
+            .chain(self.pending.take().map(|p| p.thread));
+        for thread in threads.collect::<Vec<_>>() {
+            if let Ok(Ok(shell)) = thread.join() {
+                self.unused_shells.push(shell);
             }
         }
     }
@@ -198,8 +218,10 @@ impl VmmControl for KvmVmm {
         if self.handle.is_some() || self.pending.as_ref().is_some_and(|p| p.machine == *machine) {
             return;
         }
-        // A different machine: the old shell goes when its thread ends (detached).
-        self.pending = None;
+        // A different machine: the old build is superseded (joined before the guest starts).
+        if let Some(old) = self.pending.take() {
+            self.superseded.push(old.thread);
+        }
         if self.shells_built >= MAX_SHELLS {
             debug!("not preparing the VM ahead again: {MAX_SHELLS} shells built already");
             return;
@@ -228,7 +250,9 @@ impl VmmControl for KvmVmm {
 
     fn start(&mut self, config: &VmConfig, exit: ExitNotice) -> Result<(), ControlError> {
         let options = self.options();
-        let vmm = match self.take_shell(&config.machine) {
+        let shell = self.take_shell(&config.machine);
+        self.retire_prepared();
+        let vmm = match shell {
             Some(shell) => Vmm::start_on(shell, config, options),
             None => Vmm::start(config, options),
         }
@@ -285,9 +309,7 @@ impl VmmControl for KvmVmm {
         .map_err(ControlError::new)?;
         // That thread is unfiltered, so it ends before the guest runs (it has usually finished
         // by now). Its shell is kept, not closed: closing a VM costs milliseconds.
-        if let Some(pending) = self.pending.take() {
-            self.unused_shell = pending.thread.join().ok().and_then(Result::ok);
-        }
+        self.retire_prepared();
         let vmm = restored.launch().map_err(ControlError::new)?;
         self.adopt(vmm, exit)?;
         let config = VmConfig {
