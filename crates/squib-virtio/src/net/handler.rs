@@ -19,11 +19,9 @@
 //! dropped (counted). Descriptor loops are bounded by the queue (virtio-queue ends a chain after
 //! `size` descriptors) and by [`IOVECS_PER_CALL`] segments per frame.
 
-use std::hint;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Instant;
 
 use squib_host::guest_io::IOVECS_PER_CALL;
 use squib_host::guest_memory::empty_slice;
@@ -36,7 +34,6 @@ use super::header::{MAX_OFFLOAD_FRAME, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
 use super::metrics::Counter;
 use crate::queue::{Chain, QueueError, VirtQueue};
 use crate::rate_limiter::RateLimiter;
-use crate::runtime::poll::PollWindow;
 use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
 use crate::{GuestMemory, GuestSlice};
 
@@ -75,10 +72,6 @@ pub(crate) struct NetHandler {
     limiters: Limiters,
     /// Stopped reading the backend until the driver posts rx buffers.
     rx_waiting_for_buffers: bool,
-    /// How long to poll the tx ring after a batch (as virtio-blk does, see [`PollWindow`]).
-    tx_poll: PollWindow,
-    /// When the last tx poll that expired empty began: the next kick tells how late it was.
-    tx_missed_poll: Option<Instant>,
 }
 
 /// How one attempt to receive a frame ended.
@@ -103,8 +96,6 @@ impl NetHandler {
             negotiated,
             limiters,
             rx_waiting_for_buffers: false,
-            tx_poll: PollWindow::new(),
-            tx_missed_poll: None,
         }
     }
 
@@ -209,8 +200,15 @@ impl NetHandler {
     // ---- transmit ----
 
     /// Sends frames until the ring is empty, the limiter refuses, a batch is done or the worker
-    /// must stop; interrupts the driver if it asked; then polls the ring for a while (after
-    /// work, never while throttled) before re-enabling notifications.
+    /// must stop; interrupts the driver if it asked; then re-enables notifications.
+    ///
+    /// Unlike virtio-blk's worker, this one does not spin on the ring after a batch. A frame
+    /// that does not follow at once usually waits on something else (the host's reply, in a
+    /// request-response exchange), and spinning for it takes a core from whoever produces that
+    /// reply. Measured on two cores (docs/perf/report-2026-12-04-3.md's notes): the UDP round trip
+    /// went from 79.8 µs (1.69× QEMU's) with the adaptive spin to 45–48 µs (0.71–0.93×) without
+    /// it, and guest → host throughput did not move beyond the runs' noise. Notifications stay
+    /// off while a batch drains, so a streaming guest still does not kick per frame.
     fn serve_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
         let mut completed = false;
         let result = self.drain_tx(cx, &mut completed);
@@ -229,39 +227,12 @@ impl NetHandler {
             // Notifications stay off: only the timer can make the frame go sooner.
             return Ok(Pending::NONE);
         }
-        if completed && self.poll_tx(cx)? {
-            return Ok(Pending::queue(TX_QUEUE));
-        }
         // Re-check after re-enabling: a frame queued in between would otherwise wait forever.
         Ok(if cx.rearm(TX_QUEUE)? {
             Pending::queue(TX_QUEUE)
         } else {
             Pending::NONE
         })
-    }
-
-    /// Spins on the tx ring for the adaptive window with notifications still off; true when a
-    /// frame arrived. A driver that sends again at once pays neither a notification nor the
-    /// worker's wake-up.
-    fn poll_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<bool, QueueError> {
-        let window = self.tx_poll.window();
-        let start = Instant::now();
-        self.tx_missed_poll = None;
-        let stop = cx.stop_signal();
-        let Some(queue) = cx.queues.get(TX_QUEUE) else {
-            return Ok(false);
-        };
-        loop {
-            if queue.has_available(cx.mem)? {
-                self.tx_poll.hit();
-                return Ok(true);
-            }
-            if start.elapsed() >= window || stop.is_set() {
-                self.tx_missed_poll = Some(start);
-                return Ok(false);
-            }
-            hint::spin_loop();
-        }
     }
 
     /// Sends up to a batch of frames with notifications off; returns whether to come back at
@@ -363,9 +334,6 @@ impl DeviceHandler for NetHandler {
             }
             TX_QUEUE => {
                 metrics.count(Counter::TxQueueEvent);
-                if let Some(start) = self.tx_missed_poll.take() {
-                    self.tx_poll.woke_after_miss(start.elapsed());
-                }
                 self.serve_tx(cx)
             }
             other => {
