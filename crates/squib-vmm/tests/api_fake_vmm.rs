@@ -212,6 +212,15 @@ impl Running {
         }
     }
 
+    /// The device configuration the last `/snapshot/create` handed the VMM.
+    fn snapshot_config(&self) -> DeviceConfigs {
+        let calls = self.vmm.calls.lock().unwrap();
+        calls
+            .snapshot_config
+            .clone()
+            .expect("no snapshot was taken")
+    }
+
     fn connect(&self) -> Client {
         let stream = UnixStream::connect(&self.sock).unwrap();
         stream
@@ -1147,14 +1156,7 @@ fn a_snapshot_records_the_drive_as_patched_since_the_boot() {
     assert_eq!(c.call("PATCH", "/vm", r#"{"state":"Paused"}"#).0, 204);
     let create = r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#;
     assert_eq!(c.call("PUT", "/snapshot/create", create).0, 204);
-    let saved = running
-        .vmm
-        .calls
-        .lock()
-        .unwrap()
-        .snapshot_config
-        .clone()
-        .unwrap();
+    let saved = running.snapshot_config();
     // A load must reopen the file the guest had, not the one it booted with.
     assert_eq!(
         saved.drives[0].path_on_host,
@@ -1225,14 +1227,7 @@ fn snapshot_load_validates_its_body_and_starts_the_vm() {
     );
     let create = r#"{"snapshot_path":"/s2","mem_file_path":"/m2"}"#;
     assert_eq!(c.call("PUT", "/snapshot/create", create).0, 204);
-    let saved = running
-        .vmm
-        .calls
-        .lock()
-        .unwrap()
-        .snapshot_config
-        .clone()
-        .unwrap();
+    let saved = running.snapshot_config();
     assert_eq!(saved.drives[0].drive_id, "rootfs");
     assert!(saved.entropy.is_some());
     let rx = saved.network_interfaces[0].rx_rate_limiter;
