@@ -5,21 +5,25 @@
 //! out-of-range operation or a write to a read-only disk, and every change it makes must be
 //! explained by a request the guest submitted (same type, same offset, same bytes).
 //!
-//! The device's worker runs inline (`GuestDriver::inline`): the same epoll dispatch and handler
-//! as the worker thread, served on this thread at each notification, so an execution costs no
-//! thread start or hand-off.
+//! The device must also write guest memory only through device-writable descriptors and the used
+//! ring (`squib_fuzz::guest::run_checked`, the oracle the other device targets share).
+//!
+//! The device's worker runs inline (`squib_fuzz::guest::driver`): the same epoll dispatch and
+//! handler as the worker thread, served on this thread at each notification, so an execution
+//! costs no thread start or hand-off.
 #![no_main]
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use squib_fuzz::guest::{Heap, Shape, add_chain, corrupt_ring, exhausted, wild_buf};
+use squib_fuzz::guest::{
+    Handover, Heap, Shape, activate, add_chain, assert_all_used, corrupt_ring, driver, exhausted,
+    needs_reset, ramp, run_checked, wild_buf,
+};
 use squib_fuzz::shadow_disk::{Change, ShadowDisk};
 use squib_virtio::block::{BlockConfig, BlockDevice, CacheType};
-use squib_virtio::device::{FEATURE_INDIRECT_DESC, FEATURE_VERSION_1};
-use squib_virtio::mmio::reg;
 use squib_virtio::testing::{Buf, GuestDriver};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
@@ -28,9 +32,6 @@ use virtio_bindings::virtio_blk::{
 use vm_memory::GuestAddress;
 
 const DISK_SIZE: usize = 64 * 1024;
-const GUEST_MEM: usize = 1 << 20;
-const NEEDS_RESET: u32 = 0x40;
-const DRIVER_OK: u32 = 0x04;
 
 /// What the harness knows about one submitted request.
 #[derive(Debug)]
@@ -43,8 +44,11 @@ struct Submitted {
     ranges: Vec<(u64, u32)>,
 }
 
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i / 512 * 7 + i) as u8).collect()
+/// The disk's first contents, made once (a byte loop per input costs a traced comparison per
+/// byte).
+fn pattern() -> &'static [u8] {
+    static PATTERN: OnceLock<Vec<u8>> = OnceLock::new();
+    PATTERN.get_or_init(|| (0..DISK_SIZE).map(|i| (i / 512 * 7 + i) as u8).collect())
 }
 
 fn kind(u: &mut Unstructured) -> Result<u32> {
@@ -107,7 +111,7 @@ fn request(
     for _ in 0..u.int_in_range(0..=4)? {
         if u.ratio(1, 10)? {
             hostile = true;
-            bufs.push(wild_buf(u, GUEST_MEM)?);
+            bufs.push(wild_buf(u)?);
             continue;
         }
         let len: u32 = match u.int_in_range(0..=3)? {
@@ -139,9 +143,7 @@ fn request(
                 }
                 d.write_bytes(addr, &range);
             } else {
-                let fill: u8 = u.arbitrary()?;
-                let bytes: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
-                d.write_bytes(addr, &bytes);
+                d.write_bytes(addr, ramp(u.arbitrary()?, len as usize));
             }
             submitted.readable.push((addr, len));
         }
@@ -188,23 +190,16 @@ fn run(u: &mut Unstructured) -> Result<()> {
     } else {
         CacheType::Unsafe
     };
-    let disk = Arc::new(ShadowDisk::new(pattern(DISK_SIZE), read_only));
-    let original = disk.contents();
+    let disk = Arc::new(ShadowDisk::new(pattern().to_vec(), read_only));
     let Ok(device) = BlockDevice::new(disk.clone(), BlockConfig::new("fuzz", cache)) else {
         return Ok(());
     };
-    let mut d = GuestDriver::inline(Box::new(device), GUEST_MEM);
-    let offered = d.device_features();
-    let features = (offered & u.arbitrary::<u64>()?) | FEATURE_VERSION_1;
-    if !d.negotiate(features) {
+    let mut d = driver(Box::new(device));
+    let Some((features, [size])) = activate(u, &mut d)? else {
         return Ok(());
-    }
-    let max = d.read_reg(reg::QUEUE_NUM_MAX).min(256);
-    let size = 1u16 << u.int_in_range(0..=max.trailing_zeros())?;
-    d.setup_queue(size);
-    d.set_status_bit(DRIVER_OK);
+    };
 
-    let mut heap = Heap::new(GUEST_MEM);
+    let mut heap = Heap::new();
     let mut known = Vec::new();
     let mut hostile = false;
     let mut free = size;
@@ -212,13 +207,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
         let Ok((bufs, submitted, wild)) = request(u, &mut d, &mut heap) else {
             break;
         };
-        match add_chain(u, &mut d, &mut heap, &bufs, &mut free, size, GUEST_MEM)? {
-            Shape::NoRoom => break,
-            Shape::Direct => {}
-            Shape::Indirect => hostile |= features & FEATURE_INDIRECT_DESC == 0,
-            Shape::Broken => hostile = true,
+        let shape = add_chain(u, &mut d, &mut heap, &bufs, &mut free, size)?;
+        if shape == Shape::NoRoom {
+            break;
         }
-        hostile |= wild;
+        hostile |= wild || !shape.is_known(features);
         known.push(submitted);
     }
     // Raw corruption of the descriptor table or the avail ring after the fact.
@@ -227,40 +220,38 @@ fn run(u: &mut Unstructured) -> Result<()> {
         (hostile, ring_corrupted) = (true, true);
         corrupt_ring(u, &mut d, 0)?;
     }
-    if u.ratio(1, 16)? {
+    // A bogus avail.idx stays: the device is notified, the real index is not published.
+    let bogus_idx = u.ratio(1, 16)?;
+    if bogus_idx {
         (hostile, ring_corrupted) = (true, true);
         let idx: u16 = u.arbitrary()?;
         d.publish_avail_idx(idx);
-        d.notify();
-    } else {
-        d.kick();
     }
-    let expected = known.len() as u16;
     // Every published request completes, or the device asks for a reset. A corrupted ring may
     // legitimately leave requests unserved (a wrong avail.idx).
-    let mut idle = d.run_device();
-    for _ in 0..64 {
-        if idle || d.used_idx() == expected || d.read_reg(reg::STATUS) & NEEDS_RESET != 0 {
+    let expected = known.len();
+    let mut idle = run_checked(&mut d, &[size], &[Handover::Kick], !bogus_idx);
+    for _ in 0..4 {
+        if idle || usize::from(d.used_idx()) == expected || needs_reset(&mut d) {
             break;
         }
-        idle = d.run_device();
+        idle = run_checked(&mut d, &[size], &[], !bogus_idx);
     }
-    let used = d.used_idx();
-    assert!(
-        ring_corrupted || used == expected || d.read_reg(reg::STATUS) & NEEDS_RESET != 0,
-        "the device neither completed {expected} requests nor asked for a reset (used {used})"
-    );
+    if !ring_corrupted {
+        let broken = needs_reset(&mut d);
+        assert_all_used("request", d.used_idx().into(), expected, broken);
+    }
     // Reset: drops the handler, so the disk is quiescent.
-    d.write_reg(reg::STATUS, 0);
+    d.write_reg(squib_virtio::mmio::reg::STATUS, 0);
 
     let changes = disk.changes();
     if read_only {
         assert!(changes.is_empty());
-        assert!(disk.contents() == original, "a read-only disk changed");
+        assert!(disk.contents() == pattern(), "a read-only disk changed");
         return Ok(());
     }
     // Replaying the logged changes on the original must give the disk: nothing else wrote it.
-    let mut replay = original;
+    let mut replay = pattern().to_vec();
     for change in &changes {
         match change {
             Change::Write(offset, bytes) => {

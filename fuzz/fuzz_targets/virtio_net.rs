@@ -2,7 +2,7 @@
 //! negotiated features (offloads, MRG_RXBUF), queue sizes, tx chains (header and frame split
 //! anyhow, too short, too long, device-writable, wild addresses, indirect tables), rx buffers
 //! (too small, device-readable, wild, split across chains), frames the host sends (any length),
-//! raw ring corruption and bogus `avail.idx`. The worker runs inline (`GuestDriver::inline`).
+//! raw ring corruption and bogus `avail.idx`. The worker runs inline (`squib_fuzz::guest::driver`).
 //!
 //! Oracles: nothing panics; the device writes guest memory only through device-writable
 //! descriptors and the used rings; every tx chain is used, or the device asks for a reset; every
@@ -15,15 +15,13 @@ use std::sync::Arc;
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use squib_fuzz::guest::{Handover, Heap, Shape, add_chain, corrupt_ring, run_checked, wild_buf};
-use squib_virtio::device::{FEATURE_INDIRECT_DESC, FEATURE_VERSION_1};
-use squib_virtio::mmio::reg;
+use squib_fuzz::guest::{
+    Handover, Heap, Shape, activate, add_chain, assert_all_used, corrupt_ring, driver, needs_reset,
+    pop_all, ramp, reset, run_checked, wild_buf, writable_chain,
+};
 use squib_virtio::net::{MacAddr, NetConfig, NetDevice, VNET_HDR_LEN};
 use squib_virtio::testing::{Buf, FakeTap, GuestDriver};
 
-const GUEST_MEM: usize = 256 * 1024;
-const NEEDS_RESET: u32 = 0x40;
-const DRIVER_OK: u32 = 0x04;
 const RX: usize = 0;
 const TX: usize = 1;
 
@@ -38,7 +36,7 @@ fn tx_chain(
     let mut bytes = Some(Vec::new());
     for _ in 0..u.int_in_range(1..=4)? {
         if u.ratio(1, 12)? {
-            bufs.push(wild_buf(u, GUEST_MEM)?);
+            bufs.push(wild_buf(u)?);
             bytes = None;
             continue;
         }
@@ -52,15 +50,14 @@ fn tx_chain(
         let Some(addr) = heap.alloc(d, len) else {
             break;
         };
-        let fill: u8 = u.arbitrary()?;
-        let data: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
-        d.write_bytes(addr, &data);
+        let data = ramp(u.arbitrary()?, len as usize);
+        d.write_bytes(addr, data);
         let device_writes = u.ratio(1, 16)?;
         if device_writes {
             bytes = None;
         }
         if let Some(bytes) = bytes.as_mut() {
-            bytes.extend_from_slice(&data);
+            bytes.extend_from_slice(data);
         }
         bufs.push(Buf {
             addr,
@@ -71,37 +68,14 @@ fn tx_chain(
     Ok((bufs, bytes))
 }
 
-/// An rx chain's buffers, and whether one is wild (it may overlap anything, tx frames
-/// included).
-fn rx_chain(
-    u: &mut Unstructured,
-    d: &mut GuestDriver,
-    heap: &mut Heap,
-) -> Result<(Vec<Buf>, bool)> {
-    let mut bufs = Vec::new();
-    let mut wild = false;
-    for _ in 0..u.int_in_range(1..=3)? {
-        if u.ratio(1, 12)? {
-            bufs.push(wild_buf(u, GUEST_MEM)?);
-            wild = true;
-            continue;
-        }
-        let len: u32 = match u.int_in_range(0..=3)? {
-            0 => 1526,
-            1 => u.int_in_range(0..=64)?,
-            2 => u.int_in_range(0..=4096)?,
-            _ => 65_562,
-        };
-        let Some(addr) = heap.alloc(d, len) else {
-            break;
-        };
-        bufs.push(Buf {
-            addr,
-            len,
-            device_writes: !u.ratio(1, 16)?,
-        });
-    }
-    Ok((bufs, wild))
+/// An rx buffer's length.
+fn rx_len(u: &mut Unstructured) -> Result<u32> {
+    Ok(match u.int_in_range(0..=3)? {
+        0 => 1526,
+        1 => u.int_in_range(0..=64)?,
+        2 => u.int_in_range(0..=4096)?,
+        _ => 65_562,
+    })
 }
 
 fn run(u: &mut Unstructured) -> Result<()> {
@@ -118,25 +92,12 @@ fn run(u: &mut Unstructured) -> Result<()> {
         return Ok(());
     };
     let handle = device.handle();
-    let mut d = GuestDriver::inline(Box::new(device), GUEST_MEM);
-    let offered = d.device_features();
-    let features = (offered & u.arbitrary::<u64>()?) | FEATURE_VERSION_1;
-    if !d.negotiate(features) {
+    let mut d = driver(Box::new(device));
+    let Some((features, sizes)) = activate::<2>(u, &mut d)? else {
         return Ok(());
-    }
-    let mut sizes = [0u16; 2];
-    for (index, size) in sizes.iter_mut().enumerate() {
-        d.select_queue(index);
-        let max = d.read_reg(reg::QUEUE_NUM_MAX).min(256);
-        *size = 1u16 << u.int_in_range(0..=max.trailing_zeros())?;
-        d.setup_queue(*size);
-    }
-    d.set_status_bit(DRIVER_OK);
-    if d.read_reg(reg::STATUS) & NEEDS_RESET != 0 {
-        return Ok(());
-    }
+    };
 
-    let mut heap = Heap::new(GUEST_MEM);
+    let mut heap = Heap::new();
     let mut free = sizes;
     let mut added = [0u16; 2];
     let mut expected_frames = Vec::new();
@@ -151,20 +112,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 0 => {
                     d.select_queue(TX);
                     let (bufs, bytes) = tx_chain(u, &mut d, &mut heap)?;
-                    match add_chain(
-                        u,
-                        &mut d,
-                        &mut heap,
-                        &bufs,
-                        &mut free[TX],
-                        sizes[TX],
-                        GUEST_MEM,
-                    )? {
-                        Shape::NoRoom => break,
-                        Shape::Direct => {}
-                        Shape::Indirect => hostile |= features & FEATURE_INDIRECT_DESC == 0,
-                        Shape::Broken => hostile = true,
+                    let shape = add_chain(u, &mut d, &mut heap, &bufs, &mut free[TX], sizes[TX])?;
+                    if shape == Shape::NoRoom {
+                        break;
                     }
+                    hostile |= !shape.is_known(features);
                     added[TX] += 1;
                     match bytes {
                         Some(bytes) => expected_frames.push(bytes),
@@ -173,16 +125,8 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 }
                 1 => {
                     d.select_queue(RX);
-                    let (bufs, wild) = rx_chain(u, &mut d, &mut heap)?;
-                    match add_chain(
-                        u,
-                        &mut d,
-                        &mut heap,
-                        &bufs,
-                        &mut free[RX],
-                        sizes[RX],
-                        GUEST_MEM,
-                    )? {
+                    let (bufs, wild) = writable_chain(u, &mut d, &mut heap, 3, 12, rx_len)?;
+                    match add_chain(u, &mut d, &mut heap, &bufs, &mut free[RX], sizes[RX])? {
                         Shape::NoRoom => break,
                         Shape::Direct | Shape::Indirect => {}
                         Shape::Broken => hostile = true,
@@ -198,9 +142,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                         2 => u.int_in_range(1514..=1600)?,
                         _ => u.int_in_range(0..=70_000)?,
                     };
-                    let fill: u8 = u.arbitrary()?;
-                    let frame: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
-                    if tap.inject(&frame) {
+                    if tap.inject(ramp(u.arbitrary()?, len)) {
                         injected += 1;
                     }
                 }
@@ -219,26 +161,12 @@ fn run(u: &mut Unstructured) -> Result<()> {
         }
         // Publish (as a driver does, or not) and notify (or not) each queue, then serve.
         let how = [Handover::arbitrary(u)?, Handover::arbitrary(u)?];
-        run_checked(&mut d, &sizes, GUEST_MEM, &how, !ring_corrupted);
+        run_checked(&mut d, &sizes, &how, !ring_corrupted);
     }
     // Finally everything is published and notified.
-    run_checked(
-        &mut d,
-        &sizes,
-        GUEST_MEM,
-        &[Handover::Kick; 2],
-        !ring_corrupted,
-    );
-    let broken = d.read_reg(reg::STATUS) & NEEDS_RESET != 0;
-
-    // Used entries, per queue.
-    let mut used = [Vec::new(), Vec::new()];
-    for index in [RX, TX] {
-        d.select_queue(index);
-        while let Some(entry) = d.pop_used() {
-            used[index].push(entry);
-        }
-    }
+    run_checked(&mut d, &sizes, &[Handover::Kick; 2], !ring_corrupted);
+    let broken = needs_reset(&mut d);
+    let used = [pop_all(&mut d, RX), pop_all(&mut d, TX)];
     let m = handle.metrics();
     let sent = tap.take_sent();
     assert_eq!(
@@ -254,12 +182,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
             "a tx chain was used with a length"
         );
         // Every tx chain is used (sent, refused or dropped as malformed), or the device broke.
-        assert!(
-            broken || used[TX].len() == usize::from(added[TX]),
-            "{} of {} tx chains used",
-            used[TX].len(),
-            added[TX]
-        );
+        assert_all_used("tx", used[TX].len(), usize::from(added[TX]), broken);
         assert_eq!(
             used[TX].len() as u64,
             m.tx_packets_count + m.tx_malformed_frames + m.tx_fails,
@@ -292,8 +215,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
         "rx used lengths {rx_bytes} < bytes delivered {}",
         m.rx_bytes_count
     );
-    d.write_reg(reg::STATUS, 0);
-    assert_eq!(d.read_reg(reg::STATUS), 0, "reset left status bits set");
+    reset(&mut d);
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The virtio-rng device as a hostile guest drives it: queue size, chains of any shape
 //! (device-readable buffers, zero lengths, huge lengths, wild addresses, indirect tables), raw
-//! ring corruption and bogus `avail.idx`. The worker runs inline (`GuestDriver::inline`).
+//! ring corruption and bogus `avail.idx`. The worker runs inline (`squib_fuzz::guest::driver`).
 //!
 //! Oracles: nothing panics; the device writes guest memory only through device-writable
 //! descriptors and the used ring; every chain is used, or the device asks for a reset; no used
@@ -11,35 +11,37 @@
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use squib_fuzz::guest::{Handover, Heap, Shape, add_chain, corrupt_ring, run_checked, wild_buf};
-use squib_virtio::device::{FEATURE_INDIRECT_DESC, FEATURE_VERSION_1};
-use squib_virtio::mmio::reg;
+use squib_fuzz::guest::{
+    Handover, Heap, Shape, activate, add_chain, assert_all_used, corrupt_ring, driver, needs_reset,
+    pop_all, reset, run_checked, writable_chain,
+};
 use squib_virtio::rng::{RngConfig, RngDevice};
-use squib_virtio::testing::{Buf, GuestDriver};
 
-const GUEST_MEM: usize = 256 * 1024;
-const NEEDS_RESET: u32 = 0x40;
-const DRIVER_OK: u32 = 0x04;
 /// What one request may take (the device's cap).
 const MAX_REQUEST: u32 = 64 << 10;
+
+/// Mostly small: filling a buffer costs a getrandom call per byte range, and the 64 KiB cap
+/// needs only an occasional large one.
+fn len(u: &mut Unstructured) -> Result<u32> {
+    Ok(match u.int_in_range(0..=15)? {
+        0..=9 => u.int_in_range(0..=64)?,
+        10..=13 => u.int_in_range(0..=4096)?,
+        14 => u.int_in_range(60_000..=70_000)?,
+        _ => 0,
+    })
+}
 
 fn run(u: &mut Unstructured) -> Result<()> {
     let Ok(device) = RngDevice::new(RngConfig::default()) else {
         return Ok(());
     };
     let metrics = device.metrics();
-    let mut d = GuestDriver::inline(Box::new(device), GUEST_MEM);
-    let offered = d.device_features();
-    let features = (offered & u.arbitrary::<u64>()?) | FEATURE_VERSION_1;
-    if !d.negotiate(features) {
+    let mut d = driver(Box::new(device));
+    let Some((features, [size])) = activate(u, &mut d)? else {
         return Ok(());
-    }
-    let max = d.read_reg(reg::QUEUE_NUM_MAX).min(256);
-    let size = 1u16 << u.int_in_range(0..=max.trailing_zeros())?;
-    d.setup_queue(size);
-    d.set_status_bit(DRIVER_OK);
+    };
 
-    let mut heap = Heap::new(GUEST_MEM);
+    let mut heap = Heap::new();
     let mut free = size;
     // Per chain: the most it may be filled with, when known.
     let mut caps: Vec<Option<u32>> = Vec::new();
@@ -47,49 +49,23 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let mut ring_corrupted = false;
     for _ in 0..u.int_in_range(1..=3)? {
         for _ in 0..u.int_in_range(1..=16)? {
-            let mut bufs = Vec::new();
-            let mut cap = Some(0u32);
-            for _ in 0..u.int_in_range(1..=4)? {
-                if u.ratio(1, 10)? {
-                    let buf = wild_buf(u, GUEST_MEM)?;
-                    // A wild writable buffer may land on the rings.
-                    ring_corrupted |= buf.device_writes;
-                    bufs.push(buf);
-                    cap = None;
-                    continue;
+            let (bufs, wild) = writable_chain(u, &mut d, &mut heap, 4, 10, len)?;
+            // A wild writable buffer may land on the rings.
+            ring_corrupted |= wild;
+            // Writable bytes after the last device-readable buffer (whose chain the device
+            // refuses with 0 bytes), wild ones included: an upper bound either way.
+            let cap = bufs.iter().fold(0u32, |cap, buf| {
+                if buf.device_writes {
+                    cap.saturating_add(buf.len)
+                } else {
+                    0
                 }
-                // Mostly small: filling a buffer costs a getrandom call per byte range, and
-                // the 64 KiB cap needs only an occasional large one.
-                let len: u32 = match u.int_in_range(0..=15)? {
-                    0..=9 => u.int_in_range(0..=64)?,
-                    10..=13 => u.int_in_range(0..=4096)?,
-                    14 => u.int_in_range(60_000..=70_000)?,
-                    _ => 0,
-                };
-                let Some(addr) = heap.alloc(&mut d, len) else {
-                    break;
-                };
-                let device_writes = !u.ratio(1, 16)?;
-                cap = cap.map(|c| {
-                    if device_writes {
-                        c.saturating_add(len)
-                    } else {
-                        0
-                    }
-                });
-                bufs.push(Buf {
-                    addr,
-                    len,
-                    device_writes,
-                });
+            });
+            let shape = add_chain(u, &mut d, &mut heap, &bufs, &mut free, size)?;
+            if shape == Shape::NoRoom {
+                break;
             }
-            match add_chain(u, &mut d, &mut heap, &bufs, &mut free, size, GUEST_MEM)? {
-                Shape::NoRoom => break,
-                Shape::Direct => {}
-                Shape::Indirect if features & FEATURE_INDIRECT_DESC != 0 => {}
-                Shape::Indirect | Shape::Broken => cap = None,
-            }
-            caps.push(cap.map(|c| c.min(MAX_REQUEST)));
+            caps.push(shape.is_known(features).then_some(cap.min(MAX_REQUEST)));
         }
         if u.ratio(1, 8)? {
             ring_corrupted = true;
@@ -101,22 +77,14 @@ fn run(u: &mut Unstructured) -> Result<()> {
             }
         }
         let how = [Handover::arbitrary(u)?];
-        run_checked(&mut d, &[size], GUEST_MEM, &how, !ring_corrupted);
+        run_checked(&mut d, &[size], &how, !ring_corrupted);
     }
-    run_checked(
-        &mut d,
-        &[size],
-        GUEST_MEM,
-        &[Handover::Kick],
-        !ring_corrupted,
-    );
-    let broken = d.read_reg(reg::STATUS) & NEEDS_RESET != 0;
+    run_checked(&mut d, &[size], &[Handover::Kick], !ring_corrupted);
+    let broken = needs_reset(&mut d);
 
-    let mut used = Vec::new();
-    while let Some(entry) = d.pop_used() {
-        used.push(entry);
-    }
+    let used = pop_all(&mut d, 0);
     let m = metrics.snapshot();
+    assert!(used.iter().all(|e| e.len <= MAX_REQUEST));
     // Only on rings the driver alone wrote: with a bogus avail index the device may complete
     // more than a ring's worth, which the used ring cannot show entry by entry.
     if !ring_corrupted {
@@ -127,15 +95,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
         );
         let bytes: u64 = used.iter().map(|e| u64::from(e.len)).sum();
         assert_eq!(bytes, m.entropy_bytes, "used lengths vs bytes counted");
-    }
-    assert!(used.iter().all(|e| e.len <= MAX_REQUEST));
-    if !ring_corrupted {
-        assert!(
-            broken || used.len() == caps.len(),
-            "{} of {} chains used",
-            used.len(),
-            caps.len()
-        );
+        assert_all_used("rng", used.len(), caps.len(), broken);
         // In ring order: the driver's table is used as a ring, so heads repeat only after
         // `size` descriptors; match entries to chains by position.
         for (entry, cap) in used.iter().zip(&caps) {
@@ -148,8 +108,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
             }
         }
     }
-    d.write_reg(reg::STATUS, 0);
-    assert_eq!(d.read_reg(reg::STATUS), 0, "reset left status bits set");
+    reset(&mut d);
     Ok(())
 }
 

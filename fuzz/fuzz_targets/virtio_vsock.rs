@@ -4,7 +4,7 @@
 //! shape; raw ring corruption and bogus `avail.idx`. The host side is real: Unix sockets in a
 //! scratch directory, one port with a listener (the guest's REQUESTs to it connect; the harness
 //! accepts, writes to and closes those connections) and a host-initiated `CONNECT` now and then.
-//! The worker runs inline (`GuestDriver::inline`).
+//! The worker runs inline (`squib_fuzz::guest::driver`).
 //!
 //! Oracles: nothing panics; the device writes guest memory only through device-writable
 //! descriptors and the used rings; every tx chain is used, or the device asks for a reset; no
@@ -15,20 +15,18 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use squib_fuzz::guest::{Handover, Heap, Shape, add_chain, corrupt_ring, run_checked, wild_buf};
-use squib_virtio::device::FEATURE_VERSION_1;
-use squib_virtio::mmio::reg;
+use squib_fuzz::guest::{
+    Handover, Heap, Shape, activate, add_chain, assert_all_used, corrupt_ring, driver, needs_reset,
+    pop_all, reset, run_checked, wild_buf, writable_chain,
+};
 use squib_virtio::testing::{Buf, GuestDriver, VSOCK_HDR_LEN, VsockHdr, vsock_op};
 use squib_virtio::vsock::{VsockConfig, VsockDevice};
 
-const GUEST_MEM: usize = 256 * 1024;
-const NEEDS_RESET: u32 = 0x40;
-const DRIVER_OK: u32 = 0x04;
 const RX: usize = 0;
 const TX: usize = 1;
 const EVENT: usize = 2;
@@ -52,7 +50,15 @@ fn host() -> &'static Host {
     HOST.get_or_init(|| {
         vmm_sys_util::signal::register_signal_handler(libc::SIGPIPE, on_sigpipe)
             .expect("SIGPIPE handler");
-        let dir = std::env::temp_dir().join(format!("squib-fuzz-vsock-{}", std::process::id()));
+        // tmpfs when there is one: the device binds (creates) its socket file for every input,
+        // which on a disk file system costs more than the rest of the execution.
+        let tmp = Path::new("/dev/shm");
+        let tmp = if tmp.is_dir() {
+            tmp.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = tmp.join(format!("squib-fuzz-vsock-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let uds = dir.join("v.sock");
         let _ = std::fs::remove_file(&uds);
@@ -147,42 +153,20 @@ fn tx_chain(u: &mut Unstructured, d: &mut GuestDriver, heap: &mut Heap) -> Resul
         });
     }
     if u.ratio(1, 16)? {
-        bufs.push(wild_buf(u, GUEST_MEM)?);
+        bufs.push(wild_buf(u)?);
     }
     Ok(bufs)
 }
 
-/// Writable buffers for the rx or event queue, sometimes the wrong shape.
-fn writable_chain(
-    u: &mut Unstructured,
-    d: &mut GuestDriver,
-    heap: &mut Heap,
-    usual: u32,
-) -> Result<(Vec<Buf>, bool)> {
-    let mut bufs = Vec::new();
-    let mut wild = false;
-    for _ in 0..u.int_in_range(1..=2)? {
-        if u.ratio(1, 16)? {
-            let buf = wild_buf(u, GUEST_MEM)?;
-            wild |= buf.device_writes;
-            bufs.push(buf);
-            continue;
-        }
-        let len = if u.ratio(3, 4)? {
+/// Lengths for rx or event buffers: mostly `usual`, sometimes anything up to 64 bytes more.
+fn len(usual: u32) -> impl FnMut(&mut Unstructured) -> Result<u32> {
+    move |u| {
+        Ok(if u.ratio(3, 4)? {
             usual
         } else {
             u.int_in_range(0..=usual + 64)?
-        };
-        let Some(addr) = heap.alloc(d, len) else {
-            break;
-        };
-        bufs.push(Buf {
-            addr,
-            len,
-            device_writes: !u.ratio(1, 16)?,
-        });
+        })
     }
-    Ok((bufs, wild))
 }
 
 /// The host's side: accepts the guest's connections and writes to or closes them; sometimes
@@ -233,11 +217,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
         return Ok(());
     };
     let handle = device.handle();
-    let mut d = GuestDriver::inline(Box::new(device), GUEST_MEM);
+    let mut d = driver(Box::new(device));
     let mut streams = Vec::new();
     let result = drive(u, &mut d, &handle, &mut streams, &uds);
-    d.write_reg(reg::STATUS, 0);
-    assert_eq!(d.read_reg(reg::STATUS), 0, "reset left status bits set");
+    reset(&mut d);
     result
 }
 
@@ -248,23 +231,10 @@ fn drive(
     streams: &mut Vec<UnixStream>,
     uds: &PathBuf,
 ) -> Result<()> {
-    let offered = d.device_features();
-    let features = (offered & u.arbitrary::<u64>()?) | FEATURE_VERSION_1;
-    if !d.negotiate(features) {
+    let Some((_, sizes)) = activate::<3>(u, d)? else {
         return Ok(());
-    }
-    let mut sizes = [0u16; 3];
-    for (index, size) in sizes.iter_mut().enumerate() {
-        d.select_queue(index);
-        let max = d.read_reg(reg::QUEUE_NUM_MAX).min(256);
-        *size = 1u16 << u.int_in_range(0..=max.trailing_zeros())?;
-        d.setup_queue(*size);
-    }
-    d.set_status_bit(DRIVER_OK);
-    if d.read_reg(reg::STATUS) & NEEDS_RESET != 0 {
-        return Ok(());
-    }
-    let mut heap = Heap::new(GUEST_MEM);
+    };
+    let mut heap = Heap::new();
     let mut free = sizes;
     let mut added = [0u16; 3];
     let mut ring_corrupted = false;
@@ -278,19 +248,10 @@ fn drive(
             d.select_queue(index);
             let (bufs, wild) = match index {
                 TX => (tx_chain(u, d, &mut heap)?, false),
-                RX => writable_chain(u, d, &mut heap, 4096 + VSOCK_HDR_LEN as u32)?,
-                _ => writable_chain(u, d, &mut heap, 8)?,
+                RX => writable_chain(u, d, &mut heap, 2, 16, len(4096 + VSOCK_HDR_LEN as u32))?,
+                _ => writable_chain(u, d, &mut heap, 2, 16, len(8))?,
             };
-            if add_chain(
-                u,
-                d,
-                &mut heap,
-                &bufs,
-                &mut free[index],
-                sizes[index],
-                GUEST_MEM,
-            )? == Shape::NoRoom
-            {
+            if add_chain(u, d, &mut heap, &bufs, &mut free[index], sizes[index])? == Shape::NoRoom {
                 break;
             }
             added[index] += 1;
@@ -313,24 +274,18 @@ fn drive(
             Handover::arbitrary(u)?,
             Handover::arbitrary(u)?,
         ];
-        run_checked(d, &sizes, GUEST_MEM, &how, !ring_corrupted);
+        run_checked(d, &sizes, &how, !ring_corrupted);
         host_moves(u, streams, uds)?;
-        run_checked(d, &sizes, GUEST_MEM, &[], !ring_corrupted);
+        run_checked(d, &sizes, &[], !ring_corrupted);
     }
-    run_checked(d, &sizes, GUEST_MEM, &[Handover::Kick; 3], !ring_corrupted);
-    let broken = d.read_reg(reg::STATUS) & NEEDS_RESET != 0;
-    let mut used = [0u16; 3];
-    for index in [RX, TX, EVENT] {
-        d.select_queue(index);
-        while d.pop_used().is_some() {
-            used[index] += 1;
-        }
-    }
+    run_checked(d, &sizes, &[Handover::Kick; 3], !ring_corrupted);
+    let broken = needs_reset(d);
+    let used = [RX, TX, EVENT].map(|index| pop_all(d, index).len() as u16);
     if ring_corrupted || broken {
         return Ok(());
     }
     let m = handle.metrics();
-    assert_eq!(used[TX], added[TX], "tx chains left unused");
+    assert_all_used("tx", used[TX].into(), added[TX].into(), broken);
     let tx = u64::from(used[TX]);
     assert!(
         m.tx_packets_count <= tx && tx <= m.tx_packets_count + m.tx_queue_event_fails,

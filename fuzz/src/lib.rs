@@ -7,8 +7,8 @@ use std::sync::Once;
 
 use squib_vmm::api::controller::{ApiController, InstanceSettings};
 use squib_vmm::api::vmm_control::{ControlError, DriveCounters, ExitNotice, RunState, VmmControl};
-use squib_vmm::snapshot::{CreateRequest, LoadRequest};
 use squib_vmm::snapshot::state::DeviceConfigs;
+use squib_vmm::snapshot::{CreateRequest, LoadRequest};
 use squib_vmm::vm_config::{DriveConfig, RateLimiterConfig, VmConfig};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -47,7 +47,11 @@ impl VmmControl for FakeVmm {
         Vec::new()
     }
     // The API's validation is what is fuzzed; no snapshot file is ever written or read.
-    fn create_snapshot(&mut self, _: &CreateRequest, _: &DeviceConfigs) -> Result<(), ControlError> {
+    fn create_snapshot(
+        &mut self,
+        _: &CreateRequest,
+        _: &DeviceConfigs,
+    ) -> Result<(), ControlError> {
         Err(ControlError::new("the fuzzing VMM takes no snapshots"))
     }
     fn load_snapshot(&mut self, _: &LoadRequest, _: ExitNotice) -> Result<VmConfig, ControlError> {
@@ -234,14 +238,113 @@ pub mod guest {
     //! What the virtio targets share: guest-memory budgets, hostile chains, and the oracle that
     //! the device wrote guest memory only where the driver let it.
 
+    use std::cell::RefCell;
+    use std::sync::OnceLock;
+
     use libfuzzer_sys::arbitrary::{Error, Result, Unstructured};
+    use squib_virtio::GuestMemory;
+    use squib_virtio::device::{FEATURE_INDIRECT_DESC, FEATURE_VERSION_1};
+    use squib_virtio::mmio::reg;
     use squib_virtio::testing::{
-        AVAIL_RING, Buf, DESC_TABLE, GuestDriver, HEAP_START, QUEUE_STRIDE, USED_RING,
+        AVAIL_RING, Buf, DESC_TABLE, GuestDriver, HEAP_START, QUEUE_STRIDE, USED_RING, Used,
     };
+    use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use vm_memory::{Bytes, GuestAddress};
+
+    /// Guest memory the targets use (rings below `HEAP_START`, buffers above): enough for a
+    /// few 64 KiB frames or packets. The oracle reads all of it around every device run.
+    pub const GUEST_MEM: usize = 256 * 1024;
+
+    thread_local! {
+        /// One mapping per thread, zeroed for each input: mapping, faulting in and unmapping
+        /// fresh memory for every input cost more than the device's work.
+        static MEMORY: RefCell<Option<GuestMemory>> = const { RefCell::new(None) };
+    }
+
+    /// [`GUEST_MEM`] bytes of all-zero guest memory at address 0, as fresh as a new mapping.
+    pub fn memory() -> GuestMemory {
+        static ZEROS: [u8; GUEST_MEM] = [0; GUEST_MEM];
+        MEMORY.with_borrow_mut(|slot| {
+            let mem = slot.get_or_insert_with(|| GuestDriver::memory(GUEST_MEM));
+            mem.write_slice(&ZEROS, GuestAddress(0))
+                .expect("guest memory starts at 0");
+            mem.clone()
+        })
+    }
+
+    /// A driver for `device` whose worker runs inline, over [`memory`], recording its writes
+    /// for [`run_checked`].
+    pub fn driver(device: Box<dyn squib_virtio::device::VirtioDevice>) -> GuestDriver {
+        let mut d = GuestDriver::inline_with_memory(device, memory());
+        d.record_writes();
+        ORACLE.with_borrow_mut(|oracle| oracle.stale = true);
+        d
+    }
+
+    /// The probe a hostile driver does: features the device offers masked by fuzz bits (plus
+    /// VERSION_1), a power-of-two size up to the maximum (capped at 256) for each of the `N`
+    /// queues, DRIVER_OK. `None` when the device refused the features or asked for a reset.
+    pub fn activate<const N: usize>(
+        u: &mut Unstructured,
+        d: &mut GuestDriver,
+    ) -> Result<Option<(u64, [u16; N])>> {
+        let offered = d.device_features();
+        let features = (offered & u.arbitrary::<u64>()?) | FEATURE_VERSION_1;
+        if !d.negotiate(features) {
+            return Ok(None);
+        }
+        let mut sizes = [0u16; N];
+        for (index, size) in sizes.iter_mut().enumerate() {
+            d.select_queue(index);
+            let max = d.read_reg(reg::QUEUE_NUM_MAX).min(256);
+            *size = 1u16 << u.int_in_range(0..=max.trailing_zeros())?;
+            d.setup_queue(*size);
+        }
+        d.select_queue(0);
+        d.set_status_bit(VIRTIO_CONFIG_S_DRIVER_OK);
+        Ok((!needs_reset(d)).then_some((features, sizes)))
+    }
+
+    /// Whether the device asked for a reset (DEVICE_NEEDS_RESET).
+    pub fn needs_reset(d: &mut GuestDriver) -> bool {
+        d.read_reg(reg::STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET != 0
+    }
+
+    /// Resets the device and checks that Status reads 0 again.
+    pub fn reset(d: &mut GuestDriver) {
+        d.write_reg(reg::STATUS, 0);
+        assert_eq!(d.read_reg(reg::STATUS), 0, "reset left status bits set");
+    }
+
+    /// Every used entry of queue `index` not popped yet.
+    pub fn pop_all(d: &mut GuestDriver, index: usize) -> Vec<Used> {
+        d.select_queue(index);
+        std::iter::from_fn(|| d.pop_used()).collect()
+    }
+
+    /// Checks that all `added` chains of a queue were used, unless the device asked for a
+    /// reset (`broken`).
+    pub fn assert_all_used(what: &str, used: usize, added: usize, broken: bool) {
+        assert!(
+            broken || used == added,
+            "{used} of {added} {what} chains used and no reset asked for"
+        );
+    }
+
+    /// `len` bytes counting up from `first` (wrapping): buffer contents the oracles can
+    /// recognise. A slice of one table, because a byte loop in the target costs a traced
+    /// comparison per byte.
+    pub fn ramp(first: u8, len: usize) -> &'static [u8] {
+        const LONGEST: usize = 128 << 10;
+        static RAMP: OnceLock<Vec<u8>> = OnceLock::new();
+        let ramp = RAMP.get_or_init(|| (0..LONGEST + 256).map(|i| i as u8).collect());
+        assert!(len <= LONGEST, "ramp of {len} bytes");
+        let start = usize::from(first);
+        &ramp[start..start + len]
+    }
 
     /// Buffer memory left for one execution (the driver's allocator never frees).
     #[derive(Debug)]
@@ -249,11 +352,17 @@ pub mod guest {
         left: u64,
     }
 
+    impl Default for Heap {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
     impl Heap {
-        /// The whole heap of a `mem_size`-byte guest.
-        pub fn new(mem_size: usize) -> Self {
+        /// The whole heap of [`GUEST_MEM`].
+        pub fn new() -> Self {
             Self {
-                left: mem_size as u64 - HEAP_START - 4096,
+                left: GUEST_MEM as u64 - HEAP_START - 4096,
             }
         }
 
@@ -269,18 +378,18 @@ pub mod guest {
     }
 
     /// A hostile address: anywhere in or just past guest memory (rings included), or anything.
-    pub fn wild_addr(u: &mut Unstructured, mem_size: usize) -> Result<GuestAddress> {
+    pub fn wild_addr(u: &mut Unstructured) -> Result<GuestAddress> {
         Ok(GuestAddress(if u.arbitrary()? {
-            u.int_in_range(0..=mem_size as u64 + 4096)?
+            u.int_in_range(0..=GUEST_MEM as u64 + 4096)?
         } else {
             u.arbitrary()?
         }))
     }
 
     /// A hostile buffer: a wild address, any length, either direction.
-    pub fn wild_buf(u: &mut Unstructured, mem_size: usize) -> Result<Buf> {
+    pub fn wild_buf(u: &mut Unstructured) -> Result<Buf> {
         Ok(Buf {
-            addr: wild_addr(u, mem_size)?,
+            addr: wild_addr(u)?,
             len: if u.arbitrary()? {
                 u.arbitrary()?
             } else {
@@ -303,6 +412,52 @@ pub mod guest {
         Broken,
     }
 
+    impl Shape {
+        /// Whether the device must take the chain as the harness built it: a direct chain, or
+        /// a well-formed indirect table when `features` has INDIRECT_DESC.
+        pub fn is_known(self, features: u64) -> bool {
+            match self {
+                Shape::Direct => true,
+                Shape::Indirect => features & FEATURE_INDIRECT_DESC != 0,
+                Shape::NoRoom | Shape::Broken => false,
+            }
+        }
+    }
+
+    /// Device-writable buffers for a receive-type queue: one to `most` of them, mostly of
+    /// lengths `len` picks, sometimes (1 in `wild_one_in`) a [`wild_buf`] or (1 in 16)
+    /// device-readable. Returns the buffers and whether a wild one is writable (it may land on
+    /// anything, rings included).
+    pub fn writable_chain(
+        u: &mut Unstructured,
+        d: &mut GuestDriver,
+        heap: &mut Heap,
+        most: u32,
+        wild_one_in: u32,
+        mut len: impl FnMut(&mut Unstructured) -> Result<u32>,
+    ) -> Result<(Vec<Buf>, bool)> {
+        let mut bufs = Vec::new();
+        let mut wild = false;
+        for _ in 0..u.int_in_range(1..=most)? {
+            if u.ratio(1, wild_one_in)? {
+                let buf = wild_buf(u)?;
+                wild |= buf.device_writes;
+                bufs.push(buf);
+                continue;
+            }
+            let len = len(u)?;
+            let Some(addr) = heap.alloc(d, len) else {
+                break;
+            };
+            bufs.push(Buf {
+                addr,
+                len,
+                device_writes: !u.ratio(1, 16)?,
+            });
+        }
+        Ok((bufs, wild))
+    }
+
     /// Queues `bufs` on the selected queue, directly or (1 in 4) through an indirect table whose
     /// entries are sometimes corrupted (nested, wild `next`). `free` counts the descriptors left
     /// in the table of the queue's `size` entries.
@@ -313,7 +468,6 @@ pub mod guest {
         bufs: &[Buf],
         free: &mut u16,
         size: u16,
-        mem_size: usize,
     ) -> Result<Shape> {
         if bufs.is_empty() {
             return Ok(Shape::NoRoom);
@@ -376,7 +530,7 @@ pub mod guest {
             table
         } else {
             shape = Shape::Broken;
-            wild_addr(u, mem_size)?
+            wild_addr(u)?
         };
         let head = d.add_chain([Buf::readable(addr, len)]);
         d.write_descriptor(head, addr, len, VRING_DESC_F_INDIRECT as u16, 0);
@@ -398,7 +552,7 @@ pub mod guest {
     /// `0..queues` (`avail_event` included) and every device-writable descriptor in their
     /// tables, directly or inside an indirect table one of them points at — whatever chains the
     /// device walked, it may write only through descriptors the driver marked writable.
-    pub fn device_writable(d: &GuestDriver, queues: &[u16], mem_size: usize) -> Vec<(u64, u64)> {
+    fn device_writable(d: &GuestDriver, queues: &[u16]) -> Vec<(u64, u64)> {
         let mut ranges = Vec::new();
         let mut add = |addr: u64, len: u64| {
             if len > 0 {
@@ -417,7 +571,7 @@ pub mod guest {
                 if flags & VRING_DESC_F_INDIRECT as u16 != 0
                     && addr
                         .checked_add(len)
-                        .is_some_and(|end| end <= mem_size as u64)
+                        .is_some_and(|end| end <= GUEST_MEM as u64)
                 {
                     let inner = d.read_bytes(GuestAddress(addr), len as usize);
                     for raw in inner.chunks_exact(16) {
@@ -433,7 +587,7 @@ pub mod guest {
     }
 
     /// The indirect tables the queues' descriptor tables point at, as `[start, end)` ranges.
-    fn indirect_tables(d: &GuestDriver, queues: &[u16], mem_size: usize) -> Vec<(u64, u64)> {
+    fn indirect_tables(d: &GuestDriver, queues: &[u16]) -> Vec<(u64, u64)> {
         let mut tables = Vec::new();
         for (index, &size) in queues.iter().enumerate() {
             let base = QUEUE_STRIDE * index as u64;
@@ -443,7 +597,7 @@ pub mod guest {
                 if flags & VRING_DESC_F_INDIRECT as u16 != 0
                     && addr
                         .checked_add(len)
-                        .is_some_and(|end| end <= mem_size as u64)
+                        .is_some_and(|end| end <= GUEST_MEM as u64)
                 {
                     tables.push((addr, addr + len));
                 }
@@ -461,38 +615,35 @@ pub mod guest {
         (word(0..8), word(8..12), word(12..14) as u16)
     }
 
-    /// Panics if a byte differs between `before` and `after` outside `allowed`.
-    pub fn assert_writes_within(before: &[u8], after: &[u8], allowed: &[(u64, u64)]) {
+    /// Panics if a byte differs between `before` and `after` (the guest bytes from address
+    /// `base` on) outside `allowed` (sorted).
+    fn assert_writes_within(base: u64, before: &[u8], after: &[u8], allowed: &[(u64, u64)]) {
         // Only slice comparisons (memcmp, outside the instrumented code) over the gaps between
         // the allowed ranges: a byte loop would run libFuzzer's comparison hook once per byte.
-        if before == after {
-            return;
-        }
-        let mut allowed = allowed.to_vec();
-        allowed.sort_unstable();
-        let len = before.len().min(after.len()) as u64;
-        let mut cursor = 0u64;
+        let end = base + before.len().min(after.len()) as u64;
         let check = |from: u64, to: u64| {
-            let (from, to) = (from as usize, to.min(len) as usize);
+            let (from, to) = ((from - base) as usize, (to.min(end) - base) as usize);
             if from < to && before[from..to] != after[from..to] {
                 let at = (from..to).find(|&i| before[i] != after[i]).unwrap_or(from);
                 panic!(
-                    "the device wrote guest memory at {at:#x}, outside every device-writable \
-                     descriptor and used ring"
+                    "the device wrote guest memory at {:#x}, outside every device-writable \
+                     descriptor and used ring",
+                    base + at as u64
                 );
             }
         };
-        for &(start, end) in &allowed {
-            if start >= len {
+        let mut cursor = base;
+        for &(start, stop) in allowed {
+            if start >= end {
                 break;
             }
             if start > cursor {
                 check(cursor, start);
             }
-            cursor = cursor.max(end);
+            cursor = cursor.max(stop);
         }
-        if cursor < len {
-            check(cursor, len);
+        if cursor < end {
+            check(cursor, end);
         }
     }
 
@@ -522,14 +673,13 @@ pub mod guest {
     /// true: a corrupted avail index stays), then notifies and serves the device inline, and
     /// checks that it wrote guest memory only where the driver let it: a device-writable
     /// descriptor (in the tables as they were before or after the run) or a used ring of the
-    /// queues (`sizes`, in index order).
+    /// queues (`sizes`, in index order). Returns whether the device went idle.
     pub fn run_checked(
         d: &mut GuestDriver,
         sizes: &[u16],
-        mem_size: usize,
         how: &[Handover],
         publish: bool,
-    ) {
+    ) -> bool {
         let mut notify = Vec::new();
         for (index, how) in how.iter().enumerate() {
             d.select_queue(index);
@@ -542,19 +692,9 @@ pub mod guest {
                 notify.push(index);
             }
         }
-        // Two guest-sized buffers reused across executions: a fresh allocation of that size
-        // is an mmap and page faults under ASan, which would dominate an execution.
-        thread_local! {
-            static SNAPSHOTS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
-                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-        }
-        SNAPSHOTS.with_borrow_mut(|(before, after)| {
-            before.resize(mem_size, 0);
-            after.resize(mem_size, 0);
-            d.mem()
-                .read_slice(before, GuestAddress(0))
-                .expect("guest memory starts at 0");
-            let mut allowed = device_writable(d, sizes, mem_size);
+        ORACLE.with_borrow_mut(|oracle| {
+            oracle.refresh(d);
+            let mut allowed = device_writable(d, sizes);
             // A writable buffer over a descriptor table lets the device rewrite the table while
             // it walks it: the chains it then reads (and may write through) exist in neither
             // snapshot, so what it may write is unknowable for this run.
@@ -562,26 +702,96 @@ pub mod guest {
                 let start = QUEUE_STRIDE * index as u64 + DESC_TABLE;
                 let end = start + 16 * u64::from(size);
                 allowed.iter().any(|&(s, e)| s < end && start < e)
-            }) || indirect_tables(d, sizes, mem_size)
+            }) || indirect_tables(d, sizes)
                 .iter()
                 .any(|&(start, end)| allowed.iter().any(|&(s, e)| s < end && start < e));
             for index in notify {
                 d.select_queue(index);
                 d.notify();
             }
+            let mut idle = false;
             for _ in 0..16 {
                 if d.run_device() {
+                    idle = true;
                     break;
                 }
             }
-            d.mem()
-                .read_slice(after, GuestAddress(0))
-                .expect("guest memory starts at 0");
-            allowed.extend(device_writable(d, sizes, mem_size));
-            if !tables_writable {
-                assert_writes_within(before, after, &allowed);
+            allowed.extend(device_writable(d, sizes));
+            allowed.sort_unstable();
+            oracle.compare(d, (!tables_writable).then_some(&allowed[..]));
+            idle
+        })
+    }
+
+    /// Guest memory as the oracle last saw it.
+    struct Oracle {
+        /// A copy of guest memory: as the device left it after the last run, plus what the
+        /// driver wrote since (unless `stale`).
+        image: Vec<u8>,
+        /// Whether `image` belongs to an earlier driver (a new input began).
+        stale: bool,
+        /// Scratch for the driver's writes.
+        writes: Vec<(u64, u64)>,
+    }
+
+    thread_local! {
+        /// Reused across inputs: a fresh guest-sized allocation is an mmap and page faults.
+        static ORACLE: RefCell<Oracle> = const {
+            RefCell::new(Oracle { image: Vec::new(), stale: true, writes: Vec::new() })
+        };
+    }
+
+    /// Bytes of guest memory compared at a time.
+    const PAGE: usize = 16 << 10;
+
+    impl Oracle {
+        /// Brings `image` up to date with guest memory before the device runs: a whole copy
+        /// for a new driver, else just the ranges the driver wrote since the last run (the
+        /// device runs only inside [`run_checked`]; a write the driver did not record shows
+        /// up as a change in the next comparison, never goes unseen).
+        fn refresh(&mut self, d: &GuestDriver) {
+            let mem = d.mem();
+            if self.stale || self.image.len() != GUEST_MEM {
+                self.image.resize(GUEST_MEM, 0);
+                mem.read_slice(&mut self.image, GuestAddress(0))
+                    .expect("guest memory starts at 0");
+                self.stale = false;
+                self.writes.clear();
+                d.take_writes(&mut self.writes);
+                self.writes.clear();
+                return;
             }
-        });
+            self.writes.clear();
+            d.take_writes(&mut self.writes);
+            for &(start, end) in &self.writes {
+                let end = end.min(GUEST_MEM as u64);
+                if start < end {
+                    let range = start as usize..end as usize;
+                    mem.read_slice(&mut self.image[range], GuestAddress(start))
+                        .expect("the driver wrote inside guest memory");
+                }
+            }
+        }
+
+        /// Compares guest memory with `image` a page at a time after the device ran: every
+        /// change must lie in `allowed` (sorted; `None` when what the device may write is
+        /// unknowable), and `image` takes it.
+        fn compare(&mut self, d: &GuestDriver, allowed: Option<&[(u64, u64)]>) {
+            let mut page = [0u8; PAGE];
+            for (index, expected) in self.image.chunks_mut(PAGE).enumerate() {
+                let base = (index * PAGE) as u64;
+                let now = &mut page[..expected.len()];
+                d.mem()
+                    .read_slice(now, GuestAddress(base))
+                    .expect("guest memory starts at 0");
+                if now != expected {
+                    if let Some(allowed) = allowed {
+                        assert_writes_within(base, expected, now, allowed);
+                    }
+                    expected.copy_from_slice(now);
+                }
+            }
+        }
     }
 
     /// `NotEnoughData`, for harness code that ran out of budget.

@@ -16,6 +16,7 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{Ordering, fence};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_config::{
@@ -112,6 +113,9 @@ pub struct GuestDriver {
     epoll: Epoll,
     /// Whether the device's worker runs inline, on each notification.
     inline: bool,
+    /// Guest ranges (`[start, end)`) the driver wrote since the last
+    /// [`take_writes`](Self::take_writes), once [`record_writes`](Self::record_writes) asked.
+    written: Option<Mutex<Vec<(u64, u64)>>>,
 }
 
 /// Rounds an inline worker gets per notification: enough for any batch the harnesses publish;
@@ -122,9 +126,7 @@ impl GuestDriver {
     /// `device` behind a fresh transport over `mem_size` bytes of guest memory at address 0;
     /// the driver has not touched any register yet.
     pub fn new(device: Box<dyn VirtioDevice>, mem_size: usize) -> Self {
-        let mem =
-            squib_host::guest_memory::anonymous(&[(GuestAddress(0), mem_size)], false).unwrap();
-        Self::with_memory(device, mem)
+        Self::with_memory(device, Self::memory(mem_size))
     }
 
     /// `device` behind a fresh transport over `mem`, which may have several regions and holes
@@ -156,6 +158,7 @@ impl GuestDriver {
             interrupts: 0,
             epoll,
             inline: false,
+            written: None,
         }
     }
 
@@ -163,10 +166,21 @@ impl GuestDriver {
     /// (`DeviceRuntime::set_inline`): every [`notify`](Self::notify) serves the device on this
     /// thread before returning, and [`run_device`](Self::run_device) serves host-side events.
     pub fn inline(device: Box<dyn VirtioDevice>, mem_size: usize) -> Self {
-        let mut driver = Self::new(device, mem_size);
+        Self::inline_with_memory(device, Self::memory(mem_size))
+    }
+
+    /// [`GuestDriver::inline`] over `mem` (e.g. memory a fuzz target zeroes and reuses rather
+    /// than map afresh for every input).
+    pub fn inline_with_memory(device: Box<dyn VirtioDevice>, mem: GuestMemory) -> Self {
+        let mut driver = Self::with_memory(device, mem);
         driver.transport.runtime_mut().set_inline();
         driver.inline = true;
         driver
+    }
+
+    /// `mem_size` bytes of fresh guest memory at address 0, what [`GuestDriver::new`] uses.
+    pub fn memory(mem_size: usize) -> GuestMemory {
+        squib_host::guest_memory::anonymous(&[(GuestAddress(0), mem_size)], false).unwrap()
     }
 
     /// Serves what the inline worker has ready; returns whether it went idle. A no-op (true)
@@ -227,6 +241,7 @@ impl GuestDriver {
         self.mem
             .write_slice(&[0; (HEAP_START - DESC_TABLE) as usize], GuestAddress(0))
             .unwrap();
+        self.wrote(0, HEAP_START - DESC_TABLE);
         assert!(
             self.negotiate(features),
             "the device refused features {features:#x}"
@@ -362,6 +377,7 @@ impl GuestDriver {
         self.mem
             .write_slice(&raw, GuestAddress(desc + 16 * u64::from(index)))
             .unwrap();
+        self.wrote(desc + 16 * u64::from(index), 16);
     }
 
     /// Writes `bufs` as a chain into the next free descriptors (the table is used as a ring;
@@ -411,6 +427,7 @@ impl GuestDriver {
             self.mem
                 .write_slice(&raw, GuestAddress(table.0 + 16 * i as u64))
                 .unwrap();
+            self.wrote(table.0 + 16 * i as u64, 16);
         }
         (table, len)
     }
@@ -441,6 +458,7 @@ impl GuestDriver {
         self.mem
             .write_obj(head.to_le(), GuestAddress(avail + 4 + 2 * slot))
             .unwrap();
+        self.wrote(avail + 4 + 2 * slot, 2);
         let q = self.q_mut();
         q.avail_idx = q.avail_idx.wrapping_add(1);
     }
@@ -479,6 +497,7 @@ impl GuestDriver {
         self.mem
             .store(idx.to_le(), GuestAddress(avail + 2), Ordering::Release)
             .unwrap();
+        self.wrote(avail + 2, 2);
     }
 
     /// The device's `used.idx`.
@@ -496,6 +515,7 @@ impl GuestDriver {
         self.mem
             .store(value.to_le(), GuestAddress(addr), Ordering::Release)
             .unwrap();
+        self.wrote(addr, 2);
     }
 
     /// `avail_event`: the device asks for a notification once the driver passes this index.
@@ -577,5 +597,30 @@ impl GuestDriver {
     /// Writes `bytes` into guest memory.
     pub fn write_bytes(&self, addr: GuestAddress, bytes: &[u8]) {
         self.mem.write_slice(bytes, addr).unwrap();
+        self.wrote(addr.0, bytes.len() as u64);
+    }
+
+    /// From now on, remembers which guest ranges the driver writes (not the device): an oracle
+    /// that keeps a copy of guest memory then refreshes only those ranges before the device
+    /// runs, instead of copying all of it.
+    pub fn record_writes(&mut self) {
+        self.written = Some(Mutex::new(Vec::new()));
+    }
+
+    /// The `[start, end)` ranges the driver wrote since the last call (or since
+    /// [`record_writes`](Self::record_writes)), oldest first, moved into `into`.
+    pub fn take_writes(&self, into: &mut Vec<(u64, u64)>) {
+        if let Some(written) = &self.written {
+            into.append(&mut written.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+    }
+
+    fn wrote(&self, addr: u64, len: u64) {
+        if let Some(written) = &self.written {
+            written
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((addr, addr.saturating_add(len)));
+        }
     }
 }
