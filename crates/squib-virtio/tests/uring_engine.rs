@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use squib_virtio::GuestMemory;
-use squib_virtio::block::CacheType;
 use squib_virtio::block::backend::{BackendError, BlockBackend, Segment, UringTarget};
+use squib_virtio::block::{BlockConfig, BlockDevice, CacheType};
 use squib_virtio::mmio::reg::STATUS;
 use squib_virtio::testing::{BlockSlot, Buf, GuestDriver, MemDisk};
 use virtio_bindings::virtio_blk::{
@@ -243,4 +243,40 @@ fn a_reset_with_requests_in_the_ring_cancels_them_and_the_device_serves_again() 
     assert_eq!(used.head, head);
     assert_eq!(slot.status(&driver), OK);
     assert_eq!(driver.read_bytes(data, READ_LEN), [0x42; READ_LEN]);
+}
+
+/// A swapped-in backend is served by a ring on its own file, and the old backend's file is
+/// closed once the requests on it are done: a ring left bound to the old file would serve the
+/// new disk off the ring (from its `MemDisk`, at once) and keep the old file open.
+#[test]
+fn a_swapped_backend_gets_a_ring_of_its_own_and_the_old_file_is_closed() {
+    let (old, mut old_pipe) = PipeDisk::new(8);
+    let device = BlockDevice::new(old, BlockConfig::new(DRIVE_ID, CacheType::Writeback)).unwrap();
+    let handle = device.handle();
+    let mut driver = GuestDriver::activated(Box::new(device), GUEST_MEM, ALL_RW);
+    let (head, _, data) = queue_read(&mut driver, 0);
+    driver.kick();
+    feed(&mut old_pipe, 0x11);
+    assert_eq!(driver.wait_used().expect("read on the old disk").head, head);
+    assert_eq!(driver.read_bytes(data, READ_LEN), [0x11; READ_LEN]);
+
+    let (new, mut new_pipe) = PipeDisk::new(8);
+    handle.swap_backend(new).unwrap();
+    let (head, slot, data) = queue_read(&mut driver, 1);
+    driver.kick();
+    thread::sleep(SETTLE);
+    assert_eq!(
+        driver.used_idx(),
+        1,
+        "the read after the swap did not go to the new disk's ring"
+    );
+    feed(&mut new_pipe, 0x22);
+    assert_eq!(driver.wait_used().expect("read on the new disk").head, head);
+    assert_eq!(slot.status(&driver), OK);
+    assert_eq!(driver.read_bytes(data, READ_LEN), [0x22; READ_LEN]);
+
+    let error = old_pipe
+        .write_all(&[0; READ_LEN])
+        .expect_err("the old disk's file is still open (by its ring)");
+    assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe);
 }
