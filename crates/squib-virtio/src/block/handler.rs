@@ -103,18 +103,27 @@ impl BlockHandler {
         }
     }
 
-    /// Starts the in-flight executor the backend gains from (see [`Executor::start`]), once per
-    /// activation (a resumed worker keeps it). Without one the worker executes every request
-    /// itself.
-    fn spawn_pool(&mut self) {
-        if self.pool.is_some() {
-            return;
+    /// Starts the in-flight executor the backend gains from (see [`Executor::start`]) and watches
+    /// its completions, once per activation (a resumed worker keeps it) and again for a swapped
+    /// backend. Without one the worker executes every request itself.
+    fn start_executor(&mut self, events: &mut EventRegistry<'_>) -> io::Result<()> {
+        if self.pool.is_none() {
+            self.pool = Executor::start(&self.backend, &self.mem, self.serve, &self.shared);
         }
-        if let Some(executor) = Executor::start(&self.backend, &self.mem, self.serve, &self.shared)
-        {
-            self.max_in_flight = executor.max_in_flight(&self.backend);
-            self.pool = Some(executor);
+        self.max_in_flight = self
+            .pool
+            .as_ref()
+            .map_or(1, |pool| pool.max_in_flight(&self.backend));
+        if let Some(pool) = &self.pool {
+            // Edge-triggered: the ring's eventfd is never read (no system call per batch); every
+            // completion signal is a new edge, so none is missed.
+            events.add(
+                pool.event().as_raw_fd(),
+                TOKEN_COMPLETIONS,
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+            )?;
         }
+        Ok(())
     }
 
     /// Applies a pending `update_rate_limiter`, creating the limiter if the drive had none. A
@@ -193,28 +202,39 @@ impl BlockHandler {
 
     /// Picks up a backend swapped by the API (one atomic load when nothing changed): the
     /// requests in flight on the old one finish and are published, the old one is flushed, then
-    /// the new one serves.
+    /// the new one serves, on an executor of its own: an io_uring is bound to its backend's file
+    /// (and keeps it open), so the old one is closed and the new backend gets the engine it
+    /// would have got at activation.
     fn adopt_swapped_backend(
         &mut self,
         queue: &mut VirtQueue,
         mem: &GuestMemory,
+        events: &mut EventRegistry<'_>,
     ) -> Result<(), QueueError> {
-        if self.shared.backend_epoch() != self.backend_epoch {
-            if let Some(pool) = self.pool.as_mut() {
-                pool.wait_all(|completion| {
-                    queue.complete(mem, completion.head_index, completion.used_len)
-                })?;
+        if self.shared.backend_epoch() == self.backend_epoch {
+            return Ok(());
+        }
+        if let Some(mut pool) = self.pool.take() {
+            pool.wait_all(|completion| {
+                queue.complete(mem, completion.head_index, completion.used_len)
+            })?;
+            if let Err(error) = events.remove(pool.event().as_raw_fd()) {
+                warn!(%error, "virtio-blk: cannot stop watching the old backend's completions");
             }
-            // Logged where it fails; a FLUSH on the new backend cannot cover the old one, so the
-            // error is as visible as a failed guest FLUSH would be.
-            let _ = self.shared.flush_retired();
-            let (epoch, backend) = self.shared.backend();
-            self.capacity = usable_capacity(backend.as_ref());
-            if let Some(pool) = &self.pool {
-                self.max_in_flight = pool.max_in_flight(&backend);
-            }
-            self.backend = backend;
-            self.backend_epoch = epoch;
+        }
+        // Logged where it fails; a FLUSH on the new backend cannot cover the old one, so the
+        // error is as visible as a failed guest FLUSH would be.
+        let _ = self.shared.flush_retired();
+        let (epoch, backend) = self.shared.backend();
+        self.capacity = usable_capacity(backend.as_ref());
+        self.backend = backend;
+        self.backend_epoch = epoch;
+        if let Err(error) = self.start_executor(events) {
+            // Without its completion event the executor could strand requests: serve them on
+            // the worker instead.
+            error!(%error, "virtio-blk: cannot watch the new backend's completions; serving one request at a time");
+            self.pool = None;
+            self.max_in_flight = 1;
         }
         Ok(())
     }
@@ -292,6 +312,11 @@ impl BlockHandler {
             let slot = match (slot, self.pool.as_mut()) {
                 (Some(slot), Some(pool)) if pool.accepts(kind) => {
                     match pool.submit(slot, request, &self.backend, self.capacity) {
+                        Ok(()) if pool.starts_each_request() => {
+                            pool.commit();
+                            self.reap(queue, mem)?;
+                            continue;
+                        }
                         Ok(()) => continue,
                         // The thread is gone, or the ring cannot take this request as it is:
                         // execute it here rather than lose it.
@@ -353,16 +378,7 @@ impl DeviceHandler for BlockHandler {
         if let Some(limiter) = &self.limiter {
             watch_timer(events, limiter)?;
         }
-        self.spawn_pool();
-        if let Some(pool) = &self.pool {
-            // Edge-triggered: the ring's eventfd is never read (no system call per batch); every
-            // completion signal is a new edge, so none is missed.
-            events.add(
-                pool.event().as_raw_fd(),
-                TOKEN_COMPLETIONS,
-                EventSet::IN | EventSet::EDGE_TRIGGERED,
-            )?;
-        }
+        self.start_executor(events)?;
         // An update may have been queued while no worker ran.
         self.apply_limiter_update(events);
         Ok(())
@@ -394,7 +410,7 @@ impl DeviceHandler for BlockHandler {
             }
             return Ok(Pending::NONE);
         }
-        self.adopt_swapped_backend(queue, mem)?;
+        self.adopt_swapped_backend(queue, mem, &mut cx.events)?;
         let drained = if stop.is_set() {
             Drained::Stopped
         } else {
