@@ -22,7 +22,7 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use squib_fuzz::guest::{
     Handover, Heap, Shape, activate, add_chain, assert_all_used, corrupt_ring, driver, needs_reset,
-    pop_all, reset, run_checked, wild_buf, writable_chain,
+    pop_all, reset, rings_exposed, run_checked, wild_buf, writable_chain,
 };
 use squib_virtio::testing::{Buf, GuestDriver, VSOCK_HDR_LEN, VsockHdr, vsock_op};
 use squib_virtio::vsock::{VsockConfig, VsockDevice};
@@ -274,11 +274,16 @@ fn drive(
             Handover::arbitrary(u)?,
             Handover::arbitrary(u)?,
         ];
+        // A writable descriptor over the rings (a wild or corrupted one, a broken indirect
+        // table) lets the device rewrite what the checks below read.
+        ring_corrupted |= rings_exposed(d, &sizes);
         run_checked(d, &sizes, &how, !ring_corrupted);
         host_moves(u, streams, uds)?;
         run_checked(d, &sizes, &[], !ring_corrupted);
+        ring_corrupted |= rings_exposed(d, &sizes);
     }
     run_checked(d, &sizes, &[Handover::Kick; 3], !ring_corrupted);
+    ring_corrupted |= rings_exposed(d, &sizes);
     let broken = needs_reset(d);
     let used = [RX, TX, EVENT].map(|index| pop_all(d, index).len() as u16);
     if ring_corrupted || broken {

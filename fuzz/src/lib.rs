@@ -553,6 +553,20 @@ pub mod guest {
     /// tables, directly or inside an indirect table one of them points at — whatever chains the
     /// device walked, it may write only through descriptors the driver marked writable.
     fn device_writable(d: &GuestDriver, queues: &[u16]) -> Vec<(u64, u64)> {
+        let mut ranges: Vec<_> = (0..queues.len()).map(|i| used_ring(queues, i)).collect();
+        ranges.extend(writable_descriptors(d, queues));
+        ranges
+    }
+
+    /// Queue `index`'s used ring, `avail_event` included, as a `[start, end)` range.
+    fn used_ring(queues: &[u16], index: usize) -> (u64, u64) {
+        let start = QUEUE_STRIDE * index as u64 + USED_RING;
+        (start, start + 4 + 8 * u64::from(queues[index]) + 2)
+    }
+
+    /// Every device-writable descriptor in the queues' tables, directly or inside an indirect
+    /// table one of them points at, as `[start, end)` ranges.
+    fn writable_descriptors(d: &GuestDriver, queues: &[u16]) -> Vec<(u64, u64)> {
         let mut ranges = Vec::new();
         let mut add = |addr: u64, len: u64| {
             if len > 0 {
@@ -561,7 +575,6 @@ pub mod guest {
         };
         for (index, &size) in queues.iter().enumerate() {
             let base = QUEUE_STRIDE * index as u64;
-            add(base + USED_RING, 4 + 8 * u64::from(size) + 2);
             let table = d.read_bytes(GuestAddress(base + DESC_TABLE), 16 * usize::from(size));
             for raw in table.chunks_exact(16) {
                 let (addr, len, flags) = fields(raw);
@@ -584,6 +597,20 @@ pub mod guest {
             }
         }
         ranges
+    }
+
+    /// Whether a device-writable descriptor (in the queues' tables or an indirect table they
+    /// point at) overlaps a ring of the queues: the device may then have rewritten the
+    /// descriptor table, avail ring or used ring (entries and index) that the harness reads
+    /// back, so checks of the used rings say nothing. Call it before and after each run: a
+    /// corrupted descriptor or a broken indirect table can point anywhere.
+    pub fn rings_exposed(d: &GuestDriver, queues: &[u16]) -> bool {
+        let rings: Vec<(u64, u64)> = (0..queues.len())
+            .map(|index| (QUEUE_STRIDE * index as u64, used_ring(queues, index).1))
+            .collect();
+        writable_descriptors(d, queues)
+            .iter()
+            .any(|&(s, e)| rings.iter().any(|&(start, end)| s < end && start < e))
     }
 
     /// The indirect tables the queues' descriptor tables point at, as `[start, end)` ranges.
