@@ -17,7 +17,7 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use squib_fuzz::guest::{
     Handover, Heap, Shape, activate, add_chain, assert_all_used, corrupt_ring, driver, needs_reset,
-    pop_all, ramp, reset, run_checked, wild_buf, writable_chain,
+    pop_all, ramp, reset, rings_exposed, run_checked, wild_buf, writable_chain,
 };
 use squib_virtio::net::{MacAddr, NetConfig, NetDevice, VNET_HDR_LEN};
 use squib_virtio::testing::{Buf, FakeTap, GuestDriver};
@@ -161,10 +161,15 @@ fn run(u: &mut Unstructured) -> Result<()> {
         }
         // Publish (as a driver does, or not) and notify (or not) each queue, then serve.
         let how = [Handover::arbitrary(u)?, Handover::arbitrary(u)?];
+        // A writable descriptor over the rings (a wild or corrupted one, a broken indirect
+        // table) lets the device write frames over what the checks below read.
+        ring_corrupted |= rings_exposed(&d, &sizes);
         run_checked(&mut d, &sizes, &how, !ring_corrupted);
+        ring_corrupted |= rings_exposed(&d, &sizes);
     }
     // Finally everything is published and notified.
     run_checked(&mut d, &sizes, &[Handover::Kick; 2], !ring_corrupted);
+    ring_corrupted |= rings_exposed(&d, &sizes);
     let broken = needs_reset(&mut d);
     let used = [pop_all(&mut d, RX), pop_all(&mut d, TX)];
     let m = handle.metrics();
@@ -211,7 +216,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     );
     let rx_bytes: u64 = used[RX].iter().map(|e| u64::from(e.len)).sum();
     assert!(
-        rx_bytes >= m.rx_bytes_count,
+        ring_corrupted || rx_bytes >= m.rx_bytes_count,
         "rx used lengths {rx_bytes} < bytes delivered {}",
         m.rx_bytes_count
     );
