@@ -34,11 +34,11 @@ use std::time::Duration;
 use tracing::{debug, error, warn};
 use vm_memory::{Bytes, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::handle::{Limiters, Shared};
 use super::header::{MAX_OFFLOAD_FRAME, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
 use super::metrics::Counter;
+use super::ring_timer::RingTimer;
 use crate::queue::{Chain, QueueError, VirtQueue};
 use crate::rate_limiter::RateLimiter;
 use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
@@ -55,11 +55,15 @@ const TOKEN_RX_LIMITER: u32 = 1;
 const TOKEN_TX_LIMITER: u32 = 2;
 const TOKEN_LIMITER_UPDATE: u32 = 3;
 const TOKEN_RX_REFILL: u32 = 4;
+const TOKEN_TX_STREAM: u32 = 5;
 
 /// How long rx waits for the driver to recycle buffers before it asks for a kick instead. Short
 /// against what the TAP's queue holds (1000 frames: 4 ms at 250 K frames/s), long against a
 /// polling driver's time per frame.
 pub(crate) const RX_REFILL_WAIT: Duration = Duration::from_micros(50);
+/// How long tx waits, notifications off, for a streaming driver's next frames once the ring is
+/// empty. Well under what the driver's ring holds at a frame per µs or two.
+pub(crate) const TX_STREAM_WAIT: Duration = Duration::from_micros(50);
 
 /// Most chains one received frame may span (each needs at least one segment).
 const MAX_RX_CHAINS: usize = IOVECS_PER_CALL;
@@ -85,22 +89,13 @@ pub(crate) struct NetHandler {
     limiters: Limiters,
     /// Stopped reading the backend until the driver posts rx buffers.
     rx_waiting_for_buffers: bool,
-    /// Where rx stands while the driver has posted no buffers.
-    rx_refill: Refill,
-    /// The [`RX_REFILL_WAIT`] timer; `None` until registered (or if it could not be created:
-    /// then rx asks for a kick at once).
-    rx_refill_timer: Option<TimerFd>,
-}
-
-/// Rx without buffers: first a timed look, then the driver's kick.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refill {
-    /// Rx has buffers (or has not run out since it last delivered a frame).
-    Idle,
-    /// Out of buffers; the timer is armed, notifications stay off.
-    Waiting,
-    /// The timer found none either: notifications are on, the kick resumes rx.
-    Kick,
+    /// Out of rx buffers, the [`RX_REFILL_WAIT`] found none either: the driver's kick resumes
+    /// rx. Cleared by a delivered frame.
+    rx_kick_asked: bool,
+    /// The rx refill wait.
+    rx_timer: RingTimer,
+    /// The tx stream wait ([`TX_STREAM_WAIT`]).
+    tx_timer: RingTimer,
 }
 
 /// How one attempt to receive a frame ended.
@@ -125,8 +120,9 @@ impl NetHandler {
             negotiated,
             limiters,
             rx_waiting_for_buffers: false,
-            rx_refill: Refill::Idle,
-            rx_refill_timer: None,
+            rx_kick_asked: false,
+            rx_timer: RingTimer::default(),
+            tx_timer: RingTimer::default(),
         }
     }
 
@@ -207,7 +203,7 @@ impl NetHandler {
                 Rx::Delivered(_) => {
                     *delivered = true;
                     self.rx_waiting_for_buffers = false;
-                    self.rx_refill = Refill::Idle;
+                    self.rx_kick_asked = false;
                 }
                 Rx::Dropped => {}
                 Rx::BackendEmpty | Rx::Throttled => return Ok(false),
@@ -216,16 +212,13 @@ impl NetHandler {
                         self.shared.metrics.count(Counter::NoRxAvailBuffer);
                         self.rx_waiting_for_buffers = true;
                     }
-                    let refill = self.rx_refill;
-                    match refill {
-                        // Already waiting for the timer: a TAP edge changes nothing.
-                        Refill::Waiting => return Ok(false),
-                        Refill::Idle if self.arm_refill_timer() => {
-                            self.rx_refill = Refill::Waiting;
-                            return Ok(false);
-                        }
-                        Refill::Idle | Refill::Kick => self.rx_refill = Refill::Kick,
+                    // Already waiting for the timer: a TAP edge changes nothing.
+                    if self.rx_timer.is_pending()
+                        || (!self.rx_kick_asked && self.rx_timer.arm(RX_REFILL_WAIT))
+                    {
+                        return Ok(false);
                     }
+                    self.rx_kick_asked = true;
                     // Re-check after re-enabling: buffers posted in between would otherwise
                     // never be kicked.
                     if queue.enable_notification(mem)? {
@@ -239,37 +232,30 @@ impl NetHandler {
         Ok(true)
     }
 
-    /// Arms the [`RX_REFILL_WAIT`] timer; false if there is none or it cannot be armed.
-    fn arm_refill_timer(&mut self) -> bool {
-        let Some(timer) = self.rx_refill_timer.as_mut() else {
-            return false;
-        };
-        match timer.reset(RX_REFILL_WAIT, None) {
-            Ok(()) => true,
-            Err(error) => {
-                error!(%error, "virtio-net: cannot arm the rx refill timer; waiting for kicks");
-                self.rx_refill_timer = None;
-                false
-            }
-        }
-    }
-
     // ---- transmit ----
 
     /// Sends frames until the ring is empty, the limiter refuses, a batch is done or the worker
-    /// must stop; interrupts the driver if it asked; then re-enables notifications.
+    /// must stop; interrupts the driver if it asked. Then, if the driver is streaming (this
+    /// call sent more than one frame, or the stream wait found one), notifications stay off and
+    /// the ring is looked at again after [`TX_STREAM_WAIT`]; else they are re-enabled.
     ///
     /// Unlike virtio-blk's worker, this one does not spin on the ring after a batch. A frame
     /// that does not follow at once usually waits on something else (the host's reply, in a
     /// request-response exchange), and spinning for it takes a core from whoever produces that
     /// reply. Measured on two cores (docs/perf/report-2026-12-04-3.md's notes): the UDP round trip
     /// went from 79.8 µs (1.69× QEMU's) with the adaptive spin to 45–48 µs (0.71–0.93×) without
-    /// it, and guest → host throughput did not move beyond the runs' noise. Notifications stay
-    /// off while a batch drains, so a streaming guest still does not kick per frame.
-    fn serve_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
-        let mut completed = false;
+    /// it. The stream wait costs no CPU, and a request-response exchange (one frame per kick)
+    /// never enters it. Without it a driver that sends as fast as it can, but slower than the
+    /// worker drains, kicks for nearly every frame (1.2 frames per wake-up measured, host →
+    /// guest bench on the loaded machine): a VM exit and an epoll wake-up per frame.
+    fn serve_tx(
+        &mut self,
+        cx: &mut WorkerContext<'_>,
+        from_stream_wait: bool,
+    ) -> Result<Pending, QueueError> {
+        let mut completed = 0;
         let result = self.drain_tx(cx, &mut completed);
-        if completed {
+        if completed > 0 {
             cx.notify_used(TX_QUEUE)?;
         }
         if result? {
@@ -284,6 +270,10 @@ impl NetHandler {
             // Notifications stay off: only the timer can make the frame go sooner.
             return Ok(Pending::NONE);
         }
+        let streaming = completed > 1 || (from_stream_wait && completed > 0);
+        if streaming && self.tx_timer.arm(TX_STREAM_WAIT) {
+            return Ok(Pending::NONE);
+        }
         // Re-check after re-enabling: a frame queued in between would otherwise wait forever.
         Ok(if cx.rearm(TX_QUEUE)? {
             Pending::queue(TX_QUEUE)
@@ -292,12 +282,12 @@ impl NetHandler {
         })
     }
 
-    /// Sends up to a batch of frames with notifications off; returns whether to come back at
-    /// once (a full batch).
+    /// Sends up to a batch of frames with notifications off, counting the chains completed;
+    /// returns whether to come back at once (a full batch).
     fn drain_tx(
         &mut self,
         cx: &mut WorkerContext<'_>,
-        completed: &mut bool,
+        completed: &mut usize,
     ) -> Result<bool, QueueError> {
         let mem = cx.mem;
         let stop = cx.stop_signal();
@@ -327,7 +317,7 @@ impl NetHandler {
             let Some((count, len)) = frame else {
                 metrics.count(Counter::TxMalformed);
                 queue.complete(mem, head, 0)?;
-                *completed = true;
+                *completed += 1;
                 continue;
             };
             let bytes = (len - VNET_HDR_LEN) as u64;
@@ -347,7 +337,7 @@ impl NetHandler {
                 }
             }
             queue.complete(mem, head, 0)?;
-            *completed = true;
+            *completed += 1;
         }
         Ok(true)
     }
@@ -375,9 +365,8 @@ impl DeviceHandler for NetHandler {
                 events.add(limiter.as_raw_fd(), token, EventSet::IN)?;
             }
         }
-        let timer = TimerFd::new()?;
-        events.add(timer.as_raw_fd(), TOKEN_RX_REFILL, EventSet::IN)?;
-        self.rx_refill_timer = Some(timer);
+        self.rx_timer.register(events, TOKEN_RX_REFILL)?;
+        self.tx_timer.register(events, TOKEN_TX_STREAM)?;
         Ok(())
     }
 
@@ -394,7 +383,7 @@ impl DeviceHandler for NetHandler {
             }
             TX_QUEUE => {
                 metrics.count(Counter::TxQueueEvent);
-                self.serve_tx(cx)
+                self.serve_tx(cx, false)
             }
             other => {
                 warn!(
@@ -429,27 +418,22 @@ impl DeviceHandler for NetHandler {
                     on_timer(limiter);
                 }
                 self.shared.metrics.count(Counter::TxLimiterEvent);
-                self.serve_tx(cx)
+                self.serve_tx(cx, false)
             }
             TOKEN_RX_REFILL => {
-                let Some(timer) = self.rx_refill_timer.as_mut() else {
-                    return Ok(Pending::NONE);
-                };
-                // Re-armed since it fired (a spurious wake-up): wait for the new expiry.
-                if timer.is_armed().unwrap_or(false) {
+                if !self.rx_timer.expired() {
                     return Ok(Pending::NONE);
                 }
-                // `clear` zeroes the expiration count, so the fd stops being readable without
-                // a read that could block.
-                if let Err(error) = timer.clear() {
-                    error!(%error, "virtio-net: cannot clear the rx refill timer");
-                }
-                if self.rx_refill != Refill::Waiting {
-                    return Ok(Pending::NONE);
-                }
-                // Notifications were off meanwhile: look at the ring whatever it says.
-                self.rx_refill = Refill::Kick;
+                // Notifications were off meanwhile: look at the ring whatever it says, and ask
+                // for a kick if it is still empty.
+                self.rx_kick_asked = true;
                 self.serve_rx(cx)
+            }
+            TOKEN_TX_STREAM => {
+                if !self.tx_timer.expired() {
+                    return Ok(Pending::NONE);
+                }
+                self.serve_tx(cx, true)
             }
             TOKEN_LIMITER_UPDATE => {
                 let _ = self.shared.limiter_event().read();
