@@ -11,11 +11,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use squib_virtio::GuestMemory;
 use squib_virtio::block::CacheType;
-use squib_virtio::block::backend::{BackendError, BlockBackend, Segment};
+use squib_virtio::block::backend::BackendError;
 use squib_virtio::mmio::reg::STATUS;
-use squib_virtio::testing::{BlockSlot, Buf, GuestDriver, MemDisk};
+use squib_virtio::testing::{
+    BlockSlot, Buf, DiskAccess, DiskHook, GuestDriver, HookedDisk, MemDisk,
+};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
@@ -42,28 +43,33 @@ struct GateState {
     log: Vec<&'static str>,
 }
 
-/// A `MemDisk` whose reads and writes wait at a gate until `release_at` of them are inside at
-/// once (or the test opens it), so they can only all finish if the device overlaps them.
+/// Holds reads and writes until `release_at` of them are inside the disk at once (or the test
+/// opens it), so they can only all finish if the device overlaps them.
 #[derive(Debug)]
-struct GateDisk {
-    disk: MemDisk,
+struct Gate {
     concurrency: usize,
     release_at: usize,
     state: Mutex<GateState>,
     changed: Condvar,
 }
 
-impl GateDisk {
-    fn new(concurrency: usize, release_at: usize) -> Arc<Self> {
-        Arc::new(Self {
-            disk: MemDisk::with_contents(pattern(DISK_SIZE), false),
-            concurrency,
-            release_at,
-            state: Mutex::new(GateState::default()),
-            changed: Condvar::new(),
-        })
-    }
+/// A `MemDisk` behind a [`Gate`].
+type GateDisk = HookedDisk<Gate>;
 
+fn gate_disk(concurrency: usize, release_at: usize) -> Arc<GateDisk> {
+    let gate = Gate {
+        concurrency,
+        release_at,
+        state: Mutex::new(GateState::default()),
+        changed: Condvar::new(),
+    };
+    Arc::new(HookedDisk::new(
+        MemDisk::with_contents(pattern(DISK_SIZE), false),
+        gate,
+    ))
+}
+
+impl Gate {
     fn state(&self) -> MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -92,7 +98,7 @@ impl GateDisk {
     fn gated(
         &self,
         what: &'static str,
-        io: impl FnOnce() -> Result<(), BackendError>,
+        io: &mut dyn FnMut() -> Result<(), BackendError>,
     ) -> Result<(), BackendError> {
         let deadline = Instant::now() + PATIENCE;
         let mut state = self.state();
@@ -122,46 +128,21 @@ impl GateDisk {
     }
 }
 
-impl BlockBackend for GateDisk {
-    fn size(&self) -> u64 {
-        self.disk.size()
-    }
-
-    fn is_read_only(&self) -> bool {
-        false
-    }
-
-    fn read_vectored_at(
+impl DiskHook for Gate {
+    fn around(
         &self,
-        mem: &GuestMemory,
-        segments: &[Segment],
-        offset: u64,
+        access: DiskAccess<'_>,
+        io: &mut dyn FnMut() -> Result<(), BackendError>,
     ) -> Result<(), BackendError> {
-        self.gated("read", || self.disk.read_vectored_at(mem, segments, offset))
-    }
-
-    fn write_vectored_at(
-        &self,
-        mem: &GuestMemory,
-        segments: &[Segment],
-        offset: u64,
-    ) -> Result<(), BackendError> {
-        self.gated("write", || {
-            self.disk.write_vectored_at(mem, segments, offset)
-        })
-    }
-
-    fn flush(&self) -> Result<(), BackendError> {
-        self.state().log.push("flush");
-        self.disk.flush()
-    }
-
-    fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        self.disk.discard(offset, len)
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        self.disk.write_zeroes(offset, len)
+        match access {
+            DiskAccess::Read { .. } => self.gated("read", io),
+            DiskAccess::Write { .. } => self.gated("write", io),
+            DiskAccess::Flush => {
+                self.state().log.push("flush");
+                io()
+            }
+            DiskAccess::Discard { .. } | DiskAccess::WriteZeroes { .. } => io(),
+        }
     }
 
     fn concurrent_io(&self) -> usize {
@@ -185,7 +166,7 @@ fn queue_read(driver: &mut GuestDriver, sector: u64) -> (u16, BlockSlot, GuestAd
 #[test]
 fn reads_overlap_up_to_the_backends_concurrency() {
     const CONCURRENCY: usize = 4;
-    let disk = GateDisk::new(CONCURRENCY, CONCURRENCY);
+    let disk = gate_disk(CONCURRENCY, CONCURRENCY);
     let mut driver = driver_for(disk.clone(), CacheType::Writeback, ALL_RW);
     // Twice the concurrency: the second half can only start once the first has overlapped.
     let reads: Vec<_> = (0..2 * CONCURRENCY as u64)
@@ -197,7 +178,7 @@ fn reads_overlap_up_to_the_backends_concurrency() {
         let used = driver.wait_used().expect("a read never completed");
         done.push(used.head);
     }
-    let state = disk.state();
+    let state = disk.hook().state();
     assert!(!state.timed_out, "reads ran one after the other");
     assert_eq!(
         state.max_active, CONCURRENCY,
@@ -216,7 +197,7 @@ fn reads_overlap_up_to_the_backends_concurrency() {
 #[test]
 fn a_flush_waits_for_the_writes_in_flight() {
     // The gate stays shut until the test opens it: the writes are held in flight.
-    let disk = GateDisk::new(4, usize::MAX);
+    let disk = gate_disk(4, usize::MAX);
     let mut driver = driver_for(disk.clone(), CacheType::Writeback, ALL_RW);
     let payload = vec![0x5a; 4096];
     let mut heads = Vec::new();
@@ -234,40 +215,43 @@ fn a_flush_waits_for_the_writes_in_flight() {
     let flush = BlockSlot::alloc(&mut driver);
     heads.push(flush.submit(&mut driver, VIRTIO_BLK_T_FLUSH, 0, &[]));
     driver.kick();
-    disk.wait_active(2);
+    disk.hook().wait_active(2);
     // Give the worker ample time to (wrongly) run the flush past the held writes.
     thread::sleep(Duration::from_millis(50));
-    assert!(disk.state().log.is_empty(), "the flush overtook the writes");
-    disk.open();
+    assert!(
+        disk.hook().state().log.is_empty(),
+        "the flush overtook the writes"
+    );
+    disk.hook().open();
     for _ in &heads {
         driver.wait_used().expect("a request never completed");
     }
     assert_eq!(flush.status(&driver), OK);
-    assert_eq!(disk.state().log, ["write", "write", "flush"]);
-    assert_eq!(disk.disk.contents()[..4096], payload[..]);
+    assert_eq!(disk.hook().state().log, ["write", "write", "flush"]);
+    assert_eq!(disk.disk().contents()[..4096], payload[..]);
 }
 
 #[test]
 fn a_reset_with_requests_in_flight_waits_for_them_and_the_device_serves_again() {
     const CONCURRENCY: usize = 4;
-    let disk = GateDisk::new(CONCURRENCY, usize::MAX);
+    let disk = gate_disk(CONCURRENCY, usize::MAX);
     let mut driver = driver_for(disk.clone(), CacheType::Writeback, ALL_RW);
     for i in 0..CONCURRENCY as u64 {
         queue_read(&mut driver, i * 8);
     }
     driver.kick();
-    disk.wait_active(CONCURRENCY);
+    disk.hook().wait_active(CONCURRENCY);
     let opener = {
         let disk = disk.clone();
         thread::spawn(move || {
             thread::sleep(Duration::from_millis(100));
-            disk.open();
+            disk.hook().open();
         })
     };
     // The reset returns only once the I/O threads are done with guest memory.
     driver.write_reg(STATUS, 0);
     {
-        let state = disk.state();
+        let state = disk.hook().state();
         assert_eq!(state.active, 0, "an I/O thread outlived the reset");
         assert_eq!(state.finished, CONCURRENCY);
         assert!(!state.timed_out);

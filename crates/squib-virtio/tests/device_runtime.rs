@@ -13,55 +13,34 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use squib_virtio::GuestMemory;
-use squib_virtio::block::backend::{BackendError, BlockBackend, Segment};
+use squib_virtio::block::backend::BackendError;
 use squib_virtio::block::{BlockConfig, BlockDevice, CacheType};
 use squib_virtio::mmio::reg;
-use squib_virtio::testing::{AVAIL_RING, BlockSlot, Buf, GuestDriver, MemDisk, USED_RING};
+use squib_virtio::testing::{
+    AVAIL_RING, BlockSlot, Buf, DiskAccess, DiskHook, GuestDriver, HookedDisk, MemDisk, USED_RING,
+};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
 use vm_memory::{Bytes, GuestAddress};
 
 const STATUS: u64 = reg::STATUS;
 const NEEDS_RESET: u32 = 0x40;
 
-/// A disk whose reads take `delay`: a guest can keep its queue non-empty for as long as it likes.
+/// Reads that take `delay`: a guest can keep its queue non-empty for as long as it likes.
 #[derive(Debug)]
-struct SlowDisk {
-    inner: MemDisk,
+struct SlowReads {
     delay: Duration,
 }
 
-impl BlockBackend for SlowDisk {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn is_read_only(&self) -> bool {
-        false
-    }
-    fn read_vectored_at(
+impl DiskHook for SlowReads {
+    fn around(
         &self,
-        mem: &GuestMemory,
-        segments: &[Segment],
-        offset: u64,
+        access: DiskAccess<'_>,
+        io: &mut dyn FnMut() -> Result<(), BackendError>,
     ) -> Result<(), BackendError> {
-        thread::sleep(self.delay);
-        self.inner.read_vectored_at(mem, segments, offset)
-    }
-    fn write_vectored_at(
-        &self,
-        mem: &GuestMemory,
-        segments: &[Segment],
-        offset: u64,
-    ) -> Result<(), BackendError> {
-        self.inner.write_vectored_at(mem, segments, offset)
-    }
-    fn flush(&self) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        self.inner.discard(offset, len)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        self.inner.write_zeroes(offset, len)
+        if let DiskAccess::Read { .. } = access {
+            thread::sleep(self.delay);
+        }
+        io()
     }
 }
 
@@ -110,10 +89,12 @@ fn refeed(mem: GuestMemory, queue_size: u16, mut avail_idx: u16, stop: Arc<Atomi
 /// A device on a slow disk with 128 reads in flight and a guest thread that keeps re-queueing
 /// them: the ring never runs dry.
 fn busy_guest() -> (GuestDriver, Arc<AtomicBool>, thread::JoinHandle<()>) {
-    let disk = Arc::new(SlowDisk {
-        inner: MemDisk::with_contents(pattern(DISK_SIZE), false),
-        delay: Duration::from_micros(200),
-    });
+    let disk = Arc::new(HookedDisk::new(
+        MemDisk::with_contents(pattern(DISK_SIZE), false),
+        SlowReads {
+            delay: Duration::from_micros(200),
+        },
+    ));
     let mut driver = driver_for(disk, CacheType::Writeback, ALL_RW & !F_EVENT_IDX);
     let queue_size = driver.read_reg(reg::QUEUE_NUM_MAX).min(256) as u16;
     queue_reads(&mut driver, 128);

@@ -16,11 +16,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use squib_virtio::GuestMemory;
-use squib_virtio::block::backend::{BackendError, BlockBackend, Segment, UringTarget};
+use squib_virtio::block::backend::UringTarget;
 use squib_virtio::block::{BlockConfig, BlockDevice, CacheType};
 use squib_virtio::mmio::reg::STATUS;
-use squib_virtio::testing::{BlockSlot, Buf, GuestDriver, MemDisk};
+use squib_virtio::testing::{BlockSlot, Buf, DiskHook, GuestDriver, HookedDisk, MemDisk};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
 };
@@ -31,68 +30,16 @@ const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const SETTLE: Duration = Duration::from_millis(100);
 const READ_LEN: usize = 512;
 
-/// A `MemDisk` whose io_uring file is a pipe: ring reads wait for the test's bytes; anything
-/// off the ring (writes to a pipe's read end fail there, fsync on a pipe too) falls back to the
+/// An io_uring file that is a pipe: ring reads wait for the test's bytes; anything off the
+/// ring (writes to a pipe's read end fail there, fsync on a pipe too) falls back to the
 /// `MemDisk`.
 #[derive(Debug)]
-struct PipeDisk {
-    disk: MemDisk,
+struct PipeRing {
     pipe: File,
     slots: u16,
 }
 
-impl PipeDisk {
-    fn new(slots: u16) -> (Arc<Self>, PipeWriter) {
-        let (reader, writer) = std::io::pipe().expect("pipe");
-        let pipe = File::from(OwnedFd::from(reader));
-        let disk = Arc::new(Self {
-            disk: MemDisk::with_contents(pattern(DISK_SIZE), false),
-            pipe,
-            slots,
-        });
-        (disk, writer)
-    }
-}
-
-impl BlockBackend for PipeDisk {
-    fn size(&self) -> u64 {
-        self.disk.size()
-    }
-
-    fn is_read_only(&self) -> bool {
-        false
-    }
-
-    fn read_vectored_at(
-        &self,
-        mem: &GuestMemory,
-        segments: &[Segment],
-        offset: u64,
-    ) -> Result<(), BackendError> {
-        self.disk.read_vectored_at(mem, segments, offset)
-    }
-
-    fn write_vectored_at(
-        &self,
-        mem: &GuestMemory,
-        segments: &[Segment],
-        offset: u64,
-    ) -> Result<(), BackendError> {
-        self.disk.write_vectored_at(mem, segments, offset)
-    }
-
-    fn flush(&self) -> Result<(), BackendError> {
-        self.disk.flush()
-    }
-
-    fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        self.disk.discard(offset, len)
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        self.disk.write_zeroes(offset, len)
-    }
-
+impl DiskHook for PipeRing {
     fn uring_target(&self) -> Option<UringTarget<'_>> {
         Some(UringTarget {
             file: &self.pipe,
@@ -102,6 +49,17 @@ impl BlockBackend for PipeDisk {
             simulate_unavailable: false,
         })
     }
+}
+
+/// A `MemDisk` whose io_uring file is a pipe, and the pipe's write end.
+fn pipe_disk(slots: u16) -> (Arc<HookedDisk<PipeRing>>, PipeWriter) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let ring = PipeRing {
+        pipe: File::from(OwnedFd::from(reader)),
+        slots,
+    };
+    let disk = MemDisk::with_contents(pattern(DISK_SIZE), false);
+    (Arc::new(HookedDisk::new(disk, ring)), writer)
 }
 
 /// Queues a 512-byte read (not yet published); returns its head, slot and buffer.
@@ -132,7 +90,7 @@ fn feed(pipe: &mut PipeWriter, byte: u8) {
 
 #[test]
 fn reads_in_the_ring_do_not_hold_up_the_worker() {
-    let (disk, mut pipe) = PipeDisk::new(8);
+    let (disk, mut pipe) = pipe_disk(8);
     let mut driver = driver_for(disk, CacheType::Writeback, ALL_RW);
     let reads: Vec<_> = (0..4).map(|i| queue_read(&mut driver, i)).collect();
     let (id_head, id_slot) = queue_get_id(&mut driver);
@@ -166,7 +124,7 @@ fn reads_in_the_ring_do_not_hold_up_the_worker() {
 
 #[test]
 fn a_full_ring_leaves_requests_on_the_avail_ring() {
-    let (disk, mut pipe) = PipeDisk::new(2);
+    let (disk, mut pipe) = pipe_disk(2);
     let mut driver = driver_for(disk, CacheType::Writeback, ALL_RW);
     queue_read(&mut driver, 0);
     queue_read(&mut driver, 1);
@@ -188,7 +146,7 @@ fn a_full_ring_leaves_requests_on_the_avail_ring() {
 
 #[test]
 fn a_flush_waits_for_the_requests_in_the_ring() {
-    let (disk, mut pipe) = PipeDisk::new(8);
+    let (disk, mut pipe) = pipe_disk(8);
     let mut driver = driver_for(disk, CacheType::Writeback, ALL_RW);
     let (read_head, _, _) = queue_read(&mut driver, 0);
     let flush = BlockSlot::alloc(&mut driver);
@@ -208,7 +166,7 @@ fn a_flush_waits_for_the_requests_in_the_ring() {
 
 #[test]
 fn a_reset_with_requests_in_the_ring_cancels_them_and_the_device_serves_again() {
-    let (disk, mut pipe) = PipeDisk::new(8);
+    let (disk, mut pipe) = pipe_disk(8);
     let mut driver = driver_for(disk, CacheType::Writeback, ALL_RW);
     let reads: Vec<_> = (0..3).map(|i| queue_read(&mut driver, i)).collect();
     let (id_head, _) = queue_get_id(&mut driver);
@@ -250,7 +208,7 @@ fn a_reset_with_requests_in_the_ring_cancels_them_and_the_device_serves_again() 
 /// new disk off the ring (from its `MemDisk`, at once) and keep the old file open.
 #[test]
 fn a_swapped_backend_gets_a_ring_of_its_own_and_the_old_file_is_closed() {
-    let (old, mut old_pipe) = PipeDisk::new(8);
+    let (old, mut old_pipe) = pipe_disk(8);
     let device = BlockDevice::new(old, BlockConfig::new(DRIVE_ID, CacheType::Writeback)).unwrap();
     let handle = device.handle();
     let mut driver = GuestDriver::activated(Box::new(device), GUEST_MEM, ALL_RW);
@@ -260,7 +218,7 @@ fn a_swapped_backend_gets_a_ring_of_its_own_and_the_old_file_is_closed() {
     assert_eq!(driver.wait_used().expect("read on the old disk").head, head);
     assert_eq!(driver.read_bytes(data, READ_LEN), [0x11; READ_LEN]);
 
-    let (new, mut new_pipe) = PipeDisk::new(8);
+    let (new, mut new_pipe) = pipe_disk(8);
     handle.swap_backend(new).unwrap();
     let (head, slot, data) = queue_read(&mut driver, 1);
     driver.kick();

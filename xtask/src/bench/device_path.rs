@@ -12,7 +12,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use squib_host::uring_baseline::{BLOCK, BareRing};
 
 use super::Context;
 use super::level::{Better, Figure, Level, Verdict};
@@ -173,6 +175,26 @@ fn measure(ctx: &Context) -> Result<Level, String> {
             figures.push(figure);
         }
         figures.extend(qemu_figures);
+        // One limit per depth and cache mode: the poll and irq workloads share it.
+        if workload.completion == Completion::Poll {
+            let limit = host_limit(ctx, &disk, *workload, runs)?;
+            figures.extend(
+                Figure::of(
+                    format!("device.host-ring.{}.iops", workload.key()),
+                    format!(
+                        "host io_uring loop, no VM (the disk's limit), QD{} 4 KiB random reads, {}",
+                        workload.qd,
+                        if workload.direct {
+                            "O_DIRECT"
+                        } else {
+                            "page cache"
+                        }
+                    ),
+                    "IOPS",
+                )
+                .samples(&limit, Better::Higher),
+            );
+        }
     }
 
     let exits = if ctx.quick {
@@ -209,6 +231,9 @@ fn measure(ctx: &Context) -> Result<Level, String> {
     if !shortfalls.is_empty() {
         notes.insert(0, format!("Below the goal: {}.", shortfalls.join("; ")));
     }
+    if let Some(note) = limit_note(&figures, &workloads) {
+        notes.insert(0, note);
+    }
     if let Some(note) = exit_share_note(&figures) {
         notes.insert(0, note);
     }
@@ -230,6 +255,49 @@ fn ratios(figures: &[Figure]) -> impl Iterator<Item = f64> + '_ {
 
 fn ratio_range(figures: &[Figure]) -> (f64, f64) {
     ratios(figures).fold((f64::INFINITY, 0.0), |(lo, hi), r| (lo.min(r), hi.max(r)))
+}
+
+/// How close each VMM came to the host's own limit, and whether the goal fits under it: where
+/// 1.5× QEMU is above what the disk does without a VM, no VMM can meet the goal there.
+fn limit_note(figures: &[Figure], workloads: &[Workload]) -> Option<String> {
+    let median = |id: String| figures.iter().find(|f| f.id == id).map(|f| f.value.median);
+    let mut rows = Vec::new();
+    for workload in workloads {
+        let limit_key = Workload {
+            completion: Completion::Poll,
+            ..*workload
+        }
+        .key();
+        let Some(limit) = median(format!("device.host-ring.{limit_key}.iops")) else {
+            continue;
+        };
+        let key = workload.key();
+        let squib = median(format!("device.squib-async.{key}.iops"));
+        let qemu = [Aio::IoUring, Aio::Threads]
+            .into_iter()
+            .filter_map(|aio| median(format!("device.{}.{key}.iops", Vmm::Qemu(aio).key())))
+            .reduce(f64::max);
+        let (Some(squib), Some(qemu)) = (squib, qemu) else {
+            continue;
+        };
+        rows.push(format!(
+            "| {} | {:.0}% | {:.0}% | {:.2}× |",
+            workload.label(),
+            100.0 * squib / limit,
+            100.0 * qemu / limit,
+            1.5 * qemu / limit
+        ));
+    }
+    (!rows.is_empty()).then(|| {
+        format!(
+            "The host's limit: each VMM's IOPS as a share of a bare io_uring loop on the same \
+             file with no VM (same depth and cache mode), and what the goal (1.5× QEMU's best) \
+             would be as a multiple of that limit — above 1.00× the goal cannot be met by any \
+             VMM on this disk:\n\n| workload | squib (io_uring) | QEMU (best) | 1.5× QEMU / limit \
+             |\n|---|---:|---:|---:|\n{}",
+            rows.join("\n")
+        )
+    })
 }
 
 /// Under PVM, how much of squib's time per request its exits to the VMM account for.
@@ -315,6 +383,49 @@ fn iops(
     (0..runs)
         .map(|_| one_run(ctx, vmm, workload, disk, ops))
         .collect()
+}
+
+/// What the host itself reaches on the guest's workload: a bare io_uring loop
+/// (`squib_host::uring_baseline`) doing 4 KiB reads at random block offsets of the same file, at
+/// the same depth and cache mode, with no VM. No VMM can beat it, so it says how much of a
+/// ratio against QEMU is there to be won.
+fn host_limit(
+    ctx: &Context,
+    disk: &Path,
+    workload: Workload,
+    runs: usize,
+) -> Result<Vec<f64>, String> {
+    const O_DIRECT: i32 = 0o40000; // x86_64
+    let fail = |e: std::io::Error| format!("host io_uring loop on {}: {e}", disk.display());
+    let mut options = OpenOptions::new();
+    options.read(true);
+    if workload.direct {
+        options.custom_flags(O_DIRECT);
+    }
+    let file = options.open(disk).map_err(fail)?;
+    let mut ring = BareRing::new(&file, workload.qd as usize).map_err(fail)?;
+    let blocks = DISK_BYTES / BLOCK as u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next_offset = move || {
+        // xorshift64: cheap, and the same sequence every run.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % blocks * BLOCK as u64
+    };
+    let mut timed = |ops: u64| -> Result<f64, String> {
+        let start = Instant::now();
+        ring.run(ops, false, &mut next_offset).map_err(fail)?;
+        Ok(ops as f64 / start.elapsed().as_secs_f64())
+    };
+    let calibration = timed(CALIBRATION_OPS)?;
+    let seconds = if ctx.quick {
+        QUICK_RUN_SECONDS
+    } else {
+        RUN_SECONDS
+    };
+    let ops = ((calibration * seconds) as u64).clamp(CALIBRATION_OPS, 50_000_000);
+    (0..runs).map(|_| timed(ops)).collect()
 }
 
 /// Boots the guest in bench mode for `ops` reads; returns IOPS timed by the host.
@@ -515,7 +626,9 @@ fn method_note(runs: usize) -> String {
          figure is the median of {runs} runs. squib runs the release binary with `--disk \
          PATH,engine=sync|async|threads[,direct]`; QEMU runs `-M microvm,acpi=off` with `-drive \
          aio=io_uring|threads,cache=writeback|none` and `virtio-blk-device` on the same file; \
-         squib's ratio is taken against the faster QEMU back end for the same workload. \
+         squib's ratio is taken against the faster QEMU back end for the same workload. The host's \
+         limit is a bare io_uring loop (`squib_host::uring_baseline`, no VM) doing the same reads \
+         at the same depth and cache mode on the same file, timed the same way. \
          \"page cache\" rows read a file the host has cached; O_DIRECT rows bypass it (squib \
          `direct`, QEMU `cache=none`)."
     )

@@ -201,6 +201,15 @@ impl Executor {
         }
     }
 
+    /// Whether each request should start as soon as it is submitted rather than with the
+    /// drain's batch: see [`RingExecutor::starts_each_request`]. The pool's threads always do.
+    pub(crate) fn starts_each_request(&self) -> bool {
+        match self {
+            Self::Pool(_) => false,
+            Self::Ring(ring) => ring.starts_each_request(),
+        }
+    }
+
     /// Waits until every request in flight is done, passing each completion to `complete`.
     pub(crate) fn wait_all<E>(
         &mut self,

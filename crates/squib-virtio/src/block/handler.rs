@@ -312,6 +312,11 @@ impl BlockHandler {
             let slot = match (slot, self.pool.as_mut()) {
                 (Some(slot), Some(pool)) if pool.accepts(kind) => {
                     match pool.submit(slot, request, &self.backend, self.capacity) {
+                        Ok(()) if pool.starts_each_request() => {
+                            pool.commit();
+                            self.reap(queue, mem)?;
+                            continue;
+                        }
                         Ok(()) => continue,
                         // The thread is gone, or the ring cannot take this request as it is:
                         // execute it here rather than lose it.

@@ -7,6 +7,7 @@
 
 mod block;
 mod driver;
+mod hooked_disk;
 mod mem_disk;
 mod net;
 mod vsock;
@@ -15,6 +16,7 @@ pub use block::{BlockSlot, STATUS_UNTOUCHED, range_bytes};
 pub use driver::{
     AVAIL_RING, Buf, DESC_TABLE, GuestDriver, HEAP_START, MAX_QUEUES, QUEUE_STRIDE, USED_RING, Used,
 };
+pub use hooked_disk::{DiskAccess, DiskHook, HookedDisk};
 pub use mem_disk::MemDisk;
 pub use net::{FAKE_TAP_QUEUE, FakeTap};
 pub use vsock::{HDR_LEN as VSOCK_HDR_LEN, RING_SIZE, RX_BUF_LEN, VsockGuest, VsockHdr, vsock_op};

@@ -165,6 +165,18 @@ impl RingExecutor {
         }
     }
 
+    /// Whether to start each request at once instead of with the drain's batch. A page-cached
+    /// read completes inside the `io_uring_enter` that submits it, so starting it at once
+    /// publishes it at once, as the inline engine would: a driver waiting on the used ring
+    /// then sees completions while the worker is still popping, and keeps submitting. Held for
+    /// the whole batch, every completion arrived only after the last pop, and an
+    /// interrupt-driven driver had gone to sleep by then: at QD 32 each batch cost it an
+    /// interrupt (≈ 3× fewer IOPS than the inline engine here). Cache-bypassing requests go
+    /// to the disk, where one system call per batch is what pays.
+    pub(crate) fn starts_each_request(&self) -> bool {
+        self.direct.is_none()
+    }
+
     /// Hands the requests queued since the last call to the kernel.
     pub(crate) fn commit(&mut self) {
         if let Err(error) = self.ring.submit() {
