@@ -246,8 +246,9 @@ impl NetHandler {
     /// went from 79.8 µs (1.69× QEMU's) with the adaptive spin to 45–48 µs (0.71–0.93×) without
     /// it. The stream wait costs no CPU, and a request-response exchange (one frame per kick)
     /// never enters it. Without it a driver that sends as fast as it can, but slower than the
-    /// worker drains, kicks for nearly every frame (1.2 frames per wake-up measured, host →
-    /// guest bench on the loaded machine): a VM exit and an epoll wake-up per frame.
+    /// worker drains, can kick for nearly every frame (1.2 frames per wake-up measured once in
+    /// the guest → host bench on the loaded machine): a VM exit and an epoll wake-up per frame.
+    /// docs/perf/net-2026-12-04.md has the before/after runs.
     fn serve_tx(
         &mut self,
         cx: &mut WorkerContext<'_>,
