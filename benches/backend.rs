@@ -259,6 +259,15 @@ fn engine_run(
     ring.submit().unwrap();
 }
 
+/// Before a timed batch of writes: writes back what earlier batches dirtied, outside the timed
+/// region. Otherwise whichever contender runs later inherits the others' dirty pages and pays
+/// their writeback throttling (the ring rows always ran after the bare loop).
+fn settle(file: &File, op: Op) {
+    if op == Op::Write {
+        file.sync_data().unwrap();
+    }
+}
+
 /// squib's ring and the bare loop at each queue depth, with `pread`/`pwrite` on as many threads.
 fn bench_rings(c: &mut Criterion, setup: &Setup, mode: &'static str, file: &File, direct: bool) {
     for op in [Op::Read, Op::Write] {
@@ -270,6 +279,7 @@ fn bench_rings(c: &mut Criterion, setup: &Setup, mode: &'static str, file: &File
             let mut bare = BareRing::new(file, depth).unwrap();
             group.bench_with_input(BenchmarkId::new("ring-baseline", depth), &depth, |b, _| {
                 b.iter_custom(|iters| {
+                    settle(file, op);
                     let start = Instant::now();
                     bare.run(iters, op == Op::Write, || {
                         next = (next + 1) % OFFSETS;
@@ -291,6 +301,7 @@ fn bench_rings(c: &mut Criterion, setup: &Setup, mode: &'static str, file: &File
             let mut ring = BlockRing::new(file, &setup.mem, config).unwrap();
             group.bench_with_input(BenchmarkId::new("ring-engine", depth), &depth, |b, _| {
                 b.iter_custom(|iters| {
+                    settle(file, op);
                     let start = Instant::now();
                     engine_run(&mut ring, depth, op, iters, || {
                         next = (next + 1) % OFFSETS;
@@ -309,6 +320,7 @@ fn bench_rings(c: &mut Criterion, setup: &Setup, mode: &'static str, file: &File
         for depth in DEPTHS {
             group.bench_with_input(BenchmarkId::new("pread", depth), &depth, |b, &n| {
                 b.iter_custom(|iters| {
+                    settle(file, op);
                     let time = setup.timed(&raw, op, n, iters);
                     setup.record_ring((mode, op, n, "pread"), iters, time);
                     time

@@ -16,6 +16,7 @@ mod device_path;
 mod level;
 mod machine;
 mod mmio_profile;
+pub(crate) mod net_peer;
 mod network;
 mod report;
 mod snapshot;
@@ -118,10 +119,14 @@ impl Context {
         })
     }
 
-    /// The release `squib` binary users get, built on first use.
+    /// The release `squib` binary users get, built on first use; `SQUIB_BENCH_SQUIB=<binary>`
+    /// runs the suite with another build instead (A/B runs of two versions in one session).
     pub fn squib(&self) -> Result<&Path, String> {
         self.squib
             .get_or_init(|| {
+                if let Some(path) = std::env::var_os("SQUIB_BENCH_SQUIB") {
+                    return Ok(PathBuf::from(path));
+                }
                 setup::run(
                     &self.cargo,
                     &[

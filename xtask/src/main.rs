@@ -25,7 +25,8 @@ tasks:
   bench          run the benchmark suite and write a report to docs/perf/
   snapshot-merge BASE DIFF   apply a Diff snapshot's memory file onto its base's, in place
   snapshot-uffd-handler SOCKET MEM_FILE   example page-fault handler for Uffd snapshot loads
-  fuzz           run the cargo-fuzz targets (nightly): --smoke, --seconds N, [TARGET...]";
+  fuzz           run the cargo-fuzz targets (nightly): --smoke, --seconds N, [TARGET...]
+  net-peer       level 6's sender and sink, run by the bench inside its network namespace";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         "snapshot-merge" => snapshot::merge(rest),
         "snapshot-uffd-handler" => snapshot::uffd_handler(rest),
         "fuzz" => fuzz::run(rest),
+        "net-peer" => bench::net_peer::run(rest),
         other => Err(format!("unknown task `{other}`\n{USAGE}")),
     };
     match result {

@@ -467,6 +467,11 @@ impl BlockRing {
         })
     }
 
+    /// How many requests are queued and not yet handed to the kernel.
+    pub fn queued(&self) -> usize {
+        self.unsubmitted
+    }
+
     /// Hands every queued request to the kernel (one `io_uring_enter`); does not wait.
     ///
     /// # Errors

@@ -10,6 +10,7 @@
 use std::mem::size_of;
 use std::sync::atomic::Ordering;
 
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -466,11 +467,24 @@ impl VirtQueue {
             .map_err(QueueError::Broken)
     }
 
-    /// Whether the chains completed since the last call warrant an interrupt (always true
-    /// without EVENT_IDX; with it, per the driver's `used_event`).
+    /// Whether the chains completed since the last call warrant an interrupt: with EVENT_IDX,
+    /// per the driver's `used_event`; without it, unless the driver set
+    /// VRING_AVAIL_F_NO_INTERRUPT (virtio 1.2 §2.7.7.2: the device SHOULD NOT interrupt then;
+    /// `virtio-queue` ignores the flag). A polling driver sets it, and an interrupt per batch
+    /// would only cost it an exit.
     pub fn needs_notification(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
-        self.queue
+        // Also resets the EVENT_IDX bookkeeping, and fences the used-ring writes before the
+        // flag is read.
+        let needed = self
+            .queue
             .needs_notification(mem)
-            .map_err(QueueError::Broken)
+            .map_err(QueueError::Broken)?;
+        if !needed || self.queue.event_idx_enabled() {
+            return Ok(needed);
+        }
+        let flags: u16 = mem
+            .load(GuestAddress(self.queue.avail_ring()), Ordering::Acquire)
+            .map_err(|e| QueueError::Broken(virtio_queue::Error::GuestMemory(e)))?;
+        Ok(u32::from(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0)
     }
 }

@@ -201,6 +201,32 @@ fn requests_raise_used_buffer_interrupts_that_the_driver_acknowledges() {
 }
 
 #[test]
+fn no_interrupt_flag_suppresses_interrupts_without_event_idx() {
+    let Rig { mut driver, .. } = rig_with(
+        Arc::new(MemDisk::new(DISK_SIZE)),
+        CacheType::Writeback,
+        ALL_RW & !F_EVENT_IDX,
+    );
+    // A polling driver (virtio 1.2 §2.7.7.2: the device SHOULD NOT interrupt).
+    driver.set_avail_flags(1);
+    for _ in 0..3 {
+        assert!(read_sector0(&mut driver).is_some());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(
+        driver.interrupts(),
+        0,
+        "interrupted a driver that set NO_INTERRUPT"
+    );
+    assert_eq!(driver.read_reg(0x060), 0);
+    // Cleared again: the next completion interrupts.
+    driver.set_avail_flags(0);
+    assert!(read_sector0(&mut driver).is_some());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(driver.interrupts() >= 1);
+}
+
+#[test]
 fn event_idx_suppresses_interrupts_until_used_event_is_reached() {
     let mut rig = rig();
     let d = &mut rig.driver;

@@ -168,6 +168,113 @@ fn frames_that_arrive_before_buffers_wait_and_arrive_in_order() {
     assert_eq!(handle.metrics().rx_fails, 0);
 }
 
+/// Out of rx buffers with frames waiting, the device looks at the ring again after a short wait
+/// with notifications still off — a driver that recycles one buffer at a time then needs no kick
+/// per buffer — and asks for a kick only if the wait found nothing.
+#[test]
+fn rx_out_of_buffers_looks_again_before_asking_for_a_kick() {
+    const NO_NOTIFY: u16 = 1;
+    let tap = Arc::new(FakeTap::new());
+    let dev = NetDevice::new(tap.clone(), NetConfig::default()).unwrap();
+    let handle = dev.handle();
+    let mut d = GuestDriver::inline(Box::new(dev), MEM);
+    assert!(d.negotiate(VERSION_1));
+    for queue in [RX, TX] {
+        d.select_queue(queue);
+        d.setup_queue(64);
+    }
+    d.set_status_bit(0x04);
+    for i in 0..3u8 {
+        assert!(tap.inject(&frame(100, i)));
+    }
+    post_rx(&mut d, 2048);
+    d.run_device();
+    assert_eq!(d.used_idx(), 1);
+    assert_eq!(handle.metrics().no_rx_avail_buffer, 1);
+    assert_eq!(
+        d.used_flags() & NO_NOTIFY,
+        NO_NOTIFY,
+        "asked for a kick at once"
+    );
+    // A buffer recycled during the wait, published without a notification: the wait finds it.
+    d.select_queue(RX);
+    let addr = d.alloc(2048);
+    d.add_chain([Buf::writable(addr, 2048)]);
+    let _ = d.publish();
+    std::thread::sleep(Duration::from_millis(5));
+    d.run_device();
+    assert_eq!(d.used_idx(), 2, "the refill wait did not look at the ring");
+    assert_eq!(
+        d.read_bytes(GuestAddress(addr.0 + HDR as u64), 100),
+        frame(100, 1)
+    );
+    // Nothing recycled this time: after the wait the device asks for a kick, and gets the frame
+    // in the buffer that kick announces.
+    std::thread::sleep(Duration::from_millis(5));
+    d.run_device();
+    assert_eq!(d.used_flags() & NO_NOTIFY, 0, "never asked for a kick");
+    post_rx(&mut d, 2048);
+    d.run_device();
+    assert_eq!(d.used_idx(), 3);
+    assert_eq!(tap.pending(), 0);
+    assert_eq!(handle.metrics().rx_fails, 0);
+}
+
+/// A driver whose kick brought more than one frame is streaming: tx keeps notifications off and
+/// looks at the ring again after a short wait (frames published meanwhile go without a kick)
+/// until a wait finds nothing; one frame per kick (request-response) re-enables them at once.
+#[test]
+fn tx_streams_without_kicks_and_single_frames_keep_them() {
+    const NO_NOTIFY: u16 = 1;
+    let tap = Arc::new(FakeTap::new());
+    let dev = NetDevice::new(tap.clone(), NetConfig::default()).unwrap();
+    let mut d = GuestDriver::inline(Box::new(dev), MEM);
+    assert!(d.negotiate(VERSION_1));
+    for queue in [RX, TX] {
+        d.select_queue(queue);
+        d.setup_queue(64);
+    }
+    d.set_status_bit(0x04);
+    let queue_frame = |d: &mut GuestDriver, seed: u8| {
+        d.select_queue(TX);
+        let buf = d.alloc((HDR + 100) as u32);
+        d.write_bytes(GuestAddress(buf.0 + HDR as u64), &frame(100, seed));
+        d.add_chain([Buf::readable(buf, (HDR + 100) as u32)]);
+    };
+    // Request-response: one frame, one kick, notifications back on.
+    queue_frame(&mut d, 0);
+    d.kick();
+    assert_eq!(tap.take_sent().len(), 1);
+    assert_eq!(
+        d.used_flags() & NO_NOTIFY,
+        0,
+        "one frame per kick must keep kicks"
+    );
+    // Streaming: two frames on one kick.
+    queue_frame(&mut d, 1);
+    queue_frame(&mut d, 2);
+    d.kick();
+    assert_eq!(tap.take_sent().len(), 2);
+    assert_eq!(
+        d.used_flags() & NO_NOTIFY,
+        NO_NOTIFY,
+        "a stream asked for kicks"
+    );
+    // The next frame is published without a kick: the wait sends it.
+    queue_frame(&mut d, 3);
+    let _ = d.publish();
+    std::thread::sleep(Duration::from_millis(5));
+    d.run_device();
+    let sent = tap.take_sent();
+    assert_eq!(sent.len(), 1, "the stream wait did not send the frame");
+    assert_eq!(sent[0][HDR..], frame(100, 3));
+    assert_eq!(d.used_idx(), 4);
+    // A wait that finds nothing ends the stream.
+    std::thread::sleep(Duration::from_millis(5));
+    d.run_device();
+    assert_eq!(d.used_flags() & NO_NOTIFY, 0, "the stream never ended");
+}
+
 #[test]
 fn a_frame_too_large_for_the_posted_buffer_is_dropped_and_counted() {
     let (mut d, tap, handle, _) = device(NetConfig::default());

@@ -3,8 +3,9 @@
 //! back end) booting the same test guest, in the same run.
 //!
 //! Everything runs in a network namespace of its own (`squibnet-bench-<pid>`, deleted at the
-//! end) holding the TAP, a UDP echo server and, for host→guest runs, a sender that keeps the TAP
-//! fed; no traffic leaves it. Times come from the host's clock on the guest's `BENCH start` and
+//! end) holding the TAP, a UDP echo server, a sink socket for guest→host runs and, for
+//! host→guest runs, a sender that keeps the TAP fed (the last two are `cargo xtask net-peer`,
+//! see `net_peer.rs` for why they are what they are); no traffic leaves it. Times come from the host's clock on the guest's `BENCH start` and
 //! `BENCH done` serial lines, as for level 3.
 
 use std::io::{BufRead, BufReader};
@@ -24,6 +25,8 @@ const HOST_IP: &str = "10.0.0.1";
 const GUEST_IP: &str = "10.0.0.2";
 const GUEST_MAC: &str = "06:00:0a:00:00:02";
 const ECHO_PORT: u16 = 7777;
+/// Where guest → host datagrams go: the guest's default sink port (`guest.net` without one).
+const SINK_PORT: u16 = 9;
 /// The guest's UDP port (`net_checks::GUEST_PORT`).
 const GUEST_PORT: u16 = 40_000;
 /// An MTU-sized frame: what each throughput datagram puts on the wire.
@@ -39,21 +42,6 @@ print("ready", flush=True)
 while True:
     d, a = e.recvfrom(65536)
     e.sendto(d, a)
-"#;
-
-/// Keeps sending MTU-sized datagrams to the guest (drops in a full TAP queue are expected).
-const SENDER: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-payload = bytes(1472)
-to = (sys.argv[1], int(sys.argv[2]))
-print("ready", flush=True)
-while True:
-    try:
-        s.sendto(payload, to)
-    except OSError:
-        pass
 "#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,22 +146,52 @@ impl Netns {
 
     /// Starts a Python helper in the namespace and waits for its `ready` line.
     fn python(&mut self, script: &str, args: &[&str]) -> Result<usize, String> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, "python3", "-c", script])
-            .args(args)
+        let mut command = Command::new("python3");
+        command.args(["-c", script]).args(args);
+        self.helper(command)
+    }
+
+    /// Starts `cargo xtask net-peer <args>` (this binary) in the namespace.
+    fn peer(&mut self, args: &[&str]) -> Result<usize, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("xtask's own path: {e}"))?;
+        let mut command = Command::new(exe);
+        command.arg("net-peer").args(args);
+        self.helper(command)
+    }
+
+    /// Starts `command` in the namespace and waits for its `ready` line.
+    fn helper(&mut self, command: Command) -> Result<usize, String> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = self
+            .wrap(&command)
             .stdout(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("python3: {e}"))?;
+            .map_err(|e| format!("{program}: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         self.children.push(child);
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
-            .map_err(|e| format!("python3: {e}"))?;
+            .map_err(|e| format!("{program}: {e}"))?;
         if line.trim() != "ready" {
             return Err(format!("a helper in the namespace did not start: {line:?}"));
         }
         Ok(self.children.len() - 1)
+    }
+
+    /// The TAP's `tx_packets` and `tx_dropped` (towards the guest), read inside the namespace.
+    fn tap_tx_counters(&self) -> Option<(u64, u64)> {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.name, "cat"])
+            .args([
+                "/sys/class/net/tap0/statistics/tx_packets",
+                "/sys/class/net/tap0/statistics/tx_dropped",
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8(output.stdout).ok()?;
+        let mut numbers = text.lines().map(|l| l.trim().parse::<u64>().ok());
+        Some((numbers.next()??, numbers.next()??))
     }
 
     fn stop(&mut self, index: usize) {
@@ -252,6 +270,7 @@ fn measure(ctx: &Context) -> Result<Level, String> {
     let runs = if ctx.quick { 1 } else { 3 };
     let mut ns = Netns::create()?;
     ns.python(ECHO, &[HOST_IP, &ECHO_PORT.to_string()])?;
+    ns.peer(&["sink", HOST_IP, &SINK_PORT.to_string()])?;
 
     let mut figures = Vec::new();
     let mut ok = true;
@@ -260,8 +279,25 @@ fn measure(ctx: &Context) -> Result<Level, String> {
         let mut per_vmm: Vec<Figure> = Vec::new();
         for &vmm in &vmms {
             let mut samples = Vec::new();
+            let mut drops = Vec::new();
             for _ in 0..runs {
-                samples.push(one_run(ctx, &mut ns, vmm, workload)?);
+                let (sample, dropped) = one_run(ctx, &mut ns, vmm, workload)?;
+                samples.push(sample);
+                drops.extend(dropped);
+            }
+            if !drops.is_empty() {
+                let percents: Vec<String> = drops.iter().map(|d| format!("{d:.0} %")).collect();
+                notes.push(format!(
+                    "{}, {}: the full TAP dropped {} of the frames the sender offered during \
+                     each run (near 0 would mean the sender, not the device path, set the rate).",
+                    if vmm.is_squib() {
+                        "squib"
+                    } else {
+                        "QEMU microvm"
+                    },
+                    workload.label(),
+                    percents.join(", ")
+                ));
             }
             let (unit, better) = match workload {
                 Workload::RoundTrip => ("µs", Better::Lower),
@@ -308,10 +344,14 @@ fn measure(ctx: &Context) -> Result<Level, String> {
         "Each figure is the median of {runs} boot(s). Round trip = the time between the guest's \
          BENCH lines / datagrams, one 64-byte datagram in flight to a Python echo server in the \
          namespace (its own latency is in both VMMs' figures). Throughput counts 1514-byte \
-         frames: guest → host datagrams go to a closed port (the kernel drops them after the \
-         TAP); host → guest datagrams come from a Python sender that keeps the TAP full, \
-         counted by the guest from its first one. The guest accepts neither MRG_RXBUF nor \
-         offloads and polls its rings."
+         frames: guest → host datagrams go to port {SINK_PORT} of a socket that is never read \
+         (the kernel drops them once its buffer is full: no ICMP port-unreachable attempt per \
+         datagram, as a closed port made); host → guest datagrams come from `cargo xtask \
+         net-peer send`, which keeps the TAP's queue full and backs off (50 µs to 1 ms) whenever \
+         the TAP dropped (a Python sendto loop spent a core on datagrams the full TAP dropped, \
+         CPU the VMM then lacked on two cores); the guest counts from the first one. The \
+         guest accepts neither MRG_RXBUF nor offloads, sets VRING_AVAIL_F_NO_INTERRUPT and \
+         polls its rings."
     ));
     let verdict = if qemu.is_some() {
         Verdict::Unavailable("no QEMU figures to compare with".into())
@@ -330,22 +370,38 @@ fn measure(ctx: &Context) -> Result<Level, String> {
     })
 }
 
-/// One boot of the guest in `workload`'s bench mode; returns µs per round trip or Mbit/s.
-fn one_run(ctx: &Context, ns: &mut Netns, vmm: Vmm, workload: Workload) -> Result<f64, String> {
+/// One boot of the guest in `workload`'s bench mode; returns µs per round trip or Mbit/s, and
+/// for host → guest the percentage of offered frames the full TAP dropped between the BENCH lines.
+fn one_run(
+    ctx: &Context,
+    ns: &mut Netns,
+    vmm: Vmm,
+    workload: Workload,
+) -> Result<(f64, Option<f64>), String> {
     let ops = workload.ops(ctx.quick);
     let cmdline = format!(
         "console=ttyS0 guest.bench={} guest.ops={ops} guest.net={GUEST_IP},{HOST_IP},{ECHO_PORT}",
         workload.key()
     );
     let sender = match workload {
-        Workload::HostToGuest => Some(ns.python(SENDER, &[GUEST_IP, &GUEST_PORT.to_string()])?),
+        Workload::HostToGuest => {
+            Some(ns.peer(&["send", GUEST_IP, &GUEST_PORT.to_string(), "tap0"])?)
+        }
         _ => None,
     };
     let command = vm_command(ctx, vmm, &cmdline)?;
     let result = (|| {
         let mut vm = Vm::spawn(ns.wrap(&command))?;
         let (start, _) = vm.wait_for_marker("BENCH start", Duration::from_secs(60))?;
+        let before = sender.and_then(|_| ns.tap_tx_counters());
         let (done, _) = vm.wait_for_marker("BENCH done", Duration::from_secs(300))?;
+        let after = sender.and_then(|_| ns.tap_tx_counters());
+        let dropped = before
+            .zip(after)
+            .and_then(|((sent0, drop0), (sent1, drop1))| {
+                let (sent, dropped) = (sent1.saturating_sub(sent0), drop1.saturating_sub(drop0));
+                (sent + dropped > 0).then(|| dropped as f64 * 100.0 / (sent + dropped) as f64)
+            });
         let (_, status) = vm.wait_exit(Duration::from_secs(30))?;
         if !vmm.clean_exit(status) {
             return Err(format!(
@@ -355,10 +411,11 @@ fn one_run(ctx: &Context, ns: &mut Netns, vmm: Vmm, workload: Workload) -> Resul
             ));
         }
         let seconds = (done - start).as_secs_f64();
-        Ok(match workload {
+        let value = match workload {
             Workload::RoundTrip => seconds / ops as f64 * 1e6,
             _ => ops as f64 * FRAME_BYTES * 8.0 / seconds / 1e6,
-        })
+        };
+        Ok((value, dropped))
     })();
     if let Some(index) = sender {
         ns.stop(index);

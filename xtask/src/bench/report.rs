@@ -86,6 +86,10 @@ pub fn level_table(level: &Level) -> String {
         level.goal,
         verdict_text(&level.verdict).replace("**", "")
     );
+    // The report has them too; a `--no-report` run would otherwise lose them.
+    for note in &level.notes {
+        let _ = write!(text, "\n  note: {note}");
+    }
     text
 }
 

@@ -201,12 +201,12 @@ impl Executor {
         }
     }
 
-    /// Whether each request should start as soon as it is submitted rather than with the
-    /// drain's batch: see [`RingExecutor::starts_each_request`]. The pool's threads always do.
-    pub(crate) fn starts_each_request(&self) -> bool {
+    /// Whether the requests submitted so far should start now, before the drain ends (see
+    /// [`RingExecutor::batch_full`]); the pool's threads start each at once.
+    pub(crate) fn batch_full(&self) -> bool {
         match self {
             Self::Pool(_) => false,
-            Self::Ring(ring) => ring.starts_each_request(),
+            Self::Ring(ring) => ring.batch_full(),
         }
     }
 

@@ -312,7 +312,7 @@ impl BlockHandler {
             let slot = match (slot, self.pool.as_mut()) {
                 (Some(slot), Some(pool)) if pool.accepts(kind) => {
                     match pool.submit(slot, request, &self.backend, self.capacity) {
-                        Ok(()) if pool.starts_each_request() => {
+                        Ok(()) if pool.batch_full() => {
                             pool.commit();
                             self.reap(queue, mem)?;
                             continue;

@@ -4,9 +4,13 @@
 //! Rx is driven by the backend's descriptor (edge-triggered): on each event the handler reads
 //! frames until the backend is empty, the driver has posted no buffers, or the rx limiter
 //! refuses. Without buffers it stops reading — the frames wait in the TAP's kernel queue, which
-//! is bounded and drops (and counts, in the kernel) only when full — enables rx notifications,
-//! and resumes on the driver's kick. A frame larger than the buffers the driver posted, or
-//! shorter than a header, is dropped and counted, never written partially.
+//! is bounded and drops (and counts, in the kernel) only when full — and looks again after
+//! [`RX_REFILL_WAIT`] with rx notifications still off; only if the driver has posted nothing by
+//! then does it enable them and wait for the kick. A driver that recycles its buffers one at a
+//! time while the TAP stays full would otherwise kick for every buffer (an exit each) and get one
+//! frame per kick; after the wait the device finds the buffers it recycled meanwhile and fills
+//! them in one pass. A frame larger than the buffers the driver posted, or shorter than a
+//! header, is dropped and counted, never written partially.
 //!
 //! Rx follows virtio 1.2 §5.1.6.3/§5.1.6.4: without MRG_RXBUF a frame goes into one chain, which
 //! needs only header + 1514 bytes when no guest offload was negotiated (so a 1526-byte buffer
@@ -25,6 +29,8 @@ use std::sync::Arc;
 
 use squib_host::guest_io::IOVECS_PER_CALL;
 use squib_host::guest_memory::empty_slice;
+use std::time::Duration;
+
 use tracing::{debug, error, warn};
 use vm_memory::{Bytes, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
@@ -32,6 +38,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::handle::{Limiters, Shared};
 use super::header::{MAX_OFFLOAD_FRAME, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
 use super::metrics::Counter;
+use super::ring_timer::RingTimer;
 use crate::queue::{Chain, QueueError, VirtQueue};
 use crate::rate_limiter::RateLimiter;
 use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
@@ -47,6 +54,16 @@ const TOKEN_BACKEND: u32 = 0;
 const TOKEN_RX_LIMITER: u32 = 1;
 const TOKEN_TX_LIMITER: u32 = 2;
 const TOKEN_LIMITER_UPDATE: u32 = 3;
+const TOKEN_RX_REFILL: u32 = 4;
+const TOKEN_TX_STREAM: u32 = 5;
+
+/// How long rx waits for the driver to recycle buffers before it asks for a kick instead. Short
+/// against what the TAP's queue holds (1000 frames: 4 ms at 250 K frames/s), long against a
+/// polling driver's time per frame.
+pub(crate) const RX_REFILL_WAIT: Duration = Duration::from_micros(50);
+/// How long tx waits, notifications off, for a streaming driver's next frames once the ring is
+/// empty. Well under what the driver's ring holds at a frame per µs or two.
+pub(crate) const TX_STREAM_WAIT: Duration = Duration::from_micros(50);
 
 /// Most chains one received frame may span (each needs at least one segment).
 const MAX_RX_CHAINS: usize = IOVECS_PER_CALL;
@@ -72,6 +89,13 @@ pub(crate) struct NetHandler {
     limiters: Limiters,
     /// Stopped reading the backend until the driver posts rx buffers.
     rx_waiting_for_buffers: bool,
+    /// Out of rx buffers, the [`RX_REFILL_WAIT`] found none either: the driver's kick resumes
+    /// rx. Cleared by a delivered frame.
+    rx_kick_asked: bool,
+    /// The rx refill wait.
+    rx_timer: RingTimer,
+    /// The tx stream wait ([`TX_STREAM_WAIT`]).
+    tx_timer: RingTimer,
 }
 
 /// How one attempt to receive a frame ended.
@@ -96,6 +120,9 @@ impl NetHandler {
             negotiated,
             limiters,
             rx_waiting_for_buffers: false,
+            rx_kick_asked: false,
+            rx_timer: RingTimer::default(),
+            tx_timer: RingTimer::default(),
         }
     }
 
@@ -176,19 +203,27 @@ impl NetHandler {
                 Rx::Delivered(_) => {
                     *delivered = true;
                     self.rx_waiting_for_buffers = false;
+                    self.rx_kick_asked = false;
                 }
                 Rx::Dropped => {}
                 Rx::BackendEmpty | Rx::Throttled => return Ok(false),
                 Rx::NoBuffers => {
+                    if !self.rx_waiting_for_buffers {
+                        self.shared.metrics.count(Counter::NoRxAvailBuffer);
+                        self.rx_waiting_for_buffers = true;
+                    }
+                    // Already waiting for the timer: a TAP edge changes nothing.
+                    if self.rx_timer.is_pending()
+                        || (!self.rx_kick_asked && self.rx_timer.arm(RX_REFILL_WAIT))
+                    {
+                        return Ok(false);
+                    }
+                    self.rx_kick_asked = true;
                     // Re-check after re-enabling: buffers posted in between would otherwise
                     // never be kicked.
                     if queue.enable_notification(mem)? {
                         queue.disable_notification(mem)?;
                         continue;
-                    }
-                    if !self.rx_waiting_for_buffers {
-                        self.shared.metrics.count(Counter::NoRxAvailBuffer);
-                        self.rx_waiting_for_buffers = true;
                     }
                     return Ok(false);
                 }
@@ -200,19 +235,28 @@ impl NetHandler {
     // ---- transmit ----
 
     /// Sends frames until the ring is empty, the limiter refuses, a batch is done or the worker
-    /// must stop; interrupts the driver if it asked; then re-enables notifications.
+    /// must stop; interrupts the driver if it asked. Then, if the driver is streaming (this
+    /// call sent more than one frame, or the stream wait found one), notifications stay off and
+    /// the ring is looked at again after [`TX_STREAM_WAIT`]; else they are re-enabled.
     ///
     /// Unlike virtio-blk's worker, this one does not spin on the ring after a batch. A frame
     /// that does not follow at once usually waits on something else (the host's reply, in a
     /// request-response exchange), and spinning for it takes a core from whoever produces that
     /// reply. Measured on two cores (docs/perf/report-2026-12-04-3.md's notes): the UDP round trip
     /// went from 79.8 µs (1.69× QEMU's) with the adaptive spin to 45–48 µs (0.71–0.93×) without
-    /// it, and guest → host throughput did not move beyond the runs' noise. Notifications stay
-    /// off while a batch drains, so a streaming guest still does not kick per frame.
-    fn serve_tx(&mut self, cx: &mut WorkerContext<'_>) -> Result<Pending, QueueError> {
-        let mut completed = false;
+    /// it. The stream wait costs no CPU, and a request-response exchange (one frame per kick)
+    /// never enters it. Without it a driver that sends as fast as it can, but slower than the
+    /// worker drains, can kick for nearly every frame (1.2 frames per wake-up measured once in
+    /// the guest → host bench on the loaded machine): a VM exit and an epoll wake-up per frame.
+    /// docs/perf/net-2026-12-04.md has the before/after runs.
+    fn serve_tx(
+        &mut self,
+        cx: &mut WorkerContext<'_>,
+        from_stream_wait: bool,
+    ) -> Result<Pending, QueueError> {
+        let mut completed = 0;
         let result = self.drain_tx(cx, &mut completed);
-        if completed {
+        if completed > 0 {
             cx.notify_used(TX_QUEUE)?;
         }
         if result? {
@@ -227,6 +271,10 @@ impl NetHandler {
             // Notifications stay off: only the timer can make the frame go sooner.
             return Ok(Pending::NONE);
         }
+        let streaming = completed > 1 || (from_stream_wait && completed > 0);
+        if streaming && self.tx_timer.arm(TX_STREAM_WAIT) {
+            return Ok(Pending::NONE);
+        }
         // Re-check after re-enabling: a frame queued in between would otherwise wait forever.
         Ok(if cx.rearm(TX_QUEUE)? {
             Pending::queue(TX_QUEUE)
@@ -235,12 +283,12 @@ impl NetHandler {
         })
     }
 
-    /// Sends up to a batch of frames with notifications off; returns whether to come back at
-    /// once (a full batch).
+    /// Sends up to a batch of frames with notifications off, counting the chains completed;
+    /// returns whether to come back at once (a full batch).
     fn drain_tx(
         &mut self,
         cx: &mut WorkerContext<'_>,
-        completed: &mut bool,
+        completed: &mut usize,
     ) -> Result<bool, QueueError> {
         let mem = cx.mem;
         let stop = cx.stop_signal();
@@ -270,7 +318,7 @@ impl NetHandler {
             let Some((count, len)) = frame else {
                 metrics.count(Counter::TxMalformed);
                 queue.complete(mem, head, 0)?;
-                *completed = true;
+                *completed += 1;
                 continue;
             };
             let bytes = (len - VNET_HDR_LEN) as u64;
@@ -290,7 +338,7 @@ impl NetHandler {
                 }
             }
             queue.complete(mem, head, 0)?;
-            *completed = true;
+            *completed += 1;
         }
         Ok(true)
     }
@@ -318,6 +366,8 @@ impl DeviceHandler for NetHandler {
                 events.add(limiter.as_raw_fd(), token, EventSet::IN)?;
             }
         }
+        self.rx_timer.register(events, TOKEN_RX_REFILL)?;
+        self.tx_timer.register(events, TOKEN_TX_STREAM)?;
         Ok(())
     }
 
@@ -334,7 +384,7 @@ impl DeviceHandler for NetHandler {
             }
             TX_QUEUE => {
                 metrics.count(Counter::TxQueueEvent);
-                self.serve_tx(cx)
+                self.serve_tx(cx, false)
             }
             other => {
                 warn!(
@@ -369,7 +419,22 @@ impl DeviceHandler for NetHandler {
                     on_timer(limiter);
                 }
                 self.shared.metrics.count(Counter::TxLimiterEvent);
-                self.serve_tx(cx)
+                self.serve_tx(cx, false)
+            }
+            TOKEN_RX_REFILL => {
+                if !self.rx_timer.expired() {
+                    return Ok(Pending::NONE);
+                }
+                // Notifications were off meanwhile: look at the ring whatever it says, and ask
+                // for a kick if it is still empty.
+                self.rx_kick_asked = true;
+                self.serve_rx(cx)
+            }
+            TOKEN_TX_STREAM => {
+                if !self.tx_timer.expired() {
+                    return Ok(Pending::NONE);
+                }
+                self.serve_tx(cx, true)
             }
             TOKEN_LIMITER_UPDATE => {
                 let _ = self.shared.limiter_event().read();

@@ -11,6 +11,7 @@ mod handle;
 mod handler;
 mod header;
 mod metrics;
+mod ring_timer;
 
 pub use device::{
     MacAddr, NetConfig, NetDevice, NetError, NetState, QUEUE_SIZE, RX_BUFFER_MIN,

@@ -509,6 +509,16 @@ impl GuestDriver {
         )
     }
 
+    /// The used ring's `flags`: 1 (VRING_USED_F_NO_NOTIFY) while the device asks not to be
+    /// notified (without EVENT_IDX).
+    pub fn used_flags(&self) -> u16 {
+        u16::from_le(
+            self.mem
+                .load(GuestAddress(self.ring_addresses().2), Ordering::Acquire)
+                .unwrap(),
+        )
+    }
+
     /// `used_event`: the driver asks for an interrupt once the device passes this used index.
     pub fn set_used_event(&self, value: u16) {
         let addr = self.ring_addresses().1 + 4 + 2 * u64::from(self.q().size);
@@ -516,6 +526,18 @@ impl GuestDriver {
             .store(value.to_le(), GuestAddress(addr), Ordering::Release)
             .unwrap();
         self.wrote(addr, 2);
+    }
+
+    /// The available ring's `flags`: 1 (VRING_AVAIL_F_NO_INTERRUPT) asks the device not to
+    /// interrupt (without EVENT_IDX).
+    pub fn set_avail_flags(&self, flags: u16) {
+        self.mem
+            .store(
+                flags.to_le(),
+                GuestAddress(self.ring_addresses().1),
+                Ordering::Release,
+            )
+            .unwrap();
     }
 
     /// `avail_event`: the device asks for a notification once the driver passes this index.

@@ -32,6 +32,15 @@ use crate::block::request::{Completion, DiskOp, ParsedRequest, RequestContext};
 /// `ENOSYS`: what `io_uring_setup` returns on a kernel built without io_uring.
 const ENOSYS: i32 = 38;
 
+/// How many requests the worker queues on the ring before it starts them, rather than only at
+/// the end of a drain. A page-cached read completes inside the `io_uring_enter` that starts it,
+/// so a batch started as a whole at the end published nothing while the worker popped: at
+/// QD 32 an interrupt-driven driver found its used ring empty, slept, and paid an interrupt per
+/// batch (≈ 0.35× the IOPS of starting every 8; per request cost a polling driver 0.7× instead:
+/// one system call each). Starting every 8 was within noise of the best for both (interleaved
+/// runs, 2026-12-04, docs/perf/uring-2026-12-04.md); with O_DIRECT it starts the disk sooner.
+const START_EVERY: usize = 8;
+
 /// The ring of one worker and the slots of the requests it can hold.
 #[derive(Debug)]
 pub(crate) struct RingExecutor {
@@ -165,16 +174,10 @@ impl RingExecutor {
         }
     }
 
-    /// Whether to start each request at once instead of with the drain's batch. A page-cached
-    /// read completes inside the `io_uring_enter` that submits it, so starting it at once
-    /// publishes it at once, as the inline engine would: a driver waiting on the used ring
-    /// then sees completions while the worker is still popping, and keeps submitting. Held for
-    /// the whole batch, every completion arrived only after the last pop, and an
-    /// interrupt-driven driver had gone to sleep by then: at QD 32 each batch cost it an
-    /// interrupt (≈ 3× fewer IOPS than the inline engine here). Cache-bypassing requests go
-    /// to the disk, where one system call per batch is what pays.
-    pub(crate) fn starts_each_request(&self) -> bool {
-        self.direct.is_none()
+    /// Whether the requests queued so far should start now rather than at the end of the
+    /// drain: every [`START_EVERY`] of them.
+    pub(crate) fn batch_full(&self) -> bool {
+        self.ring.queued() >= START_EVERY
     }
 
     /// Hands the requests queued since the last call to the kernel.
