@@ -17,7 +17,7 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use squib_fuzz::guest::{
     Handover, Heap, Shape, activate, add_chain, assert_all_used, corrupt_ring, driver, needs_reset,
-    pop_all, ramp, reset, rings_exposed, run_checked, wild_buf, writable_chain,
+    pop_all, ramp, reset, rings_exposed, run_checked, settle, wild_buf, writable_chain,
 };
 use squib_virtio::net::{MacAddr, NetConfig, NetDevice, VNET_HDR_LEN};
 use squib_virtio::testing::{Buf, FakeTap, GuestDriver};
@@ -169,6 +169,14 @@ fn run(u: &mut Unstructured) -> Result<()> {
     }
     // Finally everything is published and notified.
     run_checked(&mut d, &sizes, &[Handover::Kick; 2], !ring_corrupted);
+    // Frames a streaming guest queued while notifications were off go out when the device's
+    // tx timer fires.
+    if !ring_corrupted {
+        settle(&mut d, &sizes, true, |d| {
+            d.select_queue(TX);
+            needs_reset(d) || d.used_idx() == added[TX]
+        });
+    }
     ring_corrupted |= rings_exposed(&d, &sizes);
     let broken = needs_reset(&mut d);
     let used = [pop_all(&mut d, RX), pop_all(&mut d, TX)];

@@ -750,6 +750,25 @@ pub mod guest {
         })
     }
 
+    /// Serves the device under the oracle (as [`run_checked`] with no handover) until `done`
+    /// says so or about 3 ms have passed. A device may leave work to a timer (virtio-net's
+    /// 50 µs ring waits with notifications off), which a worker served inline sees only once
+    /// it has fired; inputs whose work is complete pay nothing.
+    pub fn settle(
+        d: &mut GuestDriver,
+        sizes: &[u16],
+        publish: bool,
+        mut done: impl FnMut(&mut GuestDriver) -> bool,
+    ) {
+        for _ in 0..40 {
+            if done(d) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(75));
+            run_checked(d, sizes, &[], publish);
+        }
+    }
+
     /// Guest memory as the oracle last saw it.
     struct Oracle {
         /// A copy of guest memory: as the device left it after the last run, plus what the

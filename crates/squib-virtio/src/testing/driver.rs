@@ -538,6 +538,7 @@ impl GuestDriver {
                 Ordering::Release,
             )
             .unwrap();
+        self.wrote(self.ring_addresses().1, 2);
     }
 
     /// `avail_event`: the device asks for a notification once the driver passes this index.
