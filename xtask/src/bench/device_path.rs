@@ -292,8 +292,10 @@ fn limit_note(figures: &[Figure], workloads: &[Workload]) -> Option<String> {
         format!(
             "The host's limit: each VMM's IOPS as a share of a bare io_uring loop on the same \
              file with no VM (same depth and cache mode), and what the goal (1.5× QEMU's best) \
-             would be as a multiple of that limit — above 1.00× the goal cannot be met by any \
-             VMM on this disk:\n\n| workload | squib (io_uring) | QEMU (best) | 1.5× QEMU / limit \
+             would be as a multiple of that limit. At QD 32 the loop is the file's throughput \
+             (with O_DIRECT, the disk's): above 1.00× there no VMM can meet the goal on this \
+             disk. At QD 1 it is the latency of a loop that sleeps in `io_uring_enter` for each \
+             read, which a polling VMM can beat (shares above 100%):\n\n| workload | squib (io_uring) | QEMU (best) | 1.5× QEMU / limit \
              |\n|---|---:|---:|---:|\n{}",
             rows.join("\n")
         )
