@@ -38,6 +38,22 @@ fn device_with(config: NetConfig, features: u64) -> (GuestDriver, Arc<FakeTap>, 
     (driver, tap, handle, features)
 }
 
+/// A device whose worker the test runs inline (`GuestDriver::run_device`), so it controls when
+/// the device looks at its rings; VERSION_1 only (no EVENT_IDX), both queues of 64, DRIVER_OK.
+fn inline_device() -> (GuestDriver, Arc<FakeTap>, NetHandle) {
+    let tap = Arc::new(FakeTap::new());
+    let dev = NetDevice::new(tap.clone(), NetConfig::default()).unwrap();
+    let handle = dev.handle();
+    let mut d = GuestDriver::inline(Box::new(dev), MEM);
+    assert!(d.negotiate(VERSION_1));
+    for queue in [RX, TX] {
+        d.select_queue(queue);
+        d.setup_queue(64);
+    }
+    d.set_status_bit(0x04);
+    (d, tap, handle)
+}
+
 fn frame(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -174,16 +190,7 @@ fn frames_that_arrive_before_buffers_wait_and_arrive_in_order() {
 #[test]
 fn rx_out_of_buffers_looks_again_before_asking_for_a_kick() {
     const NO_NOTIFY: u16 = 1;
-    let tap = Arc::new(FakeTap::new());
-    let dev = NetDevice::new(tap.clone(), NetConfig::default()).unwrap();
-    let handle = dev.handle();
-    let mut d = GuestDriver::inline(Box::new(dev), MEM);
-    assert!(d.negotiate(VERSION_1));
-    for queue in [RX, TX] {
-        d.select_queue(queue);
-        d.setup_queue(64);
-    }
-    d.set_status_bit(0x04);
+    let (mut d, tap, handle) = inline_device();
     for i in 0..3u8 {
         assert!(tap.inject(&frame(100, i)));
     }
@@ -226,15 +233,7 @@ fn rx_out_of_buffers_looks_again_before_asking_for_a_kick() {
 #[test]
 fn tx_streams_without_kicks_and_single_frames_keep_them() {
     const NO_NOTIFY: u16 = 1;
-    let tap = Arc::new(FakeTap::new());
-    let dev = NetDevice::new(tap.clone(), NetConfig::default()).unwrap();
-    let mut d = GuestDriver::inline(Box::new(dev), MEM);
-    assert!(d.negotiate(VERSION_1));
-    for queue in [RX, TX] {
-        d.select_queue(queue);
-        d.setup_queue(64);
-    }
-    d.set_status_bit(0x04);
+    let (mut d, tap, _) = inline_device();
     let queue_frame = |d: &mut GuestDriver, seed: u8| {
         d.select_queue(TX);
         let buf = d.alloc((HDR + 100) as u32);

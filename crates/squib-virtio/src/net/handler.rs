@@ -599,8 +599,9 @@ fn read_into(
     Ok(Rx::Delivered(bytes))
 }
 
-/// Writes `bytes` at byte `offset` of the frame laid over `slices`.
-fn write_at(slices: &[GuestSlice<'_>], mut offset: usize, mut bytes: &[u8]) {
+/// Writes `bytes` at byte `offset` of the frame laid over `slices`; what does not fit is lost
+/// (as a TAP truncates). Also the test TAP's (`testing::FakeTap`).
+pub(crate) fn write_at(slices: &[GuestSlice<'_>], mut offset: usize, mut bytes: &[u8]) {
     for slice in slices {
         if bytes.is_empty() {
             return;

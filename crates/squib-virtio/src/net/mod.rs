@@ -8,7 +8,7 @@
 pub mod backend;
 mod device;
 mod handle;
-mod handler;
+pub(crate) mod handler;
 mod header;
 mod metrics;
 mod ring_timer;

@@ -8,13 +8,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 
 use squib_host::tap::TapOffloads;
-use vm_memory::Bytes;
 
 use crate::GuestSlice;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::net::VNET_HDR_LEN;
 use crate::net::backend::NetBackend;
+use crate::net::handler::write_at;
 
 /// Frames the fake kernel queue holds before it drops (Linux's default `txqueuelen` is 1000).
 pub const FAKE_TAP_QUEUE: usize = 1000;
@@ -86,8 +86,8 @@ impl NetBackend for FakeTap {
         // Header: ten zero bytes (no offload), then two bytes the TAP skips; then the frame,
         // scattered over the buffers a slice at a time (a byte loop costs the fuzz targets a
         // traced comparison per byte).
-        scatter(bufs, 0, &[0; 10]);
-        scatter(bufs, VNET_HDR_LEN, &frame);
+        write_at(bufs, 0, &[0; 10]);
+        write_at(bufs, VNET_HDR_LEN, &frame);
         Ok(VNET_HDR_LEN + frame.len())
     }
 
@@ -110,24 +110,6 @@ impl NetBackend for FakeTap {
 
     fn raw_fd(&self) -> RawFd {
         self.event.as_raw_fd()
-    }
-}
-
-/// Writes `bytes` at byte `at` of the buffers taken as one stream; what does not fit is lost (a
-/// TAP truncates).
-fn scatter(bufs: &[GuestSlice<'_>], mut at: usize, mut bytes: &[u8]) {
-    for buf in bufs {
-        if bytes.is_empty() {
-            return;
-        }
-        if at >= buf.len() {
-            at -= buf.len();
-            continue;
-        }
-        let take = (buf.len() - at).min(bytes.len());
-        let _ = buf.write_slice(&bytes[..take], at);
-        bytes = &bytes[take..];
-        at = 0;
     }
 }
 
