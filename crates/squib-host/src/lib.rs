@@ -19,6 +19,7 @@ pub mod signals;
 pub mod sparse;
 pub mod tap;
 pub mod terminal;
+pub mod udp_segment;
 pub mod uffd;
 pub mod unix_socket;
 pub mod uring;
