@@ -7,7 +7,7 @@
 //! raw loop is printed at the end (figures: `docs/perf/backend-*.md`).
 //!
 //! Then the io_uring rows, at queue depth 1 and 32, cached and O_DIRECT: squib's ring
-//! (`squib_host::uring::BlockRing`, as the device's io_uring executor drives it: guest-memory
+//! (`squib_host::uring::FileRing`, as the device's io_uring executor drives it: guest-memory
 //! segments, per-slot iovecs, fixed buffers by default with O_DIRECT) against a bare io_uring
 //! loop on plain buffers (`squib_host::uring_baseline`, the limit), with raw `pread`/`pwrite` on
 //! as many threads as the queue depth beside them. A second summary prints their ratios.
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use squib_host::block_io;
-use squib_host::uring::{BlockRing, RingConfig, RingOp};
+use squib_host::uring::{FileRing, RingConfig, RingOp};
 use squib_host::uring_baseline::BareRing;
 use squib_virtio::GuestMemory;
 use squib_virtio::block::backend::{BlockBackend, Segment};
@@ -222,7 +222,7 @@ fn bench_mode(
 
 /// Runs `count` operations on squib's ring, `depth` in flight, one 4 KiB guest buffer per slot.
 fn engine_run(
-    ring: &mut BlockRing,
+    ring: &mut FileRing,
     depth: usize,
     op: Op,
     count: u64,
@@ -298,7 +298,7 @@ fn bench_rings(c: &mut Criterion, setup: &Setup, mode: &'static str, file: &File
                 fixed_buffers: direct,
                 simulate_unavailable: None,
             };
-            let mut ring = BlockRing::new(file, &setup.mem, config).unwrap();
+            let mut ring = FileRing::new(file, &setup.mem, config).unwrap();
             group.bench_with_input(BenchmarkId::new("ring-engine", depth), &depth, |b, _| {
                 b.iter_custom(|iters| {
                     settle(file, op);

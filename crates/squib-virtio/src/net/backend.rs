@@ -2,7 +2,7 @@
 
 use std::fmt::Debug;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use crate::GuestSlice;
 use squib_host::tap::{Tap, TapOffloads};
@@ -22,6 +22,12 @@ pub trait NetBackend: Send + Sync + Debug {
 
     /// Readable when a frame waits; the worker epolls it edge-triggered.
     fn raw_fd(&self) -> RawFd;
+
+    /// The descriptor an io_uring may write frames to (`tx_batch.rs`), if the backend has
+    /// one; without it every frame goes through [`write_frame`](Self::write_frame).
+    fn ring_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
 }
 
 impl NetBackend for Tap {
@@ -39,5 +45,9 @@ impl NetBackend for Tap {
 
     fn raw_fd(&self) -> RawFd {
         self.as_raw_fd()
+    }
+
+    fn ring_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
     }
 }

@@ -32,16 +32,17 @@ use squib_host::guest_memory::empty_slice;
 use std::time::Duration;
 
 use tracing::{debug, error, warn};
-use vm_memory::{Bytes, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 
 use super::handle::{Limiters, Shared};
 use super::header::{MAX_OFFLOAD_FRAME, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
 use super::metrics::Counter;
 use super::ring_timer::RingTimer;
+use super::tx_batch::TxBatch;
 use crate::queue::{Chain, QueueError, VirtQueue};
 use crate::rate_limiter::RateLimiter;
-use crate::runtime::{DeviceHandler, EventRegistry, Pending, WorkerContext};
+use crate::runtime::{DeviceHandler, EventRegistry, Pending, StopSignal, WorkerContext};
 use crate::{GuestMemory, GuestSlice};
 
 /// The receive queue's index.
@@ -96,6 +97,20 @@ pub(crate) struct NetHandler {
     rx_timer: RingTimer,
     /// The tx stream wait ([`TX_STREAM_WAIT`]).
     tx_timer: RingTimer,
+    /// How transmitted frames reach the backend.
+    tx_path: TxPath,
+}
+
+/// How transmitted frames reach the backend (see `tx_batch.rs`).
+#[derive(Debug)]
+enum TxPath {
+    /// Nothing sent yet: the first drain tries to set up a [`TxBatch`].
+    Undecided,
+    /// Queued on an io_uring, one system call per batch (boxed: the handler stays small when
+    /// there is no ring).
+    Batched(Box<TxBatch>),
+    /// One `writev` per frame.
+    Direct,
 }
 
 /// How one attempt to receive a frame ended.
@@ -123,6 +138,7 @@ impl NetHandler {
             rx_kick_asked: false,
             rx_timer: RingTimer::default(),
             tx_timer: RingTimer::default(),
+            tx_path: TxPath::Undecided,
         }
     }
 
@@ -295,9 +311,43 @@ impl NetHandler {
         let Some(queue) = cx.queues.get_mut(TX_QUEUE) else {
             return Ok(false);
         };
-        let metrics = &self.shared.metrics;
+        if matches!(self.tx_path, TxPath::Undecided) {
+            self.tx_path = self.new_tx_path(mem);
+        }
         queue.disable_notification(mem)?;
+        let more = self.send_frames(queue, mem, &stop, completed);
+        // However the loop ended, what it queued goes now.
+        if let TxPath::Batched(batch) = &mut self.tx_path {
+            *completed += batch.flush(queue, mem, &self.shared.metrics)?;
+        }
+        more
+    }
+
+    fn new_tx_path(&self, mem: &GuestMemory) -> TxPath {
+        let Some(fd) = self.shared.backend.ring_fd() else {
+            return TxPath::Direct;
+        };
+        match TxBatch::new(fd, mem) {
+            Ok(batch) => TxPath::Batched(Box::new(batch)),
+            Err(error) => {
+                debug!(%error, "virtio-net: no io_uring for the TAP; writing frame by frame");
+                TxPath::Direct
+            }
+        }
+    }
+
+    /// The loop of [`drain_tx`](Self::drain_tx): frames go to the batch (flushed whenever it
+    /// fills) or straight to the backend.
+    fn send_frames(
+        &mut self,
+        queue: &mut VirtQueue,
+        mem: &GuestMemory,
+        stop: &StopSignal<'_>,
+        completed: &mut usize,
+    ) -> Result<bool, QueueError> {
+        let metrics = &self.shared.metrics;
         let mut slices = [empty_slice(); IOVECS_PER_CALL];
+        let mut segments = [(GuestAddress(0), 0usize); IOVECS_PER_CALL];
         for _ in 0..BATCH {
             if stop.is_set()
                 || self
@@ -308,13 +358,22 @@ impl NetHandler {
             {
                 return Ok(false);
             }
+            let mut batch = match &mut self.tx_path {
+                TxPath::Batched(batch) if batch.is_usable() => Some(batch),
+                _ => None,
+            };
+            if let Some(batch) = batch.as_mut().filter(|batch| batch.is_full()) {
+                *completed += batch.flush(queue, mem, metrics)?;
+            }
             let Some(chain) = queue.pop(mem)? else {
                 return Ok(false);
             };
             let head = chain.head_index();
-            let frame = gather(mem, chain, Access::DeviceReads, &mut slices).filter(|&(_, len)| {
-                (VNET_HDR_LEN..=VNET_HDR_LEN + MAX_OFFLOAD_FRAME).contains(&len)
-            });
+            let frame = match batch {
+                Some(_) => gather_addresses(mem, chain, &mut segments),
+                None => gather(mem, chain, Access::DeviceReads, &mut slices),
+            }
+            .filter(|&(_, len)| (VNET_HDR_LEN..=VNET_HDR_LEN + MAX_OFFLOAD_FRAME).contains(&len));
             let Some((count, len)) = frame else {
                 metrics.count(Counter::TxMalformed);
                 queue.complete(mem, head, 0)?;
@@ -329,7 +388,15 @@ impl NetHandler {
                 metrics.count(Counter::TxThrottled);
                 return Ok(false);
             }
-            match self.shared.backend.write_frame(&slices[..count]) {
+            let sent = match batch {
+                // Completed (and counted) when the batch is flushed.
+                Some(batch) => match batch.push(head, bytes, &segments[..count]) {
+                    Ok(()) => continue,
+                    Err(error) => Err(io::Error::other(error)),
+                },
+                None => self.shared.backend.write_frame(&slices[..count]),
+            };
+            match sent {
                 Ok(_) => metrics.tx_sent(bytes),
                 Err(error) => {
                     debug!(%error, "virtio-net: the TAP refused a frame");
@@ -625,24 +692,26 @@ enum Access {
     DeviceWrites,
 }
 
-/// The chain's buffers as host slices in `out`: `(slices, bytes)`, or `None` when a descriptor
-/// has the wrong direction, lies outside guest memory, the chain breaks a ring rule, or it needs
-/// more than `out` holds.
-fn gather<'m>(
+/// Walks the chain's buffers, each split where guest memory regions end, handing `each` every
+/// piece's guest address and host slice; returns the bytes walked, or `None` when a descriptor
+/// has the wrong direction or lies outside guest memory, the chain breaks a ring rule, or `each`
+/// refuses (its output is full).
+fn walk_buffers<'m>(
     mem: &'m GuestMemory,
     mut chain: Chain<'m>,
     access: Access,
-    out: &mut [GuestSlice<'m>],
-) -> Option<(usize, usize)> {
-    let (mut count, mut total) = (0usize, 0usize);
+    mut each: impl FnMut(GuestAddress, GuestSlice<'m>) -> Option<()>,
+) -> Option<usize> {
+    let mut total = 0usize;
     for desc in chain.by_ref() {
         if desc.is_write_only() != (access == Access::DeviceWrites) {
             return None;
         }
+        let mut at = desc.addr();
         for slice in mem.get_slices(desc.addr(), desc.len() as usize) {
             let slice = slice.ok()?;
-            *out.get_mut(count)? = slice;
-            count += 1;
+            each(at, slice)?;
+            at = at.checked_add(slice.len() as u64)?;
             total = total.checked_add(slice.len())?;
         }
     }
@@ -650,6 +719,39 @@ fn gather<'m>(
     if chain.error().is_some() {
         return None;
     }
+    Some(total)
+}
+
+/// The chain's buffers as host slices in `out`: `(slices, bytes)`, or `None` as for
+/// [`walk_buffers`].
+fn gather<'m>(
+    mem: &'m GuestMemory,
+    chain: Chain<'m>,
+    access: Access,
+    out: &mut [GuestSlice<'m>],
+) -> Option<(usize, usize)> {
+    let mut count = 0;
+    let total = walk_buffers(mem, chain, access, |_, slice| {
+        *out.get_mut(count)? = slice;
+        count += 1;
+        Some(())
+    })?;
+    Some((count, total))
+}
+
+/// A transmit chain's buffers as guest ranges in `out`, each inside one memory region (what
+/// an io_uring resolves itself): `(ranges, bytes)`, or `None` as for [`walk_buffers`].
+fn gather_addresses(
+    mem: &GuestMemory,
+    chain: Chain<'_>,
+    out: &mut [(GuestAddress, usize)],
+) -> Option<(usize, usize)> {
+    let mut count = 0;
+    let total = walk_buffers(mem, chain, Access::DeviceReads, |at, slice| {
+        *out.get_mut(count)? = (at, slice.len());
+        count += 1;
+        Some(())
+    })?;
     Some((count, total))
 }
 

@@ -1,7 +1,7 @@
 //! The io_uring implementation of the in-flight [`Executor`](crate::block::executor::Executor).
 //!
 //! One ring per worker, on the file of the backend the worker started with
-//! ([`BlockBackend::uring_target`]), driven through `squib_host::uring::BlockRing`, which owns
+//! ([`BlockBackend::uring_target`]), driven through `squib_host::uring::FileRing`, which owns
 //! every buffer the kernel may touch and waits for in-flight requests when dropped. Each of the
 //! ring's slots has a [`Slot`] (segment buffer and request); a request is parsed into a free
 //! slot, turned into one submission entry (readv/writev, their fixed-buffer forms for one segment
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use squib_host::block_io::DirectIoAlignment;
-use squib_host::uring::{BlockRing, RingCompletion, RingConfig, RingError, RingOp};
+use squib_host::uring::{FileRing, RingCompletion, RingConfig, RingError, RingOp};
 use tracing::{debug, error};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -45,7 +45,7 @@ const START_EVERY: usize = 8;
 #[derive(Debug)]
 pub(crate) struct RingExecutor {
     /// First field: dropped first, it waits for the kernel to finish every request in flight.
-    ring: BlockRing,
+    ring: FileRing,
     /// Idle slots; never grows past the ring's slots, so pushes do not allocate.
     free: Vec<Box<Slot>>,
     /// Busy slots, by slot number.
@@ -73,7 +73,7 @@ impl RingExecutor {
             fixed_buffers: target.fixed_buffers,
             simulate_unavailable: target.simulate_unavailable.then_some(ENOSYS),
         };
-        let ring = BlockRing::new(target.file, mem, config)?;
+        let ring = FileRing::new(target.file, mem, config)?;
         let slots = ring.slots();
         Ok(Self {
             ring,
