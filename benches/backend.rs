@@ -296,6 +296,7 @@ fn bench_rings(c: &mut Criterion, setup: &Setup, mode: &'static str, file: &File
                 segments_per_slot: 1,
                 // As the engine's default: registered guest memory only with cache bypass.
                 fixed_buffers: direct,
+                fixed_file: true,
                 simulate_unavailable: None,
             };
             let mut ring = FileRing::new(file, &setup.mem, config).unwrap();

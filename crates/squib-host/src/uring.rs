@@ -27,7 +27,7 @@
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use io_uring::{IoUring, opcode, squeue, types};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
@@ -41,8 +41,25 @@ use crate::block_io::DirectIoAlignment;
 const MAX_FIXED_BUFFER: u64 = 1 << 30;
 /// `user_data` of the cancel entry a drop submits: not a slot, so `reap` skips its completion.
 const CANCEL_TAG: u64 = u64::MAX;
-/// Fixed file index of the file.
+/// Fixed file index of the file, when it is registered.
 const FILE: types::Fixed = types::Fixed(0);
+
+/// `$body` with `$fd` bound to the ring's file as an SQE names it: the registered fixed file,
+/// or the plain descriptor `$plain` when it is `Some` (see [`RingConfig::fixed_file`]).
+macro_rules! on_file {
+    ($plain:expr, |$fd:ident| $body:expr) => {
+        match $plain {
+            None => {
+                let $fd = FILE;
+                $body
+            }
+            Some(raw) => {
+                let $fd = types::Fd(raw);
+                $body
+            }
+        }
+    };
+}
 
 /// How a ring is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +70,11 @@ pub struct RingConfig {
     pub segments_per_slot: usize,
     /// Register guest memory as fixed buffers (pins it). Falls back without them if refused.
     pub fixed_buffers: bool,
+    /// Register the file as a fixed file, which spares the kernel a file lookup per request.
+    /// A registered file stays referenced until the kernel tears the ring down, which it does
+    /// asynchronously, after the process has exited: a TAP would then stay attached for a few
+    /// milliseconds, and a VMM started right after on the same TAP would get `EBUSY`.
+    pub fixed_file: bool,
     /// Test hook: fail construction as a kernel without io_uring would, with this errno
     /// (`ENOSYS`, `EPERM`), before any system call.
     pub simulate_unavailable: Option<i32>,
@@ -157,8 +179,10 @@ pub struct FileRing {
     /// Pushed but not yet handed to the kernel.
     unsubmitted: usize,
     fixed: Vec<FixedBuffer>,
-    /// Kept open for the fixed-file slot; the kernel holds its own reference too.
+    /// Kept open for the SQEs that name it; a fixed-file registration holds its own reference.
     _file: OwnedFd,
+    /// The descriptor SQEs name when the file is not registered (`None`: fixed file 0).
+    plain_fd: Option<RawFd>,
     event: EventFd,
 }
 
@@ -213,9 +237,11 @@ impl FileRing {
             .map_err(RingError::Register)?;
         let event = EventFd::new(EFD_NONBLOCK).map_err(RingError::Register)?;
         let submitter = ring.submitter();
-        submitter
-            .register_files(&[file.as_raw_fd()])
-            .map_err(RingError::Register)?;
+        if config.fixed_file {
+            submitter
+                .register_files(&[file.as_raw_fd()])
+                .map_err(RingError::Register)?;
+        }
         submitter
             .register_eventfd(event.as_raw_fd())
             .map_err(RingError::Register)?;
@@ -233,6 +259,7 @@ impl FileRing {
             in_flight: 0,
             unsubmitted: 0,
             fixed: Vec::new(),
+            plain_fd: (!config.fixed_file).then(|| file.as_raw_fd()),
             _file: file,
             event,
         };
@@ -335,15 +362,17 @@ impl FileRing {
                 let count = self.fill_iovecs(index, segments, direct, read)?;
                 self.transfer_entry(index, count, op, offset)?
             }
-            RingOp::SyncData => opcode::Fsync::new(FILE)
+            RingOp::SyncData => on_file!(self.plain_fd, |fd| opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
-                .build(),
+                .build()),
             RingOp::PunchHole { offset, len } => fallocate(
+                self.plain_fd,
                 offset,
                 len,
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             )?,
             RingOp::ZeroRange { offset, len } => fallocate(
+                self.plain_fd,
                 offset,
                 len,
                 libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
@@ -357,7 +386,8 @@ impl FileRing {
         // while the slot is busy (`push` refuses a busy slot; `Drop` waits for every completion
         // or leaks the storage); the iovecs and fixed-buffer pointers point into guest memory
         // mapped by `self.mem`, which lives as long as the ring, and were resolved from it by
-        // `fill_iovecs`; the fd is the registered fixed file 0, kept open by `self._file`.
+        // `fill_iovecs`; the fd is the registered fixed file 0 or `self._file`'s own descriptor,
+        // which `self._file` keeps open until after `Drop` has waited for every completion.
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {
             // Unreachable by the sizing above; refuse rather than lose the request.
@@ -427,13 +457,17 @@ impl FileRing {
             let len = u32::try_from(only.iov_len).map_err(|_| PushError::OutOfRange)?;
             let ptr = only.iov_base.cast::<u8>();
             return Ok(if read {
-                opcode::ReadFixed::new(FILE, ptr, len, buffer)
-                    .offset(offset)
-                    .build()
+                on_file!(self.plain_fd, |fd| opcode::ReadFixed::new(
+                    fd, ptr, len, buffer
+                )
+                .offset(offset)
+                .build())
             } else {
-                opcode::WriteFixed::new(FILE, ptr, len, buffer)
-                    .offset(offset)
-                    .build()
+                on_file!(self.plain_fd, |fd| opcode::WriteFixed::new(
+                    fd, ptr, len, buffer
+                )
+                .offset(offset)
+                .build())
             });
         }
         if let [only] = iovecs {
@@ -441,20 +475,32 @@ impl FileRing {
             let len = u32::try_from(only.iov_len).map_err(|_| PushError::OutOfRange)?;
             let ptr = only.iov_base.cast::<u8>();
             return Ok(if read {
-                opcode::Read::new(FILE, ptr, len).offset(offset).build()
+                on_file!(self.plain_fd, |fd| opcode::Read::new(fd, ptr, len)
+                    .offset(offset)
+                    .build())
             } else {
-                opcode::Write::new(FILE, ptr, len).offset(offset).build()
+                on_file!(self.plain_fd, |fd| opcode::Write::new(fd, ptr, len)
+                    .offset(offset)
+                    .build())
             });
         }
         let count = u32::try_from(count).map_err(|_| PushError::TooManySegments)?;
         Ok(if read {
-            opcode::Readv::new(FILE, iovecs.as_ptr(), count)
-                .offset(offset)
-                .build()
+            on_file!(self.plain_fd, |fd| opcode::Readv::new(
+                fd,
+                iovecs.as_ptr(),
+                count
+            )
+            .offset(offset)
+            .build())
         } else {
-            opcode::Writev::new(FILE, iovecs.as_ptr(), count)
-                .offset(offset)
-                .build()
+            on_file!(self.plain_fd, |fd| opcode::Writev::new(
+                fd,
+                iovecs.as_ptr(),
+                count
+            )
+            .offset(offset)
+            .build())
         })
     }
 
@@ -601,15 +647,20 @@ impl Drop for FileRing {
     }
 }
 
-fn fallocate(offset: u64, len: u64, mode: libc::c_int) -> Result<squeue::Entry, PushError> {
+fn fallocate(
+    plain_fd: Option<RawFd>,
+    offset: u64,
+    len: u64,
+    mode: libc::c_int,
+) -> Result<squeue::Entry, PushError> {
     // off_t is signed: both must fit.
     if i64::try_from(offset).is_err() || i64::try_from(len).is_err() {
         return Err(PushError::OutOfRange);
     }
-    Ok(opcode::Fallocate::new(FILE, len)
+    Ok(on_file!(plain_fd, |fd| opcode::Fallocate::new(fd, len)
         .offset(offset)
         .mode(mode)
-        .build())
+        .build()))
 }
 
 #[cfg(test)]
@@ -634,6 +685,7 @@ mod tests {
             slots,
             segments_per_slot: 2,
             fixed_buffers,
+            fixed_file: true,
             simulate_unavailable: None,
         };
         let ring = FileRing::new(file.as_file(), &mem, config).unwrap();
@@ -663,6 +715,7 @@ mod tests {
             slots: 4,
             segments_per_slot: 2,
             fixed_buffers: false,
+            fixed_file: false,
             simulate_unavailable: None,
         };
         let mut ring = FileRing::new(&writer, &mem, config).unwrap();
@@ -792,6 +845,7 @@ mod tests {
             slots: 1,
             segments_per_slot: 1,
             fixed_buffers: false,
+            fixed_file: true,
             simulate_unavailable: Some(libc::ENOSYS),
         };
         let error = FileRing::new(&file, &mem, config).unwrap_err();

@@ -51,6 +51,8 @@ impl TxBatch {
             segments_per_slot: IOVECS_PER_CALL,
             // Pinning all of guest memory buys nothing for writes of a few KiB.
             fixed_buffers: false,
+            // Unregistered: at exit the TAP must be free for the next VMM at once (see the field).
+            fixed_file: false,
             simulate_unavailable: None,
         };
         Ok(Self {

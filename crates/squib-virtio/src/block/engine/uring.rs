@@ -71,6 +71,7 @@ impl RingExecutor {
             slots: target.slots,
             segments_per_slot: SEG_MAX,
             fixed_buffers: target.fixed_buffers,
+            fixed_file: true,
             simulate_unavailable: target.simulate_unavailable.then_some(ENOSYS),
         };
         let ring = FileRing::new(target.file, mem, config)?;
