@@ -297,6 +297,7 @@ fn bench_rings(c: &mut Criterion, setup: &Setup, mode: &'static str, file: &File
                 // As the engine's default: registered guest memory only with cache bypass.
                 fixed_buffers: direct,
                 fixed_file: true,
+                never_wait: false,
                 simulate_unavailable: None,
             };
             let mut ring = FileRing::new(file, &setup.mem, config).unwrap();

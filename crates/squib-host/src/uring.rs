@@ -75,6 +75,11 @@ pub struct RingConfig {
     /// asynchronously, after the process has exited: a TAP would then stay attached for a few
     /// milliseconds, and a VMM started right after on the same TAP would get `EBUSY`.
     pub fixed_file: bool,
+    /// Reads and writes that cannot complete at once fail with `EAGAIN` (`RWF_NOWAIT`)
+    /// instead of waiting. io_uring otherwise waits for a pollable file to become ready even
+    /// when it is non-blocking: a read of an empty TAP would hold `submit_and_wait` until a
+    /// frame came.
+    pub never_wait: bool,
     /// Test hook: fail construction as a kernel without io_uring would, with this errno
     /// (`ENOSYS`, `EPERM`), before any system call.
     pub simulate_unavailable: Option<i32>,
@@ -183,6 +188,8 @@ pub struct FileRing {
     _file: OwnedFd,
     /// The descriptor SQEs name when the file is not registered (`None`: fixed file 0).
     plain_fd: Option<RawFd>,
+    /// `rw_flags` of every read and write SQE.
+    rw_flags: libc::c_int,
     event: EventFd,
 }
 
@@ -260,6 +267,11 @@ impl FileRing {
             unsubmitted: 0,
             fixed: Vec::new(),
             plain_fd: (!config.fixed_file).then(|| file.as_raw_fd()),
+            rw_flags: if config.never_wait {
+                libc::RWF_NOWAIT
+            } else {
+                0
+            },
             _file: file,
             event,
         };
@@ -461,12 +473,14 @@ impl FileRing {
                     fd, ptr, len, buffer
                 )
                 .offset(offset)
+                .rw_flags(self.rw_flags)
                 .build())
             } else {
                 on_file!(self.plain_fd, |fd| opcode::WriteFixed::new(
                     fd, ptr, len, buffer
                 )
                 .offset(offset)
+                .rw_flags(self.rw_flags)
                 .build())
             });
         }
@@ -477,10 +491,12 @@ impl FileRing {
             return Ok(if read {
                 on_file!(self.plain_fd, |fd| opcode::Read::new(fd, ptr, len)
                     .offset(offset)
+                    .rw_flags(self.rw_flags)
                     .build())
             } else {
                 on_file!(self.plain_fd, |fd| opcode::Write::new(fd, ptr, len)
                     .offset(offset)
+                    .rw_flags(self.rw_flags)
                     .build())
             });
         }
@@ -492,6 +508,7 @@ impl FileRing {
                 count
             )
             .offset(offset)
+            .rw_flags(self.rw_flags)
             .build())
         } else {
             on_file!(self.plain_fd, |fd| opcode::Writev::new(
@@ -500,6 +517,7 @@ impl FileRing {
                 count
             )
             .offset(offset)
+            .rw_flags(self.rw_flags)
             .build())
         })
     }
@@ -686,6 +704,7 @@ mod tests {
             segments_per_slot: 2,
             fixed_buffers,
             fixed_file: true,
+            never_wait: false,
             simulate_unavailable: None,
         };
         let ring = FileRing::new(file.as_file(), &mem, config).unwrap();
@@ -699,6 +718,30 @@ mod tests {
             ring.reap(|c| done = Some(c));
         }
         done.unwrap()
+    }
+
+    /// With `never_wait`, a read of an empty stream completes at once with `WouldBlock` (without
+    /// it io_uring would wait for data, even on a non-blocking descriptor).
+    #[test]
+    fn a_never_waiting_read_of_an_empty_stream_completes_with_would_block() {
+        let mem = guest_memory::anonymous(&[(GuestAddress(0), 0x10000)], false).unwrap();
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let config = RingConfig {
+            slots: 1,
+            segments_per_slot: 1,
+            fixed_buffers: false,
+            fixed_file: false,
+            never_wait: true,
+            simulate_unavailable: None,
+        };
+        let mut ring = FileRing::new(&reader, &mem, config).unwrap();
+        let read = RingOp::Read { offset: 0 };
+        ring.push(0, read, [(GuestAddress(0), 100)], None).unwrap();
+        let done = wait_one(&mut ring);
+        assert_eq!(
+            done.result.map_err(|e| e.kind()).unwrap_err(),
+            std::io::ErrorKind::WouldBlock
+        );
     }
 
     /// A stream (a pipe here, a TAP in virtio-net) takes a batch of writes in push order,
@@ -716,6 +759,7 @@ mod tests {
             segments_per_slot: 2,
             fixed_buffers: false,
             fixed_file: false,
+            never_wait: false,
             simulate_unavailable: None,
         };
         let mut ring = FileRing::new(&writer, &mem, config).unwrap();
@@ -846,6 +890,7 @@ mod tests {
             segments_per_slot: 1,
             fixed_buffers: false,
             fixed_file: true,
+            never_wait: false,
             simulate_unavailable: Some(libc::ENOSYS),
         };
         let error = FileRing::new(&file, &mem, config).unwrap_err();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use squib_virtio::net::{NetConfig, NetDevice, NetHandle, RX_BUFFER_MIN, VNET_HDR_LEN};
 use squib_virtio::rate_limiter::{BucketSpec, RateLimiterSpec};
-use squib_virtio::testing::{Buf, FakeTap, GuestDriver};
+use squib_virtio::testing::{Buf, FakeTap, GuestDriver, SocketTap};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MAC,
     VIRTIO_NET_F_MRG_RXBUF,
@@ -638,4 +638,89 @@ fn save_and_restore_keep_the_queues_and_refuse_another_mac() {
     other.transport().pause();
     let err = other.transport().restore_state(&state).unwrap_err();
     assert!(err.to_string().contains("guest_mac"), "{err}");
+}
+
+/// Frames read through the io_uring (a backend with a descriptor): a batch whose first read
+/// finds a runt (dropped, counted) and whose second finds a frame moves that frame down into
+/// the runt's chain, so the guest sees its chains used in order; what the last batch did not
+/// fill goes back to the ring; tx goes through the ring too.
+#[test]
+fn batched_rx_moves_frames_past_a_dropped_one_and_gives_back_unused_chains() {
+    if let Err(error) = squib_host::uring::probe() {
+        eprintln!(
+            "SKIPPED batched_rx_moves_frames_past_a_dropped_one_and_gives_back_unused_chains: no io_uring ({error})"
+        );
+        return;
+    }
+    let tap = Arc::new(SocketTap::new());
+    let dev = NetDevice::new(tap.clone(), NetConfig::default()).unwrap();
+    let handle = dev.handle();
+    let mut d = GuestDriver::inline(Box::new(dev), MEM);
+    assert!(d.negotiate(VERSION_1));
+    for queue in [RX, TX] {
+        d.select_queue(queue);
+        d.setup_queue(64);
+    }
+    d.set_status_bit(0x04);
+    let chains: Vec<(u16, GuestAddress)> = (0..4)
+        .map(|_| post_rx(&mut d, RX_BUFFER_MIN as u32))
+        .collect();
+    let with_header = |payload: &[u8]| [&[0u8; HDR][..], payload].concat();
+    let (a, b, c) = (frame(100, 1), frame(1514, 2), frame(60, 3));
+    tap.inject(&with_header(&a));
+    tap.inject(&[9; 5]);
+    tap.inject(&with_header(&b));
+    tap.inject(&with_header(&c));
+    // Batches grow from one read: [a] fills its chain, [runt, b] moves b down, [c], then a
+    // read that finds nothing gives its chain back.
+    d.run_device();
+    let used: Vec<(u16, u32)> = (0..3)
+        .map(|_| {
+            let u = d.wait_used().expect("rx completion");
+            (u.head, u.len)
+        })
+        .collect();
+    assert_eq!(
+        used,
+        [
+            (chains[0].0, (HDR + a.len()) as u32),
+            (chains[1].0, (HDR + b.len()) as u32),
+            (chains[2].0, (HDR + c.len()) as u32),
+        ]
+    );
+    for ((_, addr), payload) in chains.iter().zip([&a, &b, &c]) {
+        let got = d.read_bytes(*addr, HDR + payload.len());
+        assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers must be 1");
+        assert_eq!(&got[HDR..], &payload[..]);
+    }
+    let metrics = handle.metrics();
+    assert_eq!((metrics.rx_packets_count, metrics.rx_fails), (3, 1));
+    assert_eq!(d.used_idx(), 3, "the fourth chain was used");
+    // The fourth chain went back to the ring: the next frame lands in it.
+    let e = frame(200, 4);
+    tap.inject(&with_header(&e));
+    d.run_device();
+    let u = d.wait_used().expect("rx completion");
+    assert_eq!((u.head, u.len), (chains[3].0, (HDR + e.len()) as u32));
+    // Transmit through the ring: byte-exact, in order.
+    let sent: Vec<Vec<u8>> = (0..3).map(|i| frame(300 + i, i as u8)).collect();
+    d.select_queue(TX);
+    for payload in &sent {
+        let hdr = d.alloc(HDR as u32);
+        let body = d.alloc(payload.len() as u32);
+        d.write_bytes(body, payload);
+        d.add_chain([
+            Buf::readable(hdr, HDR as u32),
+            Buf::readable(body, payload.len() as u32),
+        ]);
+    }
+    d.kick();
+    d.run_device();
+    for payload in &sent {
+        assert_eq!(
+            tap.receive().expect("a frame on the TAP"),
+            with_header(payload)
+        );
+    }
+    assert_eq!(handle.metrics().tx_packets_count, 3);
 }

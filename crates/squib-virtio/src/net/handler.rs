@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use squib_host::guest_io::IOVECS_PER_CALL;
 use squib_host::guest_memory::empty_slice;
+use squib_host::uring::RingOp;
 use std::time::Duration;
 
 use tracing::{debug, error, warn};
@@ -37,9 +38,9 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::handle::{Limiters, Shared};
 use super::header::{MAX_OFFLOAD_FRAME, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
-use super::metrics::Counter;
+use super::metrics::{Counter, NetMetrics};
 use super::ring_timer::RingTimer;
-use super::tx_batch::TxBatch;
+use super::tap_ring::{SLOTS, TapPath, TapRing};
 use crate::queue::{Chain, QueueError, VirtQueue};
 use crate::rate_limiter::RateLimiter;
 use crate::runtime::{DeviceHandler, EventRegistry, Pending, StopSignal, WorkerContext};
@@ -97,25 +98,20 @@ pub(crate) struct NetHandler {
     rx_timer: RingTimer,
     /// The tx stream wait ([`TX_STREAM_WAIT`]).
     tx_timer: RingTimer,
-    /// How transmitted frames reach the backend.
-    tx_path: TxPath,
+    /// How transmitted frames reach the backend; a queued frame's tag is its chain's head
+    /// and its bytes without the header.
+    tx_path: TapPath<(u16, u64)>,
+    /// How received frames come from the backend; see [`RxBatch`].
+    rx_path: TapPath<RxTag>,
+    /// Guest ranges of the chains the rx ring reads into, and the rx batch's size.
+    rx_batch: RxBatch,
 }
 
-/// How transmitted frames reach the backend (see `tx_batch.rs`).
-#[derive(Debug)]
-enum TxPath {
-    /// Nothing sent yet: the first drain tries to set up a [`TxBatch`].
-    Undecided,
-    /// Queued on an io_uring, one system call per batch (boxed: the handler stays small when
-    /// there is no ring).
-    Batched(Box<TxBatch>),
-    /// One `writev` per frame.
-    Direct,
-}
-
-/// How one attempt to receive a frame ended.
+/// How one attempt to receive a frame (or a batch of them) ended.
+#[derive(Clone, Copy)]
 enum Rx {
-    /// A frame of this many bytes (header excluded) went to the guest.
+    /// A frame of this many bytes (header excluded) went to the guest (for a batch: frames
+    /// went, and the backend may have more).
     Delivered(u64),
     /// A frame was dropped (counted); try the next.
     Dropped,
@@ -125,6 +121,39 @@ enum Rx {
     NoBuffers,
     /// The rx limiter refused; its timer resumes us.
     Throttled,
+}
+
+/// A chain the rx ring reads into: its head, its bytes, and how many of its guest ranges
+/// [`RxBatch::ranges`] holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct RxTag {
+    head: u16,
+    capacity: usize,
+    ranges: usize,
+}
+
+/// The rx ring's working state (see [`receive_batch`]); its buffers are allocated on first use,
+/// once per activation.
+#[derive(Debug)]
+struct RxBatch {
+    /// Per ring slot, the guest ranges of the chain it reads into.
+    ranges: Vec<[(GuestAddress, usize); IOVECS_PER_CALL]>,
+    /// Reads to ask for next: doubled while a whole batch finds frames, else cut to what the
+    /// last one found, so that a lone frame (a request-response exchange) costs one read, not
+    /// [`SLOTS`] of which all but one find the TAP empty.
+    size: usize,
+    /// A frame moved to an earlier chain passes through here.
+    scratch: Vec<u8>,
+}
+
+impl Default for RxBatch {
+    fn default() -> Self {
+        Self {
+            ranges: Vec::new(),
+            size: 1,
+            scratch: Vec::new(),
+        }
+    }
 }
 
 impl NetHandler {
@@ -138,7 +167,9 @@ impl NetHandler {
             rx_kick_asked: false,
             rx_timer: RingTimer::default(),
             tx_timer: RingTimer::default(),
-            tx_path: TxPath::Undecided,
+            tx_path: TapPath::Undecided,
+            rx_path: TapPath::Undecided,
+            rx_batch: RxBatch::default(),
         }
     }
 
@@ -198,7 +229,8 @@ impl NetHandler {
             return Ok(false);
         };
         queue.disable_notification(mem)?;
-        for _ in 0..BATCH {
+        let mut budget = BATCH;
+        while budget > 0 {
             if stop.is_set()
                 || self
                     .limiters
@@ -208,20 +240,44 @@ impl NetHandler {
             {
                 return Ok(false);
             }
-            let rx = receive_frame(
-                mem,
-                queue,
-                &self.shared,
-                self.negotiated,
-                self.limiters.rx.as_mut(),
-            )?;
-            match rx {
-                Rx::Delivered(_) => {
-                    *delivered = true;
-                    self.rx_waiting_for_buffers = false;
-                    self.rx_kick_asked = false;
+            // The ring reads ahead of what the limiter has admitted, so a limited interface
+            // takes one frame at a time.
+            let ring = match self.limiters.rx {
+                None => self.rx_path.ring(self.shared.backend.ring_fd(), mem),
+                Some(_) => None,
+            };
+            let batched = match ring {
+                Some(ring) => receive_batch(
+                    mem,
+                    queue,
+                    &self.shared.metrics,
+                    self.negotiated,
+                    ring,
+                    &mut self.rx_batch,
+                )?,
+                None => None,
+            };
+            let (rx, frames) = match batched {
+                Some(outcome) => outcome,
+                None => {
+                    let rx = receive_frame(
+                        mem,
+                        queue,
+                        &self.shared,
+                        self.negotiated,
+                        self.limiters.rx.as_mut(),
+                    )?;
+                    (rx, usize::from(matches!(rx, Rx::Delivered(_))))
                 }
-                Rx::Dropped => {}
+            };
+            budget = budget.saturating_sub(frames.max(1));
+            if frames > 0 {
+                *delivered = true;
+                self.rx_waiting_for_buffers = false;
+                self.rx_kick_asked = false;
+            }
+            match rx {
+                Rx::Delivered(_) | Rx::Dropped => {}
                 Rx::BackendEmpty | Rx::Throttled => return Ok(false),
                 Rx::NoBuffers => {
                     if !self.rx_waiting_for_buffers {
@@ -311,29 +367,13 @@ impl NetHandler {
         let Some(queue) = cx.queues.get_mut(TX_QUEUE) else {
             return Ok(false);
         };
-        if matches!(self.tx_path, TxPath::Undecided) {
-            self.tx_path = self.new_tx_path(mem);
-        }
         queue.disable_notification(mem)?;
         let more = self.send_frames(queue, mem, &stop, completed);
         // However the loop ended, what it queued goes now.
-        if let TxPath::Batched(batch) = &mut self.tx_path {
-            *completed += batch.flush(queue, mem, &self.shared.metrics)?;
+        if let TapPath::Batched(ring) = &mut self.tx_path {
+            *completed += flush_tx(ring, queue, mem, &self.shared.metrics)?;
         }
         more
-    }
-
-    fn new_tx_path(&self, mem: &GuestMemory) -> TxPath {
-        let Some(fd) = self.shared.backend.ring_fd() else {
-            return TxPath::Direct;
-        };
-        match TxBatch::new(fd, mem) {
-            Ok(batch) => TxPath::Batched(Box::new(batch)),
-            Err(error) => {
-                debug!(%error, "virtio-net: no io_uring for the TAP; writing frame by frame");
-                TxPath::Direct
-            }
-        }
     }
 
     /// The loop of [`drain_tx`](Self::drain_tx): frames go to the batch (flushed whenever it
@@ -358,19 +398,16 @@ impl NetHandler {
             {
                 return Ok(false);
             }
-            let mut batch = match &mut self.tx_path {
-                TxPath::Batched(batch) if batch.is_usable() => Some(batch),
-                _ => None,
-            };
-            if let Some(batch) = batch.as_mut().filter(|batch| batch.is_full()) {
-                *completed += batch.flush(queue, mem, metrics)?;
+            let mut batch = self.tx_path.ring(self.shared.backend.ring_fd(), mem);
+            if let Some(ring) = batch.as_mut().filter(|ring| ring.is_full()) {
+                *completed += flush_tx(ring, queue, mem, metrics)?;
             }
             let Some(chain) = queue.pop(mem)? else {
                 return Ok(false);
             };
             let head = chain.head_index();
             let frame = match batch {
-                Some(_) => gather_addresses(mem, chain, &mut segments),
+                Some(_) => gather_addresses(mem, chain, Access::DeviceReads, &mut segments),
                 None => gather(mem, chain, Access::DeviceReads, &mut slices),
             }
             .filter(|&(_, len)| (VNET_HDR_LEN..=VNET_HDR_LEN + MAX_OFFLOAD_FRAME).contains(&len));
@@ -390,7 +427,11 @@ impl NetHandler {
             }
             let sent = match batch {
                 // Completed (and counted) when the batch is flushed.
-                Some(batch) => match batch.push(head, bytes, &segments[..count]) {
+                Some(ring) => match ring.push(
+                    (head, bytes),
+                    RingOp::Write { offset: 0 },
+                    &segments[..count],
+                ) {
                     Ok(()) => continue,
                     Err(error) => Err(io::Error::other(error)),
                 },
@@ -528,6 +569,144 @@ impl Drop for NetHandler {
     }
 }
 
+/// Receives up to [`RxBatch::size`] frames with one system call, each read into a chain of its
+/// own that can hold the largest frame the backend may hand us (so a frame never spans chains:
+/// `num_buffers` is 1). Returns how it ended and how many frames went to the guest, or `None`
+/// when the next chain cannot take part (too small for a whole frame, a header split across
+/// buffers, malformed, or no chain at all): [`receive_frame`] deals with it.
+///
+/// Reads run in order, but one may find the TAP empty and a later one find a frame that
+/// arrived meanwhile. Frames are then moved down to the earliest chains, so the chains left
+/// unused are always the last ones popped and go back to the ring (`undo_pops`).
+fn receive_batch(
+    mem: &GuestMemory,
+    queue: &mut VirtQueue,
+    metrics: &NetMetrics,
+    negotiated: Negotiated,
+    ring: &mut TapRing<RxTag>,
+    batch: &mut RxBatch,
+) -> Result<Option<(Rx, usize)>, QueueError> {
+    if batch.ranges.len() < SLOTS {
+        batch.ranges = vec![[(GuestAddress(0), 0); IOVECS_PER_CALL]; SLOTS];
+        batch.scratch = vec![0; negotiated.rx_frame_max];
+    }
+    let want = batch.size.clamp(1, SLOTS);
+    while ring.queued() < want {
+        let Some(chain) = queue.pop(mem)? else { break };
+        let head = chain.head_index();
+        let ranges = &mut batch.ranges[ring.queued()];
+        let fits = gather_addresses(mem, chain, Access::DeviceWrites, ranges).filter(
+            |&(count, capacity)| {
+                capacity >= negotiated.rx_frame_max && count > 0 && ranges[0].1 >= VNET_HDR_LEN
+            },
+        );
+        let pushed = fits.is_some_and(|(count, capacity)| {
+            let tag = RxTag {
+                head,
+                capacity,
+                ranges: count,
+            };
+            ring.push(tag, RingOp::Read { offset: 0 }, &ranges[..count])
+                .is_ok()
+        });
+        if !pushed {
+            queue.undo_pop();
+            break;
+        }
+    }
+    if ring.queued() == 0 {
+        return Ok(None);
+    }
+    let done = ring.run();
+    let (mut filled, mut empty, mut bytes) = (0usize, false, 0u64);
+    for (k, &(tag, result)) in done.iter().enumerate() {
+        match result {
+            Ok(len) if (VNET_HDR_LEN..=tag.capacity).contains(&len) => {
+                let into = done[filled].0;
+                let (from, to) = (
+                    &batch.ranges[k][..tag.ranges],
+                    &batch.ranges[filled][..into.ranges],
+                );
+                if filled != k && !move_frame(mem, from, to, len, &mut batch.scratch) {
+                    metrics.count(Counter::RxFails);
+                    continue;
+                }
+                // The header lies in the first range (checked when it was queued).
+                let num_buffers = to[0].0.unchecked_add(NUM_BUFFERS_OFFSET as u64);
+                let _ = mem.write_obj(1u16.to_le(), num_buffers);
+                // `len` <= capacity, at most one frame's bytes.
+                queue.complete(mem, into.head, u32::try_from(len).unwrap_or(u32::MAX))?;
+                let frame = (len - VNET_HDR_LEN) as u64;
+                metrics.rx_delivered(frame);
+                bytes += frame;
+                filled += 1;
+            }
+            Ok(len) => {
+                metrics.count(Counter::RxFails);
+                debug!(
+                    len,
+                    capacity = tag.capacity,
+                    "virtio-net: dropped a frame that does not fit the rx buffers"
+                );
+            }
+            Err(io::ErrorKind::WouldBlock) => empty = true,
+            Err(kind) => {
+                metrics.count(Counter::TapReadFails);
+                warn!(%kind, "virtio-net: reading the TAP failed");
+            }
+        }
+    }
+    // `done` holds at most SLOTS = 32 requests.
+    queue.undo_pops((done.len() - filled) as u16);
+    batch.size = if filled == done.len() {
+        (done.len() * 2).min(SLOTS)
+    } else {
+        filled.max(1)
+    };
+    let rx = if empty {
+        Rx::BackendEmpty
+    } else if filled > 0 {
+        Rx::Delivered(bytes)
+    } else {
+        Rx::Dropped
+    };
+    Ok(Some((rx, filled)))
+}
+
+/// Copies a `len`-byte frame from the guest ranges `from` to `to` through `scratch`; false if
+/// either side is too short or outside guest memory.
+fn move_frame(
+    mem: &GuestMemory,
+    from: &[(GuestAddress, usize)],
+    to: &[(GuestAddress, usize)],
+    len: usize,
+    scratch: &mut [u8],
+) -> bool {
+    let Some(frame) = scratch.get_mut(..len) else {
+        return false;
+    };
+    let mut done = 0;
+    for &(at, n) in from {
+        let n = n.min(len - done);
+        if mem.read_slice(&mut frame[done..done + n], at).is_err() {
+            return false;
+        }
+        done += n;
+    }
+    if done < len {
+        return false;
+    }
+    done = 0;
+    for &(at, n) in to {
+        let n = n.min(len - done);
+        if mem.write_slice(&frame[done..done + n], at).is_err() {
+            return false;
+        }
+        done += n;
+    }
+    done == len
+}
+
 /// Receives one frame into the next rx chain(s).
 fn receive_frame(
     mem: &GuestMemory,
@@ -588,11 +767,10 @@ fn receive_frame(
             &chains[..nchains],
             total,
         )
-        .map(|rx| {
+        .inspect(|&rx| {
             if let Rx::Delivered(bytes) = rx {
                 limiter.charge(bytes.saturating_sub(1));
             }
-            rx
         });
     }
     read_into(
@@ -692,6 +870,29 @@ enum Access {
     DeviceWrites,
 }
 
+/// Writes the frames queued on `ring` (one system call), counts each as sent or failed, and
+/// completes their chains in the order they were queued; returns how many it completed.
+fn flush_tx(
+    ring: &mut TapRing<(u16, u64)>,
+    queue: &mut VirtQueue,
+    mem: &GuestMemory,
+    metrics: &NetMetrics,
+) -> Result<usize, QueueError> {
+    let done = ring.run();
+    for &((head, bytes), result) in done {
+        match result {
+            Ok(_) => metrics.tx_sent(bytes),
+            Err(kind) => {
+                debug!(%kind, "virtio-net: the TAP refused a frame");
+                metrics.count(Counter::TapWriteFails);
+                metrics.count(Counter::TxFails);
+            }
+        }
+        queue.complete(mem, head, 0)?;
+    }
+    Ok(done.len())
+}
+
 /// Walks the chain's buffers, each split where guest memory regions end, handing `each` every
 /// piece's guest address and host slice; returns the bytes walked, or `None` when a descriptor
 /// has the wrong direction or lies outside guest memory, the chain breaks a ring rule, or `each`
@@ -739,15 +940,16 @@ fn gather<'m>(
     Some((count, total))
 }
 
-/// A transmit chain's buffers as guest ranges in `out`, each inside one memory region (what
-/// an io_uring resolves itself): `(ranges, bytes)`, or `None` as for [`walk_buffers`].
+/// The chain's buffers as guest ranges in `out`, each inside one memory region (what an
+/// io_uring resolves itself): `(ranges, bytes)`, or `None` as for [`walk_buffers`].
 fn gather_addresses(
     mem: &GuestMemory,
     chain: Chain<'_>,
+    access: Access,
     out: &mut [(GuestAddress, usize)],
 ) -> Option<(usize, usize)> {
     let mut count = 0;
-    let total = walk_buffers(mem, chain, Access::DeviceReads, |at, slice| {
+    let total = walk_buffers(mem, chain, access, |at, slice| {
         *out.get_mut(count)? = (at, slice.len());
         count += 1;
         Some(())

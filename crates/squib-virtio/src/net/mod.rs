@@ -12,7 +12,7 @@ pub(crate) mod handler;
 mod header;
 mod metrics;
 mod ring_timer;
-mod tx_batch;
+mod tap_ring;
 
 pub use device::{
     MacAddr, NetConfig, NetDevice, NetError, NetState, QUEUE_SIZE, RX_BUFFER_MIN,

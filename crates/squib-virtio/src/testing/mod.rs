@@ -18,5 +18,5 @@ pub use driver::{
 };
 pub use hooked_disk::{DiskAccess, DiskHook, HookedDisk};
 pub use mem_disk::MemDisk;
-pub use net::{FAKE_TAP_QUEUE, FakeTap};
+pub use net::{FAKE_TAP_QUEUE, FakeTap, SocketTap};
 pub use vsock::{HDR_LEN as VSOCK_HDR_LEN, RING_SIZE, RX_BUF_LEN, VsockGuest, VsockHdr, vsock_op};

@@ -1,10 +1,14 @@
-//! `FakeTap`: an in-memory TAP for virtio-net tests, with a TAP's semantics: one frame per read,
+//! Test TAPs for virtio-net. `FakeTap`: in memory, with a TAP's semantics: one frame per read,
 //! the 12-byte header's first ten bytes written by the "kernel" and `num_buffers` left alone, a
-//! truncated frame reported at its full length, `WouldBlock` when empty, a bounded queue.
+//! truncated frame reported at its full length, `WouldBlock` when empty, a bounded queue. It has
+//! no descriptor to read, so the device moves its frames one call each. `SocketTap`: a datagram
+//! socket pair, one datagram per frame (header included), which the device reads and writes
+//! through its io_uring as it does a TAP.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
 use std::sync::{Mutex, MutexGuard};
 
 use squib_host::tap::TapOffloads;
@@ -110,6 +114,66 @@ impl NetBackend for FakeTap {
 
     fn raw_fd(&self) -> RawFd {
         self.event.as_raw_fd()
+    }
+}
+
+/// A TAP made of a datagram socket pair: the device reads and writes one end (through its
+/// io_uring, as it does a real TAP's descriptor), the test the other. Each datagram is a frame
+/// with its 12-byte header; a read into buffers too short for it returns the truncated length.
+#[derive(Debug)]
+pub struct SocketTap {
+    device: UnixDatagram,
+    host: UnixDatagram,
+}
+
+impl SocketTap {
+    /// A connected pair, the device's end non-blocking.
+    pub fn new() -> Self {
+        let (device, host) = UnixDatagram::pair().unwrap();
+        device.set_nonblocking(true).unwrap();
+        host.set_nonblocking(true).unwrap();
+        Self { device, host }
+    }
+
+    /// The host sends `datagram` (header and frame, or anything) to the guest.
+    pub fn inject(&self, datagram: &[u8]) {
+        self.host.send(datagram).unwrap();
+    }
+
+    /// The next datagram the guest sent, if any.
+    pub fn receive(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 1 << 16];
+        let len = self.host.recv(&mut buf).ok()?;
+        buf.truncate(len);
+        Some(buf)
+    }
+}
+
+impl Default for SocketTap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NetBackend for SocketTap {
+    fn read_frame(&self, bufs: &[GuestSlice<'_>]) -> io::Result<usize> {
+        squib_host::guest_io::readv_volatile(&self.device, bufs)
+    }
+
+    fn write_frame(&self, bufs: &[GuestSlice<'_>]) -> io::Result<usize> {
+        squib_host::guest_io::writev_volatile(&self.device, bufs)
+    }
+
+    fn set_offloads(&self, _: TapOffloads) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.device.as_raw_fd()
+    }
+
+    fn ring_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.device.as_fd())
     }
 }
 

@@ -72,6 +72,7 @@ impl RingExecutor {
             segments_per_slot: SEG_MAX,
             fixed_buffers: target.fixed_buffers,
             fixed_file: true,
+            never_wait: false,
             simulate_unavailable: target.simulate_unavailable.then_some(ENOSYS),
         };
         let ring = FileRing::new(target.file, mem, config)?;
