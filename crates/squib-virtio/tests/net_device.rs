@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use squib_virtio::net::backend::NetBackend;
 use squib_virtio::net::{NetConfig, NetDevice, NetHandle, RX_BUFFER_MIN, VNET_HDR_LEN};
 use squib_virtio::rate_limiter::{BucketSpec, RateLimiterSpec};
 use squib_virtio::testing::{Buf, FakeTap, GuestDriver, SocketTap};
@@ -466,19 +467,77 @@ fn seed() -> u64 {
         .unwrap_or(0x5eed_0e70)
 }
 
+/// The host end of a test TAP, for the randomized test: both kinds of backend.
+trait HostEnd {
+    /// Sends a frame (no header) to the guest.
+    fn put(&self, frame: &[u8]);
+    /// Lengths (header included) of the frames the guest sent since the last call.
+    fn sent_lengths(&self) -> Vec<usize>;
+    /// Whether frames may still wait for the guest (`FakeTap` knows; a socket may).
+    fn may_hold_frames(&self) -> bool;
+}
+
+impl HostEnd for FakeTap {
+    fn put(&self, frame: &[u8]) {
+        self.inject(frame);
+    }
+    fn sent_lengths(&self) -> Vec<usize> {
+        self.take_sent().iter().map(Vec::len).collect()
+    }
+    fn may_hold_frames(&self) -> bool {
+        self.pending() > 0
+    }
+}
+
+impl HostEnd for SocketTap {
+    fn put(&self, frame: &[u8]) {
+        self.inject(&[&[0u8; HDR][..], frame].concat());
+    }
+    fn sent_lengths(&self) -> Vec<usize> {
+        std::iter::from_fn(|| self.receive())
+            .map(|f| f.len())
+            .collect()
+    }
+    fn may_hold_frames(&self) -> bool {
+        true
+    }
+}
+
 /// Random chains on both queues — random directions, lengths (0 to beyond the largest frame),
 /// addresses (in memory, straddling its end, outside it), descriptor loops written by hand — with
 /// frames injected meanwhile. The device must not panic or stall; afterwards a reset brings it
-/// back and a valid frame goes each way.
+/// back and a valid frame goes each way. With `FakeTap` frames move one call each.
 #[test]
 fn random_hostile_chains_never_break_the_device() {
+    let tap = Arc::new(FakeTap::new());
+    hostile_rounds(tap.clone(), tap);
+}
+
+/// The same through the TAP's io_uring (a backend with a descriptor), where rx reads run in
+/// batches that move frames between chains.
+#[test]
+fn random_hostile_chains_never_break_the_device_through_the_io_uring() {
+    if let Err(error) = squib_host::uring::probe() {
+        eprintln!(
+            "SKIPPED random_hostile_chains_never_break_the_device_through_the_io_uring: no io_uring ({error})"
+        );
+        return;
+    }
+    let tap = Arc::new(SocketTap::new());
+    hostile_rounds(tap.clone(), tap);
+}
+
+fn hostile_rounds(backend: Arc<dyn NetBackend>, tap: Arc<dyn HostEnd>) {
     let seed = seed();
     let iterations: u64 = std::env::var("SQUIB_FUZZ_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     let mut rng = Rng(seed | 1);
-    let (mut d, tap, handle, features) = device(NetConfig::default());
+    let features = VERSION_1 | EVENT_IDX;
+    let dev = NetDevice::new(backend, NetConfig::default()).unwrap();
+    let handle = dev.handle();
+    let mut d = GuestDriver::activated(Box::new(dev), MEM, features);
     for round in 0..iterations {
         let queue = if rng.below(2) == 0 { RX } else { TX };
         d.select_queue(queue);
@@ -511,22 +570,29 @@ fn random_hostile_chains_never_break_the_device() {
         }
         d.kick();
         if rng.below(3) == 0 {
-            tap.inject(&frame(rng.below(1600) as usize, round as u8));
+            tap.put(&frame(rng.below(1600) as usize, round as u8));
         }
         while d.pop_used().is_some() {}
     }
     // Whatever state the rings are in, a reset brings the device back.
     d.reprobe(features);
-    tap.take_sent();
+    tap.sent_lengths();
     let (_, addr) = post_rx(&mut d, 2048);
-    while tap.pending() > 0 {
-        // Drain what the hostile rounds left in the TAP: post a buffer per frame.
+    // Drain what the hostile rounds left in the TAP: post a buffer per frame until one stays
+    // unused.
+    let mut quiet = 0;
+    while tap.may_hold_frames() && quiet < 20 {
         post_rx(&mut d, 2048);
         std::thread::sleep(Duration::from_millis(1));
-        while d.pop_used().is_some() {}
+        d.select_queue(RX);
+        let mut any = false;
+        while d.pop_used().is_some() {
+            any = true;
+        }
+        quiet = if any { 0 } else { quiet + 1 };
     }
     let payload = frame(333, 1);
-    assert!(tap.inject(&payload));
+    tap.put(&payload);
     post_rx(&mut d, 2048);
     let mut found = false;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -541,7 +607,7 @@ fn random_hostile_chains_never_break_the_device() {
     let _ = addr;
     send(&mut d, &frame(77, 2));
     assert!(
-        tap.take_sent().iter().any(|f| f.len() == HDR + 77),
+        tap.sent_lengths().contains(&(HDR + 77)),
         "seed {seed:#x}: no tx after reset"
     );
     let m = handle.metrics();
@@ -667,10 +733,14 @@ fn batched_rx_moves_frames_past_a_dropped_one_and_gives_back_unused_chains() {
         .collect();
     let with_header = |payload: &[u8]| [&[0u8; HDR][..], payload].concat();
     let (a, b, c) = (frame(100, 1), frame(1514, 2), frame(60, 3));
-    tap.inject(&with_header(&a));
-    tap.inject(&[9; 5]);
-    tap.inject(&with_header(&b));
-    tap.inject(&with_header(&c));
+    for datagram in [
+        with_header(&a),
+        vec![9; 5],
+        with_header(&b),
+        with_header(&c),
+    ] {
+        assert!(tap.inject(&datagram));
+    }
     // Batches grow from one read: [a] fills its chain, [runt, b] moves b down, [c], then a
     // read that finds nothing gives its chain back.
     d.run_device();
@@ -698,7 +768,7 @@ fn batched_rx_moves_frames_past_a_dropped_one_and_gives_back_unused_chains() {
     assert_eq!(d.used_idx(), 3, "the fourth chain was used");
     // The fourth chain went back to the ring: the next frame lands in it.
     let e = frame(200, 4);
-    tap.inject(&with_header(&e));
+    assert!(tap.inject(&with_header(&e)));
     d.run_device();
     let u = d.wait_used().expect("rx completion");
     assert_eq!((u.head, u.len), (chains[3].0, (HDR + e.len()) as u32));

@@ -135,9 +135,14 @@ impl SocketTap {
         Self { device, host }
     }
 
-    /// The host sends `datagram` (header and frame, or anything) to the guest.
-    pub fn inject(&self, datagram: &[u8]) {
-        self.host.send(datagram).unwrap();
+    /// The host sends `datagram` (header and frame, or anything) to the guest. Returns false
+    /// when the socket's buffer was full and the datagram was dropped, as a full TAP drops.
+    pub fn inject(&self, datagram: &[u8]) -> bool {
+        match self.host.send(datagram) {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("SocketTap: {e}"),
+        }
     }
 
     /// The next datagram the guest sent, if any.
