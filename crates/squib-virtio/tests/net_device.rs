@@ -43,7 +43,13 @@ fn device_with(config: NetConfig, features: u64) -> (GuestDriver, Arc<FakeTap>, 
 /// the device looks at its rings; VERSION_1 only (no EVENT_IDX), both queues of 64, DRIVER_OK.
 fn inline_device() -> (GuestDriver, Arc<FakeTap>, NetHandle) {
     let tap = Arc::new(FakeTap::new());
-    let dev = NetDevice::new(tap.clone(), NetConfig::default()).unwrap();
+    let (d, handle) = inline_device_on(tap.clone());
+    (d, tap, handle)
+}
+
+/// [`inline_device`] on any backend.
+fn inline_device_on(backend: Arc<dyn NetBackend>) -> (GuestDriver, NetHandle) {
+    let dev = NetDevice::new(backend, NetConfig::default()).unwrap();
     let handle = dev.handle();
     let mut d = GuestDriver::inline(Box::new(dev), MEM);
     assert!(d.negotiate(VERSION_1));
@@ -52,7 +58,7 @@ fn inline_device() -> (GuestDriver, Arc<FakeTap>, NetHandle) {
         d.setup_queue(64);
     }
     d.set_status_bit(0x04);
-    (d, tap, handle)
+    (d, handle)
 }
 
 fn frame(len: usize, seed: u8) -> Vec<u8> {
@@ -719,15 +725,7 @@ fn batched_rx_moves_frames_past_a_dropped_one_and_gives_back_unused_chains() {
         return;
     }
     let tap = Arc::new(SocketTap::new());
-    let dev = NetDevice::new(tap.clone(), NetConfig::default()).unwrap();
-    let handle = dev.handle();
-    let mut d = GuestDriver::inline(Box::new(dev), MEM);
-    assert!(d.negotiate(VERSION_1));
-    for queue in [RX, TX] {
-        d.select_queue(queue);
-        d.setup_queue(64);
-    }
-    d.set_status_bit(0x04);
+    let (mut d, handle) = inline_device_on(tap.clone());
     let chains: Vec<(u16, GuestAddress)> = (0..4)
         .map(|_| post_rx(&mut d, RX_BUFFER_MIN as u32))
         .collect();
