@@ -592,7 +592,17 @@ fn receive_batch(
     }
     let want = batch.size.clamp(1, SLOTS);
     while ring.queued() < want {
-        let Some(chain) = queue.pop(mem)? else { break };
+        let chain = match queue.pop(mem) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => break,
+            Err(error) => {
+                // The ring is broken and the device will need a reset: drop what was queued
+                // (frames read now are lost, as on a NIC's reset), so that no read outlives
+                // this call.
+                let _ = ring.run();
+                return Err(error);
+            }
+        };
         let head = chain.head_index();
         let ranges = &mut batch.ranges[ring.queued()];
         let fits = gather_addresses(mem, chain, Access::DeviceWrites, ranges).filter(
