@@ -99,6 +99,8 @@ pub fn is_sandboxed(path: &str) -> bool {
             .all(|c| matches!(c, Component::Normal(_)))
 }
 
+pub mod net;
+
 pub mod shadow_disk {
     //! A disk that checks every operation the device sends it and logs what changed.
 

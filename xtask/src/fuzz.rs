@@ -15,9 +15,10 @@ use std::process::Command;
 use crate::setup;
 
 /// The targets, in the order they run.
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 8] = [
     "virtio_blk",
     "virtio_net",
+    "virtio_net_ring",
     "virtio_vsock",
     "virtio_rng",
     "mmio_registers",

@@ -596,10 +596,13 @@ fn receive_batch(
             Ok(Some(chain)) => chain,
             Ok(None) => break,
             Err(error) => {
-                // The ring is broken and the device will need a reset: drop what was queued
-                // (frames read now are lost, as on a NIC's reset), so that no read outlives
-                // this call.
-                let _ = ring.run();
+                // The ring is broken and the device will need a reset: run what was queued, so
+                // that no read outlives this call, and count the frames it read as dropped.
+                for &(_, result) in ring.run() {
+                    if result.is_ok() {
+                        metrics.count(Counter::RxFails);
+                    }
+                }
                 return Err(error);
             }
         };
@@ -645,7 +648,14 @@ fn receive_batch(
                 let num_buffers = to[0].0.unchecked_add(NUM_BUFFERS_OFFSET as u64);
                 let _ = mem.write_obj(1u16.to_le(), num_buffers);
                 // `len` <= capacity, at most one frame's bytes.
-                queue.complete(mem, into.head, u32::try_from(len).unwrap_or(u32::MAX))?;
+                let len_u32 = u32::try_from(len).unwrap_or(u32::MAX);
+                if let Err(error) = queue.complete(mem, into.head, len_u32) {
+                    // The used ring broke: this frame and the later ones are dropped.
+                    for _ in done[k..].iter().filter(|(_, result)| result.is_ok()) {
+                        metrics.count(Counter::RxFails);
+                    }
+                    return Err(error);
+                }
                 let frame = (len - VNET_HDR_LEN) as u64;
                 metrics.rx_delivered(frame);
                 bytes += frame;

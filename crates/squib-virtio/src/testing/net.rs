@@ -145,6 +145,12 @@ impl SocketTap {
         }
     }
 
+    /// Reads and discards what the device has not read; returns how many datagrams that was.
+    pub fn drain_unread(&self) -> usize {
+        let mut buf = vec![0u8; 1 << 16];
+        std::iter::from_fn(|| self.device.recv(&mut buf).ok()).count()
+    }
+
     /// The next datagram the guest sent, if any.
     pub fn receive(&self) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; 1 << 16];
