@@ -153,7 +153,9 @@ impl SocketTap {
 
     /// The next datagram the guest sent, if any.
     pub fn receive(&self) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; 1 << 16];
+        // Room for the largest frame the device sends (64 KiB and its header) and more: a
+        // shorter buffer would truncate it here.
+        let mut buf = vec![0u8; 1 << 17];
         let len = self.host.recv(&mut buf).ok()?;
         buf.truncate(len);
         Some(buf)
