@@ -47,6 +47,17 @@ fn inline_device() -> (GuestDriver, Arc<FakeTap>, NetHandle) {
     (d, tap, handle)
 }
 
+/// Whether this kernel lets the process use io_uring; says loudly that `test` is skipped if not.
+fn io_uring_available(test: &str) -> bool {
+    match squib_host::uring::probe() {
+        Ok(()) => true,
+        Err(error) => {
+            eprintln!("SKIPPED {test}: no io_uring ({error}); the TAP's ring paths did not run");
+            false
+        }
+    }
+}
+
 /// [`inline_device`] on any backend.
 fn inline_device_on(backend: Arc<dyn NetBackend>) -> (GuestDriver, NetHandle) {
     let dev = NetDevice::new(backend, NetConfig::default()).unwrap();
@@ -523,10 +534,7 @@ fn random_hostile_chains_never_break_the_device() {
 /// batches that move frames between chains.
 #[test]
 fn random_hostile_chains_never_break_the_device_through_the_io_uring() {
-    if let Err(error) = squib_host::uring::probe() {
-        eprintln!(
-            "SKIPPED random_hostile_chains_never_break_the_device_through_the_io_uring: no io_uring ({error})"
-        );
+    if !io_uring_available("random_hostile_chains_never_break_the_device_through_the_io_uring") {
         return;
     }
     let tap = Arc::new(SocketTap::new());
@@ -718,10 +726,9 @@ fn save_and_restore_keep_the_queues_and_refuse_another_mac() {
 /// fill goes back to the ring; tx goes through the ring too.
 #[test]
 fn batched_rx_moves_frames_past_a_dropped_one_and_gives_back_unused_chains() {
-    if let Err(error) = squib_host::uring::probe() {
-        eprintln!(
-            "SKIPPED batched_rx_moves_frames_past_a_dropped_one_and_gives_back_unused_chains: no io_uring ({error})"
-        );
+    if !io_uring_available(
+        "batched_rx_moves_frames_past_a_dropped_one_and_gives_back_unused_chains",
+    ) {
         return;
     }
     let tap = Arc::new(SocketTap::new());
