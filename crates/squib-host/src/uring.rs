@@ -486,6 +486,15 @@ impl FileRing {
         op: RingOp,
         offset: u64,
     ) -> Result<squeue::Entry, PushError> {
+        // `$new` built on the ring's file `$fd`, at `offset`, with the ring's `rw_flags`.
+        macro_rules! transfer {
+            (|$fd:ident| $new:expr) => {
+                on_file!(self.plain_fd, |$fd| $new
+                    .offset(offset)
+                    .rw_flags(self.rw_flags)
+                    .build())
+            };
+        }
         let per = self.segments_per_slot;
         let iovecs = &self.iovecs[slot * per..slot * per + count];
         let read = matches!(op, RingOp::Read { .. });
@@ -495,19 +504,9 @@ impl FileRing {
             let len = u32::try_from(only.iov_len).map_err(|_| PushError::OutOfRange)?;
             let ptr = only.iov_base.cast::<u8>();
             return Ok(if read {
-                on_file!(self.plain_fd, |fd| opcode::ReadFixed::new(
-                    fd, ptr, len, buffer
-                )
-                .offset(offset)
-                .rw_flags(self.rw_flags)
-                .build())
+                transfer!(|fd| opcode::ReadFixed::new(fd, ptr, len, buffer))
             } else {
-                on_file!(self.plain_fd, |fd| opcode::WriteFixed::new(
-                    fd, ptr, len, buffer
-                )
-                .offset(offset)
-                .rw_flags(self.rw_flags)
-                .build())
+                transfer!(|fd| opcode::WriteFixed::new(fd, ptr, len, buffer))
             });
         }
         if let [only] = iovecs {
@@ -515,36 +514,16 @@ impl FileRing {
             let len = u32::try_from(only.iov_len).map_err(|_| PushError::OutOfRange)?;
             let ptr = only.iov_base.cast::<u8>();
             return Ok(if read {
-                on_file!(self.plain_fd, |fd| opcode::Read::new(fd, ptr, len)
-                    .offset(offset)
-                    .rw_flags(self.rw_flags)
-                    .build())
+                transfer!(|fd| opcode::Read::new(fd, ptr, len))
             } else {
-                on_file!(self.plain_fd, |fd| opcode::Write::new(fd, ptr, len)
-                    .offset(offset)
-                    .rw_flags(self.rw_flags)
-                    .build())
+                transfer!(|fd| opcode::Write::new(fd, ptr, len))
             });
         }
         let count = u32::try_from(count).map_err(|_| PushError::TooManySegments)?;
         Ok(if read {
-            on_file!(self.plain_fd, |fd| opcode::Readv::new(
-                fd,
-                iovecs.as_ptr(),
-                count
-            )
-            .offset(offset)
-            .rw_flags(self.rw_flags)
-            .build())
+            transfer!(|fd| opcode::Readv::new(fd, iovecs.as_ptr(), count))
         } else {
-            on_file!(self.plain_fd, |fd| opcode::Writev::new(
-                fd,
-                iovecs.as_ptr(),
-                count
-            )
-            .offset(offset)
-            .rw_flags(self.rw_flags)
-            .build())
+            transfer!(|fd| opcode::Writev::new(fd, iovecs.as_ptr(), count))
         })
     }
 

@@ -97,6 +97,13 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Sends `payload` with a zero header in two descriptors; returns the used entry.
 fn send(d: &mut GuestDriver, payload: &[u8]) -> squib_virtio::testing::Used {
+    add_tx_chain(d, payload);
+    d.kick();
+    d.wait_used().expect("tx completion")
+}
+
+/// Queues (without a kick) `payload` with a zero header in two descriptors on the tx queue.
+fn add_tx_chain(d: &mut GuestDriver, payload: &[u8]) {
     d.select_queue(TX);
     let hdr = d.alloc(HDR as u32);
     let body = d.alloc(payload.len() as u32);
@@ -105,8 +112,6 @@ fn send(d: &mut GuestDriver, payload: &[u8]) -> squib_virtio::testing::Used {
         Buf::readable(hdr, HDR as u32),
         Buf::readable(body, payload.len() as u32),
     ]);
-    d.kick();
-    d.wait_used().expect("tx completion")
 }
 
 #[test]
@@ -779,15 +784,8 @@ fn batched_rx_moves_frames_past_a_dropped_one_and_gives_back_unused_chains() {
     assert_eq!((u.head, u.len), (chains[3].0, (HDR + e.len()) as u32));
     // Transmit through the ring: byte-exact, in order.
     let sent: Vec<Vec<u8>> = (0..3).map(|i| frame(300 + i, i as u8)).collect();
-    d.select_queue(TX);
     for payload in &sent {
-        let hdr = d.alloc(HDR as u32);
-        let body = d.alloc(payload.len() as u32);
-        d.write_bytes(body, payload);
-        d.add_chain([
-            Buf::readable(hdr, HDR as u32),
-            Buf::readable(body, payload.len() as u32),
-        ]);
+        add_tx_chain(&mut d, payload);
     }
     d.kick();
     d.run_device();

@@ -437,14 +437,7 @@ impl NetHandler {
                 },
                 None => self.shared.backend.write_frame(&slices[..count]),
             };
-            match sent {
-                Ok(_) => metrics.tx_sent(bytes),
-                Err(error) => {
-                    debug!(%error, "virtio-net: the TAP refused a frame");
-                    metrics.count(Counter::TapWriteFails);
-                    metrics.count(Counter::TxFails);
-                }
-            }
+            count_tx(metrics, bytes, sent.map(drop).map_err(|e| e.kind()));
             queue.complete(mem, head, 0)?;
             *completed += 1;
         }
@@ -900,17 +893,22 @@ fn flush_tx(
 ) -> Result<usize, QueueError> {
     let done = ring.run();
     for &((head, bytes), result) in done {
-        match result {
-            Ok(_) => metrics.tx_sent(bytes),
-            Err(kind) => {
-                debug!(%kind, "virtio-net: the TAP refused a frame");
-                metrics.count(Counter::TapWriteFails);
-                metrics.count(Counter::TxFails);
-            }
-        }
+        count_tx(metrics, bytes, result.map(drop));
         queue.complete(mem, head, 0)?;
     }
     Ok(done.len())
+}
+
+/// Counts one transmitted frame of `bytes` (header excluded): sent, or refused by the TAP.
+fn count_tx(metrics: &NetMetrics, bytes: u64, sent: Result<(), io::ErrorKind>) {
+    match sent {
+        Ok(()) => metrics.tx_sent(bytes),
+        Err(kind) => {
+            debug!(%kind, "virtio-net: the TAP refused a frame");
+            metrics.count(Counter::TapWriteFails);
+            metrics.count(Counter::TxFails);
+        }
+    }
 }
 
 /// Walks the chain's buffers, each split where guest memory regions end, handing `each` every
